@@ -1,0 +1,15 @@
+//! mdrun: molecular dynamics with a PaiNN machine-learned force field.
+//!
+//! Units everywhere: Å, fs, eV, amu, K (forces in eV/Å, velocities in Å/fs).
+
+pub mod cell;
+pub mod forcefield;
+pub mod input;
+pub mod integrate;
+pub mod model;
+pub mod neighbors;
+pub mod output;
+pub mod rng;
+pub mod simulation;
+pub mod system;
+pub mod units;

@@ -1,0 +1,135 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+
+use mdrun::forcefield::cpu::evaluate;
+use mdrun::input::Device;
+use mdrun::model::{PainnConfig, PainnModel};
+use mdrun::neighbors::brute_force_pairs;
+use mdrun::simulation::{check_structure, run, Prepared};
+use mdrun::system::System;
+
+/// Molecular dynamics with a PaiNN machine-learned force field (Å, fs, eV, amu, K).
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Input file (TOML) of the run; see README.md for the keys.
+    input: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the simulation an input file describes (the same as `mdrun INPUT`).
+    Run { input: PathBuf },
+    /// Single point: energy (eV) and forces (eV/Å) of a structure, as JSON on stdout.
+    Eval {
+        /// Structure file, any format chemfiles reads.
+        structure: PathBuf,
+        /// Model file (mdrun-painn safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceArg,
+        /// chemfiles format name, when the extension does not tell.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
+    RandomModel {
+        out: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        features: usize,
+        #[arg(long, default_value_t = 3)]
+        interactions: usize,
+        #[arg(long, default_value_t = 20)]
+        rbf: usize,
+        /// Cutoff in Å.
+        #[arg(long, default_value_t = 5.0)]
+        cutoff: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Atomic numbers the model accepts, comma separated.
+        #[arg(long, default_value = "1,6,7,8")]
+        elements: String,
+        /// Scale of the summed atomwise output (a small value keeps random forces gentle).
+        #[arg(long, default_value_t = 1.0)]
+        energy_scale: f64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Option<String>) -> Result<()> {
+    let model = PainnModel::load(&model_path)?;
+    let device = match device {
+        DeviceArg::Cuda => return Err(anyhow!("--device cuda: the CUDA path is not available in this build yet")),
+        DeviceArg::Auto | DeviceArg::Cpu => Device::Cpu,
+    };
+    let system = System::read(&structure, format.as_deref()).map_err(|e| anyhow!(e))?;
+    check_structure(&system, &model, &model_path, &structure.display().to_string())?;
+    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
+    let result = evaluate(&model, &system.numbers, &pairs);
+    let json = serde_json::json!({
+        "structure": structure.display().to_string(),
+        "model": model_path.display().to_string(),
+        "device": format!("{device:?}").to_lowercase(),
+        "n_atoms": system.len(),
+        "energy_ev": result.energy,
+        "forces_ev_per_angstrom": result.forces,
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+fn main_result() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    chemfiles::set_warning_callback(|message| eprintln!("chemfiles warning: {message}"));
+    let input = match (cli.command, cli.input) {
+        (Some(Command::Run { input }), _) | (None, Some(input)) => input,
+        (Some(Command::Eval { structure, model, device, format }), _) => {
+            eval(structure, model, device, format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Some(Command::RandomModel { out, features, interactions, rbf, cutoff, seed, elements, energy_scale }), _) => {
+            let elements = elements
+                .split(',')
+                .map(|s| s.trim().parse::<u8>().with_context(|| format!("--elements: `{s}` is not an atomic number")))
+                .collect::<Result<Vec<u8>>>()?;
+            let config = PainnConfig { n_atom_basis: features, n_interactions: interactions, n_rbf: rbf, cutoff, shared_filters: false, elements };
+            let mut model = PainnModel::random(config, seed);
+            model.energy_scale = energy_scale;
+            model.save(&out, true)?;
+            eprintln!("wrote {} (random, untrained)", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        (None, None) => return Err(anyhow!("no input file given (usage: mdrun INPUT.toml, or mdrun --help)")),
+    };
+    let prepared = Prepared::from_input_file(&input)?;
+    let report = run(prepared)?;
+    match report.failure {
+        Some(why) => {
+            eprintln!("mdrun: run stopped: {why}");
+            Ok(ExitCode::from(3))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn main() -> ExitCode {
+    match main_result() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mdrun: error: {}", mdrun::system::one_line(&format!("{e:#}")));
+            ExitCode::from(2)
+        }
+    }
+}

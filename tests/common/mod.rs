@@ -1,0 +1,107 @@
+//! Shared helpers for the integration tests: random models, random structures, rotations.
+#![allow(dead_code)]
+
+use mdrun::cell::{Cell, Vec3};
+use mdrun::model::{PainnConfig, PainnModel};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+pub const ELEMENTS: [u8; 4] = [1, 6, 7, 8];
+
+pub fn small_config(cutoff: f64) -> PainnConfig {
+    PainnConfig { n_atom_basis: 16, n_interactions: 2, n_rbf: 8, cutoff, shared_filters: false, elements: ELEMENTS.to_vec() }
+}
+
+pub fn full_config() -> PainnConfig {
+    PainnConfig { n_atom_basis: 128, n_interactions: 3, n_rbf: 20, cutoff: 5.0, shared_filters: false, elements: ELEMENTS.to_vec() }
+}
+
+/// A random model whose offsets and references are non-zero too, so every term is exercised.
+pub fn random_model(config: PainnConfig, seed: u64) -> PainnModel {
+    let mut model = PainnModel::random(config, seed);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    model.energy_scale = rng.random_range(0.5..1.5);
+    model.mean_per_atom = rng.random_range(-2.0..2.0);
+    for z in ELEMENTS {
+        model.atomref[usize::from(z)] = rng.random_range(-50.0..-1.0);
+    }
+    model
+}
+
+/// `n` atoms of random H/C/N/O placed in a cube of edge `edge` Å (relative to `origin`),
+/// no two closer than `min_distance` (periodic images included when `cell` is given).
+pub fn random_structure(n: usize, edge: f64, min_distance: f64, cell: Option<&Cell>, seed: u64) -> (Vec<u8>, Vec<Vec3>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut positions: Vec<Vec3> = Vec::new();
+    let mut numbers = Vec::new();
+    let mut attempts = 0;
+    while positions.len() < n {
+        attempts += 1;
+        assert!(attempts < 1_000_000, "cannot place {n} atoms in {edge} Å");
+        let r = [0, 1, 2].map(|_| rng.random_range(0.0..edge));
+        let ok = positions.iter().all(|p| {
+            let mut d = [r[0] - p[0], r[1] - p[1], r[2] - p[2]];
+            if let Some(cell) = cell {
+                // minimum image by brute force over neighbouring images
+                let mut best = f64::INFINITY;
+                for a in -1..=1 {
+                    for b in -1..=1 {
+                        for c in -1..=1 {
+                            let t = cell.translation([a, b, c]);
+                            let e = [d[0] + t[0], d[1] + t[1], d[2] + t[2]];
+                            best = best.min(e[0] * e[0] + e[1] * e[1] + e[2] * e[2]);
+                        }
+                    }
+                }
+                return best.sqrt() >= min_distance;
+            }
+            d = d.map(|x| x * x);
+            (d[0] + d[1] + d[2]).sqrt() >= min_distance
+        });
+        if ok {
+            positions.push(r);
+            numbers.push(ELEMENTS[rng.random_range(0..4)]);
+        }
+    }
+    (numbers, positions)
+}
+
+/// A random proper rotation matrix (rows), from a random unit quaternion.
+pub fn random_rotation(seed: u64) -> [[f64; 3]; 3] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut q = [0.0f64; 4];
+    loop {
+        for x in q.iter_mut() {
+            *x = rng.random_range(-1.0..1.0);
+        }
+        let n = q.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n > 0.1 && n < 1.0 {
+            q.iter_mut().for_each(|x| *x /= n);
+            break;
+        }
+    }
+    let [w, x, y, z] = q;
+    [
+        [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - z * w), 2.0 * (x * z + y * w)],
+        [2.0 * (x * y + z * w), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - x * w)],
+        [2.0 * (x * z - y * w), 2.0 * (y * z + x * w), 1.0 - 2.0 * (x * x + y * y)],
+    ]
+}
+
+pub fn rotate(m: &[[f64; 3]; 3], r: &Vec3) -> Vec3 {
+    [0, 1, 2].map(|i| m[i][0] * r[0] + m[i][1] * r[1] + m[i][2] * r[2])
+}
+
+/// Benzene (Å), planar, C–C 1.39 Å, C–H 1.09 Å.
+pub fn benzene() -> (Vec<&'static str>, Vec<Vec3>) {
+    let mut symbols = Vec::new();
+    let mut positions = Vec::new();
+    for (symbol, radius) in [("C", 1.39), ("H", 2.48)] {
+        for k in 0..6 {
+            let angle = std::f64::consts::PI / 3.0 * k as f64;
+            symbols.push(symbol);
+            positions.push([radius * angle.cos(), radius * angle.sin(), 0.0]);
+        }
+    }
+    (symbols, positions)
+}
