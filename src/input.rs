@@ -118,7 +118,9 @@ pub struct NeighborSection {
 
 impl Default for NeighborSection {
     fn default() -> Self {
-        NeighborSection { skin_angstrom: default_skin() }
+        NeighborSection {
+            skin_angstrom: default_skin(),
+        }
     }
 }
 
@@ -153,8 +155,11 @@ impl Input {
     /// names are checked for existence here; their contents are checked by their readers.
     pub fn read(path: &Path) -> Result<Input, InputError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| InputError { file: file.clone(), key: "(file)".into(), reason: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| InputError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
         Input::parse(&text, path)
     }
 
@@ -168,7 +173,11 @@ impl Input {
                     format!("line {line}")
                 })
                 .unwrap_or_else(|| "(document)".into());
-            InputError { file: file.clone(), key: location, reason: crate::system::one_line(e.message()) }
+            InputError {
+                file: file.clone(),
+                key: location,
+                reason: crate::system::one_line(e.message()),
+            }
         })?;
         input.path = path.to_path_buf();
         input.validate()?;
@@ -176,7 +185,11 @@ impl Input {
     }
 
     fn error(&self, key: &str, reason: impl Into<String>) -> InputError {
-        InputError { file: self.path.display().to_string(), key: key.into(), reason: reason.into() }
+        InputError {
+            file: self.path.display().to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     /// A path named in this input, resolved against the input file's directory.
@@ -186,6 +199,18 @@ impl Input {
         } else {
             self.path.parent().unwrap_or(Path::new(".")).join(path)
         }
+    }
+
+    /// Every output file this input names, resolved.
+    pub fn output_paths(&self) -> Vec<PathBuf> {
+        let out = &self.output;
+        out.trajectory
+            .iter()
+            .map(|t| &t.file)
+            .chain(out.energy.as_ref().map(|e| &e.file))
+            .chain(out.log.as_ref())
+            .map(|p| self.resolve(p))
+            .collect()
     }
 
     fn validate(&self) -> Result<(), InputError> {
@@ -199,33 +224,64 @@ impl Input {
         };
         positive("md.timestep_fs", md.timestep_fs)?;
         if md.timestep_fs > 10.0 {
-            return Err(self.error("md.timestep_fs", format!("{} fs is far beyond a stable MD timestep (≤ 10 fs)", md.timestep_fs)));
+            return Err(self.error(
+                "md.timestep_fs",
+                format!(
+                    "{} fs is far beyond a stable MD timestep (≤ 10 fs)",
+                    md.timestep_fs
+                ),
+            ));
         }
         if !(md.temperature_k.is_finite() && md.temperature_k >= 0.0) {
-            return Err(self.error("md.temperature_k", format!("must be ≥ 0 K, got {}", md.temperature_k)));
+            return Err(self.error(
+                "md.temperature_k",
+                format!("must be ≥ 0 K, got {}", md.temperature_k),
+            ));
         }
         positive("md.max_force_ev_per_angstrom", md.max_force_ev_per_angstrom)?;
         match (md.ensemble, md.friction_per_ps) {
-            (Ensemble::Nvt, None) => return Err(self.error("md.friction_per_ps", "is required for ensemble = \"nvt\" (Langevin friction in 1/ps)")),
+            (Ensemble::Nvt, None) => {
+                return Err(self.error(
+                    "md.friction_per_ps",
+                    "is required for ensemble = \"nvt\" (Langevin friction in 1/ps)",
+                ))
+            }
             (Ensemble::Nvt, Some(gamma)) => positive("md.friction_per_ps", gamma)?,
-            (Ensemble::Nve, Some(_)) => return Err(self.error("md.friction_per_ps", "applies to ensemble = \"nvt\" only; remove it for NVE")),
+            (Ensemble::Nve, Some(_)) => {
+                return Err(self.error(
+                    "md.friction_per_ps",
+                    "applies to ensemble = \"nvt\" only; remove it for NVE",
+                ))
+            }
             (Ensemble::Nve, None) => {}
         }
         if !(self.neighbors.skin_angstrom.is_finite() && self.neighbors.skin_angstrom >= 0.0) {
-            return Err(self.error("neighbors.skin_angstrom", format!("must be ≥ 0 Å, got {}", self.neighbors.skin_angstrom)));
+            return Err(self.error(
+                "neighbors.skin_angstrom",
+                format!("must be ≥ 0 Å, got {}", self.neighbors.skin_angstrom),
+            ));
         }
         match &self.system.cell {
             Some(CellSpec::Lengths(l)) if l.iter().any(|x| !(x.is_finite() && *x > 0.0)) => {
-                return Err(self.error("system.cell", format!("lengths must be positive, got {l:?}")));
+                return Err(self.error(
+                    "system.cell",
+                    format!("lengths must be positive, got {l:?}"),
+                ));
             }
             Some(_) if self.system.periodic == Some(false) => {
                 return Err(self.error("system.cell", "is given but system.periodic = false"));
             }
             _ => {}
         }
-        for (key, file) in [("system.file", &self.system.file), ("model.file", &self.model.file)] {
+        for (key, file) in [
+            ("system.file", &self.system.file),
+            ("model.file", &self.model.file),
+        ] {
             if !self.resolve(file).is_file() {
-                return Err(self.error(key, format!("no such file: {}", self.resolve(file).display())));
+                return Err(self.error(
+                    key,
+                    format!("no such file: {}", self.resolve(file).display()),
+                ));
             }
         }
         let mut outputs: Vec<(String, PathBuf)> = Vec::new();
@@ -247,16 +303,30 @@ impl Input {
         }
         for (index, (key, path)) in outputs.iter().enumerate() {
             if outputs[..index].iter().any(|(_, other)| other == path) {
-                return Err(self.error(key, format!("{} is named twice among the outputs", path.display())));
+                return Err(self.error(
+                    key,
+                    format!("{} is named twice among the outputs", path.display()),
+                ));
             }
-            for (input_key, input_file) in [("system.file", &self.system.file), ("model.file", &self.model.file)] {
+            for (input_key, input_file) in [
+                ("system.file", &self.system.file),
+                ("model.file", &self.model.file),
+            ] {
                 if self.resolve(input_file) == *path {
                     return Err(self.error(key, format!("would overwrite the input {input_key}")));
                 }
             }
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            if !parent.is_dir() {
-                return Err(self.error(key, format!("directory {} does not exist", parent.display())));
+            if path.is_dir() {
+                return Err(self.error(key, format!("{} is a directory", path.display())));
+            }
+            // Missing directories are created at the start of the run; an existing ancestor must
+            // be a directory.
+            if let Some(existing) = path.ancestors().skip(1).find(|a| a.exists()) {
+                if !existing.is_dir() {
+                    return Err(
+                        self.error(key, format!("{} is not a directory", existing.display()))
+                    );
+                }
             }
         }
         Ok(())

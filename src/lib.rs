@@ -2,6 +2,9 @@
 //!
 //! Units everywhere: Å, fs, eV, amu, K (forces in eV/Å, velocities in Å/fs).
 
+// Numerical loops over atoms, pairs and Cartesian components read best with indices.
+#![allow(clippy::needless_range_loop)]
+
 pub mod cell;
 pub mod forcefield;
 pub mod input;

@@ -68,14 +68,28 @@ enum DeviceArg {
     Cuda,
 }
 
-fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Option<String>) -> Result<()> {
+fn eval(
+    structure: PathBuf,
+    model_path: PathBuf,
+    device: DeviceArg,
+    format: Option<String>,
+) -> Result<()> {
     let model = PainnModel::load(&model_path)?;
     let device = match device {
-        DeviceArg::Cuda => return Err(anyhow!("--device cuda: the CUDA path is not available in this build yet")),
+        DeviceArg::Cuda => {
+            return Err(anyhow!(
+                "--device cuda: the CUDA path is not available in this build yet"
+            ))
+        }
         DeviceArg::Auto | DeviceArg::Cpu => Device::Cpu,
     };
     let system = System::read(&structure, format.as_deref()).map_err(|e| anyhow!(e))?;
-    check_structure(&system, &model, &model_path, &structure.display().to_string())?;
+    check_structure(
+        &system,
+        &model,
+        &model_path,
+        &structure.display().to_string(),
+    )?;
     let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
     let result = evaluate(&model, &system.numbers, &pairs);
     let json = serde_json::json!({
@@ -92,26 +106,60 @@ fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Opti
 
 fn main_result() -> Result<ExitCode> {
     let cli = Cli::parse();
-    chemfiles::set_warning_callback(|message| eprintln!("chemfiles warning: {message}"));
     let input = match (cli.command, cli.input) {
         (Some(Command::Run { input }), _) | (None, Some(input)) => input,
-        (Some(Command::Eval { structure, model, device, format }), _) => {
+        (
+            Some(Command::Eval {
+                structure,
+                model,
+                device,
+                format,
+            }),
+            _,
+        ) => {
             eval(structure, model, device, format)?;
             return Ok(ExitCode::SUCCESS);
         }
-        (Some(Command::RandomModel { out, features, interactions, rbf, cutoff, seed, elements, energy_scale }), _) => {
+        (
+            Some(Command::RandomModel {
+                out,
+                features,
+                interactions,
+                rbf,
+                cutoff,
+                seed,
+                elements,
+                energy_scale,
+            }),
+            _,
+        ) => {
             let elements = elements
                 .split(',')
-                .map(|s| s.trim().parse::<u8>().with_context(|| format!("--elements: `{s}` is not an atomic number")))
+                .map(|s| {
+                    s.trim()
+                        .parse::<u8>()
+                        .with_context(|| format!("--elements: `{s}` is not an atomic number"))
+                })
                 .collect::<Result<Vec<u8>>>()?;
-            let config = PainnConfig { n_atom_basis: features, n_interactions: interactions, n_rbf: rbf, cutoff, shared_filters: false, elements };
+            let config = PainnConfig {
+                n_atom_basis: features,
+                n_interactions: interactions,
+                n_rbf: rbf,
+                cutoff,
+                shared_filters: false,
+                elements,
+            };
             let mut model = PainnModel::random(config, seed);
             model.energy_scale = energy_scale;
             model.save(&out, true)?;
             eprintln!("wrote {} (random, untrained)", out.display());
             return Ok(ExitCode::SUCCESS);
         }
-        (None, None) => return Err(anyhow!("no input file given (usage: mdrun INPUT.toml, or mdrun --help)")),
+        (None, None) => {
+            return Err(anyhow!(
+                "no input file given (usage: mdrun INPUT.toml, or mdrun --help)"
+            ))
+        }
     };
     let prepared = Prepared::from_input_file(&input)?;
     let report = run(prepared)?;
@@ -125,10 +173,17 @@ fn main_result() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match main_result() {
+    let result = main_result();
+    for warning in mdrun::system::take_chemfiles_warnings() {
+        eprintln!("chemfiles warning: {warning}");
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mdrun: error: {}", mdrun::system::one_line(&format!("{e:#}")));
+            eprintln!(
+                "mdrun: error: {}",
+                mdrun::system::one_line(&format!("{e:#}"))
+            );
             ExitCode::from(2)
         }
     }

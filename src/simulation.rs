@@ -33,10 +33,20 @@ pub struct Prepared {
 }
 
 /// Model-dependent checks of a structure: elements, finite coordinates, close contacts, cell.
-pub fn check_structure(system: &System, model: &PainnModel, model_path: &Path, source: &str) -> Result<()> {
+pub fn check_structure(
+    system: &System,
+    model: &PainnModel,
+    model_path: &Path,
+    source: &str,
+) -> Result<()> {
     for (index, z) in system.numbers.iter().enumerate() {
         if !model.knows_element(*z) {
-            let known: Vec<String> = model.config.elements.iter().map(|z| z.to_string()).collect();
+            let known: Vec<String> = model
+                .config
+                .elements
+                .iter()
+                .map(|z| z.to_string())
+                .collect();
             bail!(
                 "{source}: atom {index} is {} (Z = {z}), an element the model {} does not know (it knows Z = {})",
                 system.symbols[index],
@@ -45,7 +55,11 @@ pub fn check_structure(system: &System, model: &PainnModel, model_path: &Path, s
             );
         }
     }
-    if let Some(index) = system.positions.iter().position(|r| !r.iter().all(|x| x.is_finite())) {
+    if let Some(index) = system
+        .positions
+        .iter()
+        .position(|r| !r.iter().all(|x| x.is_finite()))
+    {
         bail!("{source}: atom {index} has a NaN or infinite coordinate");
     }
     if let Some(cell) = &system.cell {
@@ -58,7 +72,11 @@ pub fn check_structure(system: &System, model: &PainnModel, model_path: &Path, s
             );
         }
     }
-    if let Some((i, j, d)) = closest_pair_below(&system.positions, system.cell.as_ref(), MIN_INTERATOMIC_DISTANCE) {
+    if let Some((i, j, d)) = closest_pair_below(
+        &system.positions,
+        system.cell.as_ref(),
+        MIN_INTERATOMIC_DISTANCE,
+    ) {
         bail!("{source}: atoms {i} and {j} are {d:.3} Å apart, closer than {MIN_INTERATOMIC_DISTANCE} Å");
     }
     Ok(())
@@ -89,17 +107,25 @@ impl Prepared {
         let input = Input::read(path)?;
         let file = input.path.display().to_string();
         let system_path = input.resolve(&input.system.file);
-        let mut system = System::read(&system_path, input.system.format.as_deref()).map_err(|e| anyhow!(e))?;
+        let mut system =
+            System::read(&system_path, input.system.format.as_deref()).map_err(|e| anyhow!(e))?;
         apply_cell(&input, &mut system)?;
         let model_path = input.resolve(&input.model.file);
         let model = PainnModel::load(&model_path)?;
         if input.model.device == Device::Cuda {
             bail!("{file}: model.device: \"cuda\" is not available in this build yet; use \"cpu\" or \"auto\"");
         }
-        check_structure(&system, &model, &model_path, &system_path.display().to_string())?;
+        check_structure(
+            &system,
+            &model,
+            &model_path,
+            &system_path.display().to_string(),
+        )?;
         let md = &input.md;
         let integrator = match md.ensemble {
-            Ensemble::Nve => Integrator::VelocityVerlet { timestep_fs: md.timestep_fs },
+            Ensemble::Nve => Integrator::VelocityVerlet {
+                timestep_fs: md.timestep_fs,
+            },
             Ensemble::Nvt => Integrator::Langevin {
                 timestep_fs: md.timestep_fs,
                 temperature_k: md.temperature_k,
@@ -108,11 +134,17 @@ impl Prepared {
             },
         };
         let velocities = match md.initial_velocities {
-            InitialVelocities::MaxwellBoltzmann => {
-                maxwell_boltzmann(&system.masses, md.temperature_k, integrator.degrees_of_freedom(system.len()), md.seed)
-            }
+            InitialVelocities::MaxwellBoltzmann => maxwell_boltzmann(
+                &system.masses,
+                md.temperature_k,
+                integrator.degrees_of_freedom(system.len()),
+                md.seed,
+            ),
             InitialVelocities::File => system.velocities.clone().ok_or_else(|| {
-                anyhow!("{file}: md.initial_velocities: \"file\", but {} has no velocities", system_path.display())
+                anyhow!(
+                    "{file}: md.initial_velocities: \"file\", but {} has no velocities",
+                    system_path.display()
+                )
             })?,
         };
         let mut trajectory_formats = Vec::new();
@@ -121,7 +153,14 @@ impl Prepared {
                 .map_err(|e| anyhow!("{file}: output.trajectory[{index}].file: {e}"))?;
             trajectory_formats.push(format);
         }
-        Ok(Prepared { input, system, model, integrator, velocities, trajectory_formats })
+        Ok(Prepared {
+            input,
+            system,
+            model,
+            integrator,
+            velocities,
+            trajectory_formats,
+        })
     }
 }
 
@@ -172,14 +211,25 @@ struct StepFailure {
 }
 
 fn check_step(state: &State, limit: f64) -> Option<StepFailure> {
-    let non_finite = |reason: &str| Some(StepFailure { reason: reason.into(), non_finite: true });
+    let non_finite = |reason: &str| {
+        Some(StepFailure {
+            reason: reason.into(),
+            non_finite: true,
+        })
+    };
     if !state.potential.is_finite() {
         return non_finite("the potential energy is NaN or infinite");
     }
     if state.forces.iter().flatten().any(|x| !x.is_finite()) {
         return non_finite("a force is NaN or infinite");
     }
-    if state.positions.iter().flatten().chain(state.velocities.iter().flatten()).any(|x| !x.is_finite()) {
+    if state
+        .positions
+        .iter()
+        .flatten()
+        .chain(state.velocities.iter().flatten())
+        .any(|x| !x.is_finite())
+    {
         return non_finite("a position or velocity is NaN or infinite");
     }
     let max_force = force_norms(&state.forces).0;
@@ -200,18 +250,34 @@ pub struct RunReport {
 }
 
 pub fn run(prepared: Prepared) -> Result<RunReport> {
-    let Prepared { input, system, model, integrator, velocities, trajectory_formats } = prepared;
+    let Prepared {
+        input,
+        system,
+        model,
+        integrator,
+        velocities,
+        trajectory_formats,
+    } = prepared;
     let n = system.len();
     let cell = system.cell;
     let show_progress = std::io::stderr().is_terminal();
 
     // Outputs: created only now, after every check has passed.
+    for path in input.output_paths() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        }
+    }
     let mut outputs = Vec::new();
     let mut trajectories = Vec::new();
     for (t, format) in input.output.trajectory.iter().zip(&trajectory_formats) {
         let path = input.resolve(&t.file);
         let explicit = t.format.as_deref().map(|_| format.as_str());
-        trajectories.push(TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols).map_err(|e| anyhow!(e))?);
+        trajectories.push(
+            TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols)
+                .map_err(|e| anyhow!(e))?,
+        );
         outputs.push(path);
     }
     let mut energy_log = match &input.output.energy {
@@ -222,17 +288,25 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         }
         None => None,
     };
-    let mut log = RunLog { file: None, echo: !show_progress };
+    let mut log = RunLog {
+        file: None,
+        echo: !show_progress,
+    };
     if let Some(path) = &input.output.log {
         let path = input.resolve(path);
-        let file = File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+        let file =
+            File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
         log.file = Some(BufWriter::new(file));
         outputs.push(path);
     }
 
     let md = &input.md;
     let dof = integrator.degrees_of_freedom(n);
-    log.line(&format!("mdrun {} — input {}", env!("CARGO_PKG_VERSION"), input.path.display()));
+    log.line(&format!(
+        "mdrun {} — input {}",
+        env!("CARGO_PKG_VERSION"),
+        input.path.display()
+    ));
     log.line(&format!(
         "system: {} atoms from {}, {}",
         n,
@@ -249,17 +323,24 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         model.config.n_interactions,
         model.config.n_rbf,
         model.cutoff(),
-        if model.trained { "" } else { " — UNTRAINED (random weights): the dynamics are not physical" }
+        if model.trained {
+            ""
+        } else {
+            " — UNTRAINED (random weights): the dynamics are not physical"
+        }
     ));
     log.line(&format!(
         "md: {:?}, dt = {} fs, {} steps, T = {} K, seed = {}, {} degrees of freedom, device cpu (f64 reference)",
         md.ensemble, md.timestep_fs, md.steps, md.temperature_k, md.seed, dof
     ));
     if !model.trained && show_progress {
-        eprintln!("warning: {} is an untrained model (random weights): the dynamics are not physical", input.model.file.display());
+        eprintln!(
+            "warning: {} is an untrained model (random weights): the dynamics are not physical",
+            input.model.file.display()
+        );
     }
 
-    let mut forcefield = CpuPainn { model };
+    let mut forcefield = CpuPainn::new(model);
     let mut neighbors = NeighborList::new(forcefield.cutoff(), input.neighbors.skin_angstrom);
     let mut pairs = PairList::default();
     let mut state = State {
@@ -296,9 +377,11 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     let progress = if show_progress {
         let bar = indicatif::ProgressBar::new(md.steps);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} steps {per_sec} {msg} (eta {eta})")
-                .expect("static template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} steps {per_sec} {msg} (eta {eta})",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar
     } else {
@@ -310,10 +393,16 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         non_finite: why.non_finite,
     });
     let mut last_good = state.clone();
-    let mut write_outputs = |state: &State, force: bool, records: &mut Vec<EnergyRecord>, log: &mut RunLog| -> Result<()> {
+    let mut write_outputs = |state: &State,
+                             force: bool,
+                             records: &mut Vec<EnergyRecord>,
+                             log: &mut RunLog|
+     -> Result<()> {
         let record = record_of(state);
         let log_due = energy_log.as_ref().is_some_and(|l| l.is_due(state.step));
-        let already = records.last().is_some_and(|r: &EnergyRecord| r.step == state.step);
+        let already = records
+            .last()
+            .is_some_and(|r: &EnergyRecord| r.step == state.step);
         if (log_due || force || records.is_empty()) && !already {
             records.push(record);
             if let Some(l) = &mut energy_log {
@@ -332,7 +421,8 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         }
         for t in trajectories.iter_mut() {
             if force || t.is_due(state.step) {
-                t.write(state.step, &state.positions, cell.as_ref()).map_err(|e| anyhow!(e))?;
+                t.write(state.step, &state.positions, cell.as_ref())
+                    .map_err(|e| anyhow!(e))?;
             }
         }
         Ok(())
@@ -343,12 +433,20 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         write_outputs(&state, false, &mut records, &mut log)?;
         for step in 1..=md.steps {
             state.step = step;
-            state.thermostat_work -=
-                integrator.first_half(step, &mut state.positions, &mut state.velocities, &state.forces, &system.masses);
+            state.thermostat_work -= integrator.first_half(
+                step,
+                &mut state.positions,
+                &mut state.velocities,
+                &state.forces,
+                &system.masses,
+            );
             rebuilds = evaluate(&mut state);
             integrator.second_half(&mut state.velocities, &state.forces, &system.masses);
             if let Some(why) = check_step(&state, md.max_force_ev_per_angstrom) {
-                failure = Some(StepFailure { reason: format!("step {step}: {}", why.reason), non_finite: why.non_finite });
+                failure = Some(StepFailure {
+                    reason: format!("step {step}: {}", why.reason),
+                    non_finite: why.non_finite,
+                });
                 break;
             }
             write_outputs(&state, false, &mut records, &mut log)?;
@@ -356,7 +454,11 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
             progress.inc(1);
             if step % 100 == 0 {
                 if let Some(r) = records.last() {
-                    progress.set_message(format!("E_tot {:.6} eV, T {:.1} K", r.total(), r.temperature));
+                    progress.set_message(format!(
+                        "E_tot {:.6} eV, T {:.1} K",
+                        r.total(),
+                        r.temperature
+                    ));
                 }
             }
         }
@@ -366,7 +468,10 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     // The last good state is always in the trajectories and the energy log.
     write_outputs(&last_good, true, &mut records, &mut log)?;
     if let Some(why) = &failure {
-        log.line(&format!("STOPPED: {}; the last good frame (step {}) was written", why.reason, last_good.step));
+        log.line(&format!(
+            "STOPPED: {}; the last good frame (step {}) was written",
+            why.reason, last_good.step
+        ));
     }
     let non_finite = failure.as_ref().is_some_and(|f| f.non_finite);
     let summary = Summary::new(&records, n, md.timestep_fs, wall, non_finite, rebuilds);
@@ -378,5 +483,9 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
             println!("{line}");
         }
     }
-    Ok(RunReport { summary, failure: failure.map(|f| f.reason), outputs })
+    Ok(RunReport {
+        summary,
+        failure: failure.map(|f| f.reason),
+        outputs,
+    })
 }

@@ -1,6 +1,7 @@
 //! Atoms, positions, velocities and the periodic cell; reading structures through chemfiles.
 
 use std::path::Path;
+use std::sync::{Mutex, Once};
 
 use crate::cell::{Cell, Vec3};
 
@@ -24,9 +25,46 @@ pub fn element(symbol: &str) -> Option<(u8, f64)> {
     (z > 0 && z < 119).then(|| (z as u8, atom.mass()))
 }
 
+static CHEMFILES_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Routes chemfiles' warnings into a buffer instead of stderr: the reason a file cannot be read
+/// is usually in them, and it belongs in the one-line error that names the file.
+fn capture_chemfiles_warnings() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        chemfiles::set_warning_callback(|message| {
+            if let Ok(mut w) = CHEMFILES_WARNINGS.lock() {
+                w.push(one_line(message));
+            }
+        })
+    });
+}
+
+/// chemfiles warnings since the last call.
+pub fn take_chemfiles_warnings() -> Vec<String> {
+    capture_chemfiles_warnings();
+    CHEMFILES_WARNINGS
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+/// A chemfiles error on `what`, with the warnings that explain it.
+fn chemfiles_error(name: &dyn std::fmt::Display, what: &str, error: &chemfiles::Error) -> String {
+    let mut text = format!("{name}: {what}: {}", one_line(&error.to_string()));
+    for warning in take_chemfiles_warnings() {
+        text += &format!(" ({warning})");
+    }
+    text
+}
+
 impl System {
     /// A system from element symbols and positions (Å): for tests and generated structures.
-    pub fn from_symbols(symbols: &[&str], positions: Vec<Vec3>, cell: Option<Cell>) -> Result<System, String> {
+    pub fn from_symbols(
+        symbols: &[&str],
+        positions: Vec<Vec3>,
+        cell: Option<Cell>,
+    ) -> Result<System, String> {
         assert_eq!(symbols.len(), positions.len());
         let mut numbers = Vec::new();
         let mut masses = Vec::new();
@@ -57,6 +95,7 @@ impl System {
     /// extension. Errors are one line naming the file.
     pub fn read(path: &Path, format: Option<&str>) -> Result<System, String> {
         let name = path.display();
+        take_chemfiles_warnings();
         if !path.is_file() {
             return Err(format!("{name}: no such file"));
         }
@@ -64,9 +103,11 @@ impl System {
             Some(f) => chemfiles::Trajectory::open_with_format(path, 'r', f),
             None => chemfiles::Trajectory::open(path, 'r'),
         }
-        .map_err(|e| format!("{name}: chemfiles cannot open it: {}", one_line(&e.to_string())))?;
+        .map_err(|e| chemfiles_error(&name, "chemfiles cannot open it", &e))?;
         let mut frame = chemfiles::Frame::new();
-        trajectory.read(&mut frame).map_err(|e| format!("{name}: chemfiles cannot read a frame: {}", one_line(&e.to_string())))?;
+        trajectory
+            .read(&mut frame)
+            .map_err(|e| chemfiles_error(&name, "chemfiles cannot read a frame", &e))?;
         if frame.size() == 0 {
             return Err(format!("{name}: the structure has no atoms"));
         }
@@ -90,7 +131,11 @@ impl System {
             _ => {
                 // chemfiles stores the lattice vectors as the columns of its matrix.
                 let m = frame.cell().matrix();
-                let rows = [[m[0][0], m[1][0], m[2][0]], [m[0][1], m[1][1], m[2][1]], [m[0][2], m[1][2], m[2][2]]];
+                let rows = [
+                    [m[0][0], m[1][0], m[2][0]],
+                    [m[0][1], m[1][1], m[2][1]],
+                    [m[0][2], m[1][2], m[2][2]],
+                ];
                 Some(Cell::new(rows).map_err(|e| format!("{name}: unit cell: {e}"))?)
             }
         };

@@ -9,7 +9,12 @@ use mdrun::forcefield::cpu::evaluate;
 use mdrun::model::PainnModel;
 use mdrun::neighbors::brute_force_pairs;
 
-fn energy_and_forces(model: &PainnModel, numbers: &[u8], positions: &[Vec3], cell: Option<&Cell>) -> (f64, Vec<Vec3>) {
+fn energy_and_forces(
+    model: &PainnModel,
+    numbers: &[u8],
+    positions: &[Vec3],
+    cell: Option<&Cell>,
+) -> (f64, Vec<Vec3>) {
     let pairs = brute_force_pairs(positions, cell, model.cutoff());
     let e = evaluate(model, numbers, &pairs);
     (e.energy, e.forces)
@@ -17,7 +22,12 @@ fn energy_and_forces(model: &PainnModel, numbers: &[u8], positions: &[Vec3], cel
 
 /// Max relative error of analytic forces against central differences, relative to the largest
 /// force component.
-fn finite_difference_error(model: &PainnModel, numbers: &[u8], positions: &[Vec3], cell: Option<&Cell>) -> f64 {
+fn finite_difference_error(
+    model: &PainnModel,
+    numbers: &[u8],
+    positions: &[Vec3],
+    cell: Option<&Cell>,
+) -> f64 {
     let (_, forces) = energy_and_forces(model, numbers, positions, cell);
     let h = 1e-5;
     let scale = forces.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -29,7 +39,9 @@ fn finite_difference_error(model: &PainnModel, numbers: &[u8], positions: &[Vec3
             let mut minus = positions.to_vec();
             plus[atom][axis] += h;
             minus[atom][axis] -= h;
-            let numeric = -(energy_and_forces(model, numbers, &plus, cell).0 - energy_and_forces(model, numbers, &minus, cell).0) / (2.0 * h);
+            let numeric = -(energy_and_forces(model, numbers, &plus, cell).0
+                - energy_and_forces(model, numbers, &minus, cell).0)
+                / (2.0 * h);
             worst = worst.max((numeric - forces[atom][axis]).abs() / scale);
         }
     }
@@ -61,7 +73,11 @@ fn forces_match_finite_differences_shared_filters_and_bessel() {
     let mut model = random_model(config, 11);
     let (numbers, positions) = random_structure(7, 3.5, 0.9, None, 12);
     assert!(finite_difference_error(&model, &numbers, &positions, None) < 1e-6);
-    model.radial_basis = mdrun::model::RadialBasis::Bessel { freqs: (1..=8).map(|k| k as f64 * std::f64::consts::PI / 3.5).collect() };
+    model.radial_basis = mdrun::model::RadialBasis::Bessel {
+        freqs: (1..=8)
+            .map(|k| k as f64 * std::f64::consts::PI / 3.5)
+            .collect(),
+    };
     let err = finite_difference_error(&model, &numbers, &positions, None);
     assert!(err < 1e-6, "bessel: relative force error {err:e}");
 }
@@ -87,7 +103,10 @@ fn energy_is_invariant_under_translation_rotation_and_permutation() {
         let (e0, f0) = energy_and_forces(&model, &numbers, &positions, None);
         let tolerance = 1e-10 * e0.abs().max(1.0);
 
-        let shifted: Vec<Vec3> = positions.iter().map(|r| [r[0] + 3.7, r[1] - 12.1, r[2] + 0.3]).collect();
+        let shifted: Vec<Vec3> = positions
+            .iter()
+            .map(|r| [r[0] + 3.7, r[1] - 12.1, r[2] + 0.3])
+            .collect();
         let (e1, f1) = energy_and_forces(&model, &numbers, &shifted, None);
         assert!((e1 - e0).abs() < tolerance, "translation: {e0} vs {e1}");
         for (a, b) in f0.iter().zip(&f1) {
@@ -101,7 +120,10 @@ fn energy_is_invariant_under_translation_rotation_and_permutation() {
         // Forces rotate with the structure.
         for (a, b) in f0.iter().zip(&f2) {
             let ra = rotate(&rot, a);
-            assert!((0..3).all(|x| (ra[x] - b[x]).abs() < 1e-9), "rotated force {ra:?} vs {b:?}");
+            assert!(
+                (0..3).all(|x| (ra[x] - b[x]).abs() < 1e-9),
+                "rotated force {ra:?} vs {b:?}"
+            );
         }
 
         let order: Vec<usize> = (0..numbers.len()).rev().collect();
@@ -141,7 +163,10 @@ fn forces_sum_to_zero_and_far_atoms_do_not_interact() {
         assert!(total.abs() < 1e-10, "net force {total}");
     }
     // Two copies beyond the cutoff of each other: the energy is additive.
-    let far: Vec<Vec3> = positions.iter().map(|r| [r[0] + 100.0, r[1], r[2]]).collect();
+    let far: Vec<Vec3> = positions
+        .iter()
+        .map(|r| [r[0] + 100.0, r[1], r[2]])
+        .collect();
     let both_numbers: Vec<u8> = numbers.iter().chain(&numbers).cloned().collect();
     let both: Vec<Vec3> = positions.iter().chain(&far).cloned().collect();
     let (e1, _) = energy_and_forces(&model, &numbers, &positions, None);

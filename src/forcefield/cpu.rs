@@ -38,7 +38,11 @@ fn col_mut(m: &mut DMatrix<f64>, i: usize) -> &mut [f64] {
 type Vectorial = [DMatrix<f64>; 3];
 
 fn zeros3(rows: usize, cols: usize) -> Vectorial {
-    [DMatrix::zeros(rows, cols), DMatrix::zeros(rows, cols), DMatrix::zeros(rows, cols)]
+    [
+        DMatrix::zeros(rows, cols),
+        DMatrix::zeros(rows, cols),
+        DMatrix::zeros(rows, cols),
+    ]
 }
 
 /// Geometry and radial terms of every pair.
@@ -48,10 +52,21 @@ struct PairTerms {
     cutoff: Vec<f64>,
     cutoff_derivative: Vec<f64>,
     basis_derivative: DMatrix<f64>,
-    /// filter_net(φ(d)) before the cutoff is applied: [filter rows, P].
+    /// filter_net(φ(d)) before the cutoff is applied: [filter rows, P]. The filter of a pair is
+    /// this column times `cutoff[pair]`, applied where it is used: the matrix is the largest
+    /// thing in the evaluation, and one copy of it is enough.
     filter_raw: DMatrix<f64>,
-    /// filter_net(φ(d)) · f_cut(d): [filter rows, P].
-    filter: DMatrix<f64>,
+}
+
+impl PairTerms {
+    /// Filter w_ij = filter_net(φ) · f_cut of `pair`, rows of interaction block `offset`.
+    fn filter_into(&self, pair: usize, offset: usize, out: &mut [f64]) {
+        let raw = &col(&self.filter_raw, pair)[offset..offset + out.len()];
+        let fc = self.cutoff[pair];
+        for (o, r) in out.iter_mut().zip(raw) {
+            *o = r * fc;
+        }
+    }
 }
 
 struct InteractionCache {
@@ -76,33 +91,77 @@ pub struct Evaluation {
     pub forces: Vec<Vec3>,
 }
 
+/// Buffers for the per-pair filter matrices ([T·3F, P]: by far the largest objects), kept
+/// between evaluations so that an MD step does not allocate and page-fault them anew.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    filter_raw: Vec<f64>,
+    grad_filter: Vec<f64>,
+}
+
+/// A zeroed `rows × cols` matrix on the storage of `buffer` (reused when large enough).
+fn matrix_on(buffer: &mut Vec<f64>, rows: usize, cols: usize) -> DMatrix<f64> {
+    let mut storage = std::mem::take(buffer);
+    storage.clear();
+    storage.resize(rows * cols, 0.0);
+    DMatrix::from_vec(rows, cols, storage)
+}
+
 /// Evaluates the model for atoms `numbers` with the directed pair list `pairs` (both i→j and
 /// j→i, r_ij = R_j − R_i + shift). Pairs at or beyond the cutoff contribute exactly nothing.
 pub fn evaluate(model: &PainnModel, numbers: &[u8], pairs: &PairList) -> Evaluation {
+    evaluate_in(&mut Workspace::default(), model, numbers, pairs)
+}
+
+/// `evaluate`, with the large buffers taken from and returned to `workspace`.
+pub fn evaluate_in(
+    workspace: &mut Workspace,
+    model: &PainnModel,
+    numbers: &[u8],
+    pairs: &PairList,
+) -> Evaluation {
     let n = numbers.len();
     let f = model.config.n_atom_basis;
-    let terms = pair_terms(model, pairs);
+    let terms = pair_terms(
+        model,
+        pairs,
+        matrix_on(&mut workspace.filter_raw, model.filter.n_out(), pairs.len()),
+    );
 
     // Forward.
-    let mut q = DMatrix::from_fn(f, n, |row, atom| model.embedding[(row, usize::from(numbers[atom]))]);
+    let mut q = DMatrix::from_fn(f, n, |row, atom| {
+        model.embedding[(row, usize::from(numbers[atom]))]
+    });
     let mut mu = zeros3(f, n);
     let mut interaction_caches = Vec::with_capacity(model.config.n_interactions);
     let mut mixing_caches = Vec::with_capacity(model.config.n_interactions);
     for t in 0..model.config.n_interactions {
-        interaction_caches.push(interaction_forward(model, t, pairs, &terms, &mut q, &mut mu));
+        interaction_caches.push(interaction_forward(
+            model, t, pairs, &terms, &mut q, &mut mu,
+        ));
         mixing_caches.push(mixing_forward(model, t, &mut q, &mut mu));
     }
     let readout_pre = model.readout1.forward(&q);
     let atomwise = model.readout2.forward(&readout_pre.map(silu));
     let mut energy = model.energy_scale * atomwise.sum() + model.mean_per_atom * n as f64;
-    energy += numbers.iter().map(|&z| model.atomref[usize::from(z)]).sum::<f64>();
+    energy += numbers
+        .iter()
+        .map(|&z| model.atomref[usize::from(z)])
+        .sum::<f64>();
 
     // Reverse: gradients of E with respect to q, μ, the filters and the pair unit vectors.
     let grad_atomwise = DMatrix::from_element(1, n, model.energy_scale);
-    let grad_hidden = model.readout2.backward(&grad_atomwise).component_mul(&readout_pre.map(silu_derivative));
+    let grad_hidden = model
+        .readout2
+        .backward(&grad_atomwise)
+        .component_mul(&readout_pre.map(silu_derivative));
     let mut grad_q = model.readout1.backward(&grad_hidden);
     let mut grad_mu = zeros3(f, n);
-    let mut grad_filter = DMatrix::zeros(terms.filter.nrows(), pairs.len());
+    let mut grad_filter = matrix_on(
+        &mut workspace.grad_filter,
+        terms.filter_raw.nrows(),
+        pairs.len(),
+    );
     let mut grad_unit = vec![[0.0; 3]; pairs.len()];
     for t in (0..model.config.n_interactions).rev() {
         mixing_backward(model, t, &mixing_caches[t], &mut grad_q, &mut grad_mu);
@@ -118,10 +177,13 @@ pub fn evaluate(model: &PainnModel, numbers: &[u8], pairs: &PairList) -> Evaluat
             &mut grad_unit,
         );
     }
-    Evaluation { energy, forces: pair_forces(model, n, pairs, &terms, &grad_filter, &grad_unit) }
+    let forces = pair_forces(model, n, pairs, &terms, &mut grad_filter, &grad_unit);
+    workspace.grad_filter = grad_filter.data.into();
+    workspace.filter_raw = terms.filter_raw.data.into();
+    Evaluation { energy, forces }
 }
 
-fn pair_terms(model: &PainnModel, pairs: &PairList) -> PairTerms {
+fn pair_terms(model: &PainnModel, pairs: &PairList, mut filter_raw: DMatrix<f64>) -> PairTerms {
     let p = pairs.len();
     let k = model.config.n_rbf;
     let c = model.cutoff();
@@ -163,12 +225,15 @@ fn pair_terms(model: &PainnModel, pairs: &PairList) -> PairTerms {
             }
         }
     }
-    let filter_raw = model.filter.forward(&basis);
-    let mut filter = filter_raw.clone();
-    for (pair, mut column) in filter.column_iter_mut().enumerate() {
-        column *= cutoff[pair];
+    model.filter.forward_into(&basis, &mut filter_raw);
+    PairTerms {
+        distance,
+        unit,
+        cutoff,
+        cutoff_derivative,
+        basis_derivative,
+        filter_raw,
     }
-    PairTerms { distance, unit, cutoff, cutoff_derivative, basis_derivative, filter_raw, filter }
 }
 
 fn interaction_forward(
@@ -187,11 +252,15 @@ fn interaction_forward(
     let n = q.ncols();
     let mut dq = DMatrix::zeros(f, n);
     let mut dmu = zeros3(f, n);
+    let mut w = vec![0.0; 3 * f];
     for pair in 0..pairs.len() {
         let (i, j) = (pairs.first[pair], pairs.second[pair]);
-        let w = &col(&terms.filter, pair)[offset..offset + 3 * f];
+        terms.filter_into(pair, offset, &mut w);
         let xj = col(&context, j);
-        for (acc, (wc, xc)) in col_mut(&mut dq, i).iter_mut().zip(w[..f].iter().zip(&xj[..f])) {
+        for (acc, (wc, xc)) in col_mut(&mut dq, i)
+            .iter_mut()
+            .zip(w[..f].iter().zip(&xj[..f]))
+        {
             *acc += wc * xc;
         }
         for k in 0..3 {
@@ -208,7 +277,11 @@ fn interaction_forward(
     for k in 0..3 {
         mu[k] += &dmu[k];
     }
-    InteractionCache { mu_in, context_pre, context }
+    InteractionCache {
+        mu_in,
+        context_pre,
+        context,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -231,34 +304,40 @@ fn interaction_backward(
     // μ_out = μ_in + Σ messages: the gradient reaches μ_in directly and through v ⊙ μ_j.
     let mut grad_mu_in = grad_mu.clone();
     let mut grad_message = vec![0.0; 3 * f];
+    let mut w = vec![0.0; 3 * f];
     for pair in 0..pairs.len() {
         let (i, j) = (pairs.first[pair], pairs.second[pair]);
         let u = terms.unit[pair];
-        let w = &col(&terms.filter, pair)[offset..offset + 3 * f];
+        terms.filter_into(pair, offset, &mut w);
         let xj = col(&cache.context, j);
-        let gq_i = col(grad_q, i);
-        let gmu_i = [col(&grad_mu[0], i), col(&grad_mu[1], i), col(&grad_mu[2], i)];
-        let mu_j = [col(&cache.mu_in[0], j), col(&cache.mu_in[1], j), col(&cache.mu_in[2], j)];
-        let mut gu = [0.0; 3];
+        let gmu_i = [
+            col(&grad_mu[0], i),
+            col(&grad_mu[1], i),
+            col(&grad_mu[2], i),
+        ];
+        let mu_j = [
+            col(&cache.mu_in[0], j),
+            col(&cache.mu_in[1], j),
+            col(&cache.mu_in[2], j),
+        ];
+        // Message m = w ⊙ x_j split into (s, R, v): their gradients, in that order.
+        grad_message[..f].copy_from_slice(col(grad_q, i));
         for c in 0..f {
-            let radial = w[f + c] * xj[f + c];
-            let vector = w[2 * f + c] * xj[2 * f + c];
-            grad_message[c] = gq_i[c];
-            let mut g_radial = 0.0;
-            let mut g_vector = 0.0;
-            for k in 0..3 {
-                g_radial += gmu_i[k][c] * u[k];
-                g_vector += gmu_i[k][c] * mu_j[k][c];
-                gu[k] += gmu_i[k][c] * radial;
-            }
-            grad_message[f + c] = g_radial;
-            grad_message[2 * f + c] = g_vector;
-            for k in 0..3 {
-                col_mut(&mut grad_mu_in[k], j)[c] += gmu_i[k][c] * vector;
-            }
+            grad_message[f + c] = gmu_i[0][c] * u[0] + gmu_i[1][c] * u[1] + gmu_i[2][c] * u[2];
+            grad_message[2 * f + c] =
+                gmu_i[0][c] * mu_j[0][c] + gmu_i[1][c] * mu_j[1][c] + gmu_i[2][c] * mu_j[2][c];
         }
         for k in 0..3 {
-            grad_unit[pair][k] += gu[k];
+            let radial = w[f..2 * f].iter().zip(&xj[f..2 * f]);
+            grad_unit[pair][k] += gmu_i[k]
+                .iter()
+                .zip(radial)
+                .map(|(g, (wc, xc))| g * wc * xc)
+                .sum::<f64>();
+            let out = col_mut(&mut grad_mu_in[k], j);
+            for c in 0..f {
+                out[c] += gmu_i[k][c] * w[2 * f + c] * xj[2 * f + c];
+            }
         }
         let gw = &mut col_mut(grad_filter, pair)[offset..offset + 3 * f];
         for r in 0..3 * f {
@@ -270,11 +349,19 @@ fn interaction_backward(
         }
     }
     *grad_mu = grad_mu_in;
-    let grad_pre = layer.context2.backward(&grad_context).component_mul(&cache.context_pre.map(silu_derivative));
+    let grad_pre = layer
+        .context2
+        .backward(&grad_context)
+        .component_mul(&cache.context_pre.map(silu_derivative));
     *grad_q += layer.context1.backward(&grad_pre);
 }
 
-fn mixing_forward(model: &PainnModel, t: usize, q: &mut DMatrix<f64>, mu: &mut Vectorial) -> MixingCache {
+fn mixing_forward(
+    model: &PainnModel,
+    t: usize,
+    q: &mut DMatrix<f64>,
+    mu: &mut Vectorial,
+) -> MixingCache {
     let f = model.config.n_atom_basis;
     let n = q.ncols();
     let layer = &model.mixings[t];
@@ -286,17 +373,28 @@ fn mixing_forward(model: &PainnModel, t: usize, q: &mut DMatrix<f64>, mu: &mut V
     let mut norm = DMatrix::zeros(f, n);
     let mut v_dot_u = DMatrix::zeros(f, n);
     for atom in 0..n {
-        let m = [col(&mixed[0], atom), col(&mixed[1], atom), col(&mixed[2], atom)];
+        let m = [
+            col(&mixed[0], atom),
+            col(&mixed[1], atom),
+            col(&mixed[2], atom),
+        ];
         let norm_a = col_mut(&mut norm, atom);
         for c in 0..f {
-            norm_a[c] = (m[0][c] * m[0][c] + m[1][c] * m[1][c] + m[2][c] * m[2][c] + model.epsilon).sqrt();
+            norm_a[c] =
+                (m[0][c] * m[0][c] + m[1][c] * m[1][c] + m[2][c] * m[2][c] + model.epsilon).sqrt();
         }
         let vu = col_mut(&mut v_dot_u, atom);
         for c in 0..f {
             vu[c] = m[0][c] * m[0][f + c] + m[1][c] * m[1][f + c] + m[2][c] * m[2][f + c];
         }
     }
-    let stacked = DMatrix::from_fn(2 * f, n, |row, atom| if row < f { q[(row, atom)] } else { norm[(row - f, atom)] });
+    let stacked = DMatrix::from_fn(2 * f, n, |row, atom| {
+        if row < f {
+            q[(row, atom)]
+        } else {
+            norm[(row - f, atom)]
+        }
+    });
     let context_pre = layer.context1.forward(&stacked);
     let context = layer.context2.forward(&context_pre.map(silu));
     for atom in 0..n {
@@ -315,10 +413,22 @@ fn mixing_forward(model: &PainnModel, t: usize, q: &mut DMatrix<f64>, mu: &mut V
             }
         }
     }
-    MixingCache { mixed, norm, context_pre, context, v_dot_u }
+    MixingCache {
+        mixed,
+        norm,
+        context_pre,
+        context,
+        v_dot_u,
+    }
 }
 
-fn mixing_backward(model: &PainnModel, t: usize, cache: &MixingCache, grad_q: &mut DMatrix<f64>, grad_mu: &mut Vectorial) {
+fn mixing_backward(
+    model: &PainnModel,
+    t: usize,
+    cache: &MixingCache,
+    grad_q: &mut DMatrix<f64>,
+    grad_mu: &mut Vectorial,
+) {
     let f = model.config.n_atom_basis;
     let n = grad_q.ncols();
     let layer = &model.mixings[t];
@@ -347,7 +457,10 @@ fn mixing_backward(model: &PainnModel, t: usize, cache: &MixingCache, grad_q: &m
             }
         }
     }
-    let grad_pre = layer.context2.backward(&grad_context).component_mul(&cache.context_pre.map(silu_derivative));
+    let grad_pre = layer
+        .context2
+        .backward(&grad_context)
+        .component_mul(&cache.context_pre.map(silu_derivative));
     let grad_stacked = layer.context1.backward(&grad_pre);
     for atom in 0..n {
         let gs = col(&grad_stacked, atom);
@@ -374,21 +487,31 @@ fn pair_forces(
     n: usize,
     pairs: &PairList,
     terms: &PairTerms,
-    grad_filter: &DMatrix<f64>,
+    grad_filter: &mut DMatrix<f64>,
     grad_unit: &[Vec3],
 ) -> Vec<Vec3> {
     let k = model.config.n_rbf;
-    let mut grad_filter_raw = grad_filter.clone();
-    for (pair, mut column) in grad_filter_raw.column_iter_mut().enumerate() {
+    // w = raw · f_cut: the gradient splits into one for f_cut and one for raw (scaled in place).
+    let mut grad_cutoff = vec![0.0; pairs.len()];
+    for (pair, mut column) in grad_filter.column_iter_mut().enumerate() {
+        grad_cutoff[pair] = column
+            .iter()
+            .zip(col(&terms.filter_raw, pair))
+            .map(|(g, w)| g * w)
+            .sum();
         column *= terms.cutoff[pair];
     }
-    let grad_basis = model.filter.backward(&grad_filter_raw);
+    let grad_basis = model.filter.backward(grad_filter);
     let mut forces = vec![[0.0; 3]; n];
     for pair in 0..pairs.len() {
-        let grad_cutoff: f64 = col(grad_filter, pair).iter().zip(col(&terms.filter_raw, pair)).map(|(g, w)| g * w).sum();
+        let grad_cutoff = grad_cutoff[pair];
         let dphi = &terms.basis_derivative.as_slice()[pair * k..(pair + 1) * k];
-        let grad_distance: f64 =
-            col(&grad_basis, pair).iter().zip(dphi).map(|(g, d)| g * d).sum::<f64>() + grad_cutoff * terms.cutoff_derivative[pair];
+        let grad_distance: f64 = col(&grad_basis, pair)
+            .iter()
+            .zip(dphi)
+            .map(|(g, d)| g * d)
+            .sum::<f64>()
+            + grad_cutoff * terms.cutoff_derivative[pair];
         let u = terms.unit[pair];
         let gu = grad_unit[pair];
         let d = terms.distance[pair];

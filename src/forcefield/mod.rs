@@ -16,6 +16,16 @@ pub trait ForceField {
 /// The f64 CPU reference PaiNN.
 pub struct CpuPainn {
     pub model: PainnModel,
+    workspace: cpu::Workspace,
+}
+
+impl CpuPainn {
+    pub fn new(model: PainnModel) -> CpuPainn {
+        CpuPainn {
+            model,
+            workspace: cpu::Workspace::default(),
+        }
+    }
 }
 
 impl ForceField for CpuPainn {
@@ -24,7 +34,7 @@ impl ForceField for CpuPainn {
     }
 
     fn compute(&mut self, numbers: &[u8], pairs: &PairList, forces: &mut [Vec3]) -> f64 {
-        let evaluation = cpu::evaluate(&self.model, numbers, pairs);
+        let evaluation = cpu::evaluate_in(&mut self.workspace, &self.model, numbers, pairs);
         forces.copy_from_slice(&evaluation.forces);
         evaluation.energy
     }

@@ -14,13 +14,19 @@ pub enum Integrator {
     /// Velocity Verlet: B(½) A(1) · force · B(½).
     VelocityVerlet { timestep_fs: f64 },
     /// BAOAB Langevin splitting (Leimkuhler & Matthews 2013): B(½) A(½) O(1) A(½) · force · B(½).
-    Langevin { timestep_fs: f64, temperature_k: f64, friction_per_ps: f64, seed: u64 },
+    Langevin {
+        timestep_fs: f64,
+        temperature_k: f64,
+        friction_per_ps: f64,
+        seed: u64,
+    },
 }
 
 impl Integrator {
     pub fn timestep_fs(&self) -> f64 {
         match self {
-            Integrator::VelocityVerlet { timestep_fs } | Integrator::Langevin { timestep_fs, .. } => *timestep_fs,
+            Integrator::VelocityVerlet { timestep_fs }
+            | Integrator::Langevin { timestep_fs, .. } => *timestep_fs,
         }
     }
 
@@ -35,7 +41,14 @@ impl Integrator {
 
     /// Everything up to the next force evaluation, for step `step` (1-based). Returns the
     /// kinetic energy the thermostat put in (eV), so a conserved quantity can be tracked.
-    pub fn first_half(&self, step: u64, positions: &mut [Vec3], velocities: &mut [Vec3], forces: &[Vec3], masses: &[f64]) -> f64 {
+    pub fn first_half(
+        &self,
+        step: u64,
+        positions: &mut [Vec3],
+        velocities: &mut [Vec3],
+        forces: &[Vec3],
+        masses: &[f64],
+    ) -> f64 {
         let dt = self.timestep_fs();
         kick(velocities, forces, masses, 0.5 * dt);
         match self {
@@ -43,7 +56,12 @@ impl Integrator {
                 drift(positions, velocities, dt);
                 0.0
             }
-            Integrator::Langevin { temperature_k, friction_per_ps, seed, .. } => {
+            Integrator::Langevin {
+                temperature_k,
+                friction_per_ps,
+                seed,
+                ..
+            } => {
                 drift(positions, velocities, 0.5 * dt);
                 let before = kinetic_energy(velocities, masses);
                 let damping = (-friction_per_ps / FS_PER_PS * dt).exp();
@@ -88,7 +106,12 @@ fn drift(positions: &mut [Vec3], velocities: &[Vec3], dt: f64) {
 
 /// Kinetic energy in eV.
 pub fn kinetic_energy(velocities: &[Vec3], masses: &[f64]) -> f64 {
-    0.5 * AMU_A2_PER_FS2_IN_EV * velocities.iter().zip(masses).map(|(v, m)| m * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2])).sum::<f64>()
+    0.5 * AMU_A2_PER_FS2_IN_EV
+        * velocities
+            .iter()
+            .zip(masses)
+            .map(|(v, m)| m * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))
+            .sum::<f64>()
 }
 
 /// Instantaneous temperature in K.
@@ -102,14 +125,21 @@ pub fn temperature(kinetic_energy_ev: f64, degrees_of_freedom: usize) -> f64 {
 /// Maxwell–Boltzmann velocities at `temperature_k` (Å/fs), seeded: each component drawn from
 /// N(0, kT/m), net momentum removed, then scaled so the temperature over `degrees_of_freedom` is
 /// exactly the target (as LAMMPS' `velocity create` does).
-pub fn maxwell_boltzmann(masses: &[f64], temperature_k: f64, degrees_of_freedom: usize, seed: u64) -> Vec<Vec3> {
+pub fn maxwell_boltzmann(
+    masses: &[f64],
+    temperature_k: f64,
+    degrees_of_freedom: usize,
+    seed: u64,
+) -> Vec<Vec3> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let kt = BOLTZMANN_EV_PER_K * temperature_k;
     let mut velocities: Vec<Vec3> = masses
         .iter()
         .map(|m| {
             let sigma = (kt * ACCELERATION_A_PER_FS2 / m).sqrt();
-            [0, 1, 2].map(|_| sigma * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
+            [0, 1, 2].map(|_| {
+                sigma * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng)
+            })
         })
         .collect();
     if masses.len() > 1 {
@@ -118,7 +148,9 @@ pub fn maxwell_boltzmann(masses: &[f64], temperature_k: f64, degrees_of_freedom:
     let current = temperature(kinetic_energy(&velocities, masses), degrees_of_freedom);
     if current > 0.0 && temperature_k > 0.0 {
         let scale = (temperature_k / current).sqrt();
-        velocities.iter_mut().for_each(|v| v.iter_mut().for_each(|x| *x *= scale));
+        velocities
+            .iter_mut()
+            .for_each(|v| v.iter_mut().for_each(|x| *x *= scale));
     }
     velocities
 }

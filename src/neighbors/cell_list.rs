@@ -18,7 +18,11 @@ fn norm2(r: &Vec3) -> f64 {
 /// normal to a), so scanning ±ceil(r·n_a/w_a) bins covers it. Bin offsets past the edge wrap
 /// around with an image shift, and when r exceeds half the cell the scan passes the same bin
 /// again under another image: every (j, image) is visited exactly once.
-pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64) -> Vec<Candidate> {
+pub fn cell_list_candidates(
+    positions: &[Vec3],
+    cell: Option<&Cell>,
+    radius: f64,
+) -> Vec<Candidate> {
     let n = positions.len();
     if n == 0 {
         return Vec::new();
@@ -34,7 +38,11 @@ pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64
                 bins = bins.map(|b| (b / 2).max(1));
             }
             let reach = [0, 1, 2].map(|a| (radius * bins[a] as f64 / widths[a]).ceil() as i64);
-            (positions.iter().map(|r| cell.to_fractional(r)).collect(), bins, reach)
+            (
+                positions.iter().map(|r| cell.to_fractional(r)).collect(),
+                bins,
+                reach,
+            )
         }
         None => {
             let mut lo = positions[0];
@@ -53,11 +61,16 @@ pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64
                 bins = extent.map(|e| ((e / size).floor() as usize).max(1));
             }
             // Bins are at least `radius` wide, so the neighbors of a bin are one bin away.
-            let coords = positions.iter().map(|r| [0, 1, 2].map(|a| (r[a] - lo[a]) / extent[a] * (1.0 - 1e-12))).collect();
+            let coords = positions
+                .iter()
+                .map(|r| [0, 1, 2].map(|a| (r[a] - lo[a]) / extent[a] * (1.0 - 1e-12)))
+                .collect();
             (coords, bins, [1, 1, 1])
         }
     };
-    let bin_of = |s: &Vec3| -> [usize; 3] { [0, 1, 2].map(|a| ((s[a] * bins[a] as f64).floor().max(0.0) as usize).min(bins[a] - 1)) };
+    let bin_of = |s: &Vec3| -> [usize; 3] {
+        [0, 1, 2].map(|a| ((s[a] * bins[a] as f64).floor().max(0.0) as usize).min(bins[a] - 1))
+    };
     let flat = |b: [usize; 3]| (b[0] * bins[1] + b[1]) * bins[2] + b[2];
     let n_bins = bins.iter().product::<usize>();
 
@@ -112,7 +125,11 @@ pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64
                         }
                         let r = [0, 1, 2].map(|x| positions[ju][x] + shift[x] - positions[i][x]);
                         if norm2(&r) < radius2 {
-                            out.push(Candidate { i: i as u32, j, image });
+                            out.push(Candidate {
+                                i: i as u32,
+                                j,
+                                image,
+                            });
                         }
                     }
                 }
@@ -125,7 +142,11 @@ pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64
 
 /// Every (j, image) within `radius` of i, by looping over all atoms and all images that can
 /// reach: O(N²), independent of any binning, the reference the cell list is tested against.
-pub fn brute_force_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64) -> Vec<Candidate> {
+pub fn brute_force_candidates(
+    positions: &[Vec3],
+    cell: Option<&Cell>,
+    radius: f64,
+) -> Vec<Candidate> {
     let radius2 = radius * radius;
     let reach: [i32; 3] = match cell {
         // Positions anywhere (not wrapped): allow one extra image for the spread of positions.
@@ -152,7 +173,11 @@ pub fn brute_force_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f
                         let shift = cell.map_or([0.0; 3], |c| c.translation(image));
                         let r = [0, 1, 2].map(|x| positions[j][x] + shift[x] - positions[i][x]);
                         if norm2(&r) < radius2 {
-                            out.push(Candidate { i: i as u32, j: j as u32, image });
+                            out.push(Candidate {
+                                i: i as u32,
+                                j: j as u32,
+                                image,
+                            });
                         }
                     }
                 }

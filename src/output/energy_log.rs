@@ -40,18 +40,27 @@ pub const HEADER: &str = "step,time_ps,e_pot_ev,e_kin_ev,e_tot_ev,temperature_k,
 
 impl EnergyLog {
     pub fn create(path: &Path, interval: u64, n_atoms: usize) -> Result<EnergyLog, String> {
-        let file = File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
-        let mut log = EnergyLog { path: path.to_path_buf(), writer: BufWriter::new(file), interval, n_atoms, reference: None };
+        let file =
+            File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+        let mut log = EnergyLog {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+            interval,
+            n_atoms,
+            reference: None,
+        };
         log.line(HEADER)?;
         Ok(log)
     }
 
     pub fn is_due(&self, step: u64) -> bool {
-        step % self.interval == 0
+        step.is_multiple_of(self.interval)
     }
 
     fn line(&mut self, text: &str) -> Result<(), String> {
-        writeln!(self.writer, "{text}").and_then(|_| self.writer.flush()).map_err(|e| format!("{}: cannot write: {e}", self.path.display()))
+        writeln!(self.writer, "{text}")
+            .and_then(|_| self.writer.flush())
+            .map_err(|e| format!("{}: cannot write: {e}", self.path.display()))
     }
 
     /// Appends a record; `drift_per_atom_ev` is the conserved energy's change since the first

@@ -29,11 +29,22 @@ impl Summary {
         neighbor_rebuilds: u64,
     ) -> Summary {
         let steps = records.last().map_or(0, |r| r.step) - records.first().map_or(0, |r| r.step);
-        let steps_per_second = if wall_seconds > 0.0 { steps as f64 / wall_seconds } else { 0.0 };
+        let steps_per_second = if wall_seconds > 0.0 {
+            steps as f64 / wall_seconds
+        } else {
+            0.0
+        };
         let e0 = records.first().map_or(0.0, EnergyRecord::conserved);
         let e_end = records.last().map_or(0.0, EnergyRecord::conserved);
-        let drift_percent = if e0 != 0.0 { (e_end - e0) / e0.abs() * 100.0 } else { 0.0 };
-        let max_abs_deviation = records.iter().map(|r| (r.conserved() - e0).abs()).fold(0.0, f64::max);
+        let drift_percent = if e0 != 0.0 {
+            (e_end - e0) / e0.abs() * 100.0
+        } else {
+            0.0
+        };
+        let max_abs_deviation = records
+            .iter()
+            .map(|r| (r.conserved() - e0).abs())
+            .fold(0.0, f64::max);
         let slope = linear_fit_slope(records.iter().map(|r| (r.time_ps, r.conserved())));
         Summary {
             steps,

@@ -9,11 +9,25 @@ use rand::{RngExt, SeedableRng};
 pub const ELEMENTS: [u8; 4] = [1, 6, 7, 8];
 
 pub fn small_config(cutoff: f64) -> PainnConfig {
-    PainnConfig { n_atom_basis: 16, n_interactions: 2, n_rbf: 8, cutoff, shared_filters: false, elements: ELEMENTS.to_vec() }
+    PainnConfig {
+        n_atom_basis: 16,
+        n_interactions: 2,
+        n_rbf: 8,
+        cutoff,
+        shared_filters: false,
+        elements: ELEMENTS.to_vec(),
+    }
 }
 
 pub fn full_config() -> PainnConfig {
-    PainnConfig { n_atom_basis: 128, n_interactions: 3, n_rbf: 20, cutoff: 5.0, shared_filters: false, elements: ELEMENTS.to_vec() }
+    PainnConfig {
+        n_atom_basis: 128,
+        n_interactions: 3,
+        n_rbf: 20,
+        cutoff: 5.0,
+        shared_filters: false,
+        elements: ELEMENTS.to_vec(),
+    }
 }
 
 /// A random model whose offsets and references are non-zero too, so every term is exercised.
@@ -30,7 +44,13 @@ pub fn random_model(config: PainnConfig, seed: u64) -> PainnModel {
 
 /// `n` atoms of random H/C/N/O placed in a cube of edge `edge` Å (relative to `origin`),
 /// no two closer than `min_distance` (periodic images included when `cell` is given).
-pub fn random_structure(n: usize, edge: f64, min_distance: f64, cell: Option<&Cell>, seed: u64) -> (Vec<u8>, Vec<Vec3>) {
+pub fn random_structure(
+    n: usize,
+    edge: f64,
+    min_distance: f64,
+    cell: Option<&Cell>,
+    seed: u64,
+) -> (Vec<u8>, Vec<Vec3>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut positions: Vec<Vec3> = Vec::new();
     let mut numbers = Vec::new();
@@ -82,9 +102,21 @@ pub fn random_rotation(seed: u64) -> [[f64; 3]; 3] {
     }
     let [w, x, y, z] = q;
     [
-        [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - z * w), 2.0 * (x * z + y * w)],
-        [2.0 * (x * y + z * w), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - x * w)],
-        [2.0 * (x * z - y * w), 2.0 * (y * z + x * w), 1.0 - 2.0 * (x * x + y * y)],
+        [
+            1.0 - 2.0 * (y * y + z * z),
+            2.0 * (x * y - z * w),
+            2.0 * (x * z + y * w),
+        ],
+        [
+            2.0 * (x * y + z * w),
+            1.0 - 2.0 * (x * x + z * z),
+            2.0 * (y * z - x * w),
+        ],
+        [
+            2.0 * (x * z - y * w),
+            2.0 * (y * z + x * w),
+            1.0 - 2.0 * (x * x + y * y),
+        ],
     ]
 }
 
@@ -104,4 +136,37 @@ pub fn benzene() -> (Vec<&'static str>, Vec<Vec3>) {
         }
     }
     (symbols, positions)
+}
+
+/// A fresh temporary directory per call (tests run in parallel).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("mdrun-{tag}-{}-{unique}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The project root (tests run from it under cargo and on the device machine).
+pub fn project_file(relative: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(relative)
+        .display()
+        .to_string()
+}
+
+/// Columns of the energy CSV by header name.
+pub fn read_energy_csv(path: &std::path::Path) -> std::collections::HashMap<String, Vec<f64>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let mut columns: std::collections::HashMap<String, Vec<f64>> =
+        header.iter().map(|h| (h.clone(), Vec::new())).collect();
+    for line in lines {
+        for (h, v) in header.iter().zip(line.split(',')) {
+            columns.get_mut(h).unwrap().push(v.parse().unwrap());
+        }
+    }
+    columns
 }
