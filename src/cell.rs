@@ -29,19 +29,12 @@ impl Cell {
             ));
         }
         let inverse = m.try_inverse().ok_or("cell matrix cannot be inverted")?;
-        Ok(Cell {
-            vectors: m,
-            inverse,
-        })
+        Ok(Cell { vectors: m, inverse })
     }
 
     /// An orthorhombic cell with edge lengths `a`, `b`, `c` in Å.
     pub fn orthorhombic(lengths: Vec3) -> Result<Cell, String> {
-        Cell::new([
-            [lengths[0], 0.0, 0.0],
-            [0.0, lengths[1], 0.0],
-            [0.0, 0.0, lengths[2]],
-        ])
+        Cell::new([[lengths[0], 0.0, 0.0], [0.0, lengths[1], 0.0], [0.0, 0.0, lengths[2]]])
     }
 
     /// Lattice vectors as rows.
@@ -65,11 +58,7 @@ impl Cell {
         let b = self.vectors.row(1).transpose();
         let c = self.vectors.row(2).transpose();
         let v = self.volume();
-        [
-            v / b.cross(&c).norm(),
-            v / c.cross(&a).norm(),
-            v / a.cross(&b).norm(),
-        ]
+        [v / b.cross(&c).norm(), v / c.cross(&a).norm(), v / a.cross(&b).norm()]
     }
 
     pub fn to_fractional(&self, r: &Vec3) -> Vec3 {

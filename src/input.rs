@@ -23,6 +23,8 @@ pub struct Input {
     pub neighbors: NeighborSection,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default)]
+    pub gpu: GpuSection,
     /// Where this input was read from; paths resolve against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -121,6 +123,25 @@ impl Default for NeighborSection {
         NeighborSection {
             skin_angstrom: default_skin(),
         }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Switches of the GPU path (ignored on the CPU).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSection {
+    /// Capture the whole MD step as one CUDA graph and replay it (false: plain launches).
+    #[serde(default = "default_true")]
+    pub cuda_graph: bool,
+}
+
+impl Default for GpuSection {
+    fn default() -> Self {
+        GpuSection { cuda_graph: true }
     }
 }
 
@@ -226,17 +247,11 @@ impl Input {
         if md.timestep_fs > 10.0 {
             return Err(self.error(
                 "md.timestep_fs",
-                format!(
-                    "{} fs is far beyond a stable MD timestep (≤ 10 fs)",
-                    md.timestep_fs
-                ),
+                format!("{} fs is far beyond a stable MD timestep (≤ 10 fs)", md.timestep_fs),
             ));
         }
         if !(md.temperature_k.is_finite() && md.temperature_k >= 0.0) {
-            return Err(self.error(
-                "md.temperature_k",
-                format!("must be ≥ 0 K, got {}", md.temperature_k),
-            ));
+            return Err(self.error("md.temperature_k", format!("must be ≥ 0 K, got {}", md.temperature_k)));
         }
         positive("md.max_force_ev_per_angstrom", md.max_force_ev_per_angstrom)?;
         match (md.ensemble, md.friction_per_ps) {
@@ -263,25 +278,16 @@ impl Input {
         }
         match &self.system.cell {
             Some(CellSpec::Lengths(l)) if l.iter().any(|x| !(x.is_finite() && *x > 0.0)) => {
-                return Err(self.error(
-                    "system.cell",
-                    format!("lengths must be positive, got {l:?}"),
-                ));
+                return Err(self.error("system.cell", format!("lengths must be positive, got {l:?}")));
             }
             Some(_) if self.system.periodic == Some(false) => {
                 return Err(self.error("system.cell", "is given but system.periodic = false"));
             }
             _ => {}
         }
-        for (key, file) in [
-            ("system.file", &self.system.file),
-            ("model.file", &self.model.file),
-        ] {
+        for (key, file) in [("system.file", &self.system.file), ("model.file", &self.model.file)] {
             if !self.resolve(file).is_file() {
-                return Err(self.error(
-                    key,
-                    format!("no such file: {}", self.resolve(file).display()),
-                ));
+                return Err(self.error(key, format!("no such file: {}", self.resolve(file).display())));
             }
         }
         let mut outputs: Vec<(String, PathBuf)> = Vec::new();
@@ -303,15 +309,9 @@ impl Input {
         }
         for (index, (key, path)) in outputs.iter().enumerate() {
             if outputs[..index].iter().any(|(_, other)| other == path) {
-                return Err(self.error(
-                    key,
-                    format!("{} is named twice among the outputs", path.display()),
-                ));
+                return Err(self.error(key, format!("{} is named twice among the outputs", path.display())));
             }
-            for (input_key, input_file) in [
-                ("system.file", &self.system.file),
-                ("model.file", &self.model.file),
-            ] {
+            for (input_key, input_file) in [("system.file", &self.system.file), ("model.file", &self.model.file)] {
                 if self.resolve(input_file) == *path {
                     return Err(self.error(key, format!("would overwrite the input {input_key}")));
                 }
@@ -323,9 +323,7 @@ impl Input {
             // be a directory.
             if let Some(existing) = path.ancestors().skip(1).find(|a| a.exists()) {
                 if !existing.is_dir() {
-                    return Err(
-                        self.error(key, format!("{} is not a directory", existing.display()))
-                    );
+                    return Err(self.error(key, format!("{} is not a directory", existing.display())));
                 }
             }
         }

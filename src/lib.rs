@@ -5,8 +5,12 @@
 // Numerical loops over atoms, pairs and Cartesian components read best with indices.
 #![allow(clippy::needless_range_loop)]
 
+pub mod bench;
 pub mod cell;
+
+pub mod engine;
 pub mod forcefield;
+pub mod gpu;
 pub mod input;
 pub mod integrate;
 pub mod model;

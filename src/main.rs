@@ -8,7 +8,7 @@ use mdrun::forcefield::cpu::evaluate;
 use mdrun::input::Device;
 use mdrun::model::{PainnConfig, PainnModel};
 use mdrun::neighbors::brute_force_pairs;
-use mdrun::simulation::{check_structure, run, Prepared};
+use mdrun::simulation::{check_structure, resolve_device, run, Prepared};
 use mdrun::system::System;
 
 /// Molecular dynamics with a PaiNN machine-learned force field (Å, fs, eV, amu, K).
@@ -37,6 +37,23 @@ enum Command {
         /// chemfiles format name, when the extension does not tell.
         #[arg(long)]
         format: Option<String>,
+    },
+    /// Times full MD steps (median µs/step) on the CPU reference and on the GPU, side by side.
+    Bench {
+        /// Structure files; `FILE@N` replicates a periodic system N×N×N.
+        #[arg(required = true)]
+        systems: Vec<String>,
+        #[arg(long)]
+        model: PathBuf,
+        /// Largest system timed on the CPU as well.
+        #[arg(long, default_value_t = 250)]
+        cpu_max_atoms: usize,
+        /// Skip the GPU configurations.
+        #[arg(long)]
+        no_gpu: bool,
+        /// Write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
     RandomModel {
@@ -68,37 +85,30 @@ enum DeviceArg {
     Cuda,
 }
 
-fn eval(
-    structure: PathBuf,
-    model_path: PathBuf,
-    device: DeviceArg,
-    format: Option<String>,
-) -> Result<()> {
+fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Option<String>) -> Result<()> {
     let model = PainnModel::load(&model_path)?;
     let device = match device {
-        DeviceArg::Cuda => {
-            return Err(anyhow!(
-                "--device cuda: the CUDA path is not available in this build yet"
-            ))
-        }
-        DeviceArg::Auto | DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::Cuda,
+        DeviceArg::Auto => Device::Auto,
+        DeviceArg::Cpu => Device::Cpu,
     };
+    let use_gpu = resolve_device(device, &model).map_err(|e| anyhow!("--device: {e}"))?;
     let system = System::read(&structure, format.as_deref()).map_err(|e| anyhow!(e))?;
-    check_structure(
-        &system,
-        &model,
-        &model_path,
-        &structure.display().to_string(),
-    )?;
-    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
-    let result = evaluate(&model, &system.numbers, &pairs);
+    check_structure(&system, &model, &model_path, &structure.display().to_string())?;
+    let (energy, forces) = if use_gpu {
+        mdrun::gpu::md::evaluate(&model, &system)?
+    } else {
+        let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
+        let result = evaluate(&model, &system.numbers, &pairs);
+        (result.energy, result.forces)
+    };
     let json = serde_json::json!({
         "structure": structure.display().to_string(),
         "model": model_path.display().to_string(),
-        "device": format!("{device:?}").to_lowercase(),
+        "device": if use_gpu { "cuda (f32)" } else { "cpu (f64)" },
         "n_atoms": system.len(),
-        "energy_ev": result.energy,
-        "forces_ev_per_angstrom": result.forces,
+        "energy_ev": energy,
+        "forces_ev_per_angstrom": forces,
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
@@ -155,6 +165,36 @@ fn main_result() -> Result<ExitCode> {
             eprintln!("wrote {} (random, untrained)", out.display());
             return Ok(ExitCode::SUCCESS);
         }
+        (
+            Some(Command::Bench {
+                systems,
+                model,
+                cpu_max_atoms,
+                no_gpu,
+                json,
+            }),
+            _,
+        ) => {
+            let model = PainnModel::load(&model)?;
+            let options = mdrun::bench::BenchOptions {
+                timestep_fs: 0.5,
+                skin: 1.0,
+                cpu_max_atoms,
+                gpu: !no_gpu,
+            };
+            let mut rows = Vec::new();
+            for spec in &systems {
+                let (name, system) = mdrun::bench::load_system(spec)?;
+                eprintln!("bench: {name} ({} atoms)", system.len());
+                rows.extend(mdrun::bench::bench_system(&name, &system, &model, &options)?);
+            }
+            println!("{}", mdrun::bench::markdown(&rows));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         (None, None) => {
             return Err(anyhow!(
                 "no input file given (usage: mdrun INPUT.toml, or mdrun --help)"
@@ -180,10 +220,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
-                "mdrun: error: {}",
-                mdrun::system::one_line(&format!("{e:#}"))
-            );
+            eprintln!("mdrun: error: {}", mdrun::system::one_line(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

@@ -170,13 +170,11 @@ impl PainnModel {
             path: path.display().to_string(),
             reason,
         };
-        let bytes =
-            std::fs::read(path).map_err(|e| err(format!("cannot read the model file: {e}")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read the model file: {e}")))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
         let metadata = header.metadata().clone().unwrap_or_default();
-        let file = SafeTensors::deserialize(&bytes)
-            .map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
         let mut tensors = Tensors::new();
         for (name, view) in file.tensors() {
             let values: Vec<f64> = match view.dtype() {
@@ -206,14 +204,8 @@ impl PainnModel {
         Self::from_parts(&metadata, tensors).map_err(err)
     }
 
-    fn from_parts(
-        meta: &HashMap<String, String>,
-        mut tensors: Tensors,
-    ) -> Result<PainnModel, String> {
-        let get = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| format!("metadata key `{key}` is missing"))
-        };
+    fn from_parts(meta: &HashMap<String, String>, mut tensors: Tensors) -> Result<PainnModel, String> {
+        let get = |key: &str| meta.get(key).ok_or_else(|| format!("metadata key `{key}` is missing"));
         let parse_usize = |key: &str| -> Result<usize, String> {
             get(key)?
                 .trim()
@@ -225,9 +217,7 @@ impl PainnModel {
                 None => Ok(default),
                 Some(s) if s == "true" => Ok(true),
                 Some(s) if s == "false" => Ok(false),
-                Some(s) => Err(format!(
-                    "metadata `{key}` must be `true` or `false`, not `{s}`"
-                )),
+                Some(s) => Err(format!("metadata `{key}` must be `true` or `false`, not `{s}`")),
             }
         };
         if get("format")? != "mdrun-painn" {
@@ -270,10 +260,7 @@ impl PainnModel {
             ));
         }
         let epsilon: f64 = match meta.get("epsilon") {
-            Some(s) => s
-                .trim()
-                .parse()
-                .map_err(|e| format!("metadata `epsilon`: {e}"))?,
+            Some(s) => s.trim().parse().map_err(|e| format!("metadata `epsilon`: {e}"))?,
             None => 1e-8,
         };
         let shared_filters = parse_bool("shared_filters", false)?;
@@ -285,9 +272,7 @@ impl PainnModel {
                 .parse()
                 .map_err(|_| format!("metadata `elements`: `{item}` is not an atomic number"))?;
             if z == 0 || usize::from(z) >= MAX_ELEMENTS {
-                return Err(format!(
-                    "metadata `elements`: atomic number {z} is outside 1..99"
-                ));
+                return Err(format!("metadata `elements`: atomic number {z} is outside 1..99"));
             }
             elements.push(z);
         }
@@ -295,22 +280,18 @@ impl PainnModel {
         elements.dedup();
 
         let sizes = format!("F={f}, T={t_count}, K={k}, shared_filters={shared_filters}");
-        let take =
-            |tensors: &mut Tensors, name: &str, shape: &[usize]| -> Result<Vec<f64>, String> {
-                let (found, values) = tensors
-                    .remove(name)
-                    .ok_or_else(|| format!("tensor `{name}` is missing"))?;
-                if found != shape {
-                    return Err(format!(
-                        "tensor `{name}` has shape {found:?}, expected {shape:?} ({sizes})"
-                    ));
-                }
-                Ok(values)
-            };
-        let radial_kind = meta
-            .get("radial_basis")
-            .map(String::as_str)
-            .unwrap_or("gaussian");
+        let take = |tensors: &mut Tensors, name: &str, shape: &[usize]| -> Result<Vec<f64>, String> {
+            let (found, values) = tensors
+                .remove(name)
+                .ok_or_else(|| format!("tensor `{name}` is missing"))?;
+            if found != shape {
+                return Err(format!(
+                    "tensor `{name}` has shape {found:?}, expected {shape:?} ({sizes})"
+                ));
+            }
+            Ok(values)
+        };
+        let radial_kind = meta.get("radial_basis").map(String::as_str).unwrap_or("gaussian");
         let radial_basis = match radial_kind {
             "gaussian" => RadialBasis::Gaussian {
                 offsets: take(&mut tensors, "representation.radial_basis.offsets", &[k])?,
@@ -327,50 +308,26 @@ impl PainnModel {
         };
         if let RadialBasis::Gaussian { widths, .. } = &radial_basis {
             if widths.contains(&0.0) {
-                return Err(
-                    "tensor `representation.radial_basis.widths` holds a zero width".into(),
-                );
+                return Err("tensor `representation.radial_basis.widths` holds a zero width".into());
             }
         }
         let embedding = DMatrix::from_column_slice(
             f,
             MAX_ELEMENTS,
-            &take(
-                &mut tensors,
-                "representation.embedding.weight",
-                &[MAX_ELEMENTS, f],
-            )?,
+            &take(&mut tensors, "representation.embedding.weight", &[MAX_ELEMENTS, f])?,
         );
-        let filter_out = if shared_filters {
-            3 * f
-        } else {
-            t_count * 3 * f
-        };
-        let dense = |tensors: &mut Tensors,
-                     name: &str,
-                     n_out: usize,
-                     n_in: usize,
-                     bias: bool|
-         -> Result<Dense, String> {
-            let w = take(tensors, &format!("{name}.weight"), &[n_out, n_in])?;
-            let b = if bias {
-                Some(DVector::from_vec(take(
-                    tensors,
-                    &format!("{name}.bias"),
-                    &[n_out],
-                )?))
-            } else {
-                None
+        let filter_out = if shared_filters { 3 * f } else { t_count * 3 * f };
+        let dense =
+            |tensors: &mut Tensors, name: &str, n_out: usize, n_in: usize, bias: bool| -> Result<Dense, String> {
+                let w = take(tensors, &format!("{name}.weight"), &[n_out, n_in])?;
+                let b = if bias {
+                    Some(DVector::from_vec(take(tensors, &format!("{name}.bias"), &[n_out])?))
+                } else {
+                    None
+                };
+                Ok(Dense::new(DMatrix::from_row_slice(n_out, n_in, &w), b))
             };
-            Ok(Dense::new(DMatrix::from_row_slice(n_out, n_in, &w), b))
-        };
-        let filter = dense(
-            &mut tensors,
-            "representation.filter_net",
-            filter_out,
-            k,
-            true,
-        )?;
+        let filter = dense(&mut tensors, "representation.filter_net", filter_out, k, true)?;
         let mut interactions = Vec::new();
         let mut mixings = Vec::new();
         for t in 0..t_count {
@@ -381,27 +338,9 @@ impl PainnModel {
             });
             let p = format!("representation.mixing.{t}");
             mixings.push(Mixing {
-                context1: dense(
-                    &mut tensors,
-                    &format!("{p}.intraatomic_context_net.0"),
-                    f,
-                    2 * f,
-                    true,
-                )?,
-                context2: dense(
-                    &mut tensors,
-                    &format!("{p}.intraatomic_context_net.1"),
-                    3 * f,
-                    f,
-                    true,
-                )?,
-                channel_mix: dense(
-                    &mut tensors,
-                    &format!("{p}.mu_channel_mix"),
-                    2 * f,
-                    f,
-                    false,
-                )?,
+                context1: dense(&mut tensors, &format!("{p}.intraatomic_context_net.0"), f, 2 * f, true)?,
+                context2: dense(&mut tensors, &format!("{p}.intraatomic_context_net.1"), 3 * f, f, true)?,
+                channel_mix: dense(&mut tensors, &format!("{p}.mu_channel_mix"), 2 * f, f, false)?,
             });
         }
         let hidden = tensors
@@ -410,14 +349,13 @@ impl PainnModel {
             .ok_or("tensor `output_modules.0.outnet.0.weight` is missing")?;
         let readout1 = dense(&mut tensors, "output_modules.0.outnet.0", hidden, f, true)?;
         let readout2 = dense(&mut tensors, "output_modules.0.outnet.1", 1, hidden, true)?;
-        let optional_scalar =
-            |tensors: &mut Tensors, name: &str, default: f64| -> Result<f64, String> {
-                if tensors.contains_key(name) {
-                    Ok(take(tensors, name, &[1])?[0])
-                } else {
-                    Ok(default)
-                }
-            };
+        let optional_scalar = |tensors: &mut Tensors, name: &str, default: f64| -> Result<f64, String> {
+            if tensors.contains_key(name) {
+                Ok(take(tensors, name, &[1])?[0])
+            } else {
+                Ok(default)
+            }
+        };
         let energy_scale = optional_scalar(&mut tensors, "energy.scale", 1.0)?;
         let mean_per_atom = optional_scalar(&mut tensors, "energy.mean_per_atom", 0.0)?;
         let atomref = if tensors.contains_key("energy.atomref") {
@@ -426,9 +364,7 @@ impl PainnModel {
             vec![0.0; MAX_ELEMENTS]
         };
         if let Some(name) = tensors.keys().min() {
-            return Err(format!(
-                "tensor `{name}` is not part of the mdrun-painn format"
-            ));
+            return Err(format!("tensor `{name}` is not part of the mdrun-painn format"));
         }
         Ok(PainnModel {
             config: PainnConfig {
@@ -502,10 +438,7 @@ impl PainnModel {
                 &format!("representation.mixing.{t}.intraatomic_context_net.1"),
                 &m.context2,
             );
-            dense(
-                &format!("representation.mixing.{t}.mu_channel_mix"),
-                &m.channel_mix,
-            );
+            dense(&format!("representation.mixing.{t}.mu_channel_mix"), &m.channel_mix);
         }
         dense("output_modules.0.outnet.0", &self.readout1);
         dense("output_modules.0.outnet.1", &self.readout2);
@@ -538,16 +471,8 @@ impl PainnModel {
             }
         }
         out.push(("energy.scale".into(), vec![1], vec![self.energy_scale]));
-        out.push((
-            "energy.mean_per_atom".into(),
-            vec![1],
-            vec![self.mean_per_atom],
-        ));
-        out.push((
-            "energy.atomref".into(),
-            vec![MAX_ELEMENTS],
-            self.atomref.clone(),
-        ));
+        out.push(("energy.mean_per_atom".into(), vec![1], vec![self.mean_per_atom]));
+        out.push(("energy.atomref".into(), vec![MAX_ELEMENTS], self.atomref.clone()));
         (meta, out)
     }
 
@@ -562,21 +487,14 @@ impl PainnModel {
             .into_iter()
             .map(|(name, shape, values)| {
                 let data = if single_precision {
-                    values
-                        .iter()
-                        .flat_map(|v| (*v as f32).to_le_bytes())
-                        .collect()
+                    values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect()
                 } else {
                     values.iter().flat_map(|v| v.to_le_bytes()).collect()
                 };
                 (name, shape, data)
             })
             .collect();
-        let dtype = if single_precision {
-            Dtype::F32
-        } else {
-            Dtype::F64
-        };
+        let dtype = if single_precision { Dtype::F32 } else { Dtype::F64 };
         let views = bytes
             .iter()
             .map(|(name, shape, data)| {
@@ -587,8 +505,7 @@ impl PainnModel {
             })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
             .map_err(|e| err(format!("{e:?}")))?;
-        let buffer =
-            safetensors::serialize(views, Some(meta)).map_err(|e| err(format!("{e:?}")))?;
+        let buffer = safetensors::serialize(views, Some(meta)).map_err(|e| err(format!("{e:?}")))?;
         std::fs::write(path, buffer).map_err(|e| err(format!("cannot write: {e}")))
     }
 
@@ -600,21 +517,15 @@ impl PainnModel {
         let f = config.n_atom_basis;
         let k = config.n_rbf;
         let t = config.n_interactions;
-        let mut uniform = |rows: usize, cols: usize, bound: f64| {
-            DMatrix::from_fn(rows, cols, |_, _| rng.random_range(-bound..bound))
-        };
+        let mut uniform =
+            |rows: usize, cols: usize, bound: f64| DMatrix::from_fn(rows, cols, |_, _| rng.random_range(-bound..bound));
         let mut dense = |n_out: usize, n_in: usize, bias: bool| {
             let bound = 1.0 / (n_in as f64).sqrt();
             let weight = uniform(n_out, n_in, bound);
-            let bias =
-                bias.then(|| DVector::from_column_slice(uniform(n_out, 1, bound).as_slice()));
+            let bias = bias.then(|| DVector::from_column_slice(uniform(n_out, 1, bound).as_slice()));
             Dense::new(weight, bias)
         };
-        let filter_out = if config.shared_filters {
-            3 * f
-        } else {
-            t * 3 * f
-        };
+        let filter_out = if config.shared_filters { 3 * f } else { t * 3 * f };
         let filter = dense(filter_out, k, true);
         let interactions = (0..t)
             .map(|_| Interaction {
@@ -656,9 +567,7 @@ impl PainnModel {
             },
             epsilon: 1e-8,
             trained: false,
-            description: format!(
-                "random weights (seed {seed}); untrained, for tests and benchmarks only"
-            ),
+            description: format!("random weights (seed {seed}); untrained, for tests and benchmarks only"),
             embedding,
             filter,
             interactions,

@@ -9,11 +9,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cell::{Cell, Vec3};
-use crate::forcefield::{CpuPainn, ForceField};
+use crate::engine::{check, force_norms, CpuEngine, Engine, Failure, GpuEngine, Snapshot};
+use crate::gpu::forces::kernel_sizes;
+use crate::gpu::Gpu;
 use crate::input::{CellSpec, Device, Ensemble, InitialVelocities, Input};
-use crate::integrate::{kinetic_energy, maxwell_boltzmann, temperature, Integrator};
+use crate::integrate::{maxwell_boltzmann, temperature, Integrator};
 use crate::model::PainnModel;
-use crate::neighbors::{closest_pair_below, NeighborList, PairList};
+use crate::neighbors::closest_pair_below;
 use crate::output::{check_trajectory_format, EnergyLog, EnergyRecord, Summary, TrajectoryWriter};
 use crate::system::System;
 use crate::units::FS_PER_PS;
@@ -30,23 +32,32 @@ pub struct Prepared {
     pub integrator: Integrator,
     pub velocities: Vec<Vec3>,
     pub trajectory_formats: Vec<String>,
+    /// Run on the GPU (resolved from `model.device`).
+    pub use_gpu: bool,
+}
+
+/// Resolves `model.device`: `cuda` must work or the input is refused; `auto` takes the GPU when
+/// one is usable and the model fits the kernels, else the CPU.
+pub fn resolve_device(device: Device, model: &PainnModel) -> Result<bool, String> {
+    match device {
+        Device::Cpu => Ok(false),
+        Device::Cuda => {
+            kernel_sizes(model).map_err(|e| e.to_string())?;
+            if Gpu::available() {
+                Ok(true)
+            } else {
+                Err("\"cuda\" was asked for, but no CUDA device or driver is available".into())
+            }
+        }
+        Device::Auto => Ok(kernel_sizes(model).is_ok() && Gpu::available()),
+    }
 }
 
 /// Model-dependent checks of a structure: elements, finite coordinates, close contacts, cell.
-pub fn check_structure(
-    system: &System,
-    model: &PainnModel,
-    model_path: &Path,
-    source: &str,
-) -> Result<()> {
+pub fn check_structure(system: &System, model: &PainnModel, model_path: &Path, source: &str) -> Result<()> {
     for (index, z) in system.numbers.iter().enumerate() {
         if !model.knows_element(*z) {
-            let known: Vec<String> = model
-                .config
-                .elements
-                .iter()
-                .map(|z| z.to_string())
-                .collect();
+            let known: Vec<String> = model.config.elements.iter().map(|z| z.to_string()).collect();
             bail!(
                 "{source}: atom {index} is {} (Z = {z}), an element the model {} does not know (it knows Z = {})",
                 system.symbols[index],
@@ -55,11 +66,7 @@ pub fn check_structure(
             );
         }
     }
-    if let Some(index) = system
-        .positions
-        .iter()
-        .position(|r| !r.iter().all(|x| x.is_finite()))
-    {
+    if let Some(index) = system.positions.iter().position(|r| !r.iter().all(|x| x.is_finite())) {
         bail!("{source}: atom {index} has a NaN or infinite coordinate");
     }
     if let Some(cell) = &system.cell {
@@ -72,11 +79,7 @@ pub fn check_structure(
             );
         }
     }
-    if let Some((i, j, d)) = closest_pair_below(
-        &system.positions,
-        system.cell.as_ref(),
-        MIN_INTERATOMIC_DISTANCE,
-    ) {
+    if let Some((i, j, d)) = closest_pair_below(&system.positions, system.cell.as_ref(), MIN_INTERATOMIC_DISTANCE) {
         bail!("{source}: atoms {i} and {j} are {d:.3} Å apart, closer than {MIN_INTERATOMIC_DISTANCE} Å");
     }
     Ok(())
@@ -107,20 +110,12 @@ impl Prepared {
         let input = Input::read(path)?;
         let file = input.path.display().to_string();
         let system_path = input.resolve(&input.system.file);
-        let mut system =
-            System::read(&system_path, input.system.format.as_deref()).map_err(|e| anyhow!(e))?;
+        let mut system = System::read(&system_path, input.system.format.as_deref()).map_err(|e| anyhow!(e))?;
         apply_cell(&input, &mut system)?;
         let model_path = input.resolve(&input.model.file);
         let model = PainnModel::load(&model_path)?;
-        if input.model.device == Device::Cuda {
-            bail!("{file}: model.device: \"cuda\" is not available in this build yet; use \"cpu\" or \"auto\"");
-        }
-        check_structure(
-            &system,
-            &model,
-            &model_path,
-            &system_path.display().to_string(),
-        )?;
+        let use_gpu = resolve_device(input.model.device, &model).map_err(|e| anyhow!("{file}: model.device: {e}"))?;
+        check_structure(&system, &model, &model_path, &system_path.display().to_string())?;
         let md = &input.md;
         let integrator = match md.ensemble {
             Ensemble::Nve => Integrator::VelocityVerlet {
@@ -160,6 +155,7 @@ impl Prepared {
             integrator,
             velocities,
             trajectory_formats,
+            use_gpu,
         })
     }
 }
@@ -182,71 +178,75 @@ impl RunLog {
     }
 }
 
-/// MD state at the end of a step.
-#[derive(Clone)]
-struct State {
-    step: u64,
-    positions: Vec<Vec3>,
-    velocities: Vec<Vec3>,
-    forces: Vec<Vec3>,
-    potential: f64,
-    thermostat_work: f64,
-}
-
-fn force_norms(forces: &[Vec3]) -> (f64, f64) {
-    let mut max: f64 = 0.0;
-    let mut sum = 0.0;
-    for f in forces {
-        let n2 = f[0] * f[0] + f[1] * f[1] + f[2] * f[2];
-        max = max.max(n2.sqrt());
-        sum += n2;
-    }
-    (max, (sum / forces.len().max(1) as f64).sqrt())
-}
-
-/// Why a step is not acceptable, if it is not.
-struct StepFailure {
-    reason: String,
-    non_finite: bool,
-}
-
-fn check_step(state: &State, limit: f64) -> Option<StepFailure> {
-    let non_finite = |reason: &str| {
-        Some(StepFailure {
-            reason: reason.into(),
-            non_finite: true,
-        })
-    };
-    if !state.potential.is_finite() {
-        return non_finite("the potential energy is NaN or infinite");
-    }
-    if state.forces.iter().flatten().any(|x| !x.is_finite()) {
-        return non_finite("a force is NaN or infinite");
-    }
-    if state
-        .positions
-        .iter()
-        .flatten()
-        .chain(state.velocities.iter().flatten())
-        .any(|x| !x.is_finite())
-    {
-        return non_finite("a position or velocity is NaN or infinite");
-    }
-    let max_force = force_norms(&state.forces).0;
-    if max_force > limit {
-        return Some(StepFailure {
-            reason: format!("a force of {max_force:.1} eV/Å exceeds md.max_force_ev_per_angstrom = {limit} (the system exploded)"),
-            non_finite: false,
-        });
-    }
-    None
-}
-
-/// Outcome of a run: its summary, or the error that stopped it after the summary was written.
+/// Outcome of a run: its summary, or the reason it stopped (after the summary was written).
 pub struct RunReport {
     pub summary: Summary,
     pub failure: Option<String>,
     pub outputs: Vec<PathBuf>,
+    pub device: String,
+}
+
+/// Everything a run writes, and when.
+struct Outputs {
+    trajectories: Vec<TrajectoryWriter>,
+    energy_log: Option<EnergyLog>,
+    log: RunLog,
+    records: Vec<EnergyRecord>,
+    cell: Option<Cell>,
+    masses_dof: usize,
+    timestep_fs: f64,
+}
+
+impl Outputs {
+    /// The first step after `step` at which any output is due (or `last`).
+    fn next_due(&self, step: u64, last: u64) -> u64 {
+        let intervals = self
+            .trajectories
+            .iter()
+            .map(|t| t.interval)
+            .chain(self.energy_log.as_ref().map(|e| e.interval));
+        intervals.map(|i| (step / i + 1) * i).min().unwrap_or(last).min(last)
+    }
+
+    /// Writes what is due at this snapshot's step (everything when `force`).
+    fn write(&mut self, snap: &Snapshot, force: bool) -> Result<()> {
+        let (max_force, rms_force) = force_norms(&snap.forces);
+        let record = EnergyRecord {
+            step: snap.step,
+            time_ps: snap.step as f64 * self.timestep_fs / FS_PER_PS,
+            potential: snap.potential,
+            kinetic: snap.kinetic,
+            temperature: temperature(snap.kinetic, self.masses_dof),
+            thermostat_work: snap.thermostat_work,
+            max_force,
+            rms_force,
+        };
+        let due = self.energy_log.as_ref().is_some_and(|l| l.is_due(snap.step));
+        let already = self.records.last().is_some_and(|r| r.step == snap.step);
+        if (due || force || self.records.is_empty()) && !already {
+            self.records.push(record);
+            if let Some(l) = &mut self.energy_log {
+                l.write(&record).map_err(|e| anyhow!(e))?;
+            }
+            self.log.line(&format!(
+                "step {:>10}  t = {:>10.4} ps  E_pot = {:>16.8} eV  E_kin = {:>12.6} eV  E_tot = {:>16.8} eV  T = {:>8.2} K  max|F| = {:.3} eV/Å",
+                record.step,
+                record.time_ps,
+                record.potential,
+                record.kinetic,
+                record.total(),
+                record.temperature,
+                record.max_force
+            ));
+        }
+        for t in self.trajectories.iter_mut() {
+            if force || t.is_due(snap.step) {
+                t.write(snap.step, &snap.positions, self.cell.as_ref())
+                    .map_err(|e| anyhow!(e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn run(prepared: Prepared) -> Result<RunReport> {
@@ -257,33 +257,56 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         integrator,
         velocities,
         trajectory_formats,
+        use_gpu,
     } = prepared;
     let n = system.len();
-    let cell = system.cell;
     let show_progress = std::io::stderr().is_terminal();
+    let md = &input.md;
+
+    // The engine first: a GPU that fails to start must not cost the user their old outputs.
+    let skin = input.neighbors.skin_angstrom;
+    let trained = model.trained;
+    let model_summary = format!(
+        "model: {} (F = {}, T = {}, K = {}, cutoff {} Å){}",
+        input.resolve(&input.model.file).display(),
+        model.config.n_atom_basis,
+        model.config.n_interactions,
+        model.config.n_rbf,
+        model.cutoff(),
+        if trained {
+            ""
+        } else {
+            " — UNTRAINED (random weights): the dynamics are not physical"
+        }
+    );
+    let mut engine: Box<dyn Engine> = if use_gpu {
+        Box::new(
+            GpuEngine::new(&model, &system, &velocities, &integrator, skin, input.gpu.cuda_graph)
+                .context("starting the GPU engine")?,
+        )
+    } else {
+        Box::new(CpuEngine::new(model, &system, velocities, integrator.clone(), skin))
+    };
 
     // Outputs: created only now, after every check has passed.
     for path in input.output_paths() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))?;
         }
     }
-    let mut outputs = Vec::new();
+    let mut paths = Vec::new();
     let mut trajectories = Vec::new();
     for (t, format) in input.output.trajectory.iter().zip(&trajectory_formats) {
         let path = input.resolve(&t.file);
         let explicit = t.format.as_deref().map(|_| format.as_str());
-        trajectories.push(
-            TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols)
-                .map_err(|e| anyhow!(e))?,
-        );
-        outputs.push(path);
+        trajectories
+            .push(TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols).map_err(|e| anyhow!(e))?);
+        paths.push(path);
     }
-    let mut energy_log = match &input.output.energy {
+    let energy_log = match &input.output.energy {
         Some(e) => {
             let path = input.resolve(&e.file);
-            outputs.push(path.clone());
+            paths.push(path.clone());
             Some(EnergyLog::create(&path, e.interval, n).map_err(|e| anyhow!(e))?)
         }
         None => None,
@@ -294,13 +317,10 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     };
     if let Some(path) = &input.output.log {
         let path = input.resolve(path);
-        let file =
-            File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+        let file = File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
         log.file = Some(BufWriter::new(file));
-        outputs.push(path);
+        paths.push(path);
     }
-
-    let md = &input.md;
     let dof = integrator.degrees_of_freedom(n);
     log.line(&format!(
         "mdrun {} — input {}",
@@ -311,69 +331,33 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         "system: {} atoms from {}, {}",
         n,
         input.resolve(&input.system.file).display(),
-        match &cell {
+        match &system.cell {
             Some(c) => format!("periodic cell {:?} Å", c.vectors()),
             None => "open boundaries".into(),
         }
     ));
+    log.line(&model_summary);
     log.line(&format!(
-        "model: {} (F = {}, T = {}, K = {}, cutoff {} Å){}",
-        input.resolve(&input.model.file).display(),
-        model.config.n_atom_basis,
-        model.config.n_interactions,
-        model.config.n_rbf,
-        model.cutoff(),
-        if model.trained {
-            ""
-        } else {
-            " — UNTRAINED (random weights): the dynamics are not physical"
-        }
+        "md: {:?}, dt = {} fs, {} steps, T = {} K, seed = {}, {} degrees of freedom, skin {} Å",
+        md.ensemble, md.timestep_fs, md.steps, md.temperature_k, md.seed, dof, skin
     ));
-    log.line(&format!(
-        "md: {:?}, dt = {} fs, {} steps, T = {} K, seed = {}, {} degrees of freedom, device cpu (f64 reference)",
-        md.ensemble, md.timestep_fs, md.steps, md.temperature_k, md.seed, dof
-    ));
-    if !model.trained && show_progress {
+    log.line(&format!("device: {}", engine.description()));
+    if !trained && show_progress {
         eprintln!(
             "warning: {} is an untrained model (random weights): the dynamics are not physical",
             input.model.file.display()
         );
     }
+    let mut outputs = Outputs {
+        trajectories,
+        energy_log,
+        log,
+        records: Vec::new(),
+        cell: system.cell,
+        masses_dof: dof,
+        timestep_fs: md.timestep_fs,
+    };
 
-    let mut forcefield = CpuPainn::new(model);
-    let mut neighbors = NeighborList::new(forcefield.cutoff(), input.neighbors.skin_angstrom);
-    let mut pairs = PairList::default();
-    let mut state = State {
-        step: 0,
-        positions: system.positions.clone(),
-        velocities,
-        forces: vec![[0.0; 3]; n],
-        potential: 0.0,
-        thermostat_work: 0.0,
-    };
-    let mut evaluate = |state: &mut State| {
-        neighbors.update(&mut state.positions, cell.as_ref());
-        neighbors.pairs(&state.positions, cell.as_ref(), &mut pairs);
-        state.potential = forcefield.compute(&system.numbers, &pairs, &mut state.forces);
-        neighbors.rebuilds()
-    };
-    let mut rebuilds = evaluate(&mut state);
-
-    let mut records = Vec::new();
-    let record_of = |state: &State| {
-        let kinetic = kinetic_energy(&state.velocities, &system.masses);
-        let (max_force, rms_force) = force_norms(&state.forces);
-        EnergyRecord {
-            step: state.step,
-            time_ps: state.step as f64 * md.timestep_fs / FS_PER_PS,
-            potential: state.potential,
-            kinetic,
-            temperature: temperature(kinetic, dof),
-            thermostat_work: state.thermostat_work,
-            max_force,
-            rms_force,
-        }
-    };
     let progress = if show_progress {
         let bar = indicatif::ProgressBar::new(md.steps);
         bar.set_style(
@@ -388,97 +372,54 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         indicatif::ProgressBar::hidden()
     };
 
-    let mut failure = check_step(&state, md.max_force_ev_per_angstrom).map(|why| StepFailure {
+    let start = engine.snapshot()?;
+    let mut failure: Option<Failure> = check(&start, md.max_force_ev_per_angstrom).map(|why| Failure {
         reason: format!("the starting structure is not usable: {}", why.reason),
-        non_finite: why.non_finite,
+        ..why
     });
-    let mut last_good = state.clone();
-    let mut write_outputs = |state: &State,
-                             force: bool,
-                             records: &mut Vec<EnergyRecord>,
-                             log: &mut RunLog|
-     -> Result<()> {
-        let record = record_of(state);
-        let log_due = energy_log.as_ref().is_some_and(|l| l.is_due(state.step));
-        let already = records
-            .last()
-            .is_some_and(|r: &EnergyRecord| r.step == state.step);
-        if (log_due || force || records.is_empty()) && !already {
-            records.push(record);
-            if let Some(l) = &mut energy_log {
-                l.write(&record).map_err(|e| anyhow!(e))?;
-            }
-            log.line(&format!(
-                "step {:>10}  t = {:>10.4} ps  E_pot = {:>16.8} eV  E_kin = {:>12.6} eV  E_tot = {:>16.8} eV  T = {:>8.2} K  max|F| = {:.3} eV/Å",
-                record.step,
-                record.time_ps,
-                record.potential,
-                record.kinetic,
-                record.total(),
-                record.temperature,
-                record.max_force
-            ));
-        }
-        for t in trajectories.iter_mut() {
-            if force || t.is_due(state.step) {
-                t.write(state.step, &state.positions, cell.as_ref())
-                    .map_err(|e| anyhow!(e))?;
-            }
-        }
-        Ok(())
-    };
-
     let started = Instant::now();
     if failure.is_none() {
-        write_outputs(&state, false, &mut records, &mut log)?;
-        for step in 1..=md.steps {
-            state.step = step;
-            state.thermostat_work -= integrator.first_half(
-                step,
-                &mut state.positions,
-                &mut state.velocities,
-                &state.forces,
-                &system.masses,
-            );
-            rebuilds = evaluate(&mut state);
-            integrator.second_half(&mut state.velocities, &state.forces, &system.masses);
-            if let Some(why) = check_step(&state, md.max_force_ev_per_angstrom) {
-                failure = Some(StepFailure {
-                    reason: format!("step {step}: {}", why.reason),
-                    non_finite: why.non_finite,
-                });
+        outputs.write(&start, false)?;
+        // Chunks end at output steps, and at least every 1,000 steps for the progress bar.
+        while engine.step() < md.steps {
+            let step = engine.step();
+            let target = outputs.next_due(step, md.steps).min(step + 1000);
+            failure = engine.advance(target - step, md.max_force_ev_per_angstrom)?;
+            let snap = engine.snapshot()?;
+            if failure.is_some() {
                 break;
             }
-            write_outputs(&state, false, &mut records, &mut log)?;
-            last_good.clone_from(&state);
-            progress.inc(1);
-            if step % 100 == 0 {
-                if let Some(r) = records.last() {
-                    progress.set_message(format!(
-                        "E_tot {:.6} eV, T {:.1} K",
-                        r.total(),
-                        r.temperature
-                    ));
-                }
+            outputs.write(&snap, false)?;
+            progress.set_position(snap.step);
+            if let Some(r) = outputs.records.last() {
+                progress.set_message(format!("E_tot {:.6} eV, T {:.1} K", r.total(), r.temperature));
             }
         }
     }
     let wall = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    // The last good state is always in the trajectories and the energy log.
-    write_outputs(&last_good, true, &mut records, &mut log)?;
+    // The last good state always ends the trajectories and the energy log.
+    let last_good = engine.snapshot()?;
+    outputs.write(&last_good, true)?;
     if let Some(why) = &failure {
-        log.line(&format!(
+        outputs.log.line(&format!(
             "STOPPED: {}; the last good frame (step {}) was written",
             why.reason, last_good.step
         ));
     }
     let non_finite = failure.as_ref().is_some_and(|f| f.non_finite);
-    let summary = Summary::new(&records, n, md.timestep_fs, wall, non_finite, rebuilds);
+    let summary = Summary::new(
+        &outputs.records,
+        n,
+        md.timestep_fs,
+        wall,
+        non_finite,
+        engine.neighbor_rebuilds(),
+    );
     for line in summary.lines() {
-        log.line(&line);
+        outputs.log.line(&line);
     }
-    if log.file.is_some() && !log.echo {
+    if outputs.log.file.is_some() && !outputs.log.echo {
         for line in summary.lines() {
             println!("{line}");
         }
@@ -486,6 +427,7 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     Ok(RunReport {
         summary,
         failure: failure.map(|f| f.reason),
-        outputs,
+        outputs: paths,
+        device: engine.description(),
     })
 }

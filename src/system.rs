@@ -60,11 +60,7 @@ fn chemfiles_error(name: &dyn std::fmt::Display, what: &str, error: &chemfiles::
 
 impl System {
     /// A system from element symbols and positions (Å): for tests and generated structures.
-    pub fn from_symbols(
-        symbols: &[&str],
-        positions: Vec<Vec3>,
-        cell: Option<Cell>,
-    ) -> Result<System, String> {
+    pub fn from_symbols(symbols: &[&str], positions: Vec<Vec3>, cell: Option<Cell>) -> Result<System, String> {
         assert_eq!(symbols.len(), positions.len());
         let mut numbers = Vec::new();
         let mut masses = Vec::new();

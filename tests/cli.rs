@@ -44,10 +44,7 @@ impl Case {
         let out = mdrun().arg(&path).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let energy = std::fs::read_to_string(self.dir.join("energy.csv")).unwrap();
-        assert_eq!(
-            energy, SENTINEL,
-            "the existing output was touched; stderr: {stderr}"
-        );
+        assert_eq!(energy, SENTINEL, "the existing output was touched; stderr: {stderr}");
         (out.status.code().unwrap_or(-1), stderr)
     }
 
@@ -62,8 +59,7 @@ impl Case {
     }
 }
 
-const MD: &str =
-    "ensemble = \"nve\"\ntimestep_fs = 0.5\nsteps = 10\ntemperature_k = 300.0\nseed = 1";
+const MD: &str = "ensemble = \"nve\"\ntimestep_fs = 0.5\nsteps = 10\ntemperature_k = 300.0\nseed = 1";
 const SYSTEM: &str = "file = \"benzene.xyz\"";
 
 #[test]
@@ -106,8 +102,17 @@ fn bad_values_are_refused_with_their_key() {
         &Case::input(SYSTEM, &MD.replace("300.0", "-5.0"), ""),
         &["md.temperature_k"],
     );
+    // device = "cuda" is refused where no GPU can be used, and runs where one can.
     let device = Case::input(SYSTEM, MD, "").replace("[md]", "device = \"cuda\"\n[md]");
-    case.expect_refusal(&device, &["model.device", "cuda"]);
+    if mdrun::gpu::Gpu::available() {
+        let path = case.dir.join("cuda.toml");
+        std::fs::write(&path, &device).unwrap();
+        let out = mdrun().arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(case.dir.join("energy.csv"), SENTINEL).unwrap();
+    } else {
+        case.expect_refusal(&device, &["model.device", "cuda"]);
+    }
 }
 
 #[test]
@@ -118,10 +123,7 @@ fn missing_and_unreadable_files_are_refused() {
         &["system.file", "nowhere.xyz"],
     );
     std::fs::write(case.dir.join("broken.xyz"), "this is not\nan xyz file\n").unwrap();
-    case.expect_refusal(
-        &Case::input("file = \"broken.xyz\"", MD, ""),
-        &["broken.xyz"],
-    );
+    case.expect_refusal(&Case::input("file = \"broken.xyz\"", MD, ""), &["broken.xyz"]);
     std::fs::write(case.dir.join("notamodel.safetensors"), "garbage").unwrap();
     let input = Case::input(SYSTEM, MD, "").replace("model.safetensors", "notamodel.safetensors");
     case.expect_refusal(&input, &["notamodel.safetensors"]);
@@ -144,18 +146,11 @@ fn structures_the_model_cannot_run_are_refused() {
         &[("C", [0.0, 0.0, 0.0]), ("Si", [2.0, 0.0, 0.0])],
         "",
     );
-    case.expect_refusal(
-        &Case::input("file = \"si.xyz\"", MD, ""),
-        &["si.xyz", "atom 1", "Si"],
-    );
+    case.expect_refusal(&Case::input("file = \"si.xyz\"", MD, ""), &["si.xyz", "atom 1", "Si"]);
     write_xyz(
         &case.dir,
         "close.xyz",
-        &[
-            ("C", [0.0, 0.0, 0.0]),
-            ("H", [0.3, 0.0, 0.0]),
-            ("H", [3.0, 0.0, 0.0]),
-        ],
+        &[("C", [0.0, 0.0, 0.0]), ("H", [0.3, 0.0, 0.0]), ("H", [3.0, 0.0, 0.0])],
         "",
     );
     case.expect_refusal(
@@ -168,10 +163,7 @@ fn structures_the_model_cannot_run_are_refused() {
         &[("C", [0.0, 0.0, 0.0]), ("H", [f64::NAN, 0.0, 0.0])],
         "",
     );
-    case.expect_refusal(
-        &Case::input("file = \"nan.xyz\"", MD, ""),
-        &["nan.xyz", "NaN"],
-    );
+    case.expect_refusal(&Case::input("file = \"nan.xyz\"", MD, ""), &["nan.xyz", "NaN"]);
     // A periodic cell narrower than the 4 Å cutoff, from the input and from the file.
     case.expect_refusal(
         &Case::input(&format!("{SYSTEM}\ncell = [3.5, 20.0, 20.0]"), MD, ""),
@@ -184,10 +176,7 @@ fn structures_the_model_cannot_run_are_refused() {
         &[("C", [1.0, 1.0, 1.0]), ("H", [2.1, 1.0, 1.0])],
         lattice,
     );
-    case.expect_refusal(
-        &Case::input("file = \"thin.xyz\"", MD, ""),
-        &["thin.xyz", "cutoff"],
-    );
+    case.expect_refusal(&Case::input("file = \"thin.xyz\"", MD, ""), &["thin.xyz", "cutoff"]);
     // The cell in the input must not be combined with periodic = false.
     case.expect_refusal(
         &Case::input(
@@ -205,11 +194,7 @@ fn a_good_input_runs_and_replaces_the_old_output() {
     let path = case.dir.join("input.toml");
     std::fs::write(&path, Case::input(SYSTEM, MD, "")).unwrap();
     let out = mdrun().arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let energy = read_energy_csv(&case.dir.join("energy.csv"));
     assert_eq!(energy["step"].len(), 11);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -223,19 +208,11 @@ fn a_good_input_runs_and_replaces_the_old_output() {
 fn eval_prints_energy_and_forces_as_json_matching_the_library() {
     let case = Case::new("eval");
     let out = mdrun()
-        .args([
-            "eval",
-            &case.dir.join("benzene.xyz").display().to_string(),
-            "--model",
-        ])
+        .args(["eval", &case.dir.join("benzene.xyz").display().to_string(), "--model"])
         .arg(case.dir.join("model.safetensors"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let model = PainnModel::load(&case.dir.join("model.safetensors")).unwrap();
     let system = mdrun::system::System::read(&case.dir.join("benzene.xyz"), None).unwrap();

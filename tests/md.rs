@@ -27,14 +27,7 @@ fn write_model(dir: &Path, model: &PainnModel) -> String {
 }
 
 /// Runs `system` with `md` (the body of the [md] table) and the given model in a fresh directory.
-fn run_md(
-    tag: &str,
-    system: &str,
-    model: &PainnModel,
-    md: &str,
-    energy_interval: u64,
-    traj_interval: u64,
-) -> Run {
+fn run_md(tag: &str, system: &str, model: &PainnModel, md: &str, energy_interval: u64, traj_interval: u64) -> Run {
     let dir = temp_dir(tag);
     let model_path = write_model(&dir, model);
     let input = format!(
@@ -88,8 +81,7 @@ fn nve_benzene_conserves_energy_over_1000_steps_at_half_a_femtosecond() {
     assert!(relative_drift < 1e-4, "relative drift {relative_drift:e}");
     // The kinetic energy moves by far more than the total: conservation is not trivial here.
     let kinetic = &e["e_kin_ev"];
-    let k_range = kinetic.iter().cloned().fold(f64::MIN, f64::max)
-        - kinetic.iter().cloned().fold(f64::MAX, f64::min);
+    let k_range = kinetic.iter().cloned().fold(f64::MIN, f64::max) - kinetic.iter().cloned().fold(f64::MAX, f64::min);
     assert!(
         max_dev < 0.01 * k_range,
         "max |ΔE| {max_dev:e} vs E_kin range {k_range:e}"
@@ -105,49 +97,24 @@ fn verlet_energy_error_is_second_order_in_the_timestep() {
     let mut errors = Vec::new();
     for (dt, steps) in [(1.0, 250), (0.5, 500)] {
         let md = format!("ensemble = \"nve\"\ntimestep_fs = {dt}\nsteps = {steps}\ntemperature_k = 600.0\nseed = 5");
-        let run = run_md(
-            "order",
-            &project_file("systems/ethanol.xyz"),
-            &model,
-            &md,
-            1,
-            1000,
-        );
+        let run = run_md("order", &project_file("systems/ethanol.xyz"), &model, &md, 1, 1000);
         let total = &run.energy()["e_tot_ev"];
-        errors.push(
-            total
-                .iter()
-                .map(|x| (x - total[0]).abs())
-                .fold(0.0, f64::max),
-        );
+        errors.push(total.iter().map(|x| (x - total[0]).abs()).fold(0.0, f64::max));
     }
     let ratio = errors[0] / errors[1];
-    assert!(
-        (2.5..6.5).contains(&ratio),
-        "error ratio {ratio} (errors {errors:?})"
-    );
+    assert!((2.5..6.5).contains(&ratio), "error ratio {ratio} (errors {errors:?})");
 }
 
 #[test]
 fn langevin_holds_the_target_temperature() {
     let model = PainnModel::random(small_config(5.0), 91);
     let md = "ensemble = \"nvt\"\ntimestep_fs = 0.5\nsteps = 40000\ntemperature_k = 300.0\nfriction_per_ps = 10.0\nseed = 12345";
-    let run = run_md(
-        "nvt",
-        &project_file("systems/benzene.xyz"),
-        &model,
-        md,
-        10,
-        100000,
-    );
+    let run = run_md("nvt", &project_file("systems/benzene.xyz"), &model, md, 10, 100000);
     let t = &run.energy()["temperature_k"];
     // Discard the first 2 ps (400 records) as equilibration.
     let sample = &t[400..];
     let mean = sample.iter().sum::<f64>() / sample.len() as f64;
-    assert!(
-        (mean - 300.0).abs() < 0.05 * 300.0,
-        "mean temperature {mean} K"
-    );
+    assert!((mean - 300.0).abs() < 0.05 * 300.0, "mean temperature {mean} K");
     // Fluctuations of a canonical kinetic energy over 3N = 36 degrees of freedom: σ_T/T = √(2/36).
     let var = sample.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / sample.len() as f64;
     let relative_sigma = var.sqrt() / mean;
@@ -163,14 +130,7 @@ fn runs_are_reproducible_from_the_seed_and_differ_between_seeds() {
     let mut finals = Vec::new();
     for seed in [42, 42, 43] {
         let md = format!("ensemble = \"nvt\"\ntimestep_fs = 0.5\nsteps = 200\ntemperature_k = 300.0\nfriction_per_ps = 5.0\nseed = {seed}");
-        let run = run_md(
-            "seed",
-            &project_file("systems/ethanol.xyz"),
-            &model,
-            &md,
-            200,
-            200,
-        );
+        let run = run_md("seed", &project_file("systems/ethanol.xyz"), &model, &md, 200, 200);
         finals.push(std::fs::read_to_string(run.dir.join("traj.xyz")).unwrap());
     }
     assert_eq!(finals[0], finals[1], "same seed, same trajectory");
@@ -192,14 +152,7 @@ fn an_explosion_stops_the_run_with_logs_flushed_and_the_last_good_frame_written(
     );
     let f0 = first.energy()["max_force_ev_per_a"][0];
     let md = format!("ensemble = \"nve\"\ntimestep_fs = 0.5\nsteps = 5000\ntemperature_k = 300.0\nseed = 1\nmax_force_ev_per_angstrom = {}", f0 * 1.02);
-    let run = run_md(
-        "explode",
-        &project_file("systems/benzene.xyz"),
-        &model,
-        &md,
-        7,
-        5,
-    );
+    let run = run_md("explode", &project_file("systems/benzene.xyz"), &model, &md, 7, 5);
     let failure = run.report.failure.clone().expect("the run must stop");
     assert!(failure.contains("exceeds"), "{failure}");
     let stopped_at: u64 = failure

@@ -103,16 +103,12 @@ fn metadata_that_disagrees_with_the_tensors_is_refused() {
     let error = load_error_after(|_, meta| {
         meta.insert("n_interactions".into(), "3".into());
     });
-    assert!(
-        error.contains("missing") || error.contains("shape"),
-        "{error}"
-    );
+    assert!(error.contains("missing") || error.contains("shape"), "{error}");
 }
 
 #[test]
 fn missing_or_foreign_pieces_are_refused() {
-    let error =
-        load_error_after(|tensors, _| tensors.retain(|t| t.0 != "output_modules.0.outnet.1.bias"));
+    let error = load_error_after(|tensors, _| tensors.retain(|t| t.0 != "output_modules.0.outnet.1.bias"));
     assert!(
         error.contains("output_modules.0.outnet.1.bias") && error.contains("missing"),
         "{error}"
@@ -129,13 +125,8 @@ fn missing_or_foreign_pieces_are_refused() {
         meta.insert("length_unit".into(), "nm".into());
     });
     assert!(error.contains("Angstrom"), "{error}");
-    let error = load_error_after(|tensors, _| {
-        tensors.push((
-            "extra.tensor".into(),
-            vec![1],
-            1.0f64.to_le_bytes().to_vec(),
-        ))
-    });
+    let error =
+        load_error_after(|tensors, _| tensors.push(("extra.tensor".into(), vec![1], 1.0f64.to_le_bytes().to_vec())));
     assert!(error.contains("extra.tensor"), "{error}");
     let error = load_error_after(|tensors, _| {
         let t = tensors.iter_mut().find(|t| t.0 == "energy.scale").unwrap();

@@ -5,9 +5,7 @@ mod common;
 
 use common::random_structure;
 use mdrun::cell::{Cell, Vec3};
-use mdrun::neighbors::{
-    brute_force_candidates, brute_force_pairs, cell_list_candidates, NeighborList, PairList,
-};
+use mdrun::neighbors::{brute_force_candidates, brute_force_pairs, cell_list_candidates, NeighborList, PairList};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -46,10 +44,7 @@ fn cell_list_equals_brute_force_open_boundaries() {
         let (_, positions) = random_structure(n, edge, 0.0, None, 1000 + trial);
         let fast = cell_list_candidates(&positions, None, radius);
         let slow = brute_force_candidates(&positions, None, radius);
-        assert_eq!(
-            fast, slow,
-            "trial {trial}: n = {n}, edge = {edge}, radius = {radius}"
-        );
+        assert_eq!(fast, slow, "trial {trial}: n = {n}, edge = {edge}, radius = {radius}");
     }
 }
 
@@ -92,10 +87,7 @@ fn a_small_cell_gives_several_images_of_one_neighbor_and_of_the_atom_itself() {
     // j at ±2 Å along x, and the other images within 5 Å: more than one each.
     assert!(images_of_1_from_0 > 2, "{images_of_1_from_0}");
     // Face images at 4 Å are in; edge images at 4√2 = 5.66 Å are out.
-    assert_eq!(
-        self_images, 6,
-        "images of atom 0 itself within 5 Å of it in a 4 Å cube"
-    );
+    assert_eq!(self_images, 6, "images of atom 0 itself within 5 Å of it in a 4 Å cube");
     let wide = brute_force_pairs(&positions, Some(&cell), 6.0);
     let self_images_6 = (0..wide.len())
         .filter(|&p| wide.first[p] == 0 && wide.second[p] == 0)
@@ -111,13 +103,7 @@ fn a_small_cell_gives_several_images_of_one_neighbor_and_of_the_atom_itself() {
 
 fn sorted_pairs(p: &PairList) -> Vec<(usize, usize, [i64; 3])> {
     let mut v: Vec<_> = (0..p.len())
-        .map(|k| {
-            (
-                p.first[k],
-                p.second[k],
-                p.vectors[k].map(|x| (x * 1e6).round() as i64),
-            )
-        })
+        .map(|k| (p.first[k], p.second[k], p.vectors[k].map(|x| (x * 1e6).round() as i64)))
         .collect();
     v.sort();
     v
@@ -132,11 +118,7 @@ fn verlet_list_follows_motion(cell: Option<Cell>, seed: u64) {
     let mut list = NeighborList::new(cutoff, 0.8);
     let mut pairs = PairList::default();
     for step in 0..300 {
-        let jump = if rng.random_range(0..50) == 0 {
-            0.5
-        } else {
-            0.03
-        };
+        let jump = if rng.random_range(0..50) == 0 { 0.5 } else { 0.03 };
         for r in positions.iter_mut() {
             for x in r.iter_mut() {
                 *x += rng.random_range(-jump..jump);
@@ -145,11 +127,7 @@ fn verlet_list_follows_motion(cell: Option<Cell>, seed: u64) {
         list.update(&mut positions, cell.as_ref());
         list.pairs(&positions, cell.as_ref(), &mut pairs);
         let reference = brute_force_pairs(&positions, cell.as_ref(), cutoff);
-        assert_eq!(
-            sorted_pairs(&pairs),
-            sorted_pairs(&reference),
-            "step {step}"
-        );
+        assert_eq!(sorted_pairs(&pairs), sorted_pairs(&reference), "step {step}");
     }
     assert!(
         list.rebuilds() > 1 && list.rebuilds() < 300,

@@ -9,12 +9,7 @@ use mdrun::forcefield::cpu::evaluate;
 use mdrun::model::PainnModel;
 use mdrun::neighbors::brute_force_pairs;
 
-fn energy_and_forces(
-    model: &PainnModel,
-    numbers: &[u8],
-    positions: &[Vec3],
-    cell: Option<&Cell>,
-) -> (f64, Vec<Vec3>) {
+fn energy_and_forces(model: &PainnModel, numbers: &[u8], positions: &[Vec3], cell: Option<&Cell>) -> (f64, Vec<Vec3>) {
     let pairs = brute_force_pairs(positions, cell, model.cutoff());
     let e = evaluate(model, numbers, &pairs);
     (e.energy, e.forces)
@@ -22,12 +17,7 @@ fn energy_and_forces(
 
 /// Max relative error of analytic forces against central differences, relative to the largest
 /// force component.
-fn finite_difference_error(
-    model: &PainnModel,
-    numbers: &[u8],
-    positions: &[Vec3],
-    cell: Option<&Cell>,
-) -> f64 {
+fn finite_difference_error(model: &PainnModel, numbers: &[u8], positions: &[Vec3], cell: Option<&Cell>) -> f64 {
     let (_, forces) = energy_and_forces(model, numbers, positions, cell);
     let h = 1e-5;
     let scale = forces.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -74,9 +64,7 @@ fn forces_match_finite_differences_shared_filters_and_bessel() {
     let (numbers, positions) = random_structure(7, 3.5, 0.9, None, 12);
     assert!(finite_difference_error(&model, &numbers, &positions, None) < 1e-6);
     model.radial_basis = mdrun::model::RadialBasis::Bessel {
-        freqs: (1..=8)
-            .map(|k| k as f64 * std::f64::consts::PI / 3.5)
-            .collect(),
+        freqs: (1..=8).map(|k| k as f64 * std::f64::consts::PI / 3.5).collect(),
     };
     let err = finite_difference_error(&model, &numbers, &positions, None);
     assert!(err < 1e-6, "bessel: relative force error {err:e}");
@@ -163,10 +151,7 @@ fn forces_sum_to_zero_and_far_atoms_do_not_interact() {
         assert!(total.abs() < 1e-10, "net force {total}");
     }
     // Two copies beyond the cutoff of each other: the energy is additive.
-    let far: Vec<Vec3> = positions
-        .iter()
-        .map(|r| [r[0] + 100.0, r[1], r[2]])
-        .collect();
+    let far: Vec<Vec3> = positions.iter().map(|r| [r[0] + 100.0, r[1], r[2]]).collect();
     let both_numbers: Vec<u8> = numbers.iter().chain(&numbers).cloned().collect();
     let both: Vec<Vec3> = positions.iter().chain(&far).cloned().collect();
     let (e1, _) = energy_and_forces(&model, &numbers, &positions, None);

@@ -114,12 +114,7 @@ pub fn evaluate(model: &PainnModel, numbers: &[u8], pairs: &PairList) -> Evaluat
 }
 
 /// `evaluate`, with the large buffers taken from and returned to `workspace`.
-pub fn evaluate_in(
-    workspace: &mut Workspace,
-    model: &PainnModel,
-    numbers: &[u8],
-    pairs: &PairList,
-) -> Evaluation {
+pub fn evaluate_in(workspace: &mut Workspace, model: &PainnModel, numbers: &[u8], pairs: &PairList) -> Evaluation {
     let n = numbers.len();
     let f = model.config.n_atom_basis;
     let terms = pair_terms(
@@ -129,25 +124,18 @@ pub fn evaluate_in(
     );
 
     // Forward.
-    let mut q = DMatrix::from_fn(f, n, |row, atom| {
-        model.embedding[(row, usize::from(numbers[atom]))]
-    });
+    let mut q = DMatrix::from_fn(f, n, |row, atom| model.embedding[(row, usize::from(numbers[atom]))]);
     let mut mu = zeros3(f, n);
     let mut interaction_caches = Vec::with_capacity(model.config.n_interactions);
     let mut mixing_caches = Vec::with_capacity(model.config.n_interactions);
     for t in 0..model.config.n_interactions {
-        interaction_caches.push(interaction_forward(
-            model, t, pairs, &terms, &mut q, &mut mu,
-        ));
+        interaction_caches.push(interaction_forward(model, t, pairs, &terms, &mut q, &mut mu));
         mixing_caches.push(mixing_forward(model, t, &mut q, &mut mu));
     }
     let readout_pre = model.readout1.forward(&q);
     let atomwise = model.readout2.forward(&readout_pre.map(silu));
     let mut energy = model.energy_scale * atomwise.sum() + model.mean_per_atom * n as f64;
-    energy += numbers
-        .iter()
-        .map(|&z| model.atomref[usize::from(z)])
-        .sum::<f64>();
+    energy += numbers.iter().map(|&z| model.atomref[usize::from(z)]).sum::<f64>();
 
     // Reverse: gradients of E with respect to q, μ, the filters and the pair unit vectors.
     let grad_atomwise = DMatrix::from_element(1, n, model.energy_scale);
@@ -157,11 +145,7 @@ pub fn evaluate_in(
         .component_mul(&readout_pre.map(silu_derivative));
     let mut grad_q = model.readout1.backward(&grad_hidden);
     let mut grad_mu = zeros3(f, n);
-    let mut grad_filter = matrix_on(
-        &mut workspace.grad_filter,
-        terms.filter_raw.nrows(),
-        pairs.len(),
-    );
+    let mut grad_filter = matrix_on(&mut workspace.grad_filter, terms.filter_raw.nrows(), pairs.len());
     let mut grad_unit = vec![[0.0; 3]; pairs.len()];
     for t in (0..model.config.n_interactions).rev() {
         mixing_backward(model, t, &mixing_caches[t], &mut grad_q, &mut grad_mu);
@@ -257,10 +241,7 @@ fn interaction_forward(
         let (i, j) = (pairs.first[pair], pairs.second[pair]);
         terms.filter_into(pair, offset, &mut w);
         let xj = col(&context, j);
-        for (acc, (wc, xc)) in col_mut(&mut dq, i)
-            .iter_mut()
-            .zip(w[..f].iter().zip(&xj[..f]))
-        {
+        for (acc, (wc, xc)) in col_mut(&mut dq, i).iter_mut().zip(w[..f].iter().zip(&xj[..f])) {
             *acc += wc * xc;
         }
         for k in 0..3 {
@@ -310,11 +291,7 @@ fn interaction_backward(
         let u = terms.unit[pair];
         terms.filter_into(pair, offset, &mut w);
         let xj = col(&cache.context, j);
-        let gmu_i = [
-            col(&grad_mu[0], i),
-            col(&grad_mu[1], i),
-            col(&grad_mu[2], i),
-        ];
+        let gmu_i = [col(&grad_mu[0], i), col(&grad_mu[1], i), col(&grad_mu[2], i)];
         let mu_j = [
             col(&cache.mu_in[0], j),
             col(&cache.mu_in[1], j),
@@ -324,8 +301,7 @@ fn interaction_backward(
         grad_message[..f].copy_from_slice(col(grad_q, i));
         for c in 0..f {
             grad_message[f + c] = gmu_i[0][c] * u[0] + gmu_i[1][c] * u[1] + gmu_i[2][c] * u[2];
-            grad_message[2 * f + c] =
-                gmu_i[0][c] * mu_j[0][c] + gmu_i[1][c] * mu_j[1][c] + gmu_i[2][c] * mu_j[2][c];
+            grad_message[2 * f + c] = gmu_i[0][c] * mu_j[0][c] + gmu_i[1][c] * mu_j[1][c] + gmu_i[2][c] * mu_j[2][c];
         }
         for k in 0..3 {
             let radial = w[f..2 * f].iter().zip(&xj[f..2 * f]);
@@ -356,12 +332,7 @@ fn interaction_backward(
     *grad_q += layer.context1.backward(&grad_pre);
 }
 
-fn mixing_forward(
-    model: &PainnModel,
-    t: usize,
-    q: &mut DMatrix<f64>,
-    mu: &mut Vectorial,
-) -> MixingCache {
+fn mixing_forward(model: &PainnModel, t: usize, q: &mut DMatrix<f64>, mu: &mut Vectorial) -> MixingCache {
     let f = model.config.n_atom_basis;
     let n = q.ncols();
     let layer = &model.mixings[t];
@@ -373,28 +344,27 @@ fn mixing_forward(
     let mut norm = DMatrix::zeros(f, n);
     let mut v_dot_u = DMatrix::zeros(f, n);
     for atom in 0..n {
-        let m = [
-            col(&mixed[0], atom),
-            col(&mixed[1], atom),
-            col(&mixed[2], atom),
-        ];
+        let m = [col(&mixed[0], atom), col(&mixed[1], atom), col(&mixed[2], atom)];
         let norm_a = col_mut(&mut norm, atom);
         for c in 0..f {
-            norm_a[c] =
-                (m[0][c] * m[0][c] + m[1][c] * m[1][c] + m[2][c] * m[2][c] + model.epsilon).sqrt();
+            norm_a[c] = (m[0][c] * m[0][c] + m[1][c] * m[1][c] + m[2][c] * m[2][c] + model.epsilon).sqrt();
         }
         let vu = col_mut(&mut v_dot_u, atom);
         for c in 0..f {
             vu[c] = m[0][c] * m[0][f + c] + m[1][c] * m[1][f + c] + m[2][c] * m[2][f + c];
         }
     }
-    let stacked = DMatrix::from_fn(2 * f, n, |row, atom| {
-        if row < f {
-            q[(row, atom)]
-        } else {
-            norm[(row - f, atom)]
-        }
-    });
+    let stacked = DMatrix::from_fn(
+        2 * f,
+        n,
+        |row, atom| {
+            if row < f {
+                q[(row, atom)]
+            } else {
+                norm[(row - f, atom)]
+            }
+        },
+    );
     let context_pre = layer.context1.forward(&stacked);
     let context = layer.context2.forward(&context_pre.map(silu));
     for atom in 0..n {
@@ -506,11 +476,7 @@ fn pair_forces(
     for pair in 0..pairs.len() {
         let grad_cutoff = grad_cutoff[pair];
         let dphi = &terms.basis_derivative.as_slice()[pair * k..(pair + 1) * k];
-        let grad_distance: f64 = col(&grad_basis, pair)
-            .iter()
-            .zip(dphi)
-            .map(|(g, d)| g * d)
-            .sum::<f64>()
+        let grad_distance: f64 = col(&grad_basis, pair).iter().zip(dphi).map(|(g, d)| g * d).sum::<f64>()
             + grad_cutoff * terms.cutoff_derivative[pair];
         let u = terms.unit[pair];
         let gu = grad_unit[pair];

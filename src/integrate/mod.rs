@@ -25,8 +25,7 @@ pub enum Integrator {
 impl Integrator {
     pub fn timestep_fs(&self) -> f64 {
         match self {
-            Integrator::VelocityVerlet { timestep_fs }
-            | Integrator::Langevin { timestep_fs, .. } => *timestep_fs,
+            Integrator::VelocityVerlet { timestep_fs } | Integrator::Langevin { timestep_fs, .. } => *timestep_fs,
         }
     }
 
@@ -125,21 +124,14 @@ pub fn temperature(kinetic_energy_ev: f64, degrees_of_freedom: usize) -> f64 {
 /// Maxwell–Boltzmann velocities at `temperature_k` (Å/fs), seeded: each component drawn from
 /// N(0, kT/m), net momentum removed, then scaled so the temperature over `degrees_of_freedom` is
 /// exactly the target (as LAMMPS' `velocity create` does).
-pub fn maxwell_boltzmann(
-    masses: &[f64],
-    temperature_k: f64,
-    degrees_of_freedom: usize,
-    seed: u64,
-) -> Vec<Vec3> {
+pub fn maxwell_boltzmann(masses: &[f64], temperature_k: f64, degrees_of_freedom: usize, seed: u64) -> Vec<Vec3> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let kt = BOLTZMANN_EV_PER_K * temperature_k;
     let mut velocities: Vec<Vec3> = masses
         .iter()
         .map(|m| {
             let sigma = (kt * ACCELERATION_A_PER_FS2 / m).sqrt();
-            [0, 1, 2].map(|_| {
-                sigma * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng)
-            })
+            [0, 1, 2].map(|_| sigma * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
         })
         .collect();
     if masses.len() > 1 {

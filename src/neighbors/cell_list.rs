@@ -18,11 +18,7 @@ fn norm2(r: &Vec3) -> f64 {
 /// normal to a), so scanning ±ceil(r·n_a/w_a) bins covers it. Bin offsets past the edge wrap
 /// around with an image shift, and when r exceeds half the cell the scan passes the same bin
 /// again under another image: every (j, image) is visited exactly once.
-pub fn cell_list_candidates(
-    positions: &[Vec3],
-    cell: Option<&Cell>,
-    radius: f64,
-) -> Vec<Candidate> {
+pub fn cell_list_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64) -> Vec<Candidate> {
     let n = positions.len();
     if n == 0 {
         return Vec::new();
@@ -38,11 +34,7 @@ pub fn cell_list_candidates(
                 bins = bins.map(|b| (b / 2).max(1));
             }
             let reach = [0, 1, 2].map(|a| (radius * bins[a] as f64 / widths[a]).ceil() as i64);
-            (
-                positions.iter().map(|r| cell.to_fractional(r)).collect(),
-                bins,
-                reach,
-            )
+            (positions.iter().map(|r| cell.to_fractional(r)).collect(), bins, reach)
         }
         None => {
             let mut lo = positions[0];
@@ -125,11 +117,7 @@ pub fn cell_list_candidates(
                         }
                         let r = [0, 1, 2].map(|x| positions[ju][x] + shift[x] - positions[i][x]);
                         if norm2(&r) < radius2 {
-                            out.push(Candidate {
-                                i: i as u32,
-                                j,
-                                image,
-                            });
+                            out.push(Candidate { i: i as u32, j, image });
                         }
                     }
                 }
@@ -142,11 +130,7 @@ pub fn cell_list_candidates(
 
 /// Every (j, image) within `radius` of i, by looping over all atoms and all images that can
 /// reach: O(N²), independent of any binning, the reference the cell list is tested against.
-pub fn brute_force_candidates(
-    positions: &[Vec3],
-    cell: Option<&Cell>,
-    radius: f64,
-) -> Vec<Candidate> {
+pub fn brute_force_candidates(positions: &[Vec3], cell: Option<&Cell>, radius: f64) -> Vec<Candidate> {
     let radius2 = radius * radius;
     let reach: [i32; 3] = match cell {
         // Positions anywhere (not wrapped): allow one extra image for the spread of positions.

@@ -86,16 +86,12 @@ impl NeighborList {
         positions
             .iter()
             .zip(&self.reference)
-            .map(|(r, r0)| {
-                ((r[0] - r0[0]).powi(2) + (r[1] - r0[1]).powi(2) + (r[2] - r0[2]).powi(2)).sqrt()
-            })
+            .map(|(r, r0)| ((r[0] - r0[0]).powi(2) + (r[1] - r0[1]).powi(2) + (r[2] - r0[2]).powi(2)).sqrt())
             .fold(0.0, f64::max)
     }
 
     pub fn needs_rebuild(&self, positions: &[Vec3]) -> bool {
-        !self.built
-            || positions.len() != self.reference.len()
-            || 2.0 * self.max_displacement(positions) > self.skin
+        !self.built || positions.len() != self.reference.len() || 2.0 * self.max_displacement(positions) > self.skin
     }
 
     /// Rebuilds when the skin requires it. A rebuild wraps periodic positions back into the cell
@@ -151,11 +147,7 @@ pub fn brute_force_pairs(positions: &[Vec3], cell: Option<&Cell>, cutoff: f64) -
 }
 
 /// Smallest distance between any two atoms (periodic images included) if below `limit`.
-pub fn closest_pair_below(
-    positions: &[Vec3],
-    cell: Option<&Cell>,
-    limit: f64,
-) -> Option<(usize, usize, f64)> {
+pub fn closest_pair_below(positions: &[Vec3], cell: Option<&Cell>, limit: f64) -> Option<(usize, usize, f64)> {
     let mut wrapped = positions.to_vec();
     if let Some(cell) = cell {
         wrapped.iter_mut().for_each(|r| cell.wrap(r));

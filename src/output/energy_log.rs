@@ -40,8 +40,7 @@ pub const HEADER: &str = "step,time_ps,e_pot_ev,e_kin_ev,e_tot_ev,temperature_k,
 
 impl EnergyLog {
     pub fn create(path: &Path, interval: u64, n_atoms: usize) -> Result<EnergyLog, String> {
-        let file =
-            File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+        let file = File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
         let mut log = EnergyLog {
             path: path.to_path_buf(),
             writer: BufWriter::new(file),

@@ -16,7 +16,8 @@ pub struct Summary {
     /// max |E(t) − E(0)| of the conserved energy, eV.
     pub max_abs_deviation: f64,
     pub non_finite_seen: bool,
-    pub neighbor_rebuilds: u64,
+    /// Neighbor-list builds (not counted on the GPU).
+    pub neighbor_rebuilds: Option<u64>,
 }
 
 impl Summary {
@@ -26,7 +27,7 @@ impl Summary {
         timestep_fs: f64,
         wall_seconds: f64,
         non_finite_seen: bool,
-        neighbor_rebuilds: u64,
+        neighbor_rebuilds: Option<u64>,
     ) -> Summary {
         let steps = records.last().map_or(0, |r| r.step) - records.first().map_or(0, |r| r.step);
         let steps_per_second = if wall_seconds > 0.0 {
@@ -41,10 +42,7 @@ impl Summary {
         } else {
             0.0
         };
-        let max_abs_deviation = records
-            .iter()
-            .map(|r| (r.conserved() - e0).abs())
-            .fold(0.0, f64::max);
+        let max_abs_deviation = records.iter().map(|r| (r.conserved() - e0).abs()).fold(0.0, f64::max);
         let slope = linear_fit_slope(records.iter().map(|r| (r.time_ps, r.conserved())));
         Summary {
             steps,
@@ -70,9 +68,15 @@ impl Summary {
                 self.drift_percent, self.drift_mev_per_atom_ps, self.max_abs_deviation
             ),
             format!(
-                "checks: {}; neighbor list rebuilt {} times",
-                if self.non_finite_seen { "NaN/Inf FOUND" } else { "no NaN/Inf" },
+                "checks: {}{}",
+                if self.non_finite_seen {
+                    "NaN/Inf FOUND"
+                } else {
+                    "no NaN/Inf"
+                },
                 self.neighbor_rebuilds
+                    .map(|r| format!("; neighbor list built {r} times"))
+                    .unwrap_or_default()
             ),
         ]
     }

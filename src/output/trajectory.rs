@@ -48,13 +48,7 @@ impl TrajectoryWriter {
             Some(f) => chemfiles::Trajectory::open_with_format(path, 'w', f),
             None => chemfiles::Trajectory::open(path, 'w'),
         }
-        .map_err(|e| {
-            format!(
-                "{}: cannot create: {}",
-                path.display(),
-                one_line(&e.to_string())
-            )
-        })?;
+        .map_err(|e| format!("{}: cannot create: {}", path.display(), one_line(&e.to_string())))?;
         let mut frame = chemfiles::Frame::new();
         for symbol in symbols {
             frame.add_atom(&chemfiles::Atom::new(symbol.as_str()), [0.0; 3], None);
@@ -73,12 +67,7 @@ impl TrajectoryWriter {
     }
 
     /// Writes one frame unless this step was already written.
-    pub fn write(
-        &mut self,
-        step: u64,
-        positions: &[Vec3],
-        cell: Option<&Cell>,
-    ) -> Result<(), String> {
+    pub fn write(&mut self, step: u64, positions: &[Vec3], cell: Option<&Cell>) -> Result<(), String> {
         if self.last_step == Some(step) {
             return Ok(());
         }

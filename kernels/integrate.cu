@@ -1,0 +1,96 @@
+// Integrators on the GPU (Å, fs, eV, amu): velocity Verlet and Langevin BAOAB. The step counter
+// lives on the device so that a captured CUDA graph can be replayed unchanged; the Langevin noise
+// of atom i at step n is Philox4x32-10 of (seed, n, i), the same numbers as rng.rs on the CPU.
+
+__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
+    const u32 M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            k.x += W0;
+            k.y += W1;
+        }
+        u32 hi0 = __umulhi(M0, c.x), lo0 = M0 * c.x;
+        u32 hi1 = __umulhi(M1, c.z), lo1 = M1 * c.z;
+        c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    }
+    return c;
+}
+
+__device__ __forceinline__ double open_unit(u32 x) { return ((double)x + 1.0) / 4294967296.0; }
+
+// v += dt/2 · F/m · acc, then (Verlet) x += dt v, or (BAOAB) A(½) O A(½). `inv_mass` holds
+// acc/m, the conversion to Å/fs² included; `half_mass` is m/2 in eV·fs²/Å², so that
+// half_mass·v² is a kinetic energy in eV. `heat` accumulates, per atom, the kinetic energy the
+// thermostat added (E_tot − Σ heat is conserved).
+extern "C" __global__ void first_half(float* pos, float* vel, const float* force, const float* inv_mass,
+                                      const float* half_mass, double* heat, const u64* step_counter, float dt,
+                                      int langevin, float damping, float noise, const float* thermal_sigma, u64 seed,
+                                      int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms) return;
+    float s = 0.5f * dt * inv_mass[a];
+    float v[3], r[3];
+    for (int k = 0; k < 3; ++k) {
+        v[k] = vel[3 * a + k] + s * force[3 * a + k];
+        r[k] = pos[3 * a + k];
+    }
+    if (!langevin) {
+        for (int k = 0; k < 3; ++k) r[k] += dt * v[k];
+    } else {
+        u64 step = *step_counter + 1;  // the step being taken, 1-based as on the CPU
+        for (int k = 0; k < 3; ++k) r[k] += 0.5f * dt * v[k];
+        uint4 bits = philox4x32_10(make_uint4((u32)step, (u32)(step >> 32), (u32)a, 0u), make_uint2((u32)seed, (u32)(seed >> 32)));
+        double radius = sqrt(-2.0 * log(open_unit(bits.x)));
+        double angle = 6.283185307179586 * open_unit(bits.y);
+        double radius2 = sqrt(-2.0 * log(open_unit(bits.z)));
+        double angle2 = 6.283185307179586 * open_unit(bits.w);
+        float xi[3] = {(float)(radius * cos(angle)), (float)(radius * sin(angle)), (float)(radius2 * cos(angle2))};
+        float sigma = thermal_sigma[a];
+        double before = (double)v[0] * v[0] + (double)v[1] * v[1] + (double)v[2] * v[2];
+        for (int k = 0; k < 3; ++k) {
+            v[k] = damping * v[k] + noise * sigma * xi[k];
+            r[k] += 0.5f * dt * v[k];
+        }
+        double after = (double)v[0] * v[0] + (double)v[1] * v[1] + (double)v[2] * v[2];
+        heat[a] += half_mass[a] * (after - before);
+    }
+    for (int k = 0; k < 3; ++k) {
+        vel[3 * a + k] = v[k];
+        pos[3 * a + k] = r[k];
+    }
+}
+
+// The closing half kick with the new forces; the last thread advances the step counter.
+extern "C" __global__ void second_half(float* vel, const float* force, const float* inv_mass, u64* step_counter,
+                                       float dt, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a == 0) *step_counter += 1;
+    if (a >= n_atoms) return;
+    float s = 0.5f * dt * inv_mass[a];
+    for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
+}
+
+// Potential energy, kinetic energy and thermostat heat (eV) in f64: one block of 256 threads,
+// fixed order (deterministic).
+extern "C" __global__ void energy_sums(const float* atom_energy, const float* vel, const float* half_mass,
+                                       const double* heat, int n_atoms, double* out) {
+    __shared__ double sh[3][256];
+    double e = 0.0, kin = 0.0, q = 0.0;
+    for (int a = threadIdx.x; a < n_atoms; a += blockDim.x) {
+        e += atom_energy[a];
+        double vx = vel[3 * a], vy = vel[3 * a + 1], vz = vel[3 * a + 2];
+        kin += half_mass[a] * (vx * vx + vy * vy + vz * vz);
+        q += heat[a];
+    }
+    sh[0][threadIdx.x] = e;
+    sh[1][threadIdx.x] = kin;
+    sh[2][threadIdx.x] = q;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride)
+            for (int k = 0; k < 3; ++k) sh[k][threadIdx.x] += sh[k][threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        for (int k = 0; k < 3; ++k) out[k] = sh[k][0];
+}

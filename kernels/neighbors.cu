@@ -1,0 +1,99 @@
+// Verlet neighbor list on the GPU: displacement check, wrapping, candidate search (all pairs
+// within cutoff + skin, periodic images included) into fixed-capacity rows, and the index of each
+// pair's reverse. Rebuild kernels run every step inside the CUDA graph but return at once unless
+// the displacement check stamped `rebuild_step` with the current step.
+
+struct Rebuild {
+    const u64* step;    // current step (device)
+    u64* rebuild_step;  // step at which a rebuild was requested
+    int* overflow;      // set when a row would exceed the capacity: the host grows it and redoes
+};
+
+__device__ __forceinline__ bool rebuilding(const Rebuild& rb) { return *rb.rebuild_step == *rb.step; }
+
+// Requests a rebuild when any atom moved more than half the skin since the last one.
+extern "C" __global__ void check_displacement(const float* pos, const float* reference, float half_skin2, Rebuild rb,
+                                              int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms) return;
+    float dx = pos[3 * a] - reference[3 * a], dy = pos[3 * a + 1] - reference[3 * a + 1],
+          dz = pos[3 * a + 2] - reference[3 * a + 2];
+    if (dx * dx + dy * dy + dz * dz > half_skin2) *rb.rebuild_step = *rb.step;
+}
+
+// Wraps positions into the cell and records the reference positions (rebuild steps only).
+extern "C" __global__ void wrap_positions(float* pos, float* reference, Cell cell, Rebuild rb, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms || !rebuilding(rb)) return;
+    float r[3] = {pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]};
+    if (cell.periodic) {
+        float s[3];
+        for (int k = 0; k < 3; ++k) {
+            s[k] = r[0] * cell.inv[0][k] + r[1] * cell.inv[1][k] + r[2] * cell.inv[2][k];
+            s[k] -= floorf(s[k]);
+            if (s[k] >= 1.0f) s[k] = 0.0f;
+        }
+        for (int k = 0; k < 3; ++k) r[k] = s[0] * cell.v[0][k] + s[1] * cell.v[1][k] + s[2] * cell.v[2][k];
+    }
+    for (int k = 0; k < 3; ++k) {
+        pos[3 * a + k] = r[k];
+        reference[3 * a + k] = r[k];
+    }
+}
+
+// All-pairs candidate search: one thread per atom i over every j and every image in reach.
+// O(N²): the simple search, exact for any cell.
+extern "C" __global__ void build_neighbors_all_pairs(const float* pos, Cell cell, int3 reach, float radius2, int* count,
+                                                     int* nbr_j, int3* nbr_image, int capacity, Rebuild rb,
+                                                     int n_atoms) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_atoms || !rebuilding(rb)) return;
+    int n = 0;
+    for (int j = 0; j < n_atoms; ++j) {
+        for (int na = -reach.x; na <= reach.x; ++na)
+            for (int nb = -reach.y; nb <= reach.y; ++nb)
+                for (int nc = -reach.z; nc <= reach.z; ++nc) {
+                    if (i == j && na == 0 && nb == 0 && nc == 0) continue;
+                    int3 image = make_int3(na, nb, nc);
+                    float3 r = pair_vector(pos, i, j, cell, image);
+                    if (r.x * r.x + r.y * r.y + r.z * r.z < radius2) {
+                        if (n < capacity) {
+                            nbr_j[i * capacity + n] = j;
+                            nbr_image[i * capacity + n] = image;
+                        }
+                        ++n;
+                    }
+                }
+    }
+    if (n > capacity) {
+        *rb.overflow = 1;
+        n = capacity;
+    }
+    count[i] = n;
+}
+
+// Index of the reverse of every pair: (i → j, n) ↔ (j → i, −n). The lists are symmetric, so it
+// exists unless a row overflowed.
+extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, const int3* nbr_image, int* reverse,
+                                         int capacity, Rebuild rb, int n_atoms) {
+    int i = blockIdx.x, slot = threadIdx.x;
+    if (!rebuilding(rb)) return;
+    for (; slot < count[i]; slot += blockDim.x) {
+        int p = i * capacity + slot;
+        int j = nbr_j[p];
+        int3 n = nbr_image[p];
+        int found = -1;
+        for (int q = j * capacity; q < j * capacity + count[j]; ++q) {
+            int3 m = nbr_image[q];
+            if (nbr_j[q] == i && m.x == -n.x && m.y == -n.y && m.z == -n.z) {
+                found = q;
+                break;
+            }
+        }
+        if (found < 0) {
+            *rb.overflow = 1;
+            found = p;
+        }
+        reverse[p] = found;
+    }
+}

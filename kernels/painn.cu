@@ -1,0 +1,447 @@
+// PaiNN energy and forces, exactly as schnetpack 2.x computes it (see forcefield/cpu.rs, the f64
+// reference these kernels are tested against). One block per atom, one thread per feature
+// channel c (blockDim.x == NF). Per-atom vectors are stored atom-major: q [N, F], μ [N, 3, F],
+// context x [N, 3F]. Dense weights come twice: W [out, in] (backward reads columns coalesced)
+// and Wᵀ [in, out] (forward reads rows coalesced).
+//
+// Neighbors: fixed-capacity rows, row i = entries [i·cap, i·cap + count[i]), each (j, image);
+// candidates within cutoff + skin, filtered against the cutoff here at the current positions.
+
+#ifndef NK
+#error "NK (radial basis size) must be defined"
+#endif
+#ifndef NH
+#error "NH (readout hidden width) must be defined"
+#endif
+
+struct Filter {
+    const float* weight;   // [rows, K] row-major, this interaction's block starts at row `offset`
+    const float* bias;     // [rows]
+    const float* offsets;  // [K] Gaussian centres μ_k (Å)
+    const float* coeffs;   // [K] −0.5 / w_k²
+    int offset;
+    float cutoff;
+};
+
+struct Neighbors {
+    const int* count;
+    const int* j;
+    const int3* image;
+    const int* reverse;  // index of the pair (j → i, −image)
+    int capacity;
+};
+
+// Loads the three filter rows of channel c (s, R, v) for this interaction into registers.
+struct ChannelFilter {
+    float ws[NK], wr[NK], wv[NK];
+    float bs, br, bv;
+    __device__ void load(const Filter& f, int c) {
+        const float* s = f.weight + (size_t)(f.offset + c) * NK;
+        const float* r = f.weight + (size_t)(f.offset + NF + c) * NK;
+        const float* v = f.weight + (size_t)(f.offset + 2 * NF + c) * NK;
+#pragma unroll
+        for (int k = 0; k < NK; ++k) {
+            ws[k] = s[k];
+            wr[k] = r[k];
+            wv[k] = v[k];
+        }
+        bs = f.bias[f.offset + c];
+        br = f.bias[f.offset + NF + c];
+        bv = f.bias[f.offset + 2 * NF + c];
+    }
+};
+
+// Cosine cutoff and its derivative; d < cutoff is checked by the caller.
+__device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, float& dfc) {
+    float s, co;
+    sincospif(d / cutoff, &s, &co);
+    fc = 0.5f * (co + 1.0f);
+    dfc = -0.5f * 3.14159265358979f / cutoff * s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+// x = W2 σ(W1 q + b1) + b2 for atom blockIdx.x, from q in shared memory `q_sh` [F];
+// `hidden` is [F] of shared scratch. Saves the pre-activation for the backward pass.
+__device__ void context_mlp(const float* q_sh, float* hidden, const float* w1t, const float* b1, const float* w2t,
+                            const float* b2, float* pre_out, float* x_out) {
+    int c = threadIdx.x;
+    float z = b1[c];
+    for (int i = 0; i < NF; ++i) z += w1t[i * NF + c] * q_sh[i];
+    pre_out[c] = z;
+    hidden[c] = silu(z);
+    __syncthreads();
+    float x0 = b2[c], x1 = b2[NF + c], x2 = b2[2 * NF + c];
+    for (int i = 0; i < NF; ++i) {
+        float h = hidden[i];
+        x0 += w2t[i * 3 * NF + c] * h;
+        x1 += w2t[i * 3 * NF + NF + c] * h;
+        x2 += w2t[i * 3 * NF + 2 * NF + c] * h;
+    }
+    x_out[c] = x0;
+    x_out[NF + c] = x1;
+    x_out[2 * NF + c] = x2;
+}
+
+// Embedding and the first interaction's context: depend on the elements only, run once.
+extern "C" __global__ void embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
+                                 const float* w2t, const float* b2, float* q0, float* pre0, float* x0) {
+    __shared__ float q_sh[NF], hidden[NF];
+    int a = blockIdx.x, c = threadIdx.x;
+    float q = embedding[numbers[a] * NF + c];
+    q0[a * NF + c] = q;
+    q_sh[c] = q;
+    __syncthreads();
+    context_mlp(q_sh, hidden, w1t, b1, w2t, b2, pre0 + a * NF, x0 + a * 3 * NF);
+}
+
+// Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
+// atom i, fused; nothing per pair is written to memory.
+extern "C" __global__ void message_forward(const float* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
+                                           const float* mu_in, const float* x, float* q_out, float* mu_out) {
+    int i = blockIdx.x, c = threadIdx.x;
+    ChannelFilter w;
+    w.load(filter, c);
+    float cutoff2 = filter.cutoff * filter.cutoff;
+    float dq = 0.f, dm0 = 0.f, dm1 = 0.f, dm2 = 0.f;
+    int begin = i * nb.capacity, end = begin + nb.count[i];
+    for (int p = begin; p < end; ++p) {
+        int j = nb.j[p];
+        float3 r = pair_vector(pos, i, j, cell, nb.image[p]);
+        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        if (d2 >= cutoff2) continue;
+        float d = sqrtf(d2), inv_d = 1.0f / d;
+        float fc, dfc;
+        cosine_cutoff(d, filter.cutoff, fc, dfc);
+        float fs = w.bs, fr = w.br, fv = w.bv;
+#pragma unroll
+        for (int k = 0; k < NK; ++k) {
+            float t = d - filter.offsets[k];
+            float phi = __expf(filter.coeffs[k] * t * t);
+            fs += w.ws[k] * phi;
+            fr += w.wr[k] * phi;
+            fv += w.wv[k] * phi;
+        }
+        const float* xj = x + (size_t)j * 3 * NF;
+        const float* mj = mu_in + (size_t)j * 3 * NF;
+        dq += fs * fc * xj[c];
+        float radial = fr * fc * xj[NF + c];
+        float vector = fv * fc * xj[2 * NF + c];
+        dm0 += radial * r.x * inv_d + vector * mj[c];
+        dm1 += radial * r.y * inv_d + vector * mj[NF + c];
+        dm2 += radial * r.z * inv_d + vector * mj[2 * NF + c];
+    }
+    q_out[i * NF + c] = q_in[i * NF + c] + dq;
+    const float* mi = mu_in + (size_t)i * 3 * NF;
+    float* mo = mu_out + (size_t)i * 3 * NF;
+    mo[c] = mi[c] + dm0;
+    mo[NF + c] = mi[NF + c] + dm1;
+    mo[2 * NF + c] = mi[2 * NF + c] + dm2;
+}
+
+struct MixingWeights {
+    const float* mix_t;  // mu_channel_mix ᵀ [F, 2F]
+    const float* a1t;    // intraatomic_context_net.0 ᵀ [2F, F]
+    const float* b1;
+    const float* a2t;    // intraatomic_context_net.1 ᵀ [F, 3F]
+    const float* b2;
+    float epsilon;
+};
+
+struct MixingCache {
+    float* vu;    // [N, 3, 2F]: V (first F) and U per Cartesian row
+    float* norm;  // [N, F]
+    float* pre;   // [N, F]
+    float* a;     // [N, 3F]
+};
+
+struct Readout {
+    const float* w1t;  // [F, H]
+    const float* b1;   // [H]
+    const float* w1;   // [H, F]
+    const float* w2;   // [H]
+    float b2, scale, mean_per_atom;
+    const float* atomref;  // [100]
+    const int* numbers;
+};
+
+// Mixing, fused with what follows on the same atom: the next interaction's context network, or
+// (last layer) the atomwise readout, the atom's energy and the first gradient ∂E/∂q.
+extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
+                                          float* q_out, float* mu_out, int last,
+                                          // next interaction (last == 0)
+                                          const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
+                                          float* n_pre, float* n_x,
+                                          // readout (last == 1)
+                                          Readout ro, float* atom_energy, float* grad_q, float* grad_mu) {
+    __shared__ float mu_sh[3 * NF], ctx[2 * NF], hidden[NF], red[64];
+    int a = blockIdx.x, c = threadIdx.x;
+    const float* mi = mu_in + (size_t)a * 3 * NF;
+    mu_sh[c] = mi[c];
+    mu_sh[NF + c] = mi[NF + c];
+    mu_sh[2 * NF + c] = mi[2 * NF + c];
+    float q = q_in[a * NF + c];
+    ctx[c] = q;
+    __syncthreads();
+    float V[3], U[3];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        float v = 0.f, u = 0.f;
+        for (int i = 0; i < NF; ++i) {
+            float x = mu_sh[k * NF + i];
+            v += m.mix_t[i * 2 * NF + c] * x;
+            u += m.mix_t[i * 2 * NF + NF + c] * x;
+        }
+        V[k] = v;
+        U[k] = u;
+        cache.vu[((size_t)a * 3 + k) * 2 * NF + c] = v;
+        cache.vu[((size_t)a * 3 + k) * 2 * NF + NF + c] = u;
+    }
+    float norm = sqrtf(V[0] * V[0] + V[1] * V[1] + V[2] * V[2] + m.epsilon);
+    cache.norm[a * NF + c] = norm;
+    ctx[NF + c] = norm;
+    float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
+    __syncthreads();
+    float z = m.b1[c];
+    for (int i = 0; i < 2 * NF; ++i) z += m.a1t[i * NF + c] * ctx[i];
+    cache.pre[a * NF + c] = z;
+    hidden[c] = silu(z);
+    __syncthreads();
+    float a_ss = m.b2[c], a_vv = m.b2[NF + c], a_sv = m.b2[2 * NF + c];
+    for (int i = 0; i < NF; ++i) {
+        float h = hidden[i];
+        a_ss += m.a2t[i * 3 * NF + c] * h;
+        a_vv += m.a2t[i * 3 * NF + NF + c] * h;
+        a_sv += m.a2t[i * 3 * NF + 2 * NF + c] * h;
+    }
+    float* ca = cache.a + (size_t)a * 3 * NF;
+    ca[c] = a_ss;
+    ca[NF + c] = a_vv;
+    ca[2 * NF + c] = a_sv;
+    float q_new = q + a_ss + a_sv * vdotu;
+    q_out[a * NF + c] = q_new;
+    float* mo = mu_out + (size_t)a * 3 * NF;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[k * NF + c] + a_vv * U[k];
+    __syncthreads();  // everyone is done with ctx/hidden
+    ctx[c] = q_new;
+    __syncthreads();
+    if (!last) {
+        context_mlp(ctx, hidden, n_w1t, n_b1, n_w2t, n_b2, n_pre + a * NF, n_x + (size_t)a * 3 * NF);
+        return;
+    }
+    // Readout y = w2 · σ(W1 q + b1) + b2, energy, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
+    float contribution = 0.f;
+    if (c < NH) {
+        float zr = ro.b1[c];
+        for (int i = 0; i < NF; ++i) zr += ro.w1t[i * NH + c] * ctx[i];
+        contribution = ro.w2[c] * silu(zr);
+        hidden[c] = ro.scale * ro.w2[c] * silu_grad(zr);
+    }
+    float4 total = block_sum4(make_float4(contribution, 0.f, 0.f, 0.f), red);
+    if (c == 0) atom_energy[a] = ro.scale * (total.x + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a]];
+    float g = 0.f;
+    for (int o = 0; o < NH; ++o) g += ro.w1[o * NF + c] * hidden[o];
+    grad_q[a * NF + c] = g;
+    float* gm = grad_mu + (size_t)a * 3 * NF;
+    gm[c] = 0.f;
+    gm[NF + c] = 0.f;
+    gm[2 * NF + c] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+struct MixingBackWeights {
+    const float* mix;  // mu_channel_mix [2F, F]
+    const float* a1;   // intraatomic_context_net.0 [F, 2F]
+    const float* a2;   // intraatomic_context_net.1 [3F, F]
+};
+
+// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
+extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
+                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in) {
+    __shared__ float ga[3 * NF], gz[NF], gvu[3][2 * NF];
+    int a = blockIdx.x, c = threadIdx.x;
+    float gq = grad_q_out[a * NF + c];
+    float gm[3], V[3], U[3];
+    const float* vu = cache.vu + (size_t)a * 6 * NF;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        gm[k] = grad_mu_out[(size_t)a * 3 * NF + k * NF + c];
+        V[k] = vu[k * 2 * NF + c];
+        U[k] = vu[k * 2 * NF + NF + c];
+    }
+    const float* ca = cache.a + (size_t)a * 3 * NF;
+    float a_vv = ca[NF + c], a_sv = ca[2 * NF + c];
+    float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
+    ga[c] = gq;
+    ga[NF + c] = gm[0] * U[0] + gm[1] * U[1] + gm[2] * U[2];
+    ga[2 * NF + c] = gq * vdotu;
+    float g_vdotu = gq * a_sv;
+    float gV[3], gU[3];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        gU[k] = gm[k] * a_vv + g_vdotu * V[k];
+        gV[k] = g_vdotu * U[k];
+    }
+    __syncthreads();
+    float gg = 0.f;
+    for (int o = 0; o < 3 * NF; ++o) gg += m.a2[o * NF + c] * ga[o];
+    gz[c] = gg * silu_grad(cache.pre[a * NF + c]);
+    __syncthreads();
+    float g_ctx_q = 0.f, g_ctx_n = 0.f;
+    for (int i = 0; i < NF; ++i) {
+        g_ctx_q += m.a1[i * 2 * NF + c] * gz[i];
+        g_ctx_n += m.a1[i * 2 * NF + NF + c] * gz[i];
+    }
+    grad_q_in[a * NF + c] = gq + g_ctx_q;
+    float norm = cache.norm[a * NF + c];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        gvu[k][c] = gV[k] + g_ctx_n * V[k] / norm;
+        gvu[k][NF + c] = gU[k];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        float g = gm[k];
+        for (int o = 0; o < 2 * NF; ++o) g += m.mix[o * NF + c] * gvu[k][o];
+        grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = g;
+    }
+}
+
+// Gradients through interaction t, gathered per atom a: for every neighbor b, the pair a→b
+// (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
+// b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
+extern "C" __global__ void message_backward(const float* pos, Cell cell, Neighbors nb, Filter filter,
+                                            const float* mu_in, const float* x, const float* grad_q,
+                                            const float* grad_mu, float* grad_x, float* grad_mu_in,
+                                            float4* pair_grad) {
+    __shared__ float red[64];
+    int a = blockIdx.x, c = threadIdx.x;
+    ChannelFilter w;
+    w.load(filter, c);
+    float cutoff2 = filter.cutoff * filter.cutoff;
+    float gq_a = grad_q[a * NF + c];
+    float gm_a[3], mu_a[3];
+    for (int k = 0; k < 3; ++k) {
+        gm_a[k] = grad_mu[(size_t)a * 3 * NF + k * NF + c];
+        mu_a[k] = mu_in[(size_t)a * 3 * NF + k * NF + c];
+    }
+    const float* xa = x + (size_t)a * 3 * NF;
+    float xa_v = xa[2 * NF + c];
+    float gx_s = 0.f, gx_r = 0.f, gx_v = 0.f, gmu0 = 0.f, gmu1 = 0.f, gmu2 = 0.f;
+    int begin = a * nb.capacity, end = begin + nb.count[a];
+    for (int p = begin; p < end; ++p) {
+        int b = nb.j[p];
+        float3 r = pair_vector(pos, a, b, cell, nb.image[p]);
+        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        if (d2 >= cutoff2) continue;
+        float d = sqrtf(d2), inv_d = 1.0f / d;
+        float u[3] = {r.x * inv_d, r.y * inv_d, r.z * inv_d};
+        float fc, dfc;
+        cosine_cutoff(d, filter.cutoff, fc, dfc);
+        float phi[NK], dphi[NK];
+        float fs = w.bs, fr = w.br, fv = w.bv;
+#pragma unroll
+        for (int k = 0; k < NK; ++k) {
+            float t = d - filter.offsets[k];
+            phi[k] = __expf(filter.coeffs[k] * t * t);
+            dphi[k] = 2.0f * filter.coeffs[k] * t * phi[k];
+            fs += w.ws[k] * phi[k];
+            fr += w.wr[k] * phi[k];
+            fv += w.wv[k] * phi[k];
+        }
+        // Pair a → b: a receives.
+        const float* xb = x + (size_t)b * 3 * NF;
+        const float* mb = mu_in + (size_t)b * 3 * NF;
+        float xb_s = xb[c], xb_r = xb[NF + c], xb_v = xb[2 * NF + c];
+        float g_s = gq_a;
+        float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
+        float g_v = gm_a[0] * mb[c] + gm_a[1] * mb[NF + c] + gm_a[2] * mb[2 * NF + c];
+        float gw_s = g_s * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;  // ∂E/∂w (cutoff included)
+        float radial = fr * fc * xb_r;
+        float g_phi_dot = 0.f;
+#pragma unroll
+        for (int k = 0; k < NK; ++k) g_phi_dot += (gw_s * w.ws[k] + gw_r * w.wr[k] + gw_v * w.wv[k]) * dphi[k];
+        float g_d = fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv);
+        float4 partial = make_float4(g_d, gm_a[0] * radial, gm_a[1] * radial, gm_a[2] * radial);
+        float4 total = block_sum4(partial, red);
+        if (c == 0) {
+            float4 acc = pair_grad[p];
+            pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
+        }
+        // Pair b → a: a sends; its unit vector is −u.
+        const float* gmb = grad_mu + (size_t)b * 3 * NF;
+        float gq_b = grad_q[b * NF + c];
+        float gmb0 = gmb[c], gmb1 = gmb[NF + c], gmb2 = gmb[2 * NF + c];
+        float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
+        float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
+        gx_s += gq_b * fs * fc;
+        gx_r += h_r * fr * fc;
+        gx_v += h_v * fv * fc;
+        float vector_w = fv * fc * xa_v;
+        gmu0 += gmb0 * vector_w;
+        gmu1 += gmb1 * vector_w;
+        gmu2 += gmb2 * vector_w;
+    }
+    float* gx = grad_x + (size_t)a * 3 * NF;
+    gx[c] = gx_s;
+    gx[NF + c] = gx_r;
+    gx[2 * NF + c] = gx_v;
+    float* gmi = grad_mu_in + (size_t)a * 3 * NF;
+    gmi[c] = gm_a[0] + gmu0;
+    gmi[NF + c] = gm_a[1] + gmu1;
+    gmi[2 * NF + c] = gm_a[2] + gmu2;
+}
+
+// ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
+extern "C" __global__ void context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
+                                            const float* grad_q, float* grad_q_in) {
+    __shared__ float gx[3 * NF], gz[NF];
+    int a = blockIdx.x, c = threadIdx.x;
+    const float* g = grad_x + (size_t)a * 3 * NF;
+    gx[c] = g[c];
+    gx[NF + c] = g[NF + c];
+    gx[2 * NF + c] = g[2 * NF + c];
+    __syncthreads();
+    float gh = 0.f;
+    for (int o = 0; o < 3 * NF; ++o) gh += w2[o * NF + c] * gx[o];
+    gz[c] = gh * silu_grad(pre[a * NF + c]);
+    __syncthreads();
+    float gq = grad_q[a * NF + c];
+    for (int o = 0; o < NF; ++o) gq += w1[o * NF + c] * gz[o];
+    grad_q_in[a * NF + c] = gq;
+}
+
+// Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with
+// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d. One thread per atom.
+extern "C" __global__ void pair_forces(const float* pos, Cell cell, Neighbors nb, float cutoff, const float4* pair_grad,
+                                       float* forces, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms) return;
+    float cutoff2 = cutoff * cutoff;
+    float fx = 0.f, fy = 0.f, fz = 0.f;
+    int begin = a * nb.capacity, end = begin + nb.count[a];
+    for (int p = begin; p < end; ++p) {
+        float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
+        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        if (d2 >= cutoff2) continue;
+        float d = sqrtf(d2), inv_d = 1.0f / d;
+        float3 u = make_float3(r.x * inv_d, r.y * inv_d, r.z * inv_d);
+        // This pair (a → b), direction u, and its reverse (b → a), direction −u.
+        float4 g = pair_grad[p];
+        float4 h = pair_grad[nb.reverse[p]];
+        float gu = g.y * u.x + g.z * u.y + g.w * u.z;
+        float hu = -(h.y * u.x + h.z * u.y + h.w * u.z);
+        // ∂E/∂r for a→b minus ∂E/∂r for b→a (whose r̂ is −u):
+        fx += (g.x * u.x + (g.y - gu * u.x) * inv_d) - (-h.x * u.x + (h.y + hu * u.x) * inv_d);
+        fy += (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d);
+        fz += (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d);
+    }
+    forces[3 * a] = fx;
+    forces[3 * a + 1] = fy;
+    forces[3 * a + 2] = fz;
+}

@@ -1,0 +1,382 @@
+//! PaiNN energy and forces on the GPU: the weights in f32 and every per-layer activation the
+//! hand-written backward pass needs, in buffers sized once per system (memory linear in atoms).
+
+use anyhow::{bail, Result};
+use cudarc::driver::{CudaFunction, PushKernelArg};
+
+use super::neighbors::GpuNeighbors;
+use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams};
+use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
+use crate::model::{Dense, PainnModel, RadialBasis};
+
+fn f32s(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+/// A dense layer on the device: W [out, in] and Wᵀ [in, out] row-major, and the bias.
+struct DenseOnGpu {
+    w: Buffer<f32>,
+    wt: Buffer<f32>,
+    bias: Option<Buffer<f32>>,
+}
+
+impl DenseOnGpu {
+    fn new(gpu: &Gpu, dense: &Dense) -> Result<DenseOnGpu> {
+        // nalgebra is column-major: the storage of W is Wᵀ row-major, and that of Wᵀ is W.
+        Ok(DenseOnGpu {
+            w: gpu.upload(&f32s(dense.weight_t.as_slice()))?,
+            wt: gpu.upload(&f32s(dense.weight.as_slice()))?,
+            bias: dense
+                .bias
+                .as_ref()
+                .map(|b| gpu.upload(&f32s(b.as_slice())))
+                .transpose()?,
+        })
+    }
+    fn b(&self) -> u64 {
+        self.bias.as_ref().map_or(0, |b| b.ptr)
+    }
+}
+
+struct Layer {
+    context1: DenseOnGpu,
+    context2: DenseOnGpu,
+    mix: DenseOnGpu,
+    mix1: DenseOnGpu,
+    mix2: DenseOnGpu,
+    /// Activations of this layer (inputs of layer t are q[t], mu[t]).
+    q_mid: Buffer<f32>,
+    mu_mid: Buffer<f32>,
+    x: Buffer<f32>,
+    pre_context: Buffer<f32>,
+    vu: Buffer<f32>,
+    norm: Buffer<f32>,
+    pre_mix: Buffer<f32>,
+    a_mix: Buffer<f32>,
+}
+
+pub struct GpuPainn {
+    pub sizes: KernelSizes,
+    n_atoms: usize,
+    cutoff: f32,
+    epsilon: f32,
+    filter_offset: Vec<i32>,
+    filter_w: Buffer<f32>,
+    filter_b: Buffer<f32>,
+    rbf_offsets: Buffer<f32>,
+    rbf_coeffs: Buffer<f32>,
+    readout1: DenseOnGpu,
+    readout_w2: Buffer<f32>,
+    readout_b2: f32,
+    scale: f32,
+    mean_per_atom: f32,
+    atomref: Buffer<f32>,
+    numbers: Buffer<i32>,
+    layers: Vec<Layer>,
+    /// q[t] and μ[t]: inputs of layer t; q[T], μ[T] the final features.
+    q: Vec<Buffer<f32>>,
+    mu: Vec<Buffer<f32>>,
+    pub atom_energy: Buffer<f32>,
+    grad_q: [Buffer<f32>; 2],
+    grad_mu: [Buffer<f32>; 2],
+    grad_x: Buffer<f32>,
+    pair_grad: Buffer<f32>,
+    pub forces: Buffer<f32>,
+    message_forward: CudaFunction,
+    mixing_forward: CudaFunction,
+    mixing_backward: CudaFunction,
+    message_backward: CudaFunction,
+    context_backward: CudaFunction,
+    pair_forces: CudaFunction,
+}
+
+/// The kernel sizes a model needs, or why the GPU path cannot run it.
+pub fn kernel_sizes(model: &PainnModel) -> Result<KernelSizes> {
+    let f = model.config.n_atom_basis;
+    let h = model.readout1.n_out();
+    if !f.is_multiple_of(32) || f > 512 {
+        bail!("the GPU path needs n_atom_basis to be a multiple of 32 up to 512, the model has {f}");
+    }
+    if h > f {
+        bail!("the GPU path needs the readout hidden width ({h}) to be at most n_atom_basis ({f})");
+    }
+    if model.config.n_rbf > 64 {
+        bail!(
+            "the GPU path supports up to 64 radial functions, the model has {}",
+            model.config.n_rbf
+        );
+    }
+    if !matches!(model.radial_basis, RadialBasis::Gaussian { .. }) {
+        bail!("the GPU path supports the Gaussian radial basis only; run this model with device = \"cpu\"");
+    }
+    Ok(KernelSizes {
+        features: f,
+        rbf: model.config.n_rbf,
+        readout_hidden: h,
+    })
+}
+
+impl GpuPainn {
+    pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8], pair_capacity: usize) -> Result<GpuPainn> {
+        let sizes = kernel_sizes(model)?;
+        let f = sizes.features;
+        let n = numbers.len();
+        let t_count = model.config.n_interactions;
+        let RadialBasis::Gaussian { offsets, widths } = &model.radial_basis else {
+            unreachable!("checked by kernel_sizes")
+        };
+        let coeffs: Vec<f64> = widths.iter().map(|w| -0.5 / (w * w)).collect();
+        let mut layers = Vec::new();
+        for t in 0..t_count {
+            let (i, m) = (&model.interactions[t], &model.mixings[t]);
+            layers.push(Layer {
+                context1: DenseOnGpu::new(gpu, &i.context1)?,
+                context2: DenseOnGpu::new(gpu, &i.context2)?,
+                mix: DenseOnGpu::new(gpu, &m.channel_mix)?,
+                mix1: DenseOnGpu::new(gpu, &m.context1)?,
+                mix2: DenseOnGpu::new(gpu, &m.context2)?,
+                q_mid: gpu.zeros(n * f)?,
+                mu_mid: gpu.zeros(n * 3 * f)?,
+                x: gpu.zeros(n * 3 * f)?,
+                pre_context: gpu.zeros(n * f)?,
+                vu: gpu.zeros(n * 6 * f)?,
+                norm: gpu.zeros(n * f)?,
+                pre_mix: gpu.zeros(n * f)?,
+                a_mix: gpu.zeros(n * 3 * f)?,
+            });
+        }
+        let painn = GpuPainn {
+            sizes,
+            n_atoms: n,
+            cutoff: model.cutoff() as f32,
+            epsilon: model.epsilon as f32,
+            filter_offset: (0..t_count).map(|t| model.filter_offset(t) as i32).collect(),
+            filter_w: gpu.upload(&f32s(model.filter.weight_t.as_slice()))?,
+            filter_b: gpu.upload(&f32s(
+                model.filter.bias.as_ref().expect("filter_net has a bias").as_slice(),
+            ))?,
+            rbf_offsets: gpu.upload(&f32s(offsets))?,
+            rbf_coeffs: gpu.upload(&f32s(&coeffs))?,
+            readout1: DenseOnGpu::new(gpu, &model.readout1)?,
+            readout_w2: gpu.upload(&f32s(model.readout2.weight.as_slice()))?,
+            readout_b2: model.readout2.bias.as_ref().map_or(0.0, |b| b[0] as f32),
+            scale: model.energy_scale as f32,
+            mean_per_atom: model.mean_per_atom as f32,
+            atomref: gpu.upload(&f32s(&model.atomref))?,
+            numbers: gpu.upload(&numbers.iter().map(|&z| i32::from(z)).collect::<Vec<_>>())?,
+            layers,
+            q: (0..=t_count).map(|_| gpu.zeros(n * f)).collect::<Result<_>>()?,
+            mu: (0..=t_count).map(|_| gpu.zeros(n * 3 * f)).collect::<Result<_>>()?,
+            atom_energy: gpu.zeros(n)?,
+            grad_q: [gpu.zeros(n * f)?, gpu.zeros(n * f)?],
+            grad_mu: [gpu.zeros(n * 3 * f)?, gpu.zeros(n * 3 * f)?],
+            grad_x: gpu.zeros(n * 3 * f)?,
+            pair_grad: gpu.zeros(4 * n * pair_capacity)?,
+            forces: gpu.zeros(3 * n)?,
+            message_forward: gpu.function("message_forward")?,
+            mixing_forward: gpu.function("mixing_forward")?,
+            mixing_backward: gpu.function("mixing_backward")?,
+            message_backward: gpu.function("message_backward")?,
+            context_backward: gpu.function("context_backward")?,
+            pair_forces: gpu.function("pair_forces")?,
+        };
+        // Embedding and the first context network depend on the elements only: computed once.
+        let embedding = gpu.upload(&f32s(model.embedding.as_slice()))?;
+        let l0 = &painn.layers[0];
+        let embed = gpu.function("embed")?;
+        unsafe {
+            gpu.stream
+                .launch_builder(&embed)
+                .arg(&painn.numbers.ptr)
+                .arg(&embedding.ptr)
+                .arg(&l0.context1.wt.ptr)
+                .arg(&l0.context1.b())
+                .arg(&l0.context2.wt.ptr)
+                .arg(&l0.context2.b())
+                .arg(&painn.q[0].ptr)
+                .arg(&l0.pre_context.ptr)
+                .arg(&l0.x.ptr)
+                .launch(block_per_item(n, f as u32))
+                .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
+        }
+        gpu.synchronize()?;
+        Ok(painn)
+    }
+
+    /// Grows the per-pair buffer to a new neighbor capacity.
+    pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
+        self.pair_grad = gpu.zeros(4 * self.n_atoms * capacity)?;
+        Ok(())
+    }
+
+    fn filter(&self, t: usize) -> FilterParams {
+        FilterParams {
+            weight: self.filter_w.ptr,
+            bias: self.filter_b.ptr,
+            offsets: self.rbf_offsets.ptr,
+            coeffs: self.rbf_coeffs.ptr,
+            offset: self.filter_offset[t],
+            cutoff: self.cutoff,
+        }
+    }
+
+    /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
+    pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f32>, neighbors: &GpuNeighbors) -> Result<()> {
+        let s = &gpu.stream;
+        let f = self.sizes.features as u32;
+        let n = self.n_atoms;
+        let t_count = self.layers.len();
+        let per_atom = block_per_item(n, f);
+        let nb = neighbors.params();
+        let cell = neighbors.cell;
+        let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
+        let readout = ReadoutParams {
+            w1t: self.readout1.wt.ptr,
+            b1: self.readout1.b(),
+            w1: self.readout1.w.ptr,
+            w2: self.readout_w2.ptr,
+            b2: self.readout_b2,
+            scale: self.scale,
+            mean_per_atom: self.mean_per_atom,
+            atomref: self.atomref.ptr,
+            numbers: self.numbers.ptr,
+        };
+        let null = 0u64;
+        for t in 0..t_count {
+            let layer = &self.layers[t];
+            let filter = self.filter(t);
+            unsafe {
+                s.launch_builder(&self.message_forward)
+                    .arg(&positions.ptr)
+                    .arg(&cell)
+                    .arg(&nb)
+                    .arg(&filter)
+                    .arg(&self.q[t].ptr)
+                    .arg(&self.mu[t].ptr)
+                    .arg(&layer.x.ptr)
+                    .arg(&layer.q_mid.ptr)
+                    .arg(&layer.mu_mid.ptr)
+                    .launch(per_atom)
+                    .map_err(err("message_forward"))?;
+            }
+            let mixing = MixingParams {
+                mix_t: layer.mix.wt.ptr,
+                a1t: layer.mix1.wt.ptr,
+                b1: layer.mix1.b(),
+                a2t: layer.mix2.wt.ptr,
+                b2: layer.mix2.b(),
+                epsilon: self.epsilon,
+            };
+            let cache = MixingCacheParams {
+                vu: layer.vu.ptr,
+                norm: layer.norm.ptr,
+                pre: layer.pre_mix.ptr,
+                a: layer.a_mix.ptr,
+            };
+            let last = i32::from(t + 1 == t_count);
+            let next = self.layers.get(t + 1);
+            let (nw1t, nb1, nw2t, nb2, npre, nx) = match next {
+                Some(l) => (
+                    l.context1.wt.ptr,
+                    l.context1.b(),
+                    l.context2.wt.ptr,
+                    l.context2.b(),
+                    l.pre_context.ptr,
+                    l.x.ptr,
+                ),
+                None => (null, null, null, null, null, null),
+            };
+            unsafe {
+                s.launch_builder(&self.mixing_forward)
+                    .arg(&layer.q_mid.ptr)
+                    .arg(&layer.mu_mid.ptr)
+                    .arg(&mixing)
+                    .arg(&cache)
+                    .arg(&self.q[t + 1].ptr)
+                    .arg(&self.mu[t + 1].ptr)
+                    .arg(&last)
+                    .arg(&nw1t)
+                    .arg(&nb1)
+                    .arg(&nw2t)
+                    .arg(&nb2)
+                    .arg(&npre)
+                    .arg(&nx)
+                    .arg(&readout)
+                    .arg(&self.atom_energy.ptr)
+                    .arg(&self.grad_q[0].ptr)
+                    .arg(&self.grad_mu[0].ptr)
+                    .launch(per_atom)
+                    .map_err(err("mixing_forward"))?;
+            }
+        }
+        s.memset_zeros(&mut self.pair_grad.slice).map_err(err("memset"))?;
+        for t in (0..t_count).rev() {
+            let layer = &self.layers[t];
+            let back = MixingBackParams {
+                mix: layer.mix.w.ptr,
+                a1: layer.mix1.w.ptr,
+                a2: layer.mix2.w.ptr,
+            };
+            let cache = MixingCacheParams {
+                vu: layer.vu.ptr,
+                norm: layer.norm.ptr,
+                pre: layer.pre_mix.ptr,
+                a: layer.a_mix.ptr,
+            };
+            let filter = self.filter(t);
+            unsafe {
+                // (∂q, ∂μ) at the mixing output [0] → at the interaction output [1].
+                s.launch_builder(&self.mixing_backward)
+                    .arg(&back)
+                    .arg(&cache)
+                    .arg(&self.grad_q[0].ptr)
+                    .arg(&self.grad_mu[0].ptr)
+                    .arg(&self.grad_q[1].ptr)
+                    .arg(&self.grad_mu[1].ptr)
+                    .launch(per_atom)
+                    .map_err(err("mixing_backward"))?;
+                // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
+                s.launch_builder(&self.message_backward)
+                    .arg(&positions.ptr)
+                    .arg(&cell)
+                    .arg(&nb)
+                    .arg(&filter)
+                    .arg(&self.mu[t].ptr)
+                    .arg(&layer.x.ptr)
+                    .arg(&self.grad_q[1].ptr)
+                    .arg(&self.grad_mu[1].ptr)
+                    .arg(&self.grad_x.ptr)
+                    .arg(&self.grad_mu[0].ptr)
+                    .arg(&self.pair_grad.ptr)
+                    .launch(per_atom)
+                    .map_err(err("message_backward"))?;
+                // The first layer's q is the embedding: no gradient needed past it.
+                if t > 0 {
+                    s.launch_builder(&self.context_backward)
+                        .arg(&layer.context1.w.ptr)
+                        .arg(&layer.context2.w.ptr)
+                        .arg(&layer.pre_context.ptr)
+                        .arg(&self.grad_x.ptr)
+                        .arg(&self.grad_q[1].ptr)
+                        .arg(&self.grad_q[0].ptr)
+                        .launch(per_atom)
+                        .map_err(err("context_backward"))?;
+                }
+            }
+        }
+        let n_atoms = n as i32;
+        unsafe {
+            s.launch_builder(&self.pair_forces)
+                .arg(&positions.ptr)
+                .arg(&cell)
+                .arg(&nb)
+                .arg(&self.cutoff)
+                .arg(&self.pair_grad.ptr)
+                .arg(&self.forces.ptr)
+                .arg(&n_atoms)
+                .launch(grid_for(n, 128))
+                .map_err(err("pair_forces"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! GPU-resident MD: positions, velocities and forces stay on the device; a step (displacement
+//! check, neighbor rebuild when needed, forces, integration) is captured once as a CUDA graph and
+//! replayed. The host copies back a few numbers at output steps only.
+
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
+
+use super::forces::{kernel_sizes, GpuPainn};
+use super::neighbors::{initial_capacity, GpuNeighbors};
+use super::{grid_for, Buffer, Gpu};
+use crate::cell::{Cell, Vec3};
+use crate::integrate::Integrator;
+use crate::model::PainnModel;
+use crate::system::System;
+use crate::units::{ACCELERATION_A_PER_FS2, AMU_A2_PER_FS2_IN_EV, BOLTZMANN_EV_PER_K, FS_PER_PS};
+
+/// What the host reads back at an output step.
+#[derive(Debug, Clone)]
+pub struct GpuSnapshot {
+    pub step: u64,
+    pub positions: Vec<Vec3>,
+    pub velocities: Vec<Vec3>,
+    pub forces: Vec<Vec3>,
+    pub potential: f64,
+    pub kinetic: f64,
+    /// Kinetic energy the thermostat added so far (eV).
+    pub thermostat_heat: f64,
+}
+
+fn flatten(v: &[Vec3]) -> Vec<f32> {
+    v.iter().flat_map(|r| r.map(|x| x as f32)).collect()
+}
+
+fn unflatten(v: &[f32]) -> Vec<Vec3> {
+    v.chunks_exact(3)
+        .map(|c| [f64::from(c[0]), f64::from(c[1]), f64::from(c[2])])
+        .collect()
+}
+
+pub struct GpuMd {
+    pub gpu: Gpu,
+    painn: GpuPainn,
+    neighbors: GpuNeighbors,
+    n_atoms: usize,
+    cell: Option<Cell>,
+    cutoff: f64,
+    skin: f64,
+    positions: Buffer<f32>,
+    velocities: Buffer<f32>,
+    inv_mass: Buffer<f32>,
+    half_mass: Buffer<f32>,
+    heat: Buffer<f64>,
+    thermal_sigma: Buffer<f32>,
+    step: Buffer<u64>,
+    sums: Buffer<f64>,
+    timestep: f32,
+    langevin: i32,
+    damping: f32,
+    noise: f32,
+    seed: u64,
+    first_half: CudaFunction,
+    second_half: CudaFunction,
+    energy_sums: CudaFunction,
+    graph: Option<CudaGraph>,
+    pub use_graph: bool,
+    host_step: u64,
+    neighbor_capacity_grown: u32,
+}
+
+impl GpuMd {
+    /// Uploads `system` (its positions, masses, cell) with `velocities` (Å/fs).
+    pub fn new(
+        model: &PainnModel,
+        system: &System,
+        velocities: &[Vec3],
+        integrator: &Integrator,
+        skin: f64,
+        use_graph: bool,
+    ) -> Result<GpuMd> {
+        let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
+        let gpu = Gpu::open(0, kernel_sizes(model)?)?;
+        let n = numbers.len();
+        let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
+        let neighbors = GpuNeighbors::new(&gpu, n, cell.as_ref(), model.cutoff(), skin, capacity)?;
+        let painn = GpuPainn::new(&gpu, model, numbers, capacity)?;
+        let (langevin, damping, noise, seed, temperature) = match integrator {
+            Integrator::VelocityVerlet { .. } => (0, 1.0, 0.0, 0, 0.0),
+            Integrator::Langevin {
+                timestep_fs,
+                temperature_k,
+                friction_per_ps,
+                seed,
+            } => {
+                let damping = (-friction_per_ps / FS_PER_PS * timestep_fs).exp();
+                (1, damping, (1.0 - damping * damping).sqrt(), *seed, *temperature_k)
+            }
+        };
+        let kt = BOLTZMANN_EV_PER_K * temperature;
+        let md = GpuMd {
+            painn,
+            neighbors,
+            n_atoms: n,
+            cell,
+            cutoff: model.cutoff(),
+            skin,
+            positions: gpu.upload(&flatten(positions))?,
+            velocities: gpu.upload(&flatten(velocities))?,
+            inv_mass: gpu.upload(
+                &masses
+                    .iter()
+                    .map(|m| (ACCELERATION_A_PER_FS2 / m) as f32)
+                    .collect::<Vec<_>>(),
+            )?,
+            half_mass: gpu.upload(
+                &masses
+                    .iter()
+                    .map(|m| (0.5 * m * AMU_A2_PER_FS2_IN_EV) as f32)
+                    .collect::<Vec<_>>(),
+            )?,
+            heat: gpu.zeros(n)?,
+            thermal_sigma: gpu.upload(
+                &masses
+                    .iter()
+                    .map(|m| (kt * ACCELERATION_A_PER_FS2 / m).sqrt() as f32)
+                    .collect::<Vec<_>>(),
+            )?,
+            step: gpu.zeros(1)?,
+            sums: gpu.zeros(3)?,
+            timestep: integrator.timestep_fs() as f32,
+            langevin,
+            damping: damping as f32,
+            noise: noise as f32,
+            seed,
+            first_half: gpu.function("first_half")?,
+            second_half: gpu.function("second_half")?,
+            energy_sums: gpu.function("energy_sums")?,
+            graph: None,
+            use_graph,
+            host_step: 0,
+            neighbor_capacity_grown: 0,
+            gpu,
+        };
+        Ok(md)
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.gpu.name
+    }
+
+    pub fn step(&self) -> u64 {
+        self.host_step
+    }
+
+    pub fn neighbor_capacity(&self) -> usize {
+        self.neighbors.capacity
+    }
+
+    /// Forces at the current positions (a forced neighbor rebuild first); needed before step 1.
+    pub fn initialize(&mut self) -> Result<()> {
+        loop {
+            self.neighbors.request_rebuild(&self.gpu, self.host_step)?;
+            self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+            self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
+            self.gpu.synchronize()?;
+            if !self.neighbors.overflowed(&self.gpu)? {
+                break;
+            }
+            self.grow_neighbors()?;
+        }
+        self.neighbors.request_rebuild(&self.gpu, u64::MAX)?;
+        Ok(())
+    }
+
+    fn enqueue_step(&mut self) -> Result<()> {
+        let n = self.n_atoms as i32;
+        let s = self.gpu.stream.clone();
+        let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
+        unsafe {
+            s.launch_builder(&self.first_half)
+                .arg(&self.positions.ptr)
+                .arg(&self.velocities.ptr)
+                .arg(&self.painn.forces.ptr)
+                .arg(&self.inv_mass.ptr)
+                .arg(&self.half_mass.ptr)
+                .arg(&self.heat.ptr)
+                .arg(&self.step.ptr)
+                .arg(&self.timestep)
+                .arg(&self.langevin)
+                .arg(&self.damping)
+                .arg(&self.noise)
+                .arg(&self.thermal_sigma.ptr)
+                .arg(&self.seed)
+                .arg(&n)
+                .launch(grid_for(self.n_atoms, 128))
+                .map_err(err)?;
+        }
+        self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+        self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
+        unsafe {
+            s.launch_builder(&self.second_half)
+                .arg(&self.velocities.ptr)
+                .arg(&self.painn.forces.ptr)
+                .arg(&self.inv_mass.ptr)
+                .arg(&self.step.ptr)
+                .arg(&self.timestep)
+                .arg(&n)
+                .launch(grid_for(self.n_atoms, 128))
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Captures one step as a graph; on failure the engine falls back to plain launches.
+    fn capture(&mut self) -> Result<()> {
+        let stream = self.gpu.stream.clone();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| anyhow!("begin capture: {e:?}"))?;
+        let enqueued = self.enqueue_step();
+        let graph = stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| anyhow!("end capture: {e:?}"))?;
+        enqueued?;
+        self.graph = Some(graph.ok_or_else(|| anyhow!("stream capture produced no graph"))?);
+        Ok(())
+    }
+
+    /// Device copies of the state, to go back to when a chunk of steps has to be redone.
+    fn backup(&self) -> Result<[Vec<f32>; 3]> {
+        Ok([
+            self.gpu.download(&self.positions)?,
+            self.gpu.download(&self.velocities)?,
+            self.gpu.download(&self.painn.forces)?,
+        ])
+    }
+
+    fn restore(&mut self, state: &[Vec<f32>; 3], step: u64, heat: &[f64]) -> Result<()> {
+        let s = &self.gpu.stream;
+        let e = |e: cudarc::driver::DriverError| anyhow!("restore: {e:?}");
+        s.memcpy_htod(&state[0], &mut self.positions.slice).map_err(e)?;
+        s.memcpy_htod(&state[1], &mut self.velocities.slice).map_err(e)?;
+        s.memcpy_htod(&state[2], &mut self.painn.forces.slice).map_err(e)?;
+        s.memcpy_htod(&[step], &mut self.step.slice).map_err(e)?;
+        s.memcpy_htod(heat, &mut self.heat.slice).map_err(e)?;
+        self.host_step = step;
+        Ok(())
+    }
+
+    /// Replaces the neighbor rows with rows of `capacity` entries (takes effect at the next
+    /// rebuild; `initialize` forces one).
+    pub fn set_neighbor_capacity(&mut self, capacity: usize) -> Result<()> {
+        self.neighbors = GpuNeighbors::new(
+            &self.gpu,
+            self.n_atoms,
+            self.cell.as_ref(),
+            self.cutoff,
+            self.skin,
+            capacity,
+        )?;
+        self.painn.resize_pairs(&self.gpu, capacity)?;
+        self.graph = None;
+        Ok(())
+    }
+
+    fn grow_neighbors(&mut self) -> Result<()> {
+        let capacity = self.neighbors.capacity * 3 / 2 + 8;
+        self.neighbors = GpuNeighbors::new(
+            &self.gpu,
+            self.n_atoms,
+            self.cell.as_ref(),
+            self.cutoff,
+            self.skin,
+            capacity,
+        )?;
+        self.painn.resize_pairs(&self.gpu, capacity)?;
+        self.graph = None;
+        self.neighbor_capacity_grown += 1;
+        Ok(())
+    }
+
+    /// Runs `steps` steps. A neighbor-row overflow anywhere in them restores the state from
+    /// before, grows the rows and runs them again: never a silent truncation.
+    pub fn advance(&mut self, steps: u64) -> Result<()> {
+        if steps == 0 {
+            return Ok(());
+        }
+        let start = self.host_step;
+        let saved = self.backup()?;
+        let saved_heat = self.gpu.download(&self.heat)?;
+        loop {
+            if self.use_graph && self.graph.is_none() {
+                if let Err(e) = self.capture() {
+                    eprintln!("warning: CUDA graph capture failed ({e}); running with plain launches");
+                    self.use_graph = false;
+                }
+            }
+            for _ in 0..steps {
+                match &self.graph {
+                    Some(graph) if self.use_graph => graph.launch().map_err(|e| anyhow!("graph launch: {e:?}"))?,
+                    _ => self.enqueue_step()?,
+                }
+            }
+            self.gpu.synchronize()?;
+            if !self.neighbors.overflowed(&self.gpu)? {
+                self.host_step = start + steps;
+                return Ok(());
+            }
+            self.grow_neighbors()?;
+            self.restore(&saved, start, &saved_heat)?;
+            self.initialize()?;
+        }
+    }
+
+    /// Energies and state at the current step.
+    pub fn snapshot(&self) -> Result<GpuSnapshot> {
+        let n = self.n_atoms as i32;
+        unsafe {
+            self.gpu
+                .stream
+                .launch_builder(&self.energy_sums)
+                .arg(&self.painn.atom_energy.ptr)
+                .arg(&self.velocities.ptr)
+                .arg(&self.half_mass.ptr)
+                .arg(&self.heat.ptr)
+                .arg(&n)
+                .arg(&self.sums.ptr)
+                .launch(cudarc::driver::LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(|e| anyhow!("energy_sums: {e:?}"))?;
+        }
+        let sums = self.gpu.download(&self.sums).context("energies")?;
+        Ok(GpuSnapshot {
+            step: self.host_step,
+            positions: unflatten(&self.gpu.download(&self.positions)?),
+            velocities: unflatten(&self.gpu.download(&self.velocities)?),
+            forces: unflatten(&self.gpu.download(&self.painn.forces)?),
+            potential: sums[0],
+            kinetic: sums[1],
+            thermostat_heat: sums[2],
+        })
+    }
+
+    pub fn neighbor_growths(&self) -> u32 {
+        self.neighbor_capacity_grown
+    }
+}
+
+/// Energy (eV) and forces (eV/Å) of one configuration on the GPU: for `mdrun eval` and tests.
+pub fn evaluate(model: &PainnModel, system: &System) -> Result<(f64, Vec<Vec3>)> {
+    let velocities = vec![[0.0; 3]; system.len()];
+    let integrator = Integrator::VelocityVerlet { timestep_fs: 1.0 };
+    let mut md = GpuMd::new(model, system, &velocities, &integrator, 0.5, false)?;
+    md.initialize()?;
+    let snap = md.snapshot()?;
+    Ok((snap.potential, snap.forces))
+}

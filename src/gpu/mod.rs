@@ -1,0 +1,226 @@
+//! The CUDA path: device context, NVRTC compilation of `kernels/*.cu` (cached on disk by source
+//! hash and architecture), device buffers, and the GPU force field and MD engine.
+//!
+//! cudarc loads the driver and NVRTC at run time, so this builds and links without CUDA; a
+//! machine without a GPU gets a clear error when it asks for one.
+
+pub mod forces;
+pub mod md;
+pub mod neighbors;
+pub mod params;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+/// Kernel sources, embedded at build time. `common.cuh` is prepended to each.
+pub const COMMON: &str = include_str!("../../kernels/common.cuh");
+pub const SOURCES: [(&str, &str); 3] = [
+    ("painn.cu", include_str!("../../kernels/painn.cu")),
+    ("neighbors.cu", include_str!("../../kernels/neighbors.cu")),
+    ("integrate.cu", include_str!("../../kernels/integrate.cu")),
+];
+
+/// Compile-time sizes of the kernels (NVRTC `-D` definitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelSizes {
+    pub features: usize,
+    pub rbf: usize,
+    pub readout_hidden: usize,
+}
+
+fn full_source() -> String {
+    let mut text = COMMON.replace("#pragma once", "");
+    for (name, source) in SOURCES {
+        text += &format!("\n// ---- {name}\n{source}");
+    }
+    text
+}
+
+fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
+    CompileOptions {
+        arch: Some(arch),
+        options: vec![
+            format!("-DNF={}", sizes.features),
+            format!("-DNK={}", sizes.rbf),
+            format!("-DNH={}", sizes.readout_hidden),
+            "--std=c++17".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Compiles every kernel to PTX for `arch` (e.g. `compute_90`): what start-up does, and what CI
+/// runs without a GPU to keep the kernels compiling.
+pub fn compile(sizes: KernelSizes, arch: &'static str) -> Result<Ptx> {
+    compile_ptx_with_opts(full_source(), options(sizes, arch)).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            anyhow!(
+                "NVRTC could not compile the kernels for {arch}:\n{}",
+                log.to_string_lossy()
+            )
+        }
+        other => anyhow!("NVRTC failed: {other:?}"),
+    })
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("MDRUN_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("mdrun").join("kernels"))
+}
+
+/// PTX for `sizes` and `arch`, from the disk cache when an identical source was compiled before.
+fn cached_compile(sizes: KernelSizes, arch: &'static str) -> Result<Ptx> {
+    let mut hasher = DefaultHasher::new();
+    full_source().hash(&mut hasher);
+    options(sizes, arch).options.hash(&mut hasher);
+    arch.hash(&mut hasher);
+    let key = format!("{:016x}-{arch}.ptx", hasher.finish());
+    let path = cache_dir().map(|d| d.join(key));
+    if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return Ok(Ptx::from_src(text));
+    }
+    let ptx = compile(sizes, arch)?;
+    if let Some(path) = path {
+        // A cache that cannot be written only costs the next start-up a compile.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(ptx)
+}
+
+/// A device, its stream, and the compiled kernels.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub module: Arc<CudaModule>,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and compiles the kernels for its architecture.
+    pub fn open(ordinal: usize, sizes: KernelSizes) -> Result<Gpu> {
+        if !Gpu::available() {
+            return Err(anyhow!("no CUDA driver or device found"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("no usable CUDA device {ordinal}: {e:?}"))?;
+        // Stream capture into a graph needs cudarc's per-buffer event tracking off; everything
+        // here runs on one stream, in order. The legacy default stream cannot be captured.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
+        let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
+        let arch: &'static str =
+            Box::leak(format!("compute_{}{}", compute_capability.0, compute_capability.1).into_boxed_str());
+        let ptx = cached_compile(sizes, arch)?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| anyhow!("loading the compiled kernels: {e:?}"))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        Ok(Gpu {
+            ctx,
+            stream,
+            module,
+            name,
+            compute_capability,
+        })
+    }
+
+    /// Whether a CUDA device can be opened at all (driver found, device present).
+    pub fn available() -> bool {
+        // Probe the driver library first: cudarc panics on first use when it is missing.
+        let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
+        driver_present && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+    }
+
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(name)
+            .map_err(|e| anyhow!("kernel `{name}` missing: {e:?}"))
+    }
+
+    pub fn upload<T: DeviceRepr + Clone>(&self, data: &[T]) -> Result<Buffer<T>> {
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .map_err(|e| anyhow!("upload of {} elements: {e:?}", data.len()))?;
+        Ok(Buffer::new(slice, &self.stream))
+    }
+
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<Buffer<T>> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| anyhow!("allocation of {len} elements: {e:?}"))?;
+        Ok(Buffer::new(slice, &self.stream))
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(&buffer.slice).context("download from the GPU")
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("the GPU reported an error: {e:?}"))
+    }
+}
+
+/// A device allocation with its raw address, passed to kernels inside parameter structs.
+pub struct Buffer<T> {
+    pub slice: CudaSlice<T>,
+    pub ptr: u64,
+}
+
+impl<T> Buffer<T> {
+    fn new(slice: CudaSlice<T>, stream: &Arc<CudaStream>) -> Buffer<T> {
+        let ptr = {
+            let (ptr, _sync) = slice.device_ptr(stream);
+            ptr
+        };
+        Buffer { slice, ptr }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+}
+
+/// Threads per block and blocks for one thread per item.
+pub fn grid_for(items: usize, threads: u32) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig {
+        grid_dim: ((items as u32).div_ceil(threads).max(1), 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block of `threads` per item.
+pub fn block_per_item(items: usize, threads: u32) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig {
+        grid_dim: (items.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

@@ -1,0 +1,172 @@
+//! The Verlet neighbor list on the GPU: fixed-capacity rows rebuilt on the device when the
+//! displacement check asks for it; an overflow flag, never a silent truncation.
+
+use anyhow::Result;
+use cudarc::driver::{CudaFunction, PushKernelArg};
+
+use super::params::{CellParams, Int3, NeighborParams, RebuildParams};
+use super::{block_per_item, grid_for, Buffer, Gpu};
+use crate::cell::{Cell, Vec3};
+use crate::neighbors::cell_list_candidates;
+
+pub struct GpuNeighbors {
+    pub capacity: usize,
+    n_atoms: usize,
+    pub count: Buffer<i32>,
+    pub j: Buffer<i32>,
+    pub image: Buffer<Int3>,
+    pub reverse: Buffer<i32>,
+    reference: Buffer<f32>,
+    /// The step at which the last rebuild was requested (u64::MAX: none pending).
+    pub rebuild_step: Buffer<u64>,
+    pub overflow: Buffer<i32>,
+    pub cell: CellParams,
+    reach: Int3,
+    radius2: f32,
+    half_skin2: f32,
+    check: CudaFunction,
+    wrap: CudaFunction,
+    build: CudaFunction,
+    reverse_pairs: CudaFunction,
+}
+
+/// Row capacity for `positions`: the largest number of candidates any atom has now, with room
+/// for the density to fluctuate.
+pub fn initial_capacity(positions: &[Vec3], cell: Option<&Cell>, radius: f64) -> usize {
+    let mut wrapped = positions.to_vec();
+    if let Some(c) = cell {
+        wrapped.iter_mut().for_each(|r| c.wrap(r));
+    }
+    let candidates = cell_list_candidates(&wrapped, cell, radius);
+    let mut counts = vec![0usize; positions.len()];
+    for c in &candidates {
+        counts[c.i as usize] += 1;
+    }
+    let max = counts.into_iter().max().unwrap_or(0);
+    (max + max / 3 + 16).next_multiple_of(8)
+}
+
+impl GpuNeighbors {
+    pub fn new(
+        gpu: &Gpu,
+        n_atoms: usize,
+        cell: Option<&Cell>,
+        cutoff: f64,
+        skin: f64,
+        capacity: usize,
+    ) -> Result<GpuNeighbors> {
+        let radius = cutoff + skin;
+        let reach = match cell {
+            Some(c) => {
+                let w = c.perpendicular_widths();
+                let r = |a: usize| (radius / w[a]).ceil() as i32;
+                Int3 {
+                    x: r(0),
+                    y: r(1),
+                    z: r(2),
+                }
+            }
+            None => Int3::default(),
+        };
+        Ok(GpuNeighbors {
+            capacity,
+            n_atoms,
+            count: gpu.zeros(n_atoms)?,
+            j: gpu.zeros(n_atoms * capacity)?,
+            image: gpu.zeros(n_atoms * capacity)?,
+            reverse: gpu.zeros(n_atoms * capacity)?,
+            reference: gpu.zeros(3 * n_atoms)?,
+            rebuild_step: gpu.upload(&[u64::MAX])?,
+            overflow: gpu.zeros(1)?,
+            cell: CellParams::new(cell),
+            reach,
+            radius2: (radius * radius) as f32,
+            half_skin2: (0.25 * skin * skin) as f32,
+            check: gpu.function("check_displacement")?,
+            wrap: gpu.function("wrap_positions")?,
+            build: gpu.function("build_neighbors_all_pairs")?,
+            reverse_pairs: gpu.function("reverse_pairs")?,
+        })
+    }
+
+    pub fn params(&self) -> NeighborParams {
+        NeighborParams {
+            count: self.count.ptr,
+            j: self.j.ptr,
+            image: self.image.ptr,
+            reverse: self.reverse.ptr,
+            capacity: self.capacity as i32,
+        }
+    }
+
+    fn rebuild_params(&self, step: &Buffer<u64>) -> RebuildParams {
+        RebuildParams {
+            step: step.ptr,
+            rebuild_step: self.rebuild_step.ptr,
+            overflow: self.overflow.ptr,
+        }
+    }
+
+    /// Forces a rebuild at the next update whose step counter equals `step`.
+    pub fn request_rebuild(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
+        gpu.stream
+            .memcpy_htod(&[step], &mut self.rebuild_step.slice)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    }
+
+    /// Displacement check, then (on rebuild steps only) wrap, search and reverse index.
+    pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f32>, step: &Buffer<u64>) -> Result<()> {
+        let n = self.n_atoms as i32;
+        let rb = self.rebuild_params(step);
+        let s = &gpu.stream;
+        let launch = |e: cudarc::driver::DriverError| anyhow::anyhow!("neighbor kernels: {e:?}");
+        unsafe {
+            s.launch_builder(&self.check)
+                .arg(&positions.ptr)
+                .arg(&self.reference.ptr)
+                .arg(&self.half_skin2)
+                .arg(&rb)
+                .arg(&n)
+                .launch(grid_for(self.n_atoms, 256))
+                .map_err(launch)?;
+            s.launch_builder(&self.wrap)
+                .arg(&positions.ptr)
+                .arg(&self.reference.ptr)
+                .arg(&self.cell)
+                .arg(&rb)
+                .arg(&n)
+                .launch(grid_for(self.n_atoms, 256))
+                .map_err(launch)?;
+            let capacity = self.capacity as i32;
+            s.launch_builder(&self.build)
+                .arg(&positions.ptr)
+                .arg(&self.cell)
+                .arg(&self.reach)
+                .arg(&self.radius2)
+                .arg(&self.count.ptr)
+                .arg(&self.j.ptr)
+                .arg(&self.image.ptr)
+                .arg(&capacity)
+                .arg(&rb)
+                .arg(&n)
+                .launch(grid_for(self.n_atoms, 128))
+                .map_err(launch)?;
+            s.launch_builder(&self.reverse_pairs)
+                .arg(&self.count.ptr)
+                .arg(&self.j.ptr)
+                .arg(&self.image.ptr)
+                .arg(&self.reverse.ptr)
+                .arg(&capacity)
+                .arg(&rb)
+                .arg(&n)
+                .launch(block_per_item(self.n_atoms, 64))
+                .map_err(launch)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a row overflowed since the flag was last cleared.
+    pub fn overflowed(&self, gpu: &Gpu) -> Result<bool> {
+        Ok(gpu.download(&self.overflow)?[0] != 0)
+    }
+}

@@ -1,0 +1,129 @@
+//! Kernel parameter structs, laid out exactly as their counterparts in `kernels/*.cu`
+//! (`#[repr(C)]`, device pointers as u64).
+
+use cudarc::driver::DeviceRepr;
+
+use crate::cell::Cell;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CellParams {
+    pub v: [[f32; 3]; 3],
+    pub inv: [[f32; 3]; 3],
+    pub periodic: i32,
+}
+
+impl CellParams {
+    pub fn new(cell: Option<&Cell>) -> CellParams {
+        match cell {
+            None => CellParams::default(),
+            Some(cell) => {
+                let v = cell.vectors();
+                let mut inv = [[0.0f32; 3]; 3];
+                // Row b of the inverse: fractional coordinates of the unit vectors.
+                for (axis, row) in inv.iter_mut().enumerate() {
+                    let mut e = [0.0; 3];
+                    e[axis] = 1.0;
+                    let s = cell.to_fractional(&e);
+                    *row = [s[0] as f32, s[1] as f32, s[2] as f32];
+                }
+                CellParams {
+                    v: v.map(|r| r.map(|x| x as f32)),
+                    inv,
+                    periodic: 1,
+                }
+            }
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FilterParams {
+    pub weight: u64,
+    pub bias: u64,
+    pub offsets: u64,
+    pub coeffs: u64,
+    pub offset: i32,
+    pub cutoff: f32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct NeighborParams {
+    pub count: u64,
+    pub j: u64,
+    pub image: u64,
+    pub reverse: u64,
+    pub capacity: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MixingParams {
+    pub mix_t: u64,
+    pub a1t: u64,
+    pub b1: u64,
+    pub a2t: u64,
+    pub b2: u64,
+    pub epsilon: f32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MixingCacheParams {
+    pub vu: u64,
+    pub norm: u64,
+    pub pre: u64,
+    pub a: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ReadoutParams {
+    pub w1t: u64,
+    pub b1: u64,
+    pub w1: u64,
+    pub w2: u64,
+    pub b2: f32,
+    pub scale: f32,
+    pub mean_per_atom: f32,
+    pub atomref: u64,
+    pub numbers: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MixingBackParams {
+    pub mix: u64,
+    pub a1: u64,
+    pub a2: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildParams {
+    pub step: u64,
+    pub rebuild_step: u64,
+    pub overflow: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Int3 {
+    pub x: i32,
+    pub y: i32,
+    pub z: i32,
+}
+
+// Safety: plain-old-data with the C layout of the kernels' structs.
+unsafe impl DeviceRepr for CellParams {}
+unsafe impl DeviceRepr for FilterParams {}
+unsafe impl DeviceRepr for NeighborParams {}
+unsafe impl DeviceRepr for MixingParams {}
+unsafe impl DeviceRepr for MixingCacheParams {}
+unsafe impl DeviceRepr for ReadoutParams {}
+unsafe impl DeviceRepr for MixingBackParams {}
+unsafe impl DeviceRepr for RebuildParams {}
+unsafe impl DeviceRepr for Int3 {}
+unsafe impl cudarc::driver::ValidAsZeroBits for Int3 {}

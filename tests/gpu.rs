@@ -1,0 +1,235 @@
+//! The GPU path held against the f64 CPU reference. Needs a CUDA device: ignored elsewhere
+//! (`.device/run-tests` runs them on the GPU machine).
+
+mod common;
+
+use common::*;
+use mdrun::cell::{Cell, Vec3};
+use mdrun::forcefield::cpu::evaluate;
+use mdrun::gpu::md::{evaluate as gpu_evaluate, GpuMd};
+use mdrun::integrate::{maxwell_boltzmann, Integrator};
+use mdrun::model::PainnModel;
+use mdrun::neighbors::{brute_force_pairs, NeighborList, PairList};
+use mdrun::system::System;
+
+const SYMBOLS: [&str; 9] = ["", "H", "", "", "", "", "C", "N", "O"];
+
+fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> System {
+    let symbols: Vec<&str> = numbers.iter().map(|&z| SYMBOLS[z as usize]).collect();
+    System::from_symbols(&symbols, positions, cell).unwrap()
+}
+
+/// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
+fn compare(model: &PainnModel, system: &System) -> (f64, f64) {
+    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
+    let reference = evaluate(model, &system.numbers, &pairs);
+    let (energy, forces) = gpu_evaluate(model, system).unwrap();
+    let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
+    let f_err = forces
+        .iter()
+        .zip(&reference.forces)
+        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
+        .fold(0.0, f64::max);
+    assert!(forces.iter().flatten().all(|x| x.is_finite()));
+    (e_err, f_err)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_on_random_open_geometries() {
+    for seed in 0..6 {
+        // Student size, and a narrow model with a shorter cutoff.
+        let mut config = full_config();
+        if seed % 2 == 1 {
+            config.n_atom_basis = 32;
+            config.cutoff = 4.0;
+        }
+        let model = random_model(config, 10 + seed);
+        let (numbers, positions) = random_structure(6 + 5 * seed as usize, 5.0 + seed as f64, 0.9, None, 20 + seed);
+        let (e, f) = compare(&model, &system_of(&numbers, positions, None));
+        eprintln!("open seed {seed}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(e <= 1e-5, "energy relative error {e:e}");
+        assert!(f <= 1e-4, "force max abs error {f:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_on_random_periodic_geometries_with_several_images() {
+    let cells = [
+        Cell::orthorhombic([9.0, 10.0, 11.0]).unwrap(),
+        Cell::new([[7.0, 0.0, 0.0], [1.5, 6.5, 0.0], [-1.0, 1.2, 6.8]]).unwrap(),
+        Cell::new([[5.5, 0.0, 0.0], [2.0, 5.2, 0.0], [0.7, -1.5, 5.4]]).unwrap(),
+    ];
+    for (index, cell) in cells.iter().enumerate() {
+        let mut config = full_config();
+        config.cutoff = 5.0;
+        let model = random_model(config, 40 + index as u64);
+        let (numbers, frac) = random_structure(12 + 4 * index, 1.0, 0.0, None, 50 + index as u64);
+        let positions: Vec<Vec3> = frac.iter().map(|s| cell.to_cartesian(s)).collect();
+        // Reject overlapping draws the simple way: skip atoms closer than 0.9 Å by minimum image.
+        let pairs = brute_force_pairs(&positions, Some(cell), 0.9);
+        let keep: Vec<usize> = (0..positions.len())
+            .filter(|&i| !(0..pairs.len()).any(|p| pairs.first[p] == i && pairs.second[p] < i))
+            .collect();
+        let numbers: Vec<u8> = keep.iter().map(|&i| numbers[i]).collect();
+        let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
+        let (e, f) = compare(&model, &system_of(&numbers, positions, Some(*cell)));
+        eprintln!("periodic cell {index}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(e <= 1e-5, "energy relative error {e:e}");
+        assert!(f <= 1e-4, "force max abs error {f:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_on_every_shipped_system_with_the_shipped_model() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    for name in [
+        "water.xyz",
+        "ethanol.xyz",
+        "benzene.xyz",
+        "alanine_dipeptide.pdb",
+        "water_cluster_17.xyz",
+        "water_cluster_33.xyz",
+        "waterbox_64.xyz",
+    ] {
+        let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
+        let (e, f) = compare(&model, &system);
+        eprintln!("{name}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(e <= 1e-5, "{name}: energy relative error {e:e}");
+        assert!(f <= 1e-4, "{name}: force max abs error {f:e}");
+    }
+}
+
+/// `steps` steps on the CPU reference (f64) from the same start.
+fn cpu_trajectory(
+    model: &PainnModel,
+    system: &System,
+    velocities: &[Vec3],
+    integrator: &Integrator,
+    steps: u64,
+) -> Vec<Vec3> {
+    let mut positions = system.positions.clone();
+    let mut v = velocities.to_vec();
+    let mut list = NeighborList::new(model.cutoff(), 1.0);
+    let mut pairs = PairList::default();
+    let mut force = |positions: &mut Vec<Vec3>| {
+        list.update(positions, system.cell.as_ref());
+        list.pairs(positions, system.cell.as_ref(), &mut pairs);
+        evaluate(model, &system.numbers, &pairs).forces
+    };
+    let mut f = force(&mut positions);
+    for step in 1..=steps {
+        integrator.first_half(step, &mut positions, &mut v, &f, &system.masses);
+        f = force(&mut positions);
+        integrator.second_half(&mut v, &f, &system.masses);
+    }
+    positions
+}
+
+fn max_deviation(a: &[Vec3], b: &[Vec3]) -> f64 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
+    for integrator in [
+        Integrator::VelocityVerlet { timestep_fs: 0.5 },
+        Integrator::Langevin {
+            timestep_fs: 0.5,
+            temperature_k: 300.0,
+            friction_per_ps: 5.0,
+            seed: 9,
+        },
+    ] {
+        let velocities = maxwell_boltzmann(&system.masses, 300.0, 33, 4);
+        let cpu = cpu_trajectory(&model, &system, &velocities, &integrator, 100);
+        let mut results = Vec::new();
+        for use_graph in [false, true] {
+            let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 1.0, use_graph).unwrap();
+            md.initialize().unwrap();
+            md.advance(100).unwrap();
+            assert_eq!(md.use_graph, use_graph, "graph capture must not have fallen back");
+            results.push(md.snapshot().unwrap());
+        }
+        let dev = max_deviation(&results[1].positions, &cpu);
+        eprintln!("{integrator:?}: max |Δr| GPU vs CPU after 100 steps = {dev:.2e} Å");
+        assert!(dev <= 1e-4, "{dev:e}");
+        assert_eq!(
+            results[0].positions, results[1].positions,
+            "graph replay and plain launches must agree bit for bit"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn neighbor_overflow_grows_the_rows_and_redoes_the_steps() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
+    let velocities = maxwell_boltzmann(&system.masses, 300.0, 3 * system.len() - 3, 4);
+    let integrator = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    let mut reference = GpuMd::new(&model, &system, &velocities, &integrator, 1.0, true).unwrap();
+    reference.initialize().unwrap();
+    reference.advance(20).unwrap();
+    let mut small = GpuMd::new(&model, &system, &velocities, &integrator, 1.0, true).unwrap();
+    small.set_neighbor_capacity(8).unwrap();
+    small.initialize().unwrap();
+    small.advance(20).unwrap();
+    assert!(small.neighbor_growths() > 0 && small.neighbor_capacity() > 8);
+    let (a, b) = (reference.snapshot().unwrap(), small.snapshot().unwrap());
+    assert!(max_deviation(&a.positions, &b.positions) < 1e-5);
+    assert!((a.potential - b.potential).abs() < 1e-6 * a.potential.abs());
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_nve_conserves_energy() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
+    let velocities = maxwell_boltzmann(&system.masses, 300.0, 33, 4);
+    let mut md = GpuMd::new(
+        &model,
+        &system,
+        &velocities,
+        &Integrator::VelocityVerlet { timestep_fs: 0.5 },
+        1.0,
+        true,
+    )
+    .unwrap();
+    md.initialize().unwrap();
+    md.advance(1).unwrap();
+    assert!(md.use_graph, "graph capture failed");
+    let start = md.snapshot().unwrap();
+    let e0 = start.potential + start.kinetic;
+    let mut worst: f64 = 0.0;
+    for _ in 0..100 {
+        md.advance(100).unwrap();
+        let s = md.snapshot().unwrap();
+        worst = worst.max((s.potential + s.kinetic - e0).abs());
+    }
+    eprintln!(
+        "GPU NVE benzene, 10,000 steps at 0.5 fs: max |ΔE| = {worst:.3e} eV, |E0| = {:.3}",
+        e0.abs()
+    );
+    assert!(worst / e0.abs() < 1e-4, "{worst:e}");
+}
