@@ -36,6 +36,42 @@ __device__ __forceinline__ float3 pair_vector(const float* pos, int i, int j, co
                        pos[3 * j + 2] - pos[3 * i + 2] + s.z);
 }
 
+// Threads per output in the per-atom dense layers: a block of SPLIT·NF threads computes NF outputs
+// at a time, each output's dot product split SPLIT ways (shorter dependent-load chains: these
+// layers are latency-bound for small systems).
+#ifndef SPLIT
+#error "SPLIT (threads per output in dense layers) must be defined"
+#endif
+
+
+// out[o] = Σ_i m[i·cols + o] · x[i] for o < cols, with m row-major [rows, cols] in global memory and
+// x in shared memory. Forward layers pass Wᵀ ([in, out]); backward passes W ([out, in]) to get
+// Wᵀ·g. The result lands in shared `out` (written by the threads of split 0). `scratch` holds
+// SPLIT·NF floats. Every thread of the block must call it; it ends with a barrier.
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, float* out,
+                                             float* scratch) {
+    int c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int chunk = (rows + SPLIT - 1) / SPLIT;
+    int begin = s * chunk, end = min(rows, begin + chunk);
+    for (int base = 0; base < cols; base += NF) {
+        int o = base + c;
+        float acc = 0.f;
+        if (o < cols) {
+#pragma unroll 8
+            for (int i = begin; i < end; ++i) acc += m[i * cols + o] * x[i];
+        }
+        scratch[s * NF + c] = acc;
+        __syncthreads();
+        if (s == 0 && o < cols) {
+            float total = 0.f;
+#pragma unroll
+            for (int k = 0; k < SPLIT; ++k) total += scratch[k * NF + c];
+            out[o] = total;
+        }
+        __syncthreads();
+    }
+}
+
 // Sum over the block of four values per thread; the result is valid in thread 0 only.
 // `scratch` holds 4 floats per warp. Every thread of the block must call it.
 __device__ __forceinline__ float4 block_sum4(float4 v, float* scratch) {

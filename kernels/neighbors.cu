@@ -97,3 +97,132 @@ extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, con
         reverse[p] = found;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cell list for periodic cells (O(N)): atoms binned in fractional coordinates, bins scanned within
+// `reach` of the home bin along each lattice vector, with the image shift of bins past the edge.
+// Same scheme as neighbors/cell_list.rs on the CPU. Row order is deterministic: bins in scan
+// order, atoms by index within a bin.
+
+struct Bins {
+    int3 n;         // bins along a, b, c
+    int3 reach;     // bins scanned each way
+    int* count;     // [bins] (also the fill cursor)
+    int* start;     // [bins + 1]
+    int* atoms;     // [N] atoms sorted by bin
+    int* atom_bin;  // [N]
+};
+
+__device__ __forceinline__ int flat_bin(const Bins& b, int x, int y, int z) { return (x * b.n.y + y) * b.n.z + z; }
+
+extern "C" __global__ void bins_clear(Bins bins, Rebuild rb) {
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < bins.n.x * bins.n.y * bins.n.z && rebuilding(rb)) bins.count[k] = 0;
+}
+
+extern "C" __global__ void bins_assign(const float* pos, Cell cell, Bins bins, Rebuild rb, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms || !rebuilding(rb)) return;
+    int idx[3];
+    int n[3] = {bins.n.x, bins.n.y, bins.n.z};
+    for (int k = 0; k < 3; ++k) {
+        float s = pos[3 * a] * cell.inv[0][k] + pos[3 * a + 1] * cell.inv[1][k] + pos[3 * a + 2] * cell.inv[2][k];
+        s -= floorf(s);
+        idx[k] = min(max((int)floorf(s * n[k]), 0), n[k] - 1);
+    }
+    int b = flat_bin(bins, idx[0], idx[1], idx[2]);
+    bins.atom_bin[a] = b;
+    atomicAdd(&bins.count[b], 1);
+}
+
+// Exclusive scan of the counts into `start` (one block), then the counts become fill cursors.
+extern "C" __global__ void bins_scan(Bins bins, Rebuild rb) {
+    __shared__ int partial[1024];
+    if (!rebuilding(rb)) return;
+    int n_bins = bins.n.x * bins.n.y * bins.n.z;
+    int per = (n_bins + blockDim.x - 1) / blockDim.x;
+    int begin = threadIdx.x * per, end = min(n_bins, begin + per);
+    int sum = 0;
+    for (int k = begin; k < end; ++k) sum += bins.count[k];
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int running = 0;
+        for (int k = 0; k < blockDim.x; ++k) {
+            int v = partial[k];
+            partial[k] = running;
+            running += v;
+        }
+        bins.start[n_bins] = running;
+    }
+    __syncthreads();
+    int running = partial[threadIdx.x];
+    for (int k = begin; k < end; ++k) {
+        bins.start[k] = running;
+        running += bins.count[k];
+        bins.count[k] = 0;
+    }
+}
+
+extern "C" __global__ void bins_fill(Bins bins, Rebuild rb, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms || !rebuilding(rb)) return;
+    int b = bins.atom_bin[a];
+    bins.atoms[bins.start[b] + atomicAdd(&bins.count[b], 1)] = a;
+}
+
+// Atoms within a bin by index (the fill order above is a race): deterministic rows.
+extern "C" __global__ void bins_sort(Bins bins, Rebuild rb) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    int n_bins = bins.n.x * bins.n.y * bins.n.z;
+    if (b >= n_bins || !rebuilding(rb)) return;
+    int* list = bins.atoms + bins.start[b];
+    int len = bins.start[b + 1] - bins.start[b];
+    for (int i = 1; i < len; ++i) {
+        int v = list[i], k = i - 1;
+        while (k >= 0 && list[k] > v) {
+            list[k + 1] = list[k];
+            --k;
+        }
+        list[k + 1] = v;
+    }
+}
+
+extern "C" __global__ void build_neighbors_cells(const float* pos, Cell cell, Bins bins, float radius2, int* count,
+                                                 int* nbr_j, int3* nbr_image, int capacity, Rebuild rb, int n_atoms) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_atoms || !rebuilding(rb)) return;
+    int home = bins.atom_bin[i];
+    int hz = home % bins.n.z, hy = (home / bins.n.z) % bins.n.y, hx = home / (bins.n.z * bins.n.y);
+    int n = 0;
+    for (int dx = -bins.reach.x; dx <= bins.reach.x; ++dx)
+        for (int dy = -bins.reach.y; dy <= bins.reach.y; ++dy)
+            for (int dz = -bins.reach.z; dz <= bins.reach.z; ++dz) {
+                int t[3] = {hx + dx, hy + dy, hz + dz};
+                int nb[3] = {bins.n.x, bins.n.y, bins.n.z};
+                int w[3], img[3];
+                for (int k = 0; k < 3; ++k) {
+                    w[k] = ((t[k] % nb[k]) + nb[k]) % nb[k];
+                    img[k] = (t[k] - w[k]) / nb[k];
+                }
+                int3 image = make_int3(img[0], img[1], img[2]);
+                int b = flat_bin(bins, w[0], w[1], w[2]);
+                for (int q = bins.start[b]; q < bins.start[b + 1]; ++q) {
+                    int j = bins.atoms[q];
+                    if (j == i && image.x == 0 && image.y == 0 && image.z == 0) continue;
+                    float3 r = pair_vector(pos, i, j, cell, image);
+                    if (r.x * r.x + r.y * r.y + r.z * r.z < radius2) {
+                        if (n < capacity) {
+                            nbr_j[i * capacity + n] = j;
+                            nbr_image[i * capacity + n] = image;
+                        }
+                        ++n;
+                    }
+                }
+            }
+    if (n > capacity) {
+        *rb.overflow = 1;
+        n = capacity;
+    }
+    count[i] = n;
+}

@@ -62,38 +62,38 @@ __device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// x = W2 σ(W1 q + b1) + b2 for atom blockIdx.x, from q in shared memory `q_sh` [F];
-// `hidden` is [F] of shared scratch. Saves the pre-activation for the backward pass.
-__device__ void context_mlp(const float* q_sh, float* hidden, const float* w1t, const float* b1, const float* w2t,
-                            const float* b2, float* pre_out, float* x_out) {
-    int c = threadIdx.x;
-    float z = b1[c];
-    for (int i = 0; i < NF; ++i) z += w1t[i * NF + c] * q_sh[i];
-    pre_out[c] = z;
-    hidden[c] = silu(z);
-    __syncthreads();
-    float x0 = b2[c], x1 = b2[NF + c], x2 = b2[2 * NF + c];
-    for (int i = 0; i < NF; ++i) {
-        float h = hidden[i];
-        x0 += w2t[i * 3 * NF + c] * h;
-        x1 += w2t[i * 3 * NF + NF + c] * h;
-        x2 += w2t[i * 3 * NF + 2 * NF + c] * h;
+// x = W2 σ(W1 q + b1) + b2 for one atom (blockDim = SPLIT·NF), q in shared `q_sh` [F]; `hidden`
+// [F] and `x_sh` [3F] are shared scratch. Saves the pre-activation for the backward pass.
+__device__ void context_mlp(const float* q_sh, float* hidden, float* x_sh, float* scratch, const float* w1t,
+                            const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out) {
+    int c = threadIdx.x % NF, s = threadIdx.x / NF;
+    block_matvec(w1t, NF, NF, q_sh, hidden, scratch);
+    if (s == 0) {
+        float z = hidden[c] + b1[c];
+        pre_out[c] = z;
+        hidden[c] = silu(z);
     }
-    x_out[c] = x0;
-    x_out[NF + c] = x1;
-    x_out[2 * NF + c] = x2;
+    __syncthreads();
+    block_matvec(w2t, NF, 3 * NF, hidden, x_sh, scratch);
+    if (s == 0) {
+        x_out[c] = x_sh[c] + b2[c];
+        x_out[NF + c] = x_sh[NF + c] + b2[NF + c];
+        x_out[2 * NF + c] = x_sh[2 * NF + c] + b2[2 * NF + c];
+    }
 }
 
 // Embedding and the first interaction's context: depend on the elements only, run once.
 extern "C" __global__ void embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0) {
-    __shared__ float q_sh[NF], hidden[NF];
-    int a = blockIdx.x, c = threadIdx.x;
-    float q = embedding[numbers[a] * NF + c];
-    q0[a * NF + c] = q;
-    q_sh[c] = q;
+    __shared__ float q_sh[NF], hidden[NF], x_sh[3 * NF], scratch[SPLIT * NF];
+    int a = blockIdx.x, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    if (s == 0) {
+        float q = embedding[numbers[a] * NF + c];
+        q0[a * NF + c] = q;
+        q_sh[c] = q;
+    }
     __syncthreads();
-    context_mlp(q_sh, hidden, w1t, b1, w2t, b2, pre0 + a * NF, x0 + a * 3 * NF);
+    context_mlp(q_sh, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0 + a * NF, x0 + (size_t)a * 3 * NF);
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
@@ -168,6 +168,7 @@ struct Readout {
 
 // Mixing, fused with what follows on the same atom: the next interaction's context network, or
 // (last layer) the atomwise readout, the atom's energy and the first gradient ∂E/∂q.
+// blockDim = SPLIT·NF; element-wise work is done by the threads of split 0.
 extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
                                           float* q_out, float* mu_out, int last,
                                           // next interaction (last == 0)
@@ -175,79 +176,76 @@ extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in,
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu) {
-    __shared__ float mu_sh[3 * NF], ctx[2 * NF], hidden[NF], red[64];
-    int a = blockIdx.x, c = threadIdx.x;
+    __shared__ float mu_sh[3 * NF], ctx[2 * NF], hidden[NF], vu[3][2 * NF], out3[3 * NF], scratch[SPLIT * NF],
+        red[64];
+    int a = blockIdx.x, t = threadIdx.x, c = t % NF, s = t / NF;
     const float* mi = mu_in + (size_t)a * 3 * NF;
-    mu_sh[c] = mi[c];
-    mu_sh[NF + c] = mi[NF + c];
-    mu_sh[2 * NF + c] = mi[2 * NF + c];
+    for (int k = t; k < 3 * NF; k += blockDim.x) mu_sh[k] = mi[k];
     float q = q_in[a * NF + c];
-    ctx[c] = q;
+    if (s == 0) ctx[c] = q;
     __syncthreads();
-    float V[3], U[3];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        float v = 0.f, u = 0.f;
-        for (int i = 0; i < NF; ++i) {
-            float x = mu_sh[k * NF + i];
-            v += m.mix_t[i * 2 * NF + c] * x;
-            u += m.mix_t[i * 2 * NF + NF + c] * x;
+    for (int k = 0; k < 3; ++k) block_matvec(m.mix_t, NF, 2 * NF, mu_sh + k * NF, vu[k], scratch);
+    float V[3], U[3], vdotu = 0.f;
+    if (s == 0) {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            V[k] = vu[k][c];
+            U[k] = vu[k][NF + c];
+            cache.vu[((size_t)a * 3 + k) * 2 * NF + c] = V[k];
+            cache.vu[((size_t)a * 3 + k) * 2 * NF + NF + c] = U[k];
         }
-        V[k] = v;
-        U[k] = u;
-        cache.vu[((size_t)a * 3 + k) * 2 * NF + c] = v;
-        cache.vu[((size_t)a * 3 + k) * 2 * NF + NF + c] = u;
+        float norm = sqrtf(V[0] * V[0] + V[1] * V[1] + V[2] * V[2] + m.epsilon);
+        cache.norm[a * NF + c] = norm;
+        ctx[NF + c] = norm;
+        vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
     }
-    float norm = sqrtf(V[0] * V[0] + V[1] * V[1] + V[2] * V[2] + m.epsilon);
-    cache.norm[a * NF + c] = norm;
-    ctx[NF + c] = norm;
-    float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
     __syncthreads();
-    float z = m.b1[c];
-    for (int i = 0; i < 2 * NF; ++i) z += m.a1t[i * NF + c] * ctx[i];
-    cache.pre[a * NF + c] = z;
-    hidden[c] = silu(z);
-    __syncthreads();
-    float a_ss = m.b2[c], a_vv = m.b2[NF + c], a_sv = m.b2[2 * NF + c];
-    for (int i = 0; i < NF; ++i) {
-        float h = hidden[i];
-        a_ss += m.a2t[i * 3 * NF + c] * h;
-        a_vv += m.a2t[i * 3 * NF + NF + c] * h;
-        a_sv += m.a2t[i * 3 * NF + 2 * NF + c] * h;
+    block_matvec(m.a1t, 2 * NF, NF, ctx, hidden, scratch);
+    if (s == 0) {
+        float z = hidden[c] + m.b1[c];
+        cache.pre[a * NF + c] = z;
+        hidden[c] = silu(z);
     }
-    float* ca = cache.a + (size_t)a * 3 * NF;
-    ca[c] = a_ss;
-    ca[NF + c] = a_vv;
-    ca[2 * NF + c] = a_sv;
-    float q_new = q + a_ss + a_sv * vdotu;
-    q_out[a * NF + c] = q_new;
-    float* mo = mu_out + (size_t)a * 3 * NF;
+    __syncthreads();
+    block_matvec(m.a2t, NF, 3 * NF, hidden, out3, scratch);
+    float q_new = 0.f;
+    if (s == 0) {
+        float a_ss = out3[c] + m.b2[c], a_vv = out3[NF + c] + m.b2[NF + c], a_sv = out3[2 * NF + c] + m.b2[2 * NF + c];
+        float* ca = cache.a + (size_t)a * 3 * NF;
+        ca[c] = a_ss;
+        ca[NF + c] = a_vv;
+        ca[2 * NF + c] = a_sv;
+        q_new = q + a_ss + a_sv * vdotu;
+        q_out[a * NF + c] = q_new;
+        float* mo = mu_out + (size_t)a * 3 * NF;
 #pragma unroll
-    for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[k * NF + c] + a_vv * U[k];
-    __syncthreads();  // everyone is done with ctx/hidden
-    ctx[c] = q_new;
+        for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[k * NF + c] + a_vv * U[k];
+        ctx[c] = q_new;
+    }
     __syncthreads();
     if (!last) {
-        context_mlp(ctx, hidden, n_w1t, n_b1, n_w2t, n_b2, n_pre + a * NF, n_x + (size_t)a * 3 * NF);
+        context_mlp(ctx, hidden, out3, scratch, n_w1t, n_b1, n_w2t, n_b2, n_pre + a * NF, n_x + (size_t)a * 3 * NF);
         return;
     }
     // Readout y = w2 · σ(W1 q + b1) + b2, energy, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
+    block_matvec(ro.w1t, NF, NH, ctx, hidden, scratch);
     float contribution = 0.f;
-    if (c < NH) {
-        float zr = ro.b1[c];
-        for (int i = 0; i < NF; ++i) zr += ro.w1t[i * NH + c] * ctx[i];
+    if (s == 0 && c < NH) {
+        float zr = hidden[c] + ro.b1[c];
         contribution = ro.w2[c] * silu(zr);
-        hidden[c] = ro.scale * ro.w2[c] * silu_grad(zr);
+        out3[c] = ro.scale * ro.w2[c] * silu_grad(zr);
     }
     float4 total = block_sum4(make_float4(contribution, 0.f, 0.f, 0.f), red);
-    if (c == 0) atom_energy[a] = ro.scale * (total.x + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a]];
-    float g = 0.f;
-    for (int o = 0; o < NH; ++o) g += ro.w1[o * NF + c] * hidden[o];
-    grad_q[a * NF + c] = g;
-    float* gm = grad_mu + (size_t)a * 3 * NF;
-    gm[c] = 0.f;
-    gm[NF + c] = 0.f;
-    gm[2 * NF + c] = 0.f;
+    if (t == 0) atom_energy[a] = ro.scale * (total.x + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a]];
+    block_matvec(ro.w1, NH, NF, out3, hidden, scratch);
+    if (s == 0) {
+        grad_q[a * NF + c] = hidden[c];
+        float* gm = grad_mu + (size_t)a * 3 * NF;
+        gm[c] = 0.f;
+        gm[NF + c] = 0.f;
+        gm[2 * NF + c] = 0.f;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,56 +257,51 @@ struct MixingBackWeights {
     const float* a2;   // intraatomic_context_net.1 [3F, F]
 };
 
-// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
+// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input. blockDim = SPLIT·NF.
 extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in) {
-    __shared__ float ga[3 * NF], gz[NF], gvu[3][2 * NF];
-    int a = blockIdx.x, c = threadIdx.x;
-    float gq = grad_q_out[a * NF + c];
-    float gm[3], V[3], U[3];
-    const float* vu = cache.vu + (size_t)a * 6 * NF;
+    __shared__ float ga[3 * NF], gz[NF], gctx[2 * NF], gvu[3][2 * NF], out[NF], scratch[SPLIT * NF];
+    int a = blockIdx.x, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    float gq = 0.f, gm[3] = {0.f, 0.f, 0.f}, V[3] = {0.f, 0.f, 0.f};
+    if (s == 0) {
+        gq = grad_q_out[a * NF + c];
+        float U[3];
+        const float* vu = cache.vu + (size_t)a * 6 * NF;
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        gm[k] = grad_mu_out[(size_t)a * 3 * NF + k * NF + c];
-        V[k] = vu[k * 2 * NF + c];
-        U[k] = vu[k * 2 * NF + NF + c];
-    }
-    const float* ca = cache.a + (size_t)a * 3 * NF;
-    float a_vv = ca[NF + c], a_sv = ca[2 * NF + c];
-    float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
-    ga[c] = gq;
-    ga[NF + c] = gm[0] * U[0] + gm[1] * U[1] + gm[2] * U[2];
-    ga[2 * NF + c] = gq * vdotu;
-    float g_vdotu = gq * a_sv;
-    float gV[3], gU[3];
+        for (int k = 0; k < 3; ++k) {
+            gm[k] = grad_mu_out[(size_t)a * 3 * NF + k * NF + c];
+            V[k] = vu[k * 2 * NF + c];
+            U[k] = vu[k * 2 * NF + NF + c];
+        }
+        const float* ca = cache.a + (size_t)a * 3 * NF;
+        float a_vv = ca[NF + c], a_sv = ca[2 * NF + c];
+        float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
+        ga[c] = gq;
+        ga[NF + c] = gm[0] * U[0] + gm[1] * U[1] + gm[2] * U[2];
+        ga[2 * NF + c] = gq * vdotu;
+        float g_vdotu = gq * a_sv;
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        gU[k] = gm[k] * a_vv + g_vdotu * V[k];
-        gV[k] = g_vdotu * U[k];
+        for (int k = 0; k < 3; ++k) {
+            gvu[k][c] = g_vdotu * U[k];
+            gvu[k][NF + c] = gm[k] * a_vv + g_vdotu * V[k];
+        }
     }
     __syncthreads();
-    float gg = 0.f;
-    for (int o = 0; o < 3 * NF; ++o) gg += m.a2[o * NF + c] * ga[o];
-    gz[c] = gg * silu_grad(cache.pre[a * NF + c]);
+    block_matvec(m.a2, 3 * NF, NF, ga, gz, scratch);
+    if (s == 0) gz[c] *= silu_grad(cache.pre[a * NF + c]);
     __syncthreads();
-    float g_ctx_q = 0.f, g_ctx_n = 0.f;
-    for (int i = 0; i < NF; ++i) {
-        g_ctx_q += m.a1[i * 2 * NF + c] * gz[i];
-        g_ctx_n += m.a1[i * 2 * NF + NF + c] * gz[i];
-    }
-    grad_q_in[a * NF + c] = gq + g_ctx_q;
-    float norm = cache.norm[a * NF + c];
+    block_matvec(m.a1, NF, 2 * NF, gz, gctx, scratch);
+    if (s == 0) {
+        grad_q_in[a * NF + c] = gq + gctx[c];
+        float norm = cache.norm[a * NF + c];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        gvu[k][c] = gV[k] + g_ctx_n * V[k] / norm;
-        gvu[k][NF + c] = gU[k];
+        for (int k = 0; k < 3; ++k) gvu[k][c] += gctx[NF + c] * V[k] / norm;
     }
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
-        float g = gm[k];
-        for (int o = 0; o < 2 * NF; ++o) g += m.mix[o * NF + c] * gvu[k][o];
-        grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = g;
+        block_matvec(m.mix, 2 * NF, NF, gvu[k], out, scratch);
+        if (s == 0) grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = gm[k] + out[c];
     }
 }
 
@@ -398,22 +391,19 @@ extern "C" __global__ void message_backward(const float* pos, Cell cell, Neighbo
 }
 
 // ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
+// blockDim = SPLIT·NF.
 extern "C" __global__ void context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
                                             const float* grad_q, float* grad_q_in) {
-    __shared__ float gx[3 * NF], gz[NF];
-    int a = blockIdx.x, c = threadIdx.x;
+    __shared__ float gx[3 * NF], gz[NF], out[NF], scratch[SPLIT * NF];
+    int a = blockIdx.x, t = threadIdx.x, c = t % NF, s = t / NF;
     const float* g = grad_x + (size_t)a * 3 * NF;
-    gx[c] = g[c];
-    gx[NF + c] = g[NF + c];
-    gx[2 * NF + c] = g[2 * NF + c];
+    for (int k = t; k < 3 * NF; k += blockDim.x) gx[k] = g[k];
     __syncthreads();
-    float gh = 0.f;
-    for (int o = 0; o < 3 * NF; ++o) gh += w2[o * NF + c] * gx[o];
-    gz[c] = gh * silu_grad(pre[a * NF + c]);
+    block_matvec(w2, 3 * NF, NF, gx, gz, scratch);
+    if (s == 0) gz[c] *= silu_grad(pre[a * NF + c]);
     __syncthreads();
-    float gq = grad_q[a * NF + c];
-    for (int o = 0; o < NF; ++o) gq += w1[o * NF + c] * gz[o];
-    grad_q_in[a * NF + c] = gq;
+    block_matvec(w1, NF, NF, gz, out, scratch);
+    if (s == 0) grad_q_in[a * NF + c] = grad_q[a * NF + c] + out[c];
 }
 
 // Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with

@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use crate::cell::{Cell, Vec3};
 use crate::engine::{CpuEngine, Engine, GpuEngine};
+use crate::gpu::md::GpuOptions;
+use crate::gpu::neighbors::NeighborSearch;
+
 use crate::integrate::{maxwell_boltzmann, Integrator};
 use crate::model::PainnModel;
 use crate::system::System;
@@ -137,8 +140,24 @@ pub fn bench_system(name: &str, system: &System, model: &PainnModel, options: &B
         record("cpu", cpu.description(), samples, chunk);
     }
     if options.gpu {
-        for (config, graph) in [("gpu-plain-launches", false), ("gpu-cuda-graph", true)] {
-            let mut gpu = GpuEngine::new(model, system, &velocities, &integrator, options.skin, graph)?;
+        let all_pairs = GpuOptions {
+            cuda_graph: false,
+            neighbor_search: NeighborSearch::AllPairs,
+        };
+        let mut configs = vec![("gpu-all-pairs-plain", all_pairs)];
+        if system.cell.is_some() {
+            configs.push((
+                "gpu-cell-list-plain",
+                GpuOptions {
+                    neighbor_search: NeighborSearch::CellList,
+                    ..all_pairs
+                },
+            ));
+        }
+        configs.push(("gpu-cuda-graph", GpuOptions::default()));
+        for (config, gpu_options) in configs {
+            let mut gpu = GpuEngine::new(model, system, &velocities, &integrator, options.skin, gpu_options)?;
+
             let chunk = if n > 5000 { 20 } else { 200 };
             let samples = time_engine(&mut gpu, 2 * chunk, chunk, 15)?;
             record(config, gpu.description(), samples, chunk);

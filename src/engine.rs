@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::cell::{Cell, Vec3};
 use crate::forcefield::{CpuPainn, ForceField};
-use crate::gpu::md::GpuMd;
+use crate::gpu::md::{GpuMd, GpuOptions};
 use crate::integrate::{kinetic_energy, Integrator};
 use crate::model::PainnModel;
 use crate::neighbors::{NeighborList, PairList};
@@ -193,9 +193,9 @@ impl GpuEngine {
         velocities: &[Vec3],
         integrator: &Integrator,
         skin: f64,
-        cuda_graph: bool,
+        options: GpuOptions,
     ) -> Result<GpuEngine> {
-        let mut md = GpuMd::new(model, system, velocities, integrator, skin, cuda_graph)?;
+        let mut md = GpuMd::new(model, system, velocities, integrator, skin, options)?;
         md.initialize()?;
         let last_good = Self::read(&md)?;
         Ok(GpuEngine { md, last_good })

@@ -24,7 +24,8 @@ pub struct Input {
     #[serde(default)]
     pub output: OutputSection,
     #[serde(default)]
-    pub gpu: GpuSection,
+    /// Switches of the GPU path (ignored on the CPU).
+    pub gpu: crate::gpu::md::GpuOptions,
     /// Where this input was read from; paths resolve against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -123,25 +124,6 @@ impl Default for NeighborSection {
         NeighborSection {
             skin_angstrom: default_skin(),
         }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// Switches of the GPU path (ignored on the CPU).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpuSection {
-    /// Capture the whole MD step as one CUDA graph and replay it (false: plain launches).
-    #[serde(default = "default_true")]
-    pub cuda_graph: bool,
-}
-
-impl Default for GpuSection {
-    fn default() -> Self {
-        GpuSection { cuda_graph: true }
     }
 }
 

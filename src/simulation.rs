@@ -281,7 +281,7 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     );
     let mut engine: Box<dyn Engine> = if use_gpu {
         Box::new(
-            GpuEngine::new(&model, &system, &velocities, &integrator, skin, input.gpu.cuda_graph)
+            GpuEngine::new(&model, &system, &velocities, &integrator, skin, input.gpu)
                 .context("starting the GPU engine")?,
         )
     } else {

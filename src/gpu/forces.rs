@@ -6,7 +6,7 @@ use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::neighbors::GpuNeighbors;
 use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams};
-use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
+use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes, DENSE_SPLIT};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
 fn f32s(values: &[f64]) -> Vec<f32> {
@@ -94,8 +94,8 @@ pub struct GpuPainn {
 pub fn kernel_sizes(model: &PainnModel) -> Result<KernelSizes> {
     let f = model.config.n_atom_basis;
     let h = model.readout1.n_out();
-    if !f.is_multiple_of(32) || f > 512 {
-        bail!("the GPU path needs n_atom_basis to be a multiple of 32 up to 512, the model has {f}");
+    if !f.is_multiple_of(32) || DENSE_SPLIT * f > 1024 {
+        bail!("the GPU path needs n_atom_basis to be a multiple of 32 up to 256, the model has {f}");
     }
     if h > f {
         bail!("the GPU path needs the readout hidden width ({h}) to be at most n_atom_basis ({f})");
@@ -196,7 +196,7 @@ impl GpuPainn {
                 .arg(&painn.q[0].ptr)
                 .arg(&l0.pre_context.ptr)
                 .arg(&l0.x.ptr)
-                .launch(block_per_item(n, f as u32))
+                .launch(block_per_item(n, (DENSE_SPLIT * f) as u32))
                 .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
         }
         gpu.synchronize()?;
@@ -227,6 +227,7 @@ impl GpuPainn {
         let n = self.n_atoms;
         let t_count = self.layers.len();
         let per_atom = block_per_item(n, f);
+        let per_atom_dense = block_per_item(n, DENSE_SPLIT as u32 * f);
         let nb = neighbors.params();
         let cell = neighbors.cell;
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
@@ -305,7 +306,7 @@ impl GpuPainn {
                     .arg(&self.atom_energy.ptr)
                     .arg(&self.grad_q[0].ptr)
                     .arg(&self.grad_mu[0].ptr)
-                    .launch(per_atom)
+                    .launch(per_atom_dense)
                     .map_err(err("mixing_forward"))?;
             }
         }
@@ -333,7 +334,7 @@ impl GpuPainn {
                     .arg(&self.grad_mu[0].ptr)
                     .arg(&self.grad_q[1].ptr)
                     .arg(&self.grad_mu[1].ptr)
-                    .launch(per_atom)
+                    .launch(per_atom_dense)
                     .map_err(err("mixing_backward"))?;
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
                 s.launch_builder(&self.message_backward)
@@ -359,7 +360,7 @@ impl GpuPainn {
                         .arg(&self.grad_x.ptr)
                         .arg(&self.grad_q[1].ptr)
                         .arg(&self.grad_q[0].ptr)
-                        .launch(per_atom)
+                        .launch(per_atom_dense)
                         .map_err(err("context_backward"))?;
                 }
             }

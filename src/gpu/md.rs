@@ -6,13 +6,37 @@ use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
 use super::forces::{kernel_sizes, GpuPainn};
-use super::neighbors::{initial_capacity, GpuNeighbors};
+use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::{grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::integrate::Integrator;
 use crate::model::PainnModel;
 use crate::system::System;
 use crate::units::{ACCELERATION_A_PER_FS2, AMU_A2_PER_FS2_IN_EV, BOLTZMANN_EV_PER_K, FS_PER_PS};
+
+/// Switches of the GPU path (the `[gpu]` input section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOptions {
+    /// Capture the whole MD step as one CUDA graph and replay it (false: plain launches).
+    #[serde(default = "default_true")]
+    pub cuda_graph: bool,
+    #[serde(default)]
+    pub neighbor_search: NeighborSearch,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            cuda_graph: true,
+            neighbor_search: NeighborSearch::Auto,
+        }
+    }
+}
 
 /// What the host reads back at an output step.
 #[derive(Debug, Clone)]
@@ -63,6 +87,7 @@ pub struct GpuMd {
     energy_sums: CudaFunction,
     graph: Option<CudaGraph>,
     pub use_graph: bool,
+    search: NeighborSearch,
     host_step: u64,
     neighbor_capacity_grown: u32,
 }
@@ -75,13 +100,21 @@ impl GpuMd {
         velocities: &[Vec3],
         integrator: &Integrator,
         skin: f64,
-        use_graph: bool,
+        options: GpuOptions,
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
         let gpu = Gpu::open(0, kernel_sizes(model)?)?;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
-        let neighbors = GpuNeighbors::new(&gpu, n, cell.as_ref(), model.cutoff(), skin, capacity)?;
+        let neighbors = GpuNeighbors::new(
+            &gpu,
+            n,
+            cell.as_ref(),
+            model.cutoff(),
+            skin,
+            capacity,
+            options.neighbor_search,
+        )?;
         let painn = GpuPainn::new(&gpu, model, numbers, capacity)?;
         let (langevin, damping, noise, seed, temperature) = match integrator {
             Integrator::VelocityVerlet { .. } => (0, 1.0, 0.0, 0, 0.0),
@@ -135,7 +168,8 @@ impl GpuMd {
             second_half: gpu.function("second_half")?,
             energy_sums: gpu.function("energy_sums")?,
             graph: None,
-            use_graph,
+            use_graph: options.cuda_graph,
+            search: options.neighbor_search,
             host_step: 0,
             neighbor_capacity_grown: 0,
             gpu,
@@ -256,6 +290,7 @@ impl GpuMd {
             self.cutoff,
             self.skin,
             capacity,
+            self.search,
         )?;
         self.painn.resize_pairs(&self.gpu, capacity)?;
         self.graph = None;
@@ -263,17 +298,7 @@ impl GpuMd {
     }
 
     fn grow_neighbors(&mut self) -> Result<()> {
-        let capacity = self.neighbors.capacity * 3 / 2 + 8;
-        self.neighbors = GpuNeighbors::new(
-            &self.gpu,
-            self.n_atoms,
-            self.cell.as_ref(),
-            self.cutoff,
-            self.skin,
-            capacity,
-        )?;
-        self.painn.resize_pairs(&self.gpu, capacity)?;
-        self.graph = None;
+        self.set_neighbor_capacity(self.neighbors.capacity * 3 / 2 + 8)?;
         self.neighbor_capacity_grown += 1;
         Ok(())
     }
@@ -352,7 +377,11 @@ impl GpuMd {
 pub fn evaluate(model: &PainnModel, system: &System) -> Result<(f64, Vec<Vec3>)> {
     let velocities = vec![[0.0; 3]; system.len()];
     let integrator = Integrator::VelocityVerlet { timestep_fs: 1.0 };
-    let mut md = GpuMd::new(model, system, &velocities, &integrator, 0.5, false)?;
+    let options = GpuOptions {
+        cuda_graph: false,
+        ..GpuOptions::default()
+    };
+    let mut md = GpuMd::new(model, system, &velocities, &integrator, 0.5, options)?;
     md.initialize()?;
     let snap = md.snapshot()?;
     Ok((snap.potential, snap.forces))

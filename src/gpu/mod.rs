@@ -28,7 +28,12 @@ pub const SOURCES: [(&str, &str); 3] = [
     ("integrate.cu", include_str!("../../kernels/integrate.cu")),
 ];
 
+/// Threads sharing one output of a per-atom dense layer (kernels' SPLIT): dense-layer kernels run
+/// blocks of `DENSE_SPLIT · F` threads.
+pub const DENSE_SPLIT: usize = 4;
+
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSizes {
     pub features: usize,
@@ -51,6 +56,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DNF={}", sizes.features),
             format!("-DNK={}", sizes.rbf),
             format!("-DNH={}", sizes.readout_hidden),
+            format!("-DSPLIT={DENSE_SPLIT}"),
             "--std=c++17".into(),
         ],
         ..Default::default()

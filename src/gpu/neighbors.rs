@@ -4,13 +4,74 @@
 use anyhow::Result;
 use cudarc::driver::{CudaFunction, PushKernelArg};
 
-use super::params::{CellParams, Int3, NeighborParams, RebuildParams};
+use super::params::{BinsParams, CellParams, Int3, NeighborParams, RebuildParams};
 use super::{block_per_item, grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::neighbors::cell_list_candidates;
 
+/// How candidates are searched on a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeighborSearch {
+    /// Cell list for periodic cells, all pairs for open systems.
+    #[default]
+    Auto,
+    /// Every atom against every atom and image: O(N²), for any system.
+    AllPairs,
+    /// Binning in fractional coordinates: O(N), periodic cells only.
+    CellList,
+}
+
+/// Bins of the cell list and their device buffers.
+struct CellBins {
+    params: BinsParams,
+    n_bins: usize,
+    _buffers: [Buffer<i32>; 4],
+}
+
+impl CellBins {
+    fn new(gpu: &Gpu, n_atoms: usize, cell: &Cell, radius: f64) -> Result<CellBins> {
+        let widths = cell.perpendicular_widths();
+        let mut n = widths.map(|w| ((w / radius).floor() as usize).max(1));
+        let max_bins = (8 * n_atoms).max(27);
+        while n.iter().product::<usize>() > max_bins {
+            n = n.map(|b| (b / 2).max(1));
+        }
+        let reach = [0, 1, 2].map(|a| (radius * n[a] as f64 / widths[a]).ceil() as i32);
+        let n_bins = n.iter().product::<usize>();
+        let buffers = [
+            gpu.zeros(n_bins)?,
+            gpu.zeros(n_bins + 1)?,
+            gpu.zeros(n_atoms)?,
+            gpu.zeros(n_atoms)?,
+        ];
+        let params = BinsParams {
+            n: Int3 {
+                x: n[0] as i32,
+                y: n[1] as i32,
+                z: n[2] as i32,
+            },
+            reach: Int3 {
+                x: reach[0],
+                y: reach[1],
+                z: reach[2],
+            },
+            count: buffers[0].ptr,
+            start: buffers[1].ptr,
+            atoms: buffers[2].ptr,
+            atom_bin: buffers[3].ptr,
+        };
+        Ok(CellBins {
+            params,
+            n_bins,
+            _buffers: buffers,
+        })
+    }
+}
+
 pub struct GpuNeighbors {
     pub capacity: usize,
+    bins: Option<CellBins>,
     n_atoms: usize,
     pub count: Buffer<i32>,
     pub j: Buffer<i32>,
@@ -28,6 +89,12 @@ pub struct GpuNeighbors {
     wrap: CudaFunction,
     build: CudaFunction,
     reverse_pairs: CudaFunction,
+    bins_clear: CudaFunction,
+    bins_assign: CudaFunction,
+    bins_scan: CudaFunction,
+    bins_fill: CudaFunction,
+    bins_sort: CudaFunction,
+    build_cells: CudaFunction,
 }
 
 /// Row capacity for `positions`: the largest number of candidates any atom has now, with room
@@ -54,8 +121,19 @@ impl GpuNeighbors {
         cutoff: f64,
         skin: f64,
         capacity: usize,
+        search: NeighborSearch,
     ) -> Result<GpuNeighbors> {
         let radius = cutoff + skin;
+        let bins = match (search, cell) {
+            (NeighborSearch::AllPairs, _) | (NeighborSearch::Auto, None) => None,
+            (NeighborSearch::Auto | NeighborSearch::CellList, Some(cell)) => {
+                Some(CellBins::new(gpu, n_atoms, cell, radius)?)
+            }
+            (NeighborSearch::CellList, None) => {
+                anyhow::bail!("neighbor_search = \"cell-list\" needs a periodic cell; use \"all-pairs\" or \"auto\"")
+            }
+        };
+
         let reach = match cell {
             Some(c) => {
                 let w = c.perpendicular_widths();
@@ -70,6 +148,7 @@ impl GpuNeighbors {
         };
         Ok(GpuNeighbors {
             capacity,
+            bins,
             n_atoms,
             count: gpu.zeros(n_atoms)?,
             j: gpu.zeros(n_atoms * capacity)?,
@@ -86,6 +165,12 @@ impl GpuNeighbors {
             wrap: gpu.function("wrap_positions")?,
             build: gpu.function("build_neighbors_all_pairs")?,
             reverse_pairs: gpu.function("reverse_pairs")?,
+            bins_clear: gpu.function("bins_clear")?,
+            bins_assign: gpu.function("bins_assign")?,
+            bins_scan: gpu.function("bins_scan")?,
+            bins_fill: gpu.function("bins_fill")?,
+            bins_sort: gpu.function("bins_sort")?,
+            build_cells: gpu.function("build_neighbors_cells")?,
         })
     }
 
@@ -138,19 +223,68 @@ impl GpuNeighbors {
                 .launch(grid_for(self.n_atoms, 256))
                 .map_err(launch)?;
             let capacity = self.capacity as i32;
-            s.launch_builder(&self.build)
-                .arg(&positions.ptr)
-                .arg(&self.cell)
-                .arg(&self.reach)
-                .arg(&self.radius2)
-                .arg(&self.count.ptr)
-                .arg(&self.j.ptr)
-                .arg(&self.image.ptr)
-                .arg(&capacity)
-                .arg(&rb)
-                .arg(&n)
-                .launch(grid_for(self.n_atoms, 128))
-                .map_err(launch)?;
+            match &self.bins {
+                None => {
+                    s.launch_builder(&self.build)
+                        .arg(&positions.ptr)
+                        .arg(&self.cell)
+                        .arg(&self.reach)
+                        .arg(&self.radius2)
+                        .arg(&self.count.ptr)
+                        .arg(&self.j.ptr)
+                        .arg(&self.image.ptr)
+                        .arg(&capacity)
+                        .arg(&rb)
+                        .arg(&n)
+                        .launch(grid_for(self.n_atoms, 128))
+                        .map_err(launch)?;
+                }
+                Some(bins) => {
+                    let p = &bins.params;
+                    s.launch_builder(&self.bins_clear)
+                        .arg(p)
+                        .arg(&rb)
+                        .launch(grid_for(bins.n_bins, 256))
+                        .map_err(launch)?;
+                    s.launch_builder(&self.bins_assign)
+                        .arg(&positions.ptr)
+                        .arg(&self.cell)
+                        .arg(p)
+                        .arg(&rb)
+                        .arg(&n)
+                        .launch(grid_for(self.n_atoms, 256))
+                        .map_err(launch)?;
+                    s.launch_builder(&self.bins_scan)
+                        .arg(p)
+                        .arg(&rb)
+                        .launch(block_per_item(1, 1024))
+                        .map_err(launch)?;
+                    s.launch_builder(&self.bins_fill)
+                        .arg(p)
+                        .arg(&rb)
+                        .arg(&n)
+                        .launch(grid_for(self.n_atoms, 256))
+                        .map_err(launch)?;
+                    s.launch_builder(&self.bins_sort)
+                        .arg(p)
+                        .arg(&rb)
+                        .launch(grid_for(bins.n_bins, 128))
+                        .map_err(launch)?;
+                    s.launch_builder(&self.build_cells)
+                        .arg(&positions.ptr)
+                        .arg(&self.cell)
+                        .arg(p)
+                        .arg(&self.radius2)
+                        .arg(&self.count.ptr)
+                        .arg(&self.j.ptr)
+                        .arg(&self.image.ptr)
+                        .arg(&capacity)
+                        .arg(&rb)
+                        .arg(&n)
+                        .launch(grid_for(self.n_atoms, 128))
+                        .map_err(launch)?;
+                }
+            }
             s.launch_builder(&self.reverse_pairs)
                 .arg(&self.count.ptr)
                 .arg(&self.j.ptr)

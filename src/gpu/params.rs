@@ -127,3 +127,16 @@ unsafe impl DeviceRepr for MixingBackParams {}
 unsafe impl DeviceRepr for RebuildParams {}
 unsafe impl DeviceRepr for Int3 {}
 unsafe impl cudarc::driver::ValidAsZeroBits for Int3 {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BinsParams {
+    pub n: Int3,
+    pub reach: Int3,
+    pub count: u64,
+    pub start: u64,
+    pub atoms: u64,
+    pub atom_bin: u64,
+}
+
+unsafe impl DeviceRepr for BinsParams {}
