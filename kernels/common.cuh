@@ -9,10 +9,12 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// Positions and velocities are f64 on the device (mixed precision, as OpenMM's: integration and
+// pair vectors in f64, the network in f32), so is the cell.
 struct Cell {
-    float v[3][3];    // rows: lattice vectors a, b, c (Å)
-    float inv[3][3];  // inverse: fractional = cartesian · inv (row vectors)
-    int periodic;     // 0: open boundaries
+    double v[3][3];    // rows: lattice vectors a, b, c (Å)
+    double inv[3][3];  // inverse: fractional = cartesian · inv (row vectors)
+    int periodic;      // 0: open boundaries
 };
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
@@ -23,17 +25,17 @@ __device__ __forceinline__ float silu_grad(float x) {
 }
 
 // Cartesian translation of an integer lattice image.
-__device__ __forceinline__ float3 image_shift(const Cell& cell, int3 n) {
-    return make_float3(n.x * cell.v[0][0] + n.y * cell.v[1][0] + n.z * cell.v[2][0],
+__device__ __forceinline__ double3 image_shift(const Cell& cell, int3 n) {
+    return make_double3(n.x * cell.v[0][0] + n.y * cell.v[1][0] + n.z * cell.v[2][0],
                        n.x * cell.v[0][1] + n.y * cell.v[1][1] + n.z * cell.v[2][1],
                        n.x * cell.v[0][2] + n.y * cell.v[1][2] + n.z * cell.v[2][2]);
 }
 
-// r_ij = R_j − R_i + shift.
-__device__ __forceinline__ float3 pair_vector(const float* pos, int i, int j, const Cell& cell, int3 image) {
-    float3 s = image_shift(cell, image);
-    return make_float3(pos[3 * j] - pos[3 * i] + s.x, pos[3 * j + 1] - pos[3 * i + 1] + s.y,
-                       pos[3 * j + 2] - pos[3 * i + 2] + s.z);
+// r_ij = R_j − R_i + shift, formed in f64 and rounded once.
+__device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, const Cell& cell, int3 image) {
+    double3 s = image_shift(cell, image);
+    return make_float3((float)(pos[3 * j] - pos[3 * i] + s.x), (float)(pos[3 * j + 1] - pos[3 * i + 1] + s.y),
+                       (float)(pos[3 * j + 2] - pos[3 * i + 2] + s.z));
 }
 
 // Threads per output in the per-atom dense layers: a block of SPLIT·NF threads computes NF outputs

@@ -22,14 +22,14 @@ __device__ __forceinline__ double open_unit(u32 x) { return ((double)x + 1.0) / 
 // acc/m, the conversion to Å/fs² included; `half_mass` is m/2 in eV·fs²/Å², so that
 // half_mass·v² is a kinetic energy in eV. `heat` accumulates, per atom, the kinetic energy the
 // thermostat added (E_tot − Σ heat is conserved).
-extern "C" __global__ void first_half(float* pos, float* vel, const float* force, const float* inv_mass,
+extern "C" __global__ void first_half(double* pos, double* vel, const float* force, const float* inv_mass,
                                       const float* half_mass, double* heat, const u64* step_counter, float dt,
                                       int langevin, float damping, float noise, const float* thermal_sigma, u64 seed,
                                       int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
-    float s = 0.5f * dt * inv_mass[a];
-    float v[3], r[3];
+    double s = 0.5 * dt * inv_mass[a];
+    double v[3], r[3];
     for (int k = 0; k < 3; ++k) {
         v[k] = vel[3 * a + k] + s * force[3 * a + k];
         r[k] = pos[3 * a + k];
@@ -38,20 +38,20 @@ extern "C" __global__ void first_half(float* pos, float* vel, const float* force
         for (int k = 0; k < 3; ++k) r[k] += dt * v[k];
     } else {
         u64 step = *step_counter + 1;  // the step being taken, 1-based as on the CPU
-        for (int k = 0; k < 3; ++k) r[k] += 0.5f * dt * v[k];
+        for (int k = 0; k < 3; ++k) r[k] += 0.5 * dt * v[k];
         uint4 bits = philox4x32_10(make_uint4((u32)step, (u32)(step >> 32), (u32)a, 0u), make_uint2((u32)seed, (u32)(seed >> 32)));
         double radius = sqrt(-2.0 * log(open_unit(bits.x)));
         double angle = 6.283185307179586 * open_unit(bits.y);
         double radius2 = sqrt(-2.0 * log(open_unit(bits.z)));
         double angle2 = 6.283185307179586 * open_unit(bits.w);
-        float xi[3] = {(float)(radius * cos(angle)), (float)(radius * sin(angle)), (float)(radius2 * cos(angle2))};
-        float sigma = thermal_sigma[a];
-        double before = (double)v[0] * v[0] + (double)v[1] * v[1] + (double)v[2] * v[2];
+        double xi[3] = {radius * cos(angle), radius * sin(angle), radius2 * cos(angle2)};
+        double sigma = thermal_sigma[a];
+        double before = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
         for (int k = 0; k < 3; ++k) {
             v[k] = damping * v[k] + noise * sigma * xi[k];
-            r[k] += 0.5f * dt * v[k];
+            r[k] += 0.5 * dt * v[k];
         }
-        double after = (double)v[0] * v[0] + (double)v[1] * v[1] + (double)v[2] * v[2];
+        double after = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
         heat[a] += half_mass[a] * (after - before);
     }
     for (int k = 0; k < 3; ++k) {
@@ -61,18 +61,18 @@ extern "C" __global__ void first_half(float* pos, float* vel, const float* force
 }
 
 // The closing half kick with the new forces; the last thread advances the step counter.
-extern "C" __global__ void second_half(float* vel, const float* force, const float* inv_mass, u64* step_counter,
+extern "C" __global__ void second_half(double* vel, const float* force, const float* inv_mass, u64* step_counter,
                                        float dt, int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a == 0) *step_counter += 1;
     if (a >= n_atoms) return;
-    float s = 0.5f * dt * inv_mass[a];
+    double s = 0.5 * dt * inv_mass[a];
     for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
 }
 
 // Potential energy, kinetic energy and thermostat heat (eV) in f64: one block of 256 threads,
 // fixed order (deterministic).
-extern "C" __global__ void energy_sums(const float* atom_energy, const float* vel, const float* half_mass,
+extern "C" __global__ void energy_sums(const float* atom_energy, const double* vel, const float* half_mass,
                                        const double* heat, int n_atoms, double* out) {
     __shared__ double sh[3][256];
     double e = 0.0, kin = 0.0, q = 0.0;

@@ -12,26 +12,26 @@ struct Rebuild {
 __device__ __forceinline__ bool rebuilding(const Rebuild& rb) { return *rb.rebuild_step == *rb.step; }
 
 // Requests a rebuild when any atom moved more than half the skin since the last one.
-extern "C" __global__ void check_displacement(const float* pos, const float* reference, float half_skin2, Rebuild rb,
+extern "C" __global__ void check_displacement(const double* pos, const double* reference, float half_skin2, Rebuild rb,
                                               int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
-    float dx = pos[3 * a] - reference[3 * a], dy = pos[3 * a + 1] - reference[3 * a + 1],
-          dz = pos[3 * a + 2] - reference[3 * a + 2];
+    double dx = pos[3 * a] - reference[3 * a], dy = pos[3 * a + 1] - reference[3 * a + 1],
+           dz = pos[3 * a + 2] - reference[3 * a + 2];
     if (dx * dx + dy * dy + dz * dz > half_skin2) *rb.rebuild_step = *rb.step;
 }
 
 // Wraps positions into the cell and records the reference positions (rebuild steps only).
-extern "C" __global__ void wrap_positions(float* pos, float* reference, Cell cell, Rebuild rb, int n_atoms) {
+extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell cell, Rebuild rb, int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms || !rebuilding(rb)) return;
-    float r[3] = {pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]};
+    double r[3] = {pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]};
     if (cell.periodic) {
-        float s[3];
+        double s[3];
         for (int k = 0; k < 3; ++k) {
             s[k] = r[0] * cell.inv[0][k] + r[1] * cell.inv[1][k] + r[2] * cell.inv[2][k];
-            s[k] -= floorf(s[k]);
-            if (s[k] >= 1.0f) s[k] = 0.0f;
+            s[k] -= floor(s[k]);
+            if (s[k] >= 1.0) s[k] = 0.0;
         }
         for (int k = 0; k < 3; ++k) r[k] = s[0] * cell.v[0][k] + s[1] * cell.v[1][k] + s[2] * cell.v[2][k];
     }
@@ -43,7 +43,7 @@ extern "C" __global__ void wrap_positions(float* pos, float* reference, Cell cel
 
 // All-pairs candidate search: one thread per atom i over every j and every image in reach.
 // O(N²): the simple search, exact for any cell.
-extern "C" __global__ void build_neighbors_all_pairs(const float* pos, Cell cell, int3 reach, float radius2, int* count,
+extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cell, int3 reach, float radius2, int* count,
                                                      int* nbr_j, int3* nbr_image, int capacity, Rebuild rb,
                                                      int n_atoms) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -120,15 +120,15 @@ extern "C" __global__ void bins_clear(Bins bins, Rebuild rb) {
     if (k < bins.n.x * bins.n.y * bins.n.z && rebuilding(rb)) bins.count[k] = 0;
 }
 
-extern "C" __global__ void bins_assign(const float* pos, Cell cell, Bins bins, Rebuild rb, int n_atoms) {
+extern "C" __global__ void bins_assign(const double* pos, Cell cell, Bins bins, Rebuild rb, int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms || !rebuilding(rb)) return;
     int idx[3];
     int n[3] = {bins.n.x, bins.n.y, bins.n.z};
     for (int k = 0; k < 3; ++k) {
-        float s = pos[3 * a] * cell.inv[0][k] + pos[3 * a + 1] * cell.inv[1][k] + pos[3 * a + 2] * cell.inv[2][k];
-        s -= floorf(s);
-        idx[k] = min(max((int)floorf(s * n[k]), 0), n[k] - 1);
+        double s = pos[3 * a] * cell.inv[0][k] + pos[3 * a + 1] * cell.inv[1][k] + pos[3 * a + 2] * cell.inv[2][k];
+        s -= floor(s);
+        idx[k] = min(max((int)floor(s * n[k]), 0), n[k] - 1);
     }
     int b = flat_bin(bins, idx[0], idx[1], idx[2]);
     bins.atom_bin[a] = b;
@@ -188,7 +188,7 @@ extern "C" __global__ void bins_sort(Bins bins, Rebuild rb) {
     }
 }
 
-extern "C" __global__ void build_neighbors_cells(const float* pos, Cell cell, Bins bins, float radius2, int* count,
+extern "C" __global__ void build_neighbors_cells(const double* pos, Cell cell, Bins bins, float radius2, int* count,
                                                  int* nbr_j, int3* nbr_image, int capacity, Rebuild rb, int n_atoms) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_atoms || !rebuilding(rb)) return;

@@ -98,7 +98,7 @@ extern "C" __global__ void embed(const int* numbers, const float* embedding, con
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
 // atom i, fused; nothing per pair is written to memory.
-extern "C" __global__ void message_forward(const float* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
+extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
                                            const float* mu_in, const float* x, float* q_out, float* mu_out) {
     int i = blockIdx.x, c = threadIdx.x;
     ChannelFilter w;
@@ -308,7 +308,7 @@ extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cach
 // Gradients through interaction t, gathered per atom a: for every neighbor b, the pair a→b
 // (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
 // b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
-extern "C" __global__ void message_backward(const float* pos, Cell cell, Neighbors nb, Filter filter,
+extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter,
                                             const float* mu_in, const float* x, const float* grad_q,
                                             const float* grad_mu, float* grad_x, float* grad_mu_in,
                                             float4* pair_grad) {
@@ -408,7 +408,7 @@ extern "C" __global__ void context_backward(const float* w1, const float* w2, co
 
 // Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with
 // ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d. One thread per atom.
-extern "C" __global__ void pair_forces(const float* pos, Cell cell, Neighbors nb, float cutoff, const float4* pair_grad,
+extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff, const float4* pair_grad,
                                        float* forces, int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;

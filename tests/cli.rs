@@ -30,9 +30,13 @@ impl Case {
     /// A directory with a model, benzene, and an output file from an "earlier run".
     fn new(tag: &str) -> Case {
         let dir = temp_dir(tag);
-        PainnModel::random(small_config(4.0), 1)
+        // F = 32: small, and within what the GPU kernels take.
+        let mut config = small_config(4.0);
+        config.n_atom_basis = 32;
+        PainnModel::random(config, 1)
             .save(&dir.join("model.safetensors"), true)
             .unwrap();
+
         std::fs::copy(project_file("systems/benzene.xyz"), dir.join("benzene.xyz")).unwrap();
         std::fs::write(dir.join("energy.csv"), SENTINEL).unwrap();
         Case { dir }
@@ -215,7 +219,13 @@ fn a_good_input_runs_and_replaces_the_old_output() {
 fn eval_prints_energy_and_forces_as_json_matching_the_library() {
     let case = Case::new("eval");
     let out = mdrun()
-        .args(["eval", &case.dir.join("benzene.xyz").display().to_string(), "--model"])
+        .args([
+            "eval",
+            &case.dir.join("benzene.xyz").display().to_string(),
+            "--device",
+            "cpu",
+            "--model",
+        ])
         .arg(case.dir.join("model.safetensors"))
         .output()
         .unwrap();
@@ -229,4 +239,29 @@ fn eval_prints_energy_and_forces_as_json_matching_the_library() {
     let forces = json["forces_ev_per_angstrom"].as_array().unwrap();
     assert_eq!(forces.len(), 12);
     assert_eq!(forces[3][1].as_f64().unwrap(), reference.forces[3][1]);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn eval_on_the_gpu_agrees_with_the_cpu() {
+    let case = Case::new("eval-gpu");
+    let run = |device: &str| -> serde_json::Value {
+        let out = mdrun()
+            .args([
+                "eval",
+                &case.dir.join("benzene.xyz").display().to_string(),
+                "--device",
+                device,
+                "--model",
+            ])
+            .arg(case.dir.join("model.safetensors"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (cpu, gpu) = (run("cpu"), run("cuda"));
+    assert!(gpu["device"].as_str().unwrap().starts_with("cuda"));
+    let (e_cpu, e_gpu) = (cpu["energy_ev"].as_f64().unwrap(), gpu["energy_ev"].as_f64().unwrap());
+    assert!((e_cpu - e_gpu).abs() <= 1e-5 * e_cpu.abs(), "{e_cpu} vs {e_gpu}");
 }

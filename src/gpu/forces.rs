@@ -221,7 +221,7 @@ impl GpuPainn {
     }
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
-    pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f32>, neighbors: &GpuNeighbors) -> Result<()> {
+    pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
         let s = &gpu.stream;
         let f = self.sizes.features as u32;
         let n = self.n_atoms;

@@ -38,6 +38,14 @@ impl Default for GpuOptions {
     }
 }
 
+struct SavedState {
+    step: u64,
+    positions: Vec<f64>,
+    velocities: Vec<f64>,
+    forces: Vec<f32>,
+    heat: Vec<f64>,
+}
+
 /// What the host reads back at an output step.
 #[derive(Debug, Clone)]
 pub struct GpuSnapshot {
@@ -51,13 +59,13 @@ pub struct GpuSnapshot {
     pub thermostat_heat: f64,
 }
 
-fn flatten(v: &[Vec3]) -> Vec<f32> {
-    v.iter().flat_map(|r| r.map(|x| x as f32)).collect()
+fn flatten(v: &[Vec3]) -> Vec<f64> {
+    v.iter().flatten().copied().collect()
 }
 
-fn unflatten(v: &[f32]) -> Vec<Vec3> {
+fn unflatten<T: Copy + Into<f64>>(v: &[T]) -> Vec<Vec3> {
     v.chunks_exact(3)
-        .map(|c| [f64::from(c[0]), f64::from(c[1]), f64::from(c[2])])
+        .map(|c| [c[0].into(), c[1].into(), c[2].into()])
         .collect()
 }
 
@@ -69,8 +77,9 @@ pub struct GpuMd {
     cell: Option<Cell>,
     cutoff: f64,
     skin: f64,
-    positions: Buffer<f32>,
-    velocities: Buffer<f32>,
+    /// Positions (Å) and velocities (Å/fs) in f64: integration in double precision.
+    positions: Buffer<f64>,
+    velocities: Buffer<f64>,
     inv_mass: Buffer<f32>,
     half_mass: Buffer<f32>,
     heat: Buffer<f64>,
@@ -259,24 +268,27 @@ impl GpuMd {
         Ok(())
     }
 
-    /// Device copies of the state, to go back to when a chunk of steps has to be redone.
-    fn backup(&self) -> Result<[Vec<f32>; 3]> {
-        Ok([
-            self.gpu.download(&self.positions)?,
-            self.gpu.download(&self.velocities)?,
-            self.gpu.download(&self.painn.forces)?,
-        ])
+    /// Host copies of the state, to go back to when a chunk of steps has to be redone.
+    fn backup(&self) -> Result<SavedState> {
+        Ok(SavedState {
+            step: self.host_step,
+            positions: self.gpu.download(&self.positions)?,
+            velocities: self.gpu.download(&self.velocities)?,
+            forces: self.gpu.download(&self.painn.forces)?,
+            heat: self.gpu.download(&self.heat)?,
+        })
     }
 
-    fn restore(&mut self, state: &[Vec<f32>; 3], step: u64, heat: &[f64]) -> Result<()> {
+    fn restore(&mut self, saved: &SavedState) -> Result<()> {
         let s = &self.gpu.stream;
         let e = |e: cudarc::driver::DriverError| anyhow!("restore: {e:?}");
-        s.memcpy_htod(&state[0], &mut self.positions.slice).map_err(e)?;
-        s.memcpy_htod(&state[1], &mut self.velocities.slice).map_err(e)?;
-        s.memcpy_htod(&state[2], &mut self.painn.forces.slice).map_err(e)?;
-        s.memcpy_htod(&[step], &mut self.step.slice).map_err(e)?;
-        s.memcpy_htod(heat, &mut self.heat.slice).map_err(e)?;
-        self.host_step = step;
+        s.memcpy_htod(&saved.positions, &mut self.positions.slice).map_err(e)?;
+        s.memcpy_htod(&saved.velocities, &mut self.velocities.slice)
+            .map_err(e)?;
+        s.memcpy_htod(&saved.forces, &mut self.painn.forces.slice).map_err(e)?;
+        s.memcpy_htod(&[saved.step], &mut self.step.slice).map_err(e)?;
+        s.memcpy_htod(&saved.heat, &mut self.heat.slice).map_err(e)?;
+        self.host_step = saved.step;
         Ok(())
     }
 
@@ -311,7 +323,6 @@ impl GpuMd {
         }
         let start = self.host_step;
         let saved = self.backup()?;
-        let saved_heat = self.gpu.download(&self.heat)?;
         loop {
             if self.use_graph && self.graph.is_none() {
                 if let Err(e) = self.capture() {
@@ -331,7 +342,7 @@ impl GpuMd {
                 return Ok(());
             }
             self.grow_neighbors()?;
-            self.restore(&saved, start, &saved_heat)?;
+            self.restore(&saved)?;
             self.initialize()?;
         }
     }

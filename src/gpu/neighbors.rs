@@ -77,7 +77,7 @@ pub struct GpuNeighbors {
     pub j: Buffer<i32>,
     pub image: Buffer<Int3>,
     pub reverse: Buffer<i32>,
-    reference: Buffer<f32>,
+    reference: Buffer<f64>,
     /// The step at which the last rebuild was requested (u64::MAX: none pending).
     pub rebuild_step: Buffer<u64>,
     pub overflow: Buffer<i32>,
@@ -200,7 +200,7 @@ impl GpuNeighbors {
     }
 
     /// Displacement check, then (on rebuild steps only) wrap, search and reverse index.
-    pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f32>, step: &Buffer<u64>) -> Result<()> {
+    pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f64>, step: &Buffer<u64>) -> Result<()> {
         let n = self.n_atoms as i32;
         let rb = self.rebuild_params(step);
         let s = &gpu.stream;

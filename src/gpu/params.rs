@@ -8,8 +8,8 @@ use crate::cell::Cell;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CellParams {
-    pub v: [[f32; 3]; 3],
-    pub inv: [[f32; 3]; 3],
+    pub v: [[f64; 3]; 3],
+    pub inv: [[f64; 3]; 3],
     pub periodic: i32,
 }
 
@@ -18,17 +18,15 @@ impl CellParams {
         match cell {
             None => CellParams::default(),
             Some(cell) => {
-                let v = cell.vectors();
-                let mut inv = [[0.0f32; 3]; 3];
+                let mut inv = [[0.0; 3]; 3];
                 // Row b of the inverse: fractional coordinates of the unit vectors.
                 for (axis, row) in inv.iter_mut().enumerate() {
                     let mut e = [0.0; 3];
                     e[axis] = 1.0;
-                    let s = cell.to_fractional(&e);
-                    *row = [s[0] as f32, s[1] as f32, s[2] as f32];
+                    *row = cell.to_fractional(&e);
                 }
                 CellParams {
-                    v: v.map(|r| r.map(|x| x as f32)),
+                    v: cell.vectors(),
                     inv,
                     periodic: 1,
                 }
