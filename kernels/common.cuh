@@ -46,29 +46,44 @@ __device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, c
 #endif
 
 
-// out[o] = Σ_i m[i·cols + o] · x[i] for o < cols, with m row-major [rows, cols] in global memory and
-// x in shared memory. Forward layers pass Wᵀ ([in, out]); backward passes W ([out, in]) to get
-// Wᵀ·g. The result lands in shared `out` (written by the threads of split 0). `scratch` holds
-// SPLIT·NF floats. Every thread of the block must call it; it ends with a barrier.
-__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, float* out,
-                                             float* scratch) {
+#ifndef TILE
+#error "TILE (atoms per block in dense layers) must be defined"
+#endif
+
+// For each of the block's TILE atoms a: out[a·ld_out + o] = Σ_i m[i·cols + o] · x[a·ld_x + i], o < cols,
+// with m row-major [rows, cols] in global memory and x in shared memory. Forward layers pass Wᵀ
+// ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for the
+// TILE atoms. Results land in shared `out` (written by the threads of split 0). `scratch` holds
+// SPLIT·TILE·NF floats. Every thread of the block must call it; it ends with a barrier.
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, int ld_x,
+                                             float* out, int ld_out, float* scratch) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
     int chunk = (rows + SPLIT - 1) / SPLIT;
     int begin = s * chunk, end = min(rows, begin + chunk);
     for (int base = 0; base < cols; base += NF) {
         int o = base + c;
-        float acc = 0.f;
+        float acc[TILE];
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
         if (o < cols) {
-#pragma unroll 8
-            for (int i = begin; i < end; ++i) acc += m[i * cols + o] * x[i];
+#pragma unroll 4
+            for (int i = begin; i < end; ++i) {
+                float w = m[i * cols + o];
+#pragma unroll
+                for (int a = 0; a < TILE; ++a) acc[a] += w * x[a * ld_x + i];
+            }
         }
-        scratch[s * NF + c] = acc;
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) scratch[(s * TILE + a) * NF + c] = acc[a];
         __syncthreads();
         if (s == 0 && o < cols) {
-            float total = 0.f;
 #pragma unroll
-            for (int k = 0; k < SPLIT; ++k) total += scratch[k * NF + c];
-            out[o] = total;
+            for (int a = 0; a < TILE; ++a) {
+                float total = 0.f;
+#pragma unroll
+                for (int k = 0; k < SPLIT; ++k) total += scratch[(k * TILE + a) * NF + c];
+                out[a * ld_out + o] = total;
+            }
         }
         __syncthreads();
     }

@@ -13,6 +13,9 @@
 #ifndef NH
 #error "NH (readout hidden width) must be defined"
 #endif
+#if TILE > 4
+#error "the readout packs per-atom energies into a float4: TILE must be at most 4"
+#endif
 
 struct Filter {
     const float* weight;   // [rows, K] row-major, this interaction's block starts at row `offset`
@@ -62,38 +65,49 @@ __device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// x = W2 σ(W1 q + b1) + b2 for one atom (blockDim = SPLIT·NF), q in shared `q_sh` [F]; `hidden`
-// [F] and `x_sh` [3F] are shared scratch. Saves the pre-activation for the backward pass.
-__device__ void context_mlp(const float* q_sh, float* hidden, float* x_sh, float* scratch, const float* w1t,
-                            const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out) {
+// x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
+// (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
+// pre-activation for the backward pass.
+__device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, float* scratch, const float* w1t,
+                            const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out, int a0,
+                            int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec(w1t, NF, NF, q_sh, hidden, scratch);
+    block_matvec(w1t, NF, NF, q_sh, ld_q, hidden, NF, scratch);
     if (s == 0) {
-        float z = hidden[c] + b1[c];
-        pre_out[c] = z;
-        hidden[c] = silu(z);
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            float z = hidden[a * NF + c] + b1[c];
+            if (a0 + a < n_atoms) pre_out[(size_t)(a0 + a) * NF + c] = z;
+            hidden[a * NF + c] = silu(z);
+        }
     }
     __syncthreads();
-    block_matvec(w2t, NF, 3 * NF, hidden, x_sh, scratch);
+    block_matvec(w2t, NF, 3 * NF, hidden, NF, x_sh, 3 * NF, scratch);
     if (s == 0) {
-        x_out[c] = x_sh[c] + b2[c];
-        x_out[NF + c] = x_sh[NF + c] + b2[NF + c];
-        x_out[2 * NF + c] = x_sh[2 * NF + c] + b2[2 * NF + c];
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            if (a0 + a >= n_atoms) continue;
+            float* x = x_out + (size_t)(a0 + a) * 3 * NF;
+            for (int m = 0; m < 3; ++m) x[m * NF + c] = x_sh[a * 3 * NF + m * NF + c] + b2[m * NF + c];
+        }
     }
 }
 
 // Embedding and the first interaction's context: depend on the elements only, run once.
 extern "C" __global__ void embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
-                                 const float* w2t, const float* b2, float* q0, float* pre0, float* x0) {
-    __shared__ float q_sh[NF], hidden[NF], x_sh[3 * NF], scratch[SPLIT * NF];
-    int a = blockIdx.x, c = threadIdx.x % NF, s = threadIdx.x / NF;
+                                 const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
+    __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[SPLIT * TILE * NF];
+    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
-        float q = embedding[numbers[a] * NF + c];
-        q0[a * NF + c] = q;
-        q_sh[c] = q;
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            float q = a0 + a < n_atoms ? embedding[numbers[a0 + a] * NF + c] : 0.f;
+            if (a0 + a < n_atoms) q0[(size_t)(a0 + a) * NF + c] = q;
+            q_sh[a * NF + c] = q;
+        }
     }
     __syncthreads();
-    context_mlp(q_sh, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0 + a * NF, x0 + (size_t)a * 3 * NF);
+    context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0, x0, a0, n_atoms);
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
@@ -166,85 +180,114 @@ struct Readout {
     const int* numbers;
 };
 
-// Mixing, fused with what follows on the same atom: the next interaction's context network, or
-// (last layer) the atomwise readout, the atom's energy and the first gradient ∂E/∂q.
-// blockDim = SPLIT·NF; element-wise work is done by the threads of split 0.
+// Mixing, fused with what follows on the same atoms: the next interaction's context network, or
+// (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
+// blockDim = SPLIT·NF, TILE atoms per block; element-wise work is done by the threads of split 0.
 extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
                                           float* q_out, float* mu_out, int last,
                                           // next interaction (last == 0)
                                           const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
-                                          Readout ro, float* atom_energy, float* grad_q, float* grad_mu) {
-    __shared__ float mu_sh[3 * NF], ctx[2 * NF], hidden[NF], vu[3][2 * NF], out3[3 * NF], scratch[SPLIT * NF],
-        red[64];
-    int a = blockIdx.x, t = threadIdx.x, c = t % NF, s = t / NF;
-    const float* mi = mu_in + (size_t)a * 3 * NF;
-    for (int k = t; k < 3 * NF; k += blockDim.x) mu_sh[k] = mi[k];
-    float q = q_in[a * NF + c];
-    if (s == 0) ctx[c] = q;
+                                          Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
+    __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
+        out3[TILE * 3 * NF], scratch[SPLIT * TILE * NF], red[64];
+    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
+        int a = k / (3 * NF);
+        mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
+    }
+    float q[TILE], vdotu[TILE];
+#pragma unroll
+    for (int a = 0; a < TILE; ++a) {
+        q[a] = a0 + a < n_atoms ? q_in[(size_t)(a0 + a) * NF + c] : 0.f;
+        if (s == 0) ctx[a * 2 * NF + c] = q[a];
+    }
     __syncthreads();
 #pragma unroll
-    for (int k = 0; k < 3; ++k) block_matvec(m.mix_t, NF, 2 * NF, mu_sh + k * NF, vu[k], scratch);
-    float V[3], U[3], vdotu = 0.f;
+    for (int k = 0; k < 3; ++k) block_matvec(m.mix_t, NF, 2 * NF, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     if (s == 0) {
 #pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            V[k] = vu[k][c];
-            U[k] = vu[k][NF + c];
-            cache.vu[((size_t)a * 3 + k) * 2 * NF + c] = V[k];
-            cache.vu[((size_t)a * 3 + k) * 2 * NF + NF + c] = U[k];
+        for (int a = 0; a < TILE; ++a) {
+            const float* v = vu + a * 6 * NF;
+            float V0 = v[c], V1 = v[2 * NF + c], V2 = v[4 * NF + c];
+            float U0 = v[NF + c], U1 = v[3 * NF + c], U2 = v[5 * NF + c];
+            float norm = sqrtf(V0 * V0 + V1 * V1 + V2 * V2 + m.epsilon);
+            ctx[a * 2 * NF + NF + c] = norm;
+            vdotu[a] = V0 * U0 + V1 * U1 + V2 * U2;
+            if (a0 + a < n_atoms) {
+                float* cv = cache.vu + (size_t)(a0 + a) * 6 * NF;
+                for (int k = 0; k < 6; ++k) cv[k * NF + c] = v[k * NF + c];
+                cache.norm[(size_t)(a0 + a) * NF + c] = norm;
+            }
         }
-        float norm = sqrtf(V[0] * V[0] + V[1] * V[1] + V[2] * V[2] + m.epsilon);
-        cache.norm[a * NF + c] = norm;
-        ctx[NF + c] = norm;
-        vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
     }
     __syncthreads();
-    block_matvec(m.a1t, 2 * NF, NF, ctx, hidden, scratch);
+    block_matvec(m.a1t, 2 * NF, NF, ctx, 2 * NF, hidden, NF, scratch);
     if (s == 0) {
-        float z = hidden[c] + m.b1[c];
-        cache.pre[a * NF + c] = z;
-        hidden[c] = silu(z);
-    }
-    __syncthreads();
-    block_matvec(m.a2t, NF, 3 * NF, hidden, out3, scratch);
-    float q_new = 0.f;
-    if (s == 0) {
-        float a_ss = out3[c] + m.b2[c], a_vv = out3[NF + c] + m.b2[NF + c], a_sv = out3[2 * NF + c] + m.b2[2 * NF + c];
-        float* ca = cache.a + (size_t)a * 3 * NF;
-        ca[c] = a_ss;
-        ca[NF + c] = a_vv;
-        ca[2 * NF + c] = a_sv;
-        q_new = q + a_ss + a_sv * vdotu;
-        q_out[a * NF + c] = q_new;
-        float* mo = mu_out + (size_t)a * 3 * NF;
 #pragma unroll
-        for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[k * NF + c] + a_vv * U[k];
-        ctx[c] = q_new;
+        for (int a = 0; a < TILE; ++a) {
+            float z = hidden[a * NF + c] + m.b1[c];
+            if (a0 + a < n_atoms) cache.pre[(size_t)(a0 + a) * NF + c] = z;
+            hidden[a * NF + c] = silu(z);
+        }
+    }
+    __syncthreads();
+    block_matvec(m.a2t, NF, 3 * NF, hidden, NF, out3, 3 * NF, scratch);
+    if (s == 0) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            const float* o = out3 + a * 3 * NF;
+            float a_ss = o[c] + m.b2[c], a_vv = o[NF + c] + m.b2[NF + c], a_sv = o[2 * NF + c] + m.b2[2 * NF + c];
+            float q_new = q[a] + a_ss + a_sv * vdotu[a];
+            ctx[a * 2 * NF + c] = q_new;
+            if (a0 + a >= n_atoms) continue;
+            size_t atom = a0 + a;
+            float* ca = cache.a + atom * 3 * NF;
+            ca[c] = a_ss;
+            ca[NF + c] = a_vv;
+            ca[2 * NF + c] = a_sv;
+            q_out[atom * NF + c] = q_new;
+            const float* v = vu + a * 6 * NF;
+            float* mo = mu_out + atom * 3 * NF;
+#pragma unroll
+            for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[a * 3 * NF + k * NF + c] + a_vv * v[k * 2 * NF + NF + c];
+        }
     }
     __syncthreads();
     if (!last) {
-        context_mlp(ctx, hidden, out3, scratch, n_w1t, n_b1, n_w2t, n_b2, n_pre + a * NF, n_x + (size_t)a * 3 * NF);
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, n_w1t, n_b1, n_w2t, n_b2, n_pre, n_x, a0, n_atoms);
         return;
     }
-    // Readout y = w2 · σ(W1 q + b1) + b2, energy, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
-    block_matvec(ro.w1t, NF, NH, ctx, hidden, scratch);
-    float contribution = 0.f;
+    // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
+    block_matvec(ro.w1t, NF, NH, ctx, 2 * NF, hidden, NF, scratch);
+    float contribution[4] = {0.f, 0.f, 0.f, 0.f};
     if (s == 0 && c < NH) {
-        float zr = hidden[c] + ro.b1[c];
-        contribution = ro.w2[c] * silu(zr);
-        out3[c] = ro.scale * ro.w2[c] * silu_grad(zr);
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            float zr = hidden[a * NF + c] + ro.b1[c];
+            contribution[a] = ro.w2[c] * silu(zr);
+            out3[a * 3 * NF + c] = ro.scale * ro.w2[c] * silu_grad(zr);
+        }
     }
-    float4 total = block_sum4(make_float4(contribution, 0.f, 0.f, 0.f), red);
-    if (t == 0) atom_energy[a] = ro.scale * (total.x + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a]];
-    block_matvec(ro.w1, NH, NF, out3, hidden, scratch);
+    float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
+    if (t == 0) {
+        float sums[4] = {total.x, total.y, total.z, total.w};
+        for (int a = 0; a < TILE && a0 + a < n_atoms; ++a)
+            atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a0 + a]];
+    }
+    block_matvec(ro.w1, NH, NF, out3, 3 * NF, hidden, NF, scratch);
     if (s == 0) {
-        grad_q[a * NF + c] = hidden[c];
-        float* gm = grad_mu + (size_t)a * 3 * NF;
-        gm[c] = 0.f;
-        gm[NF + c] = 0.f;
-        gm[2 * NF + c] = 0.f;
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            if (a0 + a >= n_atoms) continue;
+            size_t atom = a0 + a;
+            grad_q[atom * NF + c] = hidden[a * NF + c];
+            float* gm = grad_mu + atom * 3 * NF;
+            gm[c] = 0.f;
+            gm[NF + c] = 0.f;
+            gm[2 * NF + c] = 0.f;
+        }
     }
 }
 
@@ -257,51 +300,78 @@ struct MixingBackWeights {
     const float* a2;   // intraatomic_context_net.1 [3F, F]
 };
 
-// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input. blockDim = SPLIT·NF.
+// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
+// blockDim = SPLIT·NF, TILE atoms per block.
 extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
-                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in) {
-    __shared__ float ga[3 * NF], gz[NF], gctx[2 * NF], gvu[3][2 * NF], out[NF], scratch[SPLIT * NF];
-    int a = blockIdx.x, c = threadIdx.x % NF, s = threadIdx.x / NF;
-    float gq = 0.f, gm[3] = {0.f, 0.f, 0.f}, V[3] = {0.f, 0.f, 0.f};
-    if (s == 0) {
-        gq = grad_q_out[a * NF + c];
+                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
+                                           int n_atoms) {
+    __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF], out[TILE * NF],
+        scratch[SPLIT * TILE * NF];
+    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    float gq[TILE], gm[TILE][3], V[TILE][3];
+#pragma unroll
+    for (int a = 0; a < TILE; ++a) {
+        gq[a] = 0.f;
+        for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = 0.f;
+        if (s != 0 || a0 + a >= n_atoms) {
+            if (s == 0) {
+                for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
+                for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
+            }
+            continue;
+        }
+        size_t atom = a0 + a;
+        gq[a] = grad_q_out[atom * NF + c];
         float U[3];
-        const float* vu = cache.vu + (size_t)a * 6 * NF;
+        const float* vu = cache.vu + atom * 6 * NF;
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            gm[k] = grad_mu_out[(size_t)a * 3 * NF + k * NF + c];
-            V[k] = vu[k * 2 * NF + c];
+            gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
+            V[a][k] = vu[k * 2 * NF + c];
             U[k] = vu[k * 2 * NF + NF + c];
         }
-        const float* ca = cache.a + (size_t)a * 3 * NF;
+        const float* ca = cache.a + atom * 3 * NF;
         float a_vv = ca[NF + c], a_sv = ca[2 * NF + c];
-        float vdotu = V[0] * U[0] + V[1] * U[1] + V[2] * U[2];
-        ga[c] = gq;
-        ga[NF + c] = gm[0] * U[0] + gm[1] * U[1] + gm[2] * U[2];
-        ga[2 * NF + c] = gq * vdotu;
-        float g_vdotu = gq * a_sv;
+        float vdotu = V[a][0] * U[0] + V[a][1] * U[1] + V[a][2] * U[2];
+        ga[a * 3 * NF + c] = gq[a];
+        ga[a * 3 * NF + NF + c] = gm[a][0] * U[0] + gm[a][1] * U[1] + gm[a][2] * U[2];
+        ga[a * 3 * NF + 2 * NF + c] = gq[a] * vdotu;
+        float g_vdotu = gq[a] * a_sv;
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            gvu[k][c] = g_vdotu * U[k];
-            gvu[k][NF + c] = gm[k] * a_vv + g_vdotu * V[k];
+            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * U[k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = gm[a][k] * a_vv + g_vdotu * V[a][k];
         }
     }
     __syncthreads();
-    block_matvec(m.a2, 3 * NF, NF, ga, gz, scratch);
-    if (s == 0) gz[c] *= silu_grad(cache.pre[a * NF + c]);
-    __syncthreads();
-    block_matvec(m.a1, NF, 2 * NF, gz, gctx, scratch);
+    block_matvec(m.a2, 3 * NF, NF, ga, 3 * NF, gz, NF, scratch);
     if (s == 0) {
-        grad_q_in[a * NF + c] = gq + gctx[c];
-        float norm = cache.norm[a * NF + c];
 #pragma unroll
-        for (int k = 0; k < 3; ++k) gvu[k][c] += gctx[NF + c] * V[k] / norm;
+        for (int a = 0; a < TILE; ++a)
+            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(cache.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
+    }
+    __syncthreads();
+    block_matvec(m.a1, NF, 2 * NF, gz, NF, gctx, 2 * NF, scratch);
+    if (s == 0) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            if (a0 + a >= n_atoms) continue;
+            size_t atom = a0 + a;
+            grad_q_in[atom * NF + c] = gq[a] + gctx[a * 2 * NF + c];
+            float norm = cache.norm[atom * NF + c];
+#pragma unroll
+            for (int k = 0; k < 3; ++k) gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * V[a][k] / norm;
+        }
     }
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
-        block_matvec(m.mix, 2 * NF, NF, gvu[k], out, scratch);
-        if (s == 0) grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = gm[k] + out[c];
+        block_matvec(m.mix, 2 * NF, NF, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+        if (s == 0) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[a * NF + c];
+        }
     }
 }
 
@@ -391,19 +461,29 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
 }
 
 // ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
-// blockDim = SPLIT·NF.
+// blockDim = SPLIT·NF, TILE atoms per block.
 extern "C" __global__ void context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
-                                            const float* grad_q, float* grad_q_in) {
-    __shared__ float gx[3 * NF], gz[NF], out[NF], scratch[SPLIT * NF];
-    int a = blockIdx.x, t = threadIdx.x, c = t % NF, s = t / NF;
-    const float* g = grad_x + (size_t)a * 3 * NF;
-    for (int k = t; k < 3 * NF; k += blockDim.x) gx[k] = g[k];
+                                            const float* grad_q, float* grad_q_in, int n_atoms) {
+    __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[SPLIT * TILE * NF];
+    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
+        int a = k / (3 * NF);
+        gx[k] = a0 + a < n_atoms ? grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
+    }
     __syncthreads();
-    block_matvec(w2, 3 * NF, NF, gx, gz, scratch);
-    if (s == 0) gz[c] *= silu_grad(pre[a * NF + c]);
+    block_matvec(w2, 3 * NF, NF, gx, 3 * NF, gz, NF, scratch);
+    if (s == 0) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a)
+            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[(size_t)(a0 + a) * NF + c]) : 0.f;
+    }
     __syncthreads();
-    block_matvec(w1, NF, NF, gz, out, scratch);
-    if (s == 0) grad_q_in[a * NF + c] = grad_q[a * NF + c] + out[c];
+    block_matvec(w1, NF, NF, gz, NF, out, NF, scratch);
+    if (s == 0) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a)
+            if (a0 + a < n_atoms) grad_q_in[(size_t)(a0 + a) * NF + c] = grad_q[(size_t)(a0 + a) * NF + c] + out[a * NF + c];
+    }
 }
 
 // Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with

@@ -42,14 +42,14 @@ pub fn resolve_device(device: Device, model: &PainnModel) -> Result<bool, String
     match device {
         Device::Cpu => Ok(false),
         Device::Cuda => {
-            kernel_sizes(model).map_err(|e| e.to_string())?;
+            kernel_sizes(model, 1).map_err(|e| e.to_string())?;
             if Gpu::available() {
                 Ok(true)
             } else {
                 Err("\"cuda\" was asked for, but no CUDA device or driver is available".into())
             }
         }
-        Device::Auto => Ok(kernel_sizes(model).is_ok() && Gpu::available()),
+        Device::Auto => Ok(kernel_sizes(model, 1).is_ok() && Gpu::available()),
     }
 }
 

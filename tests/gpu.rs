@@ -298,3 +298,25 @@ fn cell_list_and_all_pairs_search_agree_over_a_trajectory() {
         assert!(dev < 1e-4 && f_dev < 1e-4, "{dev:e} {f_dev:e}");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn tiled_and_split_dense_layers_match_the_cpu() {
+    // The dense-layer shape is chosen by system size; force the large-system shape (and an odd
+    // one) on a small system so that both are held against the reference. Tests on the device
+    // run one at a time (--test-threads=1), so the environment is ours.
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
+    for (tile, split) in [("4", "4"), ("3", "2"), ("2", "8")] {
+        std::env::set_var("MDRUN_DENSE_TILE", tile);
+        std::env::set_var("MDRUN_DENSE_SPLIT", split);
+        let (e, f) = compare(&model, &system);
+        eprintln!("tile {tile}, split {split}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(e <= 1e-5 && f <= 1e-4, "tile {tile} split {split}: {e:e} {f:e}");
+    }
+    std::env::remove_var("MDRUN_DENSE_TILE");
+    std::env::remove_var("MDRUN_DENSE_SPLIT");
+}

@@ -23,11 +23,22 @@ fn every_kernel_compiles_with_nvrtc() {
             features: 128,
             rbf: 20,
             readout_hidden: 64,
+            split: 4,
+            tile: 1,
+        },
+        KernelSizes {
+            features: 128,
+            rbf: 20,
+            readout_hidden: 64,
+            split: 4,
+            tile: 4,
         },
         KernelSizes {
             features: 32,
             rbf: 8,
             readout_hidden: 16,
+            split: 2,
+            tile: 3,
         },
     ] {
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::neighbors::GpuNeighbors;
 use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams};
-use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes, DENSE_SPLIT};
+use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
 fn f32s(values: &[f64]) -> Vec<f32> {
@@ -91,10 +91,11 @@ pub struct GpuPainn {
 }
 
 /// The kernel sizes a model needs, or why the GPU path cannot run it.
-pub fn kernel_sizes(model: &PainnModel) -> Result<KernelSizes> {
+pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
     let f = model.config.n_atom_basis;
     let h = model.readout1.n_out();
-    if !f.is_multiple_of(32) || DENSE_SPLIT * f > 1024 {
+    let sizes = KernelSizes::for_system(f, model.config.n_rbf, h, n_atoms);
+    if !f.is_multiple_of(32) || sizes.split * f > 1024 {
         bail!("the GPU path needs n_atom_basis to be a multiple of 32 up to 256, the model has {f}");
     }
     if h > f {
@@ -109,16 +110,12 @@ pub fn kernel_sizes(model: &PainnModel) -> Result<KernelSizes> {
     if !matches!(model.radial_basis, RadialBasis::Gaussian { .. }) {
         bail!("the GPU path supports the Gaussian radial basis only; run this model with device = \"cpu\"");
     }
-    Ok(KernelSizes {
-        features: f,
-        rbf: model.config.n_rbf,
-        readout_hidden: h,
-    })
+    Ok(sizes)
 }
 
 impl GpuPainn {
     pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8], pair_capacity: usize) -> Result<GpuPainn> {
-        let sizes = kernel_sizes(model)?;
+        let sizes = gpu.sizes;
         let f = sizes.features;
         let n = numbers.len();
         let t_count = model.config.n_interactions;
@@ -196,7 +193,8 @@ impl GpuPainn {
                 .arg(&painn.q[0].ptr)
                 .arg(&l0.pre_context.ptr)
                 .arg(&l0.x.ptr)
-                .launch(block_per_item(n, (DENSE_SPLIT * f) as u32))
+                .arg(&(n as i32))
+                .launch(block_per_item(n.div_ceil(sizes.tile), sizes.dense_threads()))
                 .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
         }
         gpu.synchronize()?;
@@ -227,7 +225,8 @@ impl GpuPainn {
         let n = self.n_atoms;
         let t_count = self.layers.len();
         let per_atom = block_per_item(n, f);
-        let per_atom_dense = block_per_item(n, DENSE_SPLIT as u32 * f);
+        let per_atom_dense = block_per_item(n.div_ceil(self.sizes.tile), self.sizes.dense_threads());
+        let n_atoms = n as i32;
         let nb = neighbors.params();
         let cell = neighbors.cell;
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
@@ -306,6 +305,7 @@ impl GpuPainn {
                     .arg(&self.atom_energy.ptr)
                     .arg(&self.grad_q[0].ptr)
                     .arg(&self.grad_mu[0].ptr)
+                    .arg(&n_atoms)
                     .launch(per_atom_dense)
                     .map_err(err("mixing_forward"))?;
             }
@@ -334,6 +334,7 @@ impl GpuPainn {
                     .arg(&self.grad_mu[0].ptr)
                     .arg(&self.grad_q[1].ptr)
                     .arg(&self.grad_mu[1].ptr)
+                    .arg(&n_atoms)
                     .launch(per_atom_dense)
                     .map_err(err("mixing_backward"))?;
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
@@ -360,12 +361,12 @@ impl GpuPainn {
                         .arg(&self.grad_x.ptr)
                         .arg(&self.grad_q[1].ptr)
                         .arg(&self.grad_q[0].ptr)
+                        .arg(&n_atoms)
                         .launch(per_atom_dense)
                         .map_err(err("context_backward"))?;
                 }
             }
         }
-        let n_atoms = n as i32;
         unsafe {
             s.launch_builder(&self.pair_forces)
                 .arg(&positions.ptr)

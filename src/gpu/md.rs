@@ -112,7 +112,7 @@ impl GpuMd {
         options: GpuOptions,
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
-        let gpu = Gpu::open(0, kernel_sizes(model)?)?;
+        let gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(

@@ -28,17 +28,40 @@ pub const SOURCES: [(&str, &str); 3] = [
     ("integrate.cu", include_str!("../../kernels/integrate.cu")),
 ];
 
-/// Threads sharing one output of a per-atom dense layer (kernels' SPLIT): dense-layer kernels run
-/// blocks of `DENSE_SPLIT · F` threads.
-pub const DENSE_SPLIT: usize = 4;
-
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSizes {
     pub features: usize,
     pub rbf: usize,
     pub readout_hidden: usize,
+    /// Threads sharing one output of a per-atom dense layer (blocks of `split · F` threads).
+    pub split: usize,
+    /// Atoms per block in the dense layers: each weight load serves `tile` atoms (1 to 4).
+    pub tile: usize,
+}
+
+impl KernelSizes {
+    /// Dense-layer shape for a system of `n_atoms`: one atom per block while there are too few
+    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often).
+    /// MDRUN_DENSE_SPLIT and MDRUN_DENSE_TILE override, for experiments.
+    pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+        let tile = env("MDRUN_DENSE_TILE")
+            .unwrap_or(if n_atoms >= 1024 { 4 } else { 1 })
+            .clamp(1, 4);
+        let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
+        KernelSizes {
+            features,
+            rbf,
+            readout_hidden,
+            split,
+            tile,
+        }
+    }
+
+    pub fn dense_threads(&self) -> u32 {
+        (self.split * self.features) as u32
+    }
 }
 
 fn full_source() -> String {
@@ -56,7 +79,8 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DNF={}", sizes.features),
             format!("-DNK={}", sizes.rbf),
             format!("-DNH={}", sizes.readout_hidden),
-            format!("-DSPLIT={DENSE_SPLIT}"),
+            format!("-DSPLIT={}", sizes.split),
+            format!("-DTILE={}", sizes.tile),
             "--std=c++17".into(),
         ],
         ..Default::default()
@@ -117,6 +141,7 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub module: Arc<CudaModule>,
+    pub sizes: KernelSizes,
     pub name: String,
     pub compute_capability: (i32, i32),
 }
@@ -144,6 +169,7 @@ impl Gpu {
             ctx,
             stream,
             module,
+            sizes,
             name,
             compute_capability,
         })
