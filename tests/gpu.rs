@@ -310,7 +310,7 @@ fn tiled_and_split_dense_layers_match_the_cpu() {
     )))
     .unwrap();
     let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
-    for (tile, split) in [("4", "4"), ("3", "2"), ("2", "8")] {
+    for (tile, split) in [("4", "4"), ("3", "2"), ("2", "2")] {
         std::env::set_var("MDRUN_DENSE_TILE", tile);
         std::env::set_var("MDRUN_DENSE_SPLIT", split);
         let (e, f) = compare(&model, &system);

@@ -177,3 +177,44 @@ fn an_explosion_stops_the_run_with_logs_flushed_and_the_last_good_frame_written(
         "{log}"
     );
 }
+
+#[test]
+fn dcd_and_xyz_trajectories_read_back_with_the_cell() {
+    let dir = temp_dir("dcd");
+    let model_path = write_model(&dir, &PainnModel::random(small_config(5.0), 4));
+    let input = format!(
+        r#"
+[system]
+file = "{}"
+[model]
+file = "{model_path}"
+device = "cpu"
+[md]
+ensemble = "nvt"
+timestep_fs = 0.5
+steps = 20
+temperature_k = 300.0
+friction_per_ps = 1.0
+seed = 3
+[[output.trajectory]]
+file = "traj.dcd"
+interval = 5
+[[output.trajectory]]
+file = "traj.xyz"
+interval = 10
+"#,
+        project_file("systems/waterbox_64.xyz")
+    );
+    std::fs::write(dir.join("input.toml"), input).unwrap();
+    let report = run(Prepared::from_input_file(&dir.join("input.toml")).unwrap()).unwrap();
+    assert!(report.failure.is_none());
+    let mut dcd = chemfiles::Trajectory::open(dir.join("traj.dcd"), 'r').unwrap();
+    assert_eq!(dcd.nsteps(), 5, "steps 0, 5, 10, 15, 20");
+    let mut frame = chemfiles::Frame::new();
+    dcd.read_step(4, &mut frame).unwrap();
+    assert_eq!(frame.size(), 192);
+    let lengths = frame.cell().lengths();
+    assert!(lengths.iter().all(|l| (l - 12.4171267).abs() < 1e-3), "{lengths:?}");
+    let mut xyz = chemfiles::Trajectory::open(dir.join("traj.xyz"), 'r').unwrap();
+    assert_eq!(xyz.nsteps(), 3);
+}

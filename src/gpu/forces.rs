@@ -95,8 +95,9 @@ pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
     let f = model.config.n_atom_basis;
     let h = model.readout1.n_out();
     let sizes = KernelSizes::for_system(f, model.config.n_rbf, h, n_atoms);
-    if !f.is_multiple_of(32) || sizes.split * f > 1024 {
-        bail!("the GPU path needs n_atom_basis to be a multiple of 32 up to 256, the model has {f}");
+    // Blocks of split·F threads; past 512 the dense kernels run out of registers per block.
+    if !f.is_multiple_of(32) || sizes.split * f > 512 {
+        bail!("the GPU path needs n_atom_basis a multiple of 32 with n_atom_basis × {} ≤ 512 (set MDRUN_DENSE_SPLIT=2 for up to 256), the model has {f}", sizes.split);
     }
     if h > f {
         bail!("the GPU path needs the readout hidden width ({h}) to be at most n_atom_basis ({f})");
