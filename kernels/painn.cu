@@ -110,41 +110,74 @@ extern "C" __global__ void embed(const int* numbers, const float* embedding, con
     context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0, x0, a0, n_atoms);
 }
 
+// Geometry of up to NF candidates of a row, computed by the block at once (one round of global-load
+// latency per chunk instead of one per pair): neighbor index, r (Å) and d, with d < 0 marking a
+// candidate at or beyond the cutoff.
+struct ChunkGeometry {
+    int j[NF];
+    float4 r[NF];
+};
+
+// Fills `g` with candidates [chunk, chunk + NF) of row `i` (row end `end`); returns how many.
+// Ends with a barrier.
+__device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, const Cell& cell, const Neighbors& nb,
+                                          int i, int chunk, int end, float cutoff2) {
+    int t = threadIdx.x, p = chunk + t;
+    if (t < NF) {
+        if (p < end) {
+            int j = nb.j[p];
+            float3 r = pair_vector(pos, i, j, cell, nb.image[p]);
+            float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+            g.j[t] = j;
+            g.r[t] = make_float4(r.x, r.y, r.z, d2 < cutoff2 ? sqrtf(d2) : -1.0f);
+        } else {
+            g.r[t].w = -1.0f;
+        }
+    }
+    __syncthreads();
+    return min(NF, end - chunk);
+}
+
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
 // atom i, fused; nothing per pair is written to memory.
 extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
                                            const float* mu_in, const float* x, float* q_out, float* mu_out) {
+    __shared__ ChunkGeometry g;
     int i = blockIdx.x, c = threadIdx.x;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
     float dq = 0.f, dm0 = 0.f, dm1 = 0.f, dm2 = 0.f;
     int begin = i * nb.capacity, end = begin + nb.count[i];
-    for (int p = begin; p < end; ++p) {
-        int j = nb.j[p];
-        float3 r = pair_vector(pos, i, j, cell, nb.image[p]);
-        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-        if (d2 >= cutoff2) continue;
-        float d = sqrtf(d2), inv_d = 1.0f / d;
-        float fc, dfc;
-        cosine_cutoff(d, filter.cutoff, fc, dfc);
-        float fs = w.bs, fr = w.br, fv = w.bv;
+    for (int chunk = begin; chunk < end; chunk += NF) {
+        int n = load_chunk(g, pos, cell, nb, i, chunk, end, cutoff2);
+        for (int q = 0; q < n; ++q) {
+            float4 r = g.r[q];
+            float d = r.w;
+            if (d < 0.f) continue;
+            int j = g.j[q];
+            float inv_d = 1.0f / d;
+            float fc, dfc;
+            cosine_cutoff(d, filter.cutoff, fc, dfc);
+            float fs = w.bs, fr = w.br, fv = w.bv;
 #pragma unroll
-        for (int k = 0; k < NK; ++k) {
-            float t = d - filter.offsets[k];
-            float phi = __expf(filter.coeffs[k] * t * t);
-            fs += w.ws[k] * phi;
-            fr += w.wr[k] * phi;
-            fv += w.wv[k] * phi;
+            for (int k = 0; k < NK; ++k) {
+                float t = d - filter.offsets[k];
+                float phi = __expf(filter.coeffs[k] * t * t);
+                fs += w.ws[k] * phi;
+                fr += w.wr[k] * phi;
+                fv += w.wv[k] * phi;
+            }
+            const float* xj = x + (size_t)j * 3 * NF;
+            const float* mj = mu_in + (size_t)j * 3 * NF;
+            dq += fs * fc * xj[c];
+            float radial = fr * fc * xj[NF + c];
+            float vector = fv * fc * xj[2 * NF + c];
+            dm0 += radial * r.x * inv_d + vector * mj[c];
+            dm1 += radial * r.y * inv_d + vector * mj[NF + c];
+            dm2 += radial * r.z * inv_d + vector * mj[2 * NF + c];
         }
-        const float* xj = x + (size_t)j * 3 * NF;
-        const float* mj = mu_in + (size_t)j * 3 * NF;
-        dq += fs * fc * xj[c];
-        float radial = fr * fc * xj[NF + c];
-        float vector = fv * fc * xj[2 * NF + c];
-        dm0 += radial * r.x * inv_d + vector * mj[c];
-        dm1 += radial * r.y * inv_d + vector * mj[NF + c];
-        dm2 += radial * r.z * inv_d + vector * mj[2 * NF + c];
+        __syncthreads();  // before the next chunk overwrites g
     }
     q_out[i * NF + c] = q_in[i * NF + c] + dq;
     const float* mi = mu_in + (size_t)i * 3 * NF;
@@ -382,8 +415,9 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
                                             const float* mu_in, const float* x, const float* grad_q,
                                             const float* grad_mu, float* grad_x, float* grad_mu_in,
                                             float4* pair_grad) {
-    __shared__ float red[64];
-    int a = blockIdx.x, c = threadIdx.x;
+    __shared__ ChunkGeometry g;
+    __shared__ float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
+    int a = blockIdx.x, c = threadIdx.x, warp = c >> 5, lane = c & 31;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
@@ -397,58 +431,77 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
     float xa_v = xa[2 * NF + c];
     float gx_s = 0.f, gx_r = 0.f, gx_v = 0.f, gmu0 = 0.f, gmu1 = 0.f, gmu2 = 0.f;
     int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int p = begin; p < end; ++p) {
-        int b = nb.j[p];
-        float3 r = pair_vector(pos, a, b, cell, nb.image[p]);
-        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-        if (d2 >= cutoff2) continue;
-        float d = sqrtf(d2), inv_d = 1.0f / d;
-        float u[3] = {r.x * inv_d, r.y * inv_d, r.z * inv_d};
-        float fc, dfc;
-        cosine_cutoff(d, filter.cutoff, fc, dfc);
-        float phi[NK], dphi[NK];
-        float fs = w.bs, fr = w.br, fv = w.bv;
+    for (int chunk = begin; chunk < end; chunk += NF) {
+        int n = load_chunk(g, pos, cell, nb, a, chunk, end, cutoff2);
+        for (int q = 0; q < n; ++q) {
+            float4 rv = g.r[q];
+            float d = rv.w;
+            if (d < 0.f) continue;
+            int b = g.j[q];
+            float inv_d = 1.0f / d;
+            float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
+            float fc, dfc;
+            cosine_cutoff(d, filter.cutoff, fc, dfc);
+            float phi[NK], dphi[NK];
+            float fs = w.bs, fr = w.br, fv = w.bv;
 #pragma unroll
-        for (int k = 0; k < NK; ++k) {
-            float t = d - filter.offsets[k];
-            phi[k] = __expf(filter.coeffs[k] * t * t);
-            dphi[k] = 2.0f * filter.coeffs[k] * t * phi[k];
-            fs += w.ws[k] * phi[k];
-            fr += w.wr[k] * phi[k];
-            fv += w.wv[k] * phi[k];
-        }
-        // Pair a → b: a receives.
-        const float* xb = x + (size_t)b * 3 * NF;
-        const float* mb = mu_in + (size_t)b * 3 * NF;
-        float xb_s = xb[c], xb_r = xb[NF + c], xb_v = xb[2 * NF + c];
-        float g_s = gq_a;
-        float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
-        float g_v = gm_a[0] * mb[c] + gm_a[1] * mb[NF + c] + gm_a[2] * mb[2 * NF + c];
-        float gw_s = g_s * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;  // ∂E/∂w (cutoff included)
-        float radial = fr * fc * xb_r;
-        float g_phi_dot = 0.f;
+            for (int k = 0; k < NK; ++k) {
+                float t = d - filter.offsets[k];
+                phi[k] = __expf(filter.coeffs[k] * t * t);
+                dphi[k] = 2.0f * filter.coeffs[k] * t * phi[k];
+                fs += w.ws[k] * phi[k];
+                fr += w.wr[k] * phi[k];
+                fv += w.wv[k] * phi[k];
+            }
+            // Pair a → b: a receives.
+            const float* xb = x + (size_t)b * 3 * NF;
+            const float* mb = mu_in + (size_t)b * 3 * NF;
+            float xb_s = xb[c], xb_r = xb[NF + c], xb_v = xb[2 * NF + c];
+            float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
+            float g_v = gm_a[0] * mb[c] + gm_a[1] * mb[NF + c] + gm_a[2] * mb[2 * NF + c];
+            float gw_s = gq_a * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;  // ∂E/∂w (cutoff included)
+            float radial = fr * fc * xb_r;
+            float g_phi_dot = 0.f;
 #pragma unroll
-        for (int k = 0; k < NK; ++k) g_phi_dot += (gw_s * w.ws[k] + gw_r * w.wr[k] + gw_v * w.wv[k]) * dphi[k];
-        float g_d = fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv);
-        float4 partial = make_float4(g_d, gm_a[0] * radial, gm_a[1] * radial, gm_a[2] * radial);
-        float4 total = block_sum4(partial, red);
-        if (c == 0) {
-            float4 acc = pair_grad[p];
-            pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
+            for (int k = 0; k < NK; ++k) g_phi_dot += (gw_s * w.ws[k] + gw_r * w.wr[k] + gw_v * w.wv[k]) * dphi[k];
+            float4 v = make_float4(fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv), gm_a[0] * radial,
+                                   gm_a[1] * radial, gm_a[2] * radial);
+            for (int offset = 16; offset > 0; offset >>= 1) {
+                v.x += __shfl_down_sync(0xffffffffu, v.x, offset);
+                v.y += __shfl_down_sync(0xffffffffu, v.y, offset);
+                v.z += __shfl_down_sync(0xffffffffu, v.z, offset);
+                v.w += __shfl_down_sync(0xffffffffu, v.w, offset);
+            }
+            if (lane == 0) warp_part[q][warp] = v;
+            // Pair b → a: a sends; its unit vector is −u.
+            const float* gmb = grad_mu + (size_t)b * 3 * NF;
+            float gq_b = grad_q[b * NF + c];
+            float gmb0 = gmb[c], gmb1 = gmb[NF + c], gmb2 = gmb[2 * NF + c];
+            float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
+            float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
+            gx_s += gq_b * fs * fc;
+            gx_r += h_r * fr * fc;
+            gx_v += h_v * fv * fc;
+            float vector_w = fv * fc * xa_v;
+            gmu0 += gmb0 * vector_w;
+            gmu1 += gmb1 * vector_w;
+            gmu2 += gmb2 * vector_w;
         }
-        // Pair b → a: a sends; its unit vector is −u.
-        const float* gmb = grad_mu + (size_t)b * 3 * NF;
-        float gq_b = grad_q[b * NF + c];
-        float gmb0 = gmb[c], gmb1 = gmb[NF + c], gmb2 = gmb[2 * NF + c];
-        float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
-        float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
-        gx_s += gq_b * fs * fc;
-        gx_r += h_r * fr * fc;
-        gx_v += h_v * fv * fc;
-        float vector_w = fv * fc * xa_v;
-        gmu0 += gmb0 * vector_w;
-        gmu1 += gmb1 * vector_w;
-        gmu2 += gmb2 * vector_w;
+        __syncthreads();
+        // One thread per pair of the chunk sums its warps' partials in a fixed order.
+        if (c < n && g.r[c].w >= 0.f) {
+            float4 total = warp_part[c][0];
+            for (int k = 1; k < NF / 32; ++k) {
+                float4 part = warp_part[c][k];
+                total.x += part.x;
+                total.y += part.y;
+                total.z += part.z;
+                total.w += part.w;
+            }
+            float4 acc = pair_grad[chunk + c];
+            pair_grad[chunk + c] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
+        }
+        __syncthreads();
     }
     float* gx = grad_x + (size_t)a * 3 * NF;
     gx[c] = gx_s;
