@@ -197,21 +197,8 @@ impl GpuEngine {
     ) -> Result<GpuEngine> {
         let mut md = GpuMd::new(model, system, velocities, integrator, skin, options)?;
         md.initialize()?;
-        let last_good = Self::read(&md)?;
+        let last_good = md.snapshot()?;
         Ok(GpuEngine { md, last_good })
-    }
-
-    fn read(md: &GpuMd) -> Result<Snapshot> {
-        let s = md.snapshot()?;
-        Ok(Snapshot {
-            step: s.step,
-            positions: s.positions,
-            velocities: s.velocities,
-            forces: s.forces,
-            potential: s.potential,
-            kinetic: s.kinetic,
-            thermostat_work: -s.thermostat_heat,
-        })
     }
 }
 
@@ -222,7 +209,7 @@ impl Engine for GpuEngine {
 
     fn advance(&mut self, steps: u64, max_force: f64) -> Result<Option<Failure>> {
         self.md.advance(steps)?;
-        let now = Self::read(&self.md)?;
+        let now = self.md.snapshot()?;
         if let Some(failure) = check(&now, max_force) {
             let reason = format!(
                 "between steps {} and {}: {}",

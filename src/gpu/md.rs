@@ -9,6 +9,7 @@ use super::forces::{kernel_sizes, GpuPainn};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::{grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
+use crate::engine::Snapshot;
 use crate::integrate::Integrator;
 use crate::model::PainnModel;
 use crate::system::System;
@@ -44,19 +45,6 @@ struct SavedState {
     velocities: Vec<f64>,
     forces: Vec<f32>,
     heat: Vec<f64>,
-}
-
-/// What the host reads back at an output step.
-#[derive(Debug, Clone)]
-pub struct GpuSnapshot {
-    pub step: u64,
-    pub positions: Vec<Vec3>,
-    pub velocities: Vec<Vec3>,
-    pub forces: Vec<Vec3>,
-    pub potential: f64,
-    pub kinetic: f64,
-    /// Kinetic energy the thermostat added so far (eV).
-    pub thermostat_heat: f64,
 }
 
 fn flatten(v: &[Vec3]) -> Vec<f64> {
@@ -348,7 +336,7 @@ impl GpuMd {
     }
 
     /// Energies and state at the current step.
-    pub fn snapshot(&self) -> Result<GpuSnapshot> {
+    pub fn snapshot(&self) -> Result<Snapshot> {
         let n = self.n_atoms as i32;
         unsafe {
             self.gpu
@@ -368,14 +356,15 @@ impl GpuMd {
                 .map_err(|e| anyhow!("energy_sums: {e:?}"))?;
         }
         let sums = self.gpu.download(&self.sums).context("energies")?;
-        Ok(GpuSnapshot {
+        Ok(Snapshot {
             step: self.host_step,
             positions: unflatten(&self.gpu.download(&self.positions)?),
             velocities: unflatten(&self.gpu.download(&self.velocities)?),
             forces: unflatten(&self.gpu.download(&self.painn.forces)?),
             potential: sums[0],
             kinetic: sums[1],
-            thermostat_heat: sums[2],
+            // The device accumulates the kinetic energy the thermostat added.
+            thermostat_work: -sums[2],
         })
     }
 
