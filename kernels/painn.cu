@@ -116,12 +116,13 @@ extern "C" __global__ void embed(const int* numbers, const float* embedding, con
 struct ChunkGeometry {
     int j[NF];
     float4 r[NF];
+    float phi[NF][NK];  // radial basis φ_k(d), computed once per pair for all channels
 };
 
 // Fills `g` with candidates [chunk, chunk + NF) of row `i` (row end `end`); returns how many.
 // Ends with a barrier.
 __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, const Cell& cell, const Neighbors& nb,
-                                          int i, int chunk, int end, float cutoff2) {
+                                          const Filter& filter, int i, int chunk, int end, float cutoff2) {
     int t = threadIdx.x, p = chunk + t;
     if (t < NF) {
         if (p < end) {
@@ -129,7 +130,15 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, c
             float3 r = pair_vector(pos, i, j, cell, nb.image[p]);
             float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
             g.j[t] = j;
-            g.r[t] = make_float4(r.x, r.y, r.z, d2 < cutoff2 ? sqrtf(d2) : -1.0f);
+            float d = d2 < cutoff2 ? sqrtf(d2) : -1.0f;
+            g.r[t] = make_float4(r.x, r.y, r.z, d);
+            if (d >= 0.f) {
+#pragma unroll
+                for (int k = 0; k < NK; ++k) {
+                    float u = d - filter.offsets[k];
+                    g.phi[t][k] = __expf(filter.coeffs[k] * u * u);
+                }
+            }
         } else {
             g.r[t].w = -1.0f;
         }
@@ -150,7 +159,7 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
     float dq = 0.f, dm0 = 0.f, dm1 = 0.f, dm2 = 0.f;
     int begin = i * nb.capacity, end = begin + nb.count[i];
     for (int chunk = begin; chunk < end; chunk += NF) {
-        int n = load_chunk(g, pos, cell, nb, i, chunk, end, cutoff2);
+        int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
         for (int q = 0; q < n; ++q) {
             float4 r = g.r[q];
             float d = r.w;
@@ -162,8 +171,7 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
             float fs = w.bs, fr = w.br, fv = w.bv;
 #pragma unroll
             for (int k = 0; k < NK; ++k) {
-                float t = d - filter.offsets[k];
-                float phi = __expf(filter.coeffs[k] * t * t);
+                float phi = g.phi[q][k];
                 fs += w.ws[k] * phi;
                 fr += w.wr[k] * phi;
                 fv += w.wv[k] * phi;
@@ -432,7 +440,7 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
     float gx_s = 0.f, gx_r = 0.f, gx_v = 0.f, gmu0 = 0.f, gmu1 = 0.f, gmu2 = 0.f;
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int chunk = begin; chunk < end; chunk += NF) {
-        int n = load_chunk(g, pos, cell, nb, a, chunk, end, cutoff2);
+        int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
         for (int q = 0; q < n; ++q) {
             float4 rv = g.r[q];
             float d = rv.w;
@@ -447,7 +455,7 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
 #pragma unroll
             for (int k = 0; k < NK; ++k) {
                 float t = d - filter.offsets[k];
-                phi[k] = __expf(filter.coeffs[k] * t * t);
+                phi[k] = g.phi[q][k];
                 dphi[k] = 2.0f * filter.coeffs[k] * t * phi[k];
                 fs += w.ws[k] * phi[k];
                 fr += w.wr[k] * phi[k];
