@@ -94,10 +94,10 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 }
 
 // Embedding and the first interaction's context: depend on the elements only, run once.
-extern "C" __global__ void embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
+DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -224,7 +224,7 @@ struct Readout {
 // Mixing, fused with what follows on the same atoms: the next interaction's context network, or
 // (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
 // blockDim = SPLIT·NF, TILE atoms per block; element-wise work is done by the threads of split 0.
-extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
+DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
                                           float* q_out, float* mu_out, int last,
                                           // next interaction (last == 0)
                                           const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
@@ -233,7 +233,7 @@ extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in,
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], scratch[SPLIT * TILE * NF], red[64];
-    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
@@ -343,12 +343,12 @@ struct MixingBackWeights {
 
 // Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
 // blockDim = SPLIT·NF, TILE atoms per block.
-extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
+DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
                                            int n_atoms) {
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF], out[TILE * NF],
         scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     float gq[TILE], gm[TILE][3], V[TILE][3];
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
@@ -523,10 +523,10 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
 
 // ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
 // blockDim = SPLIT·NF, TILE atoms per block.
-extern "C" __global__ void context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
+DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
                                             const float* grad_q, float* grad_q_in, int n_atoms) {
     __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         gx[k] = a0 + a < n_atoms ? grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
