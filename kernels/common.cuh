@@ -157,8 +157,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
 #pragma unroll
         for (int a = 0; a < TILE; ++a) scratch[(warp * TILE + a) * 32 + lane] = acc[a];
         __syncthreads();
-        if (threadIdx.x < TILE * 32) {
-            int a = warp;
+        for (int a = warp; a < TILE; a += warps) {
             float total = 0.f;
             for (int k = 0; k < warps; ++k) total += scratch[(k * TILE + a) * 32 + lane];
             if (mine) {

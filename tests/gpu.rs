@@ -6,34 +6,12 @@ mod common;
 use common::*;
 use mdrun::cell::{Cell, Vec3};
 use mdrun::forcefield::cpu::evaluate;
-use mdrun::gpu::md::{evaluate as gpu_evaluate, GpuMd, GpuOptions};
+use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::neighbors::NeighborSearch;
 use mdrun::integrate::{maxwell_boltzmann, Integrator};
 use mdrun::model::PainnModel;
 use mdrun::neighbors::{brute_force_pairs, NeighborList, PairList};
 use mdrun::system::System;
-
-const SYMBOLS: [&str; 9] = ["", "H", "", "", "", "", "C", "N", "O"];
-
-fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> System {
-    let symbols: Vec<&str> = numbers.iter().map(|&z| SYMBOLS[z as usize]).collect();
-    System::from_symbols(&symbols, positions, cell).unwrap()
-}
-
-/// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
-fn compare(model: &PainnModel, system: &System) -> (f64, f64) {
-    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
-    let reference = evaluate(model, &system.numbers, &pairs);
-    let (energy, forces) = gpu_evaluate(model, system).unwrap();
-    let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
-    let f_err = forces
-        .iter()
-        .zip(&reference.forces)
-        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
-        .fold(0.0, f64::max);
-    assert!(forces.iter().flatten().all(|x| x.is_finite()));
-    (e_err, f_err)
-}
 
 #[test]
 #[ignore = "needs a CUDA device"]
@@ -47,7 +25,7 @@ fn gpu_matches_cpu_on_random_open_geometries() {
         }
         let model = random_model(config, 10 + seed);
         let (numbers, positions) = random_structure(6 + 5 * seed as usize, 5.0 + seed as f64, 0.9, None, 20 + seed);
-        let (e, f) = compare(&model, &system_of(&numbers, positions, None));
+        let (e, f) = compare_gpu_with_cpu(&model, &system_of(&numbers, positions, None));
         eprintln!("open seed {seed}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "energy relative error {e:e}");
         assert!(f <= 1e-4, "force max abs error {f:e}");
@@ -75,7 +53,7 @@ fn gpu_matches_cpu_on_random_periodic_geometries_with_several_images() {
             .collect();
         let numbers: Vec<u8> = keep.iter().map(|&i| numbers[i]).collect();
         let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
-        let (e, f) = compare(&model, &system_of(&numbers, positions, Some(*cell)));
+        let (e, f) = compare_gpu_with_cpu(&model, &system_of(&numbers, positions, Some(*cell)));
         eprintln!("periodic cell {index}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "energy relative error {e:e}");
         assert!(f <= 1e-4, "force max abs error {f:e}");
@@ -99,7 +77,7 @@ fn gpu_matches_cpu_on_every_shipped_system_with_the_shipped_model() {
         "waterbox_64.xyz",
     ] {
         let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
-        let (e, f) = compare(&model, &system);
+        let (e, f) = compare_gpu_with_cpu(&model, &system);
         eprintln!("{name}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "{name}: energy relative error {e:e}");
         assert!(f <= 1e-4, "{name}: force max abs error {f:e}");
@@ -297,26 +275,4 @@ fn cell_list_and_all_pairs_search_agree_over_a_trajectory() {
         // Same pairs, possibly summed in another order: f32 rounding only.
         assert!(dev < 1e-4 && f_dev < 1e-4, "{dev:e} {f_dev:e}");
     }
-}
-
-#[test]
-#[ignore = "needs a CUDA device"]
-fn tiled_and_split_dense_layers_match_the_cpu() {
-    // The dense-layer shape is chosen by system size; force the large-system shape (and an odd
-    // one) on a small system so that both are held against the reference. Tests on the device
-    // run one at a time (--test-threads=1), so the environment is ours.
-    let model = PainnModel::load(std::path::Path::new(&project_file(
-        "models/painn-random-hcno-f128.safetensors",
-    )))
-    .unwrap();
-    let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
-    for (tile, split) in [("4", "4"), ("3", "2"), ("2", "2")] {
-        std::env::set_var("MDRUN_DENSE_TILE", tile);
-        std::env::set_var("MDRUN_DENSE_SPLIT", split);
-        let (e, f) = compare(&model, &system);
-        eprintln!("tile {tile}, split {split}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
-        assert!(e <= 1e-5 && f <= 1e-4, "tile {tile} split {split}: {e:e} {f:e}");
-    }
-    std::env::remove_var("MDRUN_DENSE_TILE");
-    std::env::remove_var("MDRUN_DENSE_SPLIT");
 }

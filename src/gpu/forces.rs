@@ -377,7 +377,7 @@ impl GpuPainn {
                 .arg(&self.pair_grad.ptr)
                 .arg(&self.forces.ptr)
                 .arg(&n_atoms)
-                .launch(grid_for(n, 128))
+                .launch(grid_for(32 * n, 128))
                 .map_err(err("pair_forces"))?;
         }
         Ok(())

@@ -45,8 +45,9 @@ pub struct KernelSizes {
 
 impl KernelSizes {
     /// Dense-layer shape for a system of `n_atoms`: one atom per block while there are too few
-    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often).
-    /// Clusters are off by default (experimental: see docs/perf-notes.md).
+    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often). Below
+    /// 64 atoms, clusters of 4 blocks share each atom's layers (where the GPU has clusters);
+    /// from about 100 atoms on there are enough blocks without them (docs/perf-notes.md).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE and MDRUN_DENSE_CLUSTER override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
@@ -54,7 +55,9 @@ impl KernelSizes {
             .unwrap_or(if n_atoms >= 1024 { 4 } else { 1 })
             .clamp(1, 4);
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
-        let mut cluster = env("MDRUN_DENSE_CLUSTER").unwrap_or(1).clamp(1, 8);
+        let mut cluster = env("MDRUN_DENSE_CLUSTER")
+            .unwrap_or(if n_atoms < 64 { 4 } else { 1 })
+            .clamp(1, 8);
         // Each block of a cluster owns cols / cluster outputs of every layer.
         if !features.is_multiple_of(cluster) || !readout_hidden.is_multiple_of(cluster) {
             cluster = 1;
