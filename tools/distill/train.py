@@ -83,19 +83,24 @@ class Data:
         self.pair_i = torch.cat(ii)
         self.pair_j = torch.cat(jj)
         self.n_pairs = torch.tensor(counts, device=device)
+        self.n_pairs_np = counts
+        self.n_atoms_np = d["n_atoms"][frames].astype(np.int64)
         self.pair_off = torch.cat([torch.zeros(1, dtype=torch.long, device=device), torch.cumsum(self.n_pairs, 0)])
         self.device = device
 
     def __len__(self):
         return len(self.frames)
 
-    def batch(self, idx):
-        """idx: LongTensor of frame positions (device). Returns batch tensors with local atom indices."""
+    def batch(self, idx_np):
+        """idx_np: numpy array of frame positions. Returns batch tensors with local atom indices
+        (sizes come from host copies: no device synchronisation)."""
         dev = self.device
-        B = idx.shape[0]
+        B = len(idx_np)
+        tot_a, tot_p = int(self.n_atoms_np[idx_np].sum()), int(self.n_pairs_np[idx_np].sum())
+        idx = torch.from_numpy(np.ascontiguousarray(idx_np, dtype=np.int64))
+        idx = idx.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else idx
         na = self.n_atoms[idx]
         npair = self.n_pairs[idx]
-        tot_a, tot_p = [int(v) for v in torch.stack([na.sum(), npair.sum()]).cpu()]
         local_off = torch.cumsum(na, 0) - na
         a_start = self.atom_off[idx]
         atom_idx = torch.repeat_interleave(a_start - local_off, na, output_size=tot_a) + torch.arange(tot_a, device=dev)
@@ -106,7 +111,7 @@ class Data:
         i = self.pair_i[pair_idx] + shift
         j = self.pair_j[pair_idx] + shift
         atom_frame = torch.repeat_interleave(torch.arange(B, device=dev), na, output_size=tot_a)
-        return self.numbers[atom_idx], self.pos[atom_idx], self.forces[atom_idx], i, j, atom_frame, na
+        return self.numbers[atom_idx], self.pos[atom_idx], self.forces[atom_idx], i, j, atom_frame, na, idx
 
 
 def fit_atomrefs(d, frames, elements):
@@ -132,8 +137,7 @@ def evaluate(model, data, target_e, batch_frames, dtype):
     f_sq_sum = np.zeros(len(data))
     f_max = np.zeros(len(data))
     for s in range(0, len(data), batch_frames):
-        idx = torch.arange(s, min(s + batch_frames, len(data)), device=data.device)
-        z, x, f_ref, i, j, af, na = data.batch(idx)
+        z, x, f_ref, i, j, af, na, idx = data.batch(np.arange(s, min(s + batch_frames, len(data))))
         e, f = energy_forces(model, z, x, i, j, af, len(idx), create_graph=False, with_offsets=False)
         e_pred[s : s + len(idx)] = e.detach().double().cpu().numpy()
         err = (f.detach() - f_ref).double()
@@ -275,7 +279,7 @@ def main():
 
     model.train()
     while not done:
-        perm = torch.randperm(len(train), device=dev)
+        perm = rng.permutation(len(train))
         ep_loss, ep_n = 0.0, 0
         for s in range(0, len(train), args.batch):
             elapsed = time.time() - t0
@@ -290,8 +294,7 @@ def main():
                 lr = args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(math.pi * p))
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = perm[s : s + args.batch]
-            z, x, f_ref, i, j, af, na = train.batch(idx)
+            z, x, f_ref, i, j, af, na, idx = train.batch(perm[s : s + args.batch])
             e, f = energy_forces(model, z, x, i, j, af, len(idx), create_graph=True, with_offsets=False)
             loss_e = (((e - train_e[idx]) / na) ** 2).mean()
             loss_f = ((f - f_ref) ** 2).mean()
@@ -304,7 +307,7 @@ def main():
                 torch._foreach_lerp_(ema_params, model_params, 1 - decay)
             step += 1
             if step % 50 == 0:
-                ep_loss += float(loss)
+                ep_loss += float(loss.detach())
                 ep_n += 1
             if time.time() - last_val >= args.val_seconds:
                 validate("val")
