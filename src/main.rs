@@ -21,6 +21,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Runs the simulation an input file describes (the same as `mdrun INPUT`).
@@ -272,7 +274,11 @@ fn main_result() -> Result<ExitCode> {
                 speedup_base: speedup_over,
             };
             let regressed = mdrun::bench::command::execute(&command)?;
-            return Ok(if regressed { ExitCode::from(1) } else { ExitCode::SUCCESS });
+            return Ok(if regressed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         (None, None) => {
             return Err(anyhow!(

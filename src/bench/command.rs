@@ -64,10 +64,11 @@ fn run(command: &BenchCommand) -> Result<Report> {
         let (name, system) = load_system(spec).with_context(|| format!("bench system {spec}"))?;
         rows.extend(bench_system(&name, &system, &model, &command.options)?);
     }
-    let gpu = rows
-        .iter()
-        .filter(|r| r.is_ok())
-        .find_map(|r| r.device.strip_prefix("cuda (").map(|d| d.trim_end_matches(", f32)").to_string()));
+    let gpu = rows.iter().filter(|r| r.is_ok()).find_map(|r| {
+        r.device
+            .strip_prefix("cuda (")
+            .map(|d| d.trim_end_matches(", f32)").to_string())
+    });
     Ok(Report {
         schema: SCHEMA.into(),
         mdrun_version: env!("CARGO_PKG_VERSION").into(),

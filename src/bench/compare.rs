@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::plot::Metric;
 use super::report::{find, systems};
 use super::{Config, Report, Row};
 
@@ -24,12 +25,8 @@ pub fn compare(new: &Report, old: &Report, threshold_percent: f64) -> Comparison
         let Some(before) = find(&old.rows, &row.system, row.atoms, &row.config) else {
             continue;
         };
-        let metrics: [(&str, fn(&Row) -> Option<f64>); 2] = [
-            ("MD step", |r| r.median_us_per_step),
-            ("force call", |r| r.median_us_per_force_call),
-        ];
-        for (metric, get) in metrics {
-            let (Some(a), Some(b)) = (get(before), get(row)) else {
+        for (metric, which) in [("MD step", Metric::Step), ("force call", Metric::ForceCall)] {
+            let (Some(a), Some(b)) = (which.of(before), which.of(row)) else {
                 continue;
             };
             compared += 1;
@@ -68,14 +65,16 @@ pub fn baseline_times(row: &Row) -> (Option<f64>, Option<f64>) {
 }
 
 /// The mdrun row the baseline is held against: `+cuda-graph` (everything on), else the fastest
-/// measured GPU configuration.
+/// measured GPU configuration, else `cpu`.
 pub fn best_mdrun_row<'a>(rows: &'a [Row], system: &str, atoms: usize) -> Option<&'a Row> {
-    find(rows, system, atoms, Config::CudaGraph.name()).or_else(|| {
-        rows.iter()
-            .filter(|r| r.system == system && r.atoms == atoms && r.is_ok() && r.config != "cpu")
-            .filter(|r| r.median_us_per_step.is_some())
-            .min_by(|a, b| a.median_us_per_step.unwrap().total_cmp(&b.median_us_per_step.unwrap()))
-    })
+    find(rows, system, atoms, Config::CudaGraph.name())
+        .or_else(|| {
+            rows.iter()
+                .filter(|r| r.system == system && r.atoms == atoms && r.is_ok() && r.config != "cpu")
+                .filter(|r| r.median_us_per_step.is_some())
+                .min_by(|a, b| a.median_us_per_step.unwrap().total_cmp(&b.median_us_per_step.unwrap()))
+        })
+        .or_else(|| find(rows, system, atoms, Config::Cpu.name()))
 }
 
 /// One speed-up of mdrun over a baseline row: (atoms, baseline config, force-call ×, MD-step ×).
@@ -84,9 +83,9 @@ pub type Speedup = (usize, String, Option<f64>, Option<f64>);
 /// mdrun's speed-up over every baseline row of the same system and size, as a table.
 pub fn baseline(report: &Report, torch: &Report) -> (String, Vec<Speedup>) {
     let mut text = String::from(
-        "Speed-up of mdrun (+cuda-graph, else its fastest GPU configuration) over the baseline rows\n\n\
-         | system | atoms | baseline | baseline force call µs | mdrun force call µs | speed-up | baseline MD step µs | mdrun MD step µs | speed-up |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "Speed-up of mdrun (+cuda-graph, else its fastest GPU configuration, else cpu) over the baseline rows\n\n\
+         | system | atoms | baseline | mdrun | baseline force call µs | mdrun force call µs | speed-up | baseline MD step µs | mdrun MD step µs | speed-up |\n\
+         |---|---:|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut speedups = Vec::new();
     for (system, atoms) in systems(&report.rows) {
@@ -108,8 +107,9 @@ pub fn baseline(report: &Report, torch: &Report) -> (String, Vec<Speedup>) {
             let cell = |v: Option<f64>, d: usize| v.map_or("—".into(), |x| format!("{x:.d$}"));
             let _ = writeln!(
                 text,
-                "| {system} | {atoms} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {system} | {atoms} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 theirs.config,
+                ours.config,
                 cell(force, 0),
                 cell(ours.median_us_per_force_call, 0),
                 f.map_or("—".into(), |x| format!("{x:.1}×")),
@@ -126,7 +126,7 @@ pub fn baseline(report: &Report, torch: &Report) -> (String, Vec<Speedup>) {
         {
             let _ = writeln!(
                 text,
-                "| {system} | {atoms} | {} | {}: {} | | | | | |",
+                "| {system} | {atoms} | {} | | {}: {} | | | | | |",
                 skipped.config,
                 skipped.status,
                 skipped.reason.as_deref().unwrap_or("")

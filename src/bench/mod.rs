@@ -40,9 +40,7 @@ pub const SCALING_SYSTEMS: [&str; 3] = ["waterbox_64.xyz@2", "waterbox_64.xyz@4"
 
 /// The default system list for `--sizes small|all`, as paths under `dir`.
 pub fn default_systems(dir: &Path, all: bool) -> Vec<String> {
-    let names = SMALL_SYSTEMS
-        .iter()
-        .chain(if all { &SCALING_SYSTEMS[..] } else { &[] });
+    let names = SMALL_SYSTEMS.iter().chain(if all { &SCALING_SYSTEMS[..] } else { &[] });
     names.map(|n| dir.join(n).display().to_string()).collect()
 }
 

@@ -95,7 +95,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    fn of(self, r: &Row) -> Option<f64> {
+    pub fn of(self, r: &Row) -> Option<f64> {
         match self {
             Metric::Step => r.median_us_per_step,
             Metric::ForceCall => r.median_us_per_force_call,

@@ -56,7 +56,14 @@ pub fn markdown(report: &Report) -> String {
             text,
             "Model {} (F = {}, {} interactions, {} radial functions, cutoff {} Å); velocity Verlet, \
              dt {} fs, skin {} Å, {} K start.",
-            m.file, m.features, m.interactions, m.rbf, m.cutoff_angstrom, report.timestep_fs, report.skin_angstrom, report.temperature_k
+            m.file,
+            m.features,
+            m.interactions,
+            m.rbf,
+            m.cutoff_angstrom,
+            report.timestep_fs,
+            report.skin_angstrom,
+            report.temperature_k
         );
     }
     text += "\nLatencies in µs: median (mean ± std, min–max) after warm-up; an MD step is the full \

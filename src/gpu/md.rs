@@ -285,7 +285,8 @@ impl GpuMd {
         s.memcpy_htod(&saved.positions, &mut self.positions.slice).map_err(e)?;
         s.memcpy_htod(&saved.velocities, &mut self.velocities.slice)
             .map_err(e)?;
-        s.memcpy_htod(&saved.forces, &mut self.painn.forces_mut().slice).map_err(e)?;
+        s.memcpy_htod(&saved.forces, &mut self.painn.forces_mut().slice)
+            .map_err(e)?;
         s.memcpy_htod(&[saved.step], &mut self.step.slice).map_err(e)?;
         s.memcpy_htod(&saved.heat, &mut self.heat.slice).map_err(e)?;
         self.host_step = saved.step;
@@ -417,10 +418,7 @@ impl GpuMd {
 }
 
 fn used_memory(gpu: &Gpu) -> Result<usize> {
-    let (free, total) = gpu
-        .ctx
-        .mem_get_info()
-        .map_err(|e| anyhow!("cuMemGetInfo: {e:?}"))?;
+    let (free, total) = gpu.ctx.mem_get_info().map_err(|e| anyhow!("cuMemGetInfo: {e:?}"))?;
     Ok(total - free)
 }
 

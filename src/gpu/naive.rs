@@ -25,6 +25,8 @@ pub enum KernelVariant {
 }
 
 /// The force kernels behind one interface, for the MD engine.
+// One per engine: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum PainnKernels {
     Fused(GpuPainn),
     Naive(NaivePainn),
