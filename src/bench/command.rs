@@ -71,7 +71,7 @@ fn run(command: &BenchCommand) -> Result<Report> {
     });
     Ok(Report {
         schema: SCHEMA.into(),
-        mdrun_version: env!("CARGO_PKG_VERSION").into(),
+        mdrun_version: Some(env!("CARGO_PKG_VERSION").into()),
         commit: commit(),
         created_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -268,7 +268,7 @@ impl Row {
 #[serde(default)]
 pub struct Report {
     pub schema: String,
-    pub mdrun_version: String,
+    pub mdrun_version: Option<String>,
     pub commit: Option<String>,
     pub created_unix_s: u64,
     pub host_cpu: Option<String>,

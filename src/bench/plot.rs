@@ -37,6 +37,16 @@ fn bounds(series: &[Series]) -> Option<((f64, f64), (f64, f64))> {
     Some(((x0 / 1.5, x1 * 1.5), (y0 / 2.0, y1 * 2.0)))
 }
 
+/// An axis label: as many decimals as a log axis needs.
+fn tick(v: f64) -> String {
+    match v.abs() {
+        a if a >= 10.0 => format!("{v:.0}"),
+        a if a >= 1.0 => format!("{v:.1}"),
+        a if a >= 0.01 => format!("{v:.2}"),
+        _ => format!("{v:.1e}"),
+    }
+}
+
 /// A log–log line plot of `series` into an SVG file. An empty plot says so in its caption.
 pub fn log_log(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{}: {e:?}", path.display());
@@ -59,8 +69,10 @@ pub fn log_log(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Re
         .configure_mesh()
         .x_desc("atoms")
         .y_desc(y_label)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .x_label_formatter(&|x| tick(*x))
+        .y_label_formatter(&|y| tick(*y))
         .draw()
         .map_err(e)?;
     for (index, s) in series.iter().enumerate() {
@@ -79,6 +91,7 @@ pub fn log_log(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Re
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
@@ -153,16 +166,28 @@ pub fn speedup_series(rows: &[Row], base: &str, baseline: &[Speedup]) -> Vec<Ser
             points,
         });
     }
-    let mut names: Vec<String> = baseline.iter().map(|s| s.1.clone()).collect();
-    names.dedup();
+    let mut names: Vec<String> = Vec::new();
+    for s in baseline {
+        if !names.contains(&s.1) {
+            names.push(s.1.clone());
+        }
+    }
     for name in names {
-        let points = baseline
-            .iter()
-            .filter(|s| s.1 == name)
-            .filter_map(|s| s.3.or(s.2).map(|v| (s.0 as f64, v)))
-            .collect();
+        let rows: Vec<&Speedup> = baseline.iter().filter(|s| s.1 == name).collect();
+        // The MD step where the baseline has it, else its force call.
+        let (points, what): (Vec<(f64, f64)>, &str) = if rows.iter().any(|s| s.3.is_some()) {
+            (
+                rows.iter().filter_map(|s| s.3.map(|v| (s.0 as f64, v))).collect(),
+                "MD step",
+            )
+        } else {
+            (
+                rows.iter().filter_map(|s| s.2.map(|v| (s.0 as f64, v))).collect(),
+                "force call",
+            )
+        };
         out.push(Series {
-            name: format!("mdrun over {name}"),
+            name: format!("mdrun over {name} ({what})"),
             points,
         });
     }

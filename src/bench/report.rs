@@ -46,7 +46,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         text,
         "mdrun {}, commit {}, GPU {}, host CPU {}.",
-        report.mdrun_version,
+        report.mdrun_version.as_deref().unwrap_or("unknown"),
         report.commit.as_deref().unwrap_or("unknown"),
         report.gpu.as_deref().unwrap_or("none"),
         report.host_cpu.as_deref().unwrap_or("unknown")
