@@ -85,8 +85,9 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
         /// Report from this bench.json instead of running (with --compare, --baseline, --out).
+        /// Repeat it to merge the rows of several runs (e.g. sizes run in separate commands).
         #[arg(long)]
-        results: Option<PathBuf>,
+        results: Vec<PathBuf>,
         /// An earlier bench.json: prints the change per row; exit 1 if any median slowed by more
         /// than --threshold percent.
         #[arg(long)]

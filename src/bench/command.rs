@@ -23,8 +23,8 @@ pub struct BenchCommand {
     pub out: Option<PathBuf>,
     /// bench.json written here too (as the earlier `--json`).
     pub json: Option<PathBuf>,
-    /// Reports from this bench.json instead of running.
-    pub results: Option<PathBuf>,
+    /// Reports from these bench.json files (rows merged, settings of the first) instead of running.
+    pub results: Vec<PathBuf>,
     pub compare: Option<PathBuf>,
     pub threshold_percent: f64,
     pub baseline: Option<PathBuf>,
@@ -98,8 +98,16 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 /// Runs the command; Ok(true) when `--compare` found a row slower than the threshold.
 pub fn execute(command: &BenchCommand) -> Result<bool> {
-    let report = match &command.results {
-        Some(path) => Report::read(path)?,
+    let report = match command.results.split_first() {
+        Some((first, more)) => {
+            let mut report = Report::read(first)?;
+            for path in more {
+                let other = Report::read(path)?;
+                report.gpu = report.gpu.or(other.gpu);
+                report.rows.extend(other.rows);
+            }
+            report
+        }
         None => run(command)?,
     };
     let mut text = markdown(&report);
