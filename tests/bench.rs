@@ -258,3 +258,29 @@ fn bench_measures_every_gpu_configuration() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn gpu_kernels_is_an_input_option() {
+    use mdrun::gpu::naive::KernelVariant;
+    use mdrun::input::Input;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input = |gpu: &str| {
+        format!(
+            "[system]\nfile = \"systems/benzene.xyz\"\n[model]\nfile = \"models/painn-random-hcno-f128.safetensors\"\n\
+             [md]\nensemble = \"nve\"\ntimestep_fs = 0.5\nsteps = 10\ntemperature_k = 300\nseed = 1\n[gpu]\n{gpu}\n"
+        )
+    };
+    let path = root.join("bench-input.toml");
+    let parsed = Input::parse(
+        &input("kernels = \"naive\"\nneighbor_search = \"all-pairs\"\ncuda_graph = false"),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(parsed.gpu.kernels, KernelVariant::Naive);
+    assert_eq!(parsed.gpu, mdrun::bench::Config::GpuNaive.gpu_options().unwrap());
+    let default = Input::parse(&input(""), &path).unwrap();
+    assert_eq!(default.gpu.kernels, KernelVariant::Fused);
+    assert_eq!(default.gpu, mdrun::bench::Config::CudaGraph.gpu_options().unwrap());
+    let refused = Input::parse(&input("kernels = \"turbo\""), &path).unwrap_err();
+    assert!(refused.to_string().contains("turbo"), "{refused}");
+}
