@@ -190,6 +190,14 @@ impl GpuMd {
         &self.gpu.name
     }
 
+    /// Which PaiNN kernels evaluate the forces.
+    pub fn kernels(&self) -> KernelVariant {
+        match self.painn {
+            PainnKernels::Fused(_) => KernelVariant::Fused,
+            PainnKernels::Naive(_) => KernelVariant::Naive,
+        }
+    }
+
     pub fn step(&self) -> u64 {
         self.host_step
     }
