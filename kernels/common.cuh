@@ -50,11 +50,49 @@ __device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, c
 #error "TILE (atoms per block in dense layers) must be defined"
 #endif
 
+// Blocks of a thread-block cluster (Hopper on) that share the dense layers of the same TILE atoms:
+// each computes 1/CLUSTER of every layer's outputs and pushes them into the shared memory of all
+// the cluster's blocks. For small systems a lone block streams a whole layer's weights through one
+// SM with long dependent-load chains; a cluster spreads one atom's layers over CLUSTER SMs.
+#ifndef CLUSTER
+#define CLUSTER 1
+#endif
+
+#if CLUSTER > 1
+// Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
+#define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
+#define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
+
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    return rank;
+}
+
+// Barrier over every thread of every block of the cluster; orders shared-memory writes, remote
+// ones included, before the reads that follow.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s.
+__device__ __forceinline__ void store_in_block(float* local, u32 rank, float value) {
+    u32 address, remote;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
+}
+#else
+#define DENSE_KERNEL extern "C" __global__ void
+#define DENSE_TILE_INDEX (blockIdx.x)
+#endif
+
 // For each of the block's TILE atoms a: out[a·ld_out + o] = Σ_i m[i·cols + o] · x[a·ld_x + i], o < cols,
 // with m row-major [rows, cols] in global memory and x in shared memory. Forward layers pass Wᵀ
 // ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for the
-// TILE atoms. Results land in shared `out` (written by the threads of split 0). `scratch` holds
+// TILE atoms. Results land in shared `out` (of every block of the cluster). `scratch` holds
 // SPLIT·TILE·NF floats. Every thread of the block must call it; it ends with a barrier.
+#if CLUSTER == 1
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, int ld_x,
                                              float* out, int ld_out, float* scratch) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
@@ -88,6 +126,50 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
         __syncthreads();
     }
 }
+#else
+// Cluster version: block `rank` owns outputs [rank·cols/CLUSTER, (rank + 1)·cols/CLUSTER), 32 at a
+// time (a warp reads 128 contiguous bytes of a row), each dot product split over the block's warps
+// (short, independent load chains), partial sums reduced in a fixed order.
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, int ld_x,
+                                             float* out, int ld_out, float* scratch) {
+    const int warps = SPLIT * NF / 32;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int per = cols / CLUSTER, first = cluster_rank() * per;
+    int chunk = (rows + warps - 1) / warps;
+    int begin = warp * chunk, end = min(rows, begin + chunk);
+    // Every block of the cluster is past its reads of the previous phase (and has started) before
+    // anyone writes into its `out`.
+    cluster_sync();
+    for (int base = first; base < first + per; base += 32) {
+        int o = base + lane;
+        bool mine = o < first + per;
+        float acc[TILE];
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
+        if (mine) {
+#pragma unroll 8
+            for (int i = begin; i < end; ++i) {
+                float w = m[i * cols + o];
+#pragma unroll
+                for (int a = 0; a < TILE; ++a) acc[a] += w * x[a * ld_x + i];
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) scratch[(warp * TILE + a) * 32 + lane] = acc[a];
+        __syncthreads();
+        for (int a = warp; a < TILE; a += warps) {
+            float total = 0.f;
+            for (int k = 0; k < warps; ++k) total += scratch[(k * TILE + a) * 32 + lane];
+            if (mine) {
+#pragma unroll
+                for (u32 r = 0; r < CLUSTER; ++r) store_in_block(&out[a * ld_out + o], r, total);
+            }
+        }
+        __syncthreads();
+    }
+    cluster_sync();
+}
+#endif
 
 // Sum over the block of four values per thread; the result is valid in thread 0 only.
 // `scratch` holds 4 floats per warp. Every thread of the block must call it.

@@ -94,10 +94,10 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 }
 
 // Embedding and the first interaction's context: depend on the elements only, run once.
-extern "C" __global__ void embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
+DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -111,46 +111,62 @@ extern "C" __global__ void embed(const int* numbers, const float* embedding, con
 }
 
 // Geometry of up to NF candidates of a row, computed by the block at once (one round of global-load
-// latency per chunk instead of one per pair): neighbor index, r (Å) and d, with d < 0 marking a
-// candidate at or beyond the cutoff.
+// latency per chunk instead of one per pair) and compacted to the pairs within the cutoff, so that
+// the pair loops that follow have no branches and can keep several pairs' loads in flight.
 struct ChunkGeometry {
     int j[NF];
-    float4 r[NF];
+    int slot[NF];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
+    float4 r[NF];       // r (Å) and d
     float phi[NF][NK];  // radial basis φ_k(d), computed once per pair for all channels
+    int warp_count[NF / 32];
 };
 
-// Fills `g` with candidates [chunk, chunk + NF) of row `i` (row end `end`); returns how many.
-// Ends with a barrier.
+// Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + NF) of row `i` (row
+// end `end`), in row order; returns how many. blockDim.x == NF. Ends with a barrier.
 __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, const Cell& cell, const Neighbors& nb,
                                           const Filter& filter, int i, int chunk, int end, float cutoff2) {
-    int t = threadIdx.x, p = chunk + t;
-    if (t < NF) {
-        if (p < end) {
-            int j = nb.j[p];
-            float3 r = pair_vector(pos, i, j, cell, nb.image[p]);
-            float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-            g.j[t] = j;
-            float d = d2 < cutoff2 ? sqrtf(d2) : -1.0f;
-            g.r[t] = make_float4(r.x, r.y, r.z, d);
-            if (d >= 0.f) {
+    int t = threadIdx.x, p = chunk + t, lane = t & 31, warp = t >> 5;
+    bool inside = false;
+    int j = 0;
+    float3 r = make_float3(0.f, 0.f, 0.f);
+    float d2 = 0.f;
+    if (p < end) {
+        j = nb.j[p];
+        r = pair_vector(pos, i, j, cell, nb.image[p]);
+        d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        inside = d2 < cutoff2;
+    }
+    u32 ballot = __ballot_sync(0xffffffffu, inside);
+    if (lane == 0) g.warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = 0, total = 0;
 #pragma unroll
-                for (int k = 0; k < NK; ++k) {
-                    float u = d - filter.offsets[k];
-                    g.phi[t][k] = __expf(filter.coeffs[k] * u * u);
-                }
-            }
-        } else {
-            g.r[t].w = -1.0f;
+    for (int w = 0; w < NF / 32; ++w) {
+        offset += w < warp ? g.warp_count[w] : 0;
+        total += g.warp_count[w];
+    }
+    if (inside) {
+        int k = offset + __popc(ballot & ((1u << lane) - 1u));
+        float d = sqrtf(d2);
+        g.j[k] = j;
+        g.slot[k] = t;
+        g.r[k] = make_float4(r.x, r.y, r.z, d);
+#pragma unroll
+        for (int m = 0; m < NK; ++m) {
+            float u = d - filter.offsets[m];
+            g.phi[k][m] = __expf(filter.coeffs[m] * u * u);
         }
     }
     __syncthreads();
-    return min(NF, end - chunk);
+    return total;
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
 // atom i, fused; nothing per pair is written to memory.
-extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
-                                           const float* mu_in, const float* x, float* q_out, float* mu_out) {
+extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter,
+                                           const float* __restrict__ q_in, const float* __restrict__ mu_in,
+                                           const float* __restrict__ x, float* __restrict__ q_out,
+                                           float* __restrict__ mu_out) {
     __shared__ ChunkGeometry g;
     int i = blockIdx.x, c = threadIdx.x;
     ChannelFilter w;
@@ -160,10 +176,10 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
     int begin = i * nb.capacity, end = begin + nb.count[i];
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
+#pragma unroll 4
         for (int q = 0; q < n; ++q) {
             float4 r = g.r[q];
             float d = r.w;
-            if (d < 0.f) continue;
             int j = g.j[q];
             float inv_d = 1.0f / d;
             float fc, dfc;
@@ -224,7 +240,7 @@ struct Readout {
 // Mixing, fused with what follows on the same atoms: the next interaction's context network, or
 // (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
 // blockDim = SPLIT·NF, TILE atoms per block; element-wise work is done by the threads of split 0.
-extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
+DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
                                           float* q_out, float* mu_out, int last,
                                           // next interaction (last == 0)
                                           const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
@@ -233,7 +249,7 @@ extern "C" __global__ void mixing_forward(const float* q_in, const float* mu_in,
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], scratch[SPLIT * TILE * NF], red[64];
-    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
@@ -343,12 +359,12 @@ struct MixingBackWeights {
 
 // Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
 // blockDim = SPLIT·NF, TILE atoms per block.
-extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
+DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
                                            int n_atoms) {
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF], out[TILE * NF],
         scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     float gq[TILE], gm[TILE][3], V[TILE][3];
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
@@ -420,9 +436,10 @@ extern "C" __global__ void mixing_backward(MixingBackWeights m, MixingCache cach
 // (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
 // b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
 extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter,
-                                            const float* mu_in, const float* x, const float* grad_q,
-                                            const float* grad_mu, float* grad_x, float* grad_mu_in,
-                                            float4* pair_grad) {
+                                            const float* __restrict__ mu_in, const float* __restrict__ x,
+                                            const float* __restrict__ grad_q, const float* __restrict__ grad_mu,
+                                            float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
+                                            float4* __restrict__ pair_grad) {
     __shared__ ChunkGeometry g;
     __shared__ float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
     int a = blockIdx.x, c = threadIdx.x, warp = c >> 5, lane = c & 31;
@@ -441,10 +458,10 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
+#pragma unroll 2
         for (int q = 0; q < n; ++q) {
             float4 rv = g.r[q];
             float d = rv.w;
-            if (d < 0.f) continue;
             int b = g.j[q];
             float inv_d = 1.0f / d;
             float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
@@ -497,7 +514,7 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
         }
         __syncthreads();
         // One thread per pair of the chunk sums its warps' partials in a fixed order.
-        if (c < n && g.r[c].w >= 0.f) {
+        if (c < n) {
             float4 total = warp_part[c][0];
             for (int k = 1; k < NF / 32; ++k) {
                 float4 part = warp_part[c][k];
@@ -506,8 +523,9 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
                 total.z += part.z;
                 total.w += part.w;
             }
-            float4 acc = pair_grad[chunk + c];
-            pair_grad[chunk + c] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
+            int p = chunk + g.slot[c];
+            float4 acc = pair_grad[p];
+            pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
         }
         __syncthreads();
     }
@@ -523,10 +541,10 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
 
 // ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
 // blockDim = SPLIT·NF, TILE atoms per block.
-extern "C" __global__ void context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
+DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
                                             const float* grad_q, float* grad_q_in, int n_atoms) {
     __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[SPLIT * TILE * NF];
-    int a0 = blockIdx.x * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         gx[k] = a0 + a < n_atoms ? grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
@@ -548,15 +566,16 @@ extern "C" __global__ void context_backward(const float* w1, const float* w2, co
 }
 
 // Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with
-// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d. One thread per atom.
-extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff, const float4* pair_grad,
-                                       float* forces, int n_atoms) {
-    int a = blockIdx.x * blockDim.x + threadIdx.x;
-    if (a >= n_atoms) return;
+// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d. One warp per atom, lanes over its pairs (one round of
+// load latency per 32 pairs instead of one per pair), summed in a fixed order.
+extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
+                                       const float4* __restrict__ pair_grad, float* __restrict__ forces, int n_atoms) {
+    int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (a >= n_atoms) return;  // whole warps leave together
     float cutoff2 = cutoff * cutoff;
     float fx = 0.f, fy = 0.f, fz = 0.f;
     int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int p = begin; p < end; ++p) {
+    for (int p = begin + lane; p < end; p += 32) {
         float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
         float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         if (d2 >= cutoff2) continue;
@@ -572,7 +591,14 @@ extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors n
         fy += (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d);
         fz += (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d);
     }
-    forces[3 * a] = fx;
-    forces[3 * a + 1] = fy;
-    forces[3 * a + 2] = fz;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        fx += __shfl_down_sync(0xffffffffu, fx, offset);
+        fy += __shfl_down_sync(0xffffffffu, fy, offset);
+        fz += __shfl_down_sync(0xffffffffu, fz, offset);
+    }
+    if (lane == 0) {
+        forces[3 * a] = fx;
+        forces[3 * a + 1] = fy;
+        forces[3 * a + 2] = fz;
+    }
 }

@@ -25,6 +25,7 @@ fn every_kernel_compiles_with_nvrtc() {
             readout_hidden: 64,
             split: 4,
             tile: 1,
+            cluster: 4,
         },
         KernelSizes {
             features: 128,
@@ -32,6 +33,15 @@ fn every_kernel_compiles_with_nvrtc() {
             readout_hidden: 64,
             split: 4,
             tile: 4,
+            cluster: 1,
+        },
+        KernelSizes {
+            features: 128,
+            rbf: 20,
+            readout_hidden: 64,
+            split: 4,
+            tile: 2,
+            cluster: 2,
         },
         KernelSizes {
             features: 32,
@@ -39,6 +49,7 @@ fn every_kernel_compiles_with_nvrtc() {
             readout_hidden: 16,
             split: 2,
             tile: 3,
+            cluster: 1,
         },
     ] {
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));

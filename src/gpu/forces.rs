@@ -195,7 +195,7 @@ impl GpuPainn {
                 .arg(&l0.pre_context.ptr)
                 .arg(&l0.x.ptr)
                 .arg(&(n as i32))
-                .launch(block_per_item(n.div_ceil(sizes.tile), sizes.dense_threads()))
+                .launch(block_per_item(sizes.dense_blocks(n), sizes.dense_threads()))
                 .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
         }
         gpu.synchronize()?;
@@ -226,7 +226,7 @@ impl GpuPainn {
         let n = self.n_atoms;
         let t_count = self.layers.len();
         let per_atom = block_per_item(n, f);
-        let per_atom_dense = block_per_item(n.div_ceil(self.sizes.tile), self.sizes.dense_threads());
+        let per_atom_dense = block_per_item(self.sizes.dense_blocks(n), self.sizes.dense_threads());
         let n_atoms = n as i32;
         let nb = neighbors.params();
         let cell = neighbors.cell;
@@ -377,7 +377,7 @@ impl GpuPainn {
                 .arg(&self.pair_grad.ptr)
                 .arg(&self.forces.ptr)
                 .arg(&n_atoms)
-                .launch(grid_for(n, 128))
+                .launch(grid_for(32 * n, 128))
                 .map_err(err("pair_forces"))?;
         }
         Ok(())

@@ -40,25 +40,43 @@ pub struct KernelSizes {
     pub split: usize,
     /// Atoms per block in the dense layers: each weight load serves `tile` atoms (1 to 4).
     pub tile: usize,
+    /// Blocks of a thread-block cluster sharing one tile's dense layers (1: no clusters; they
+    /// need compute capability 9.0).
+    pub cluster: usize,
 }
 
 impl KernelSizes {
     /// Dense-layer shape for a system of `n_atoms`: one atom per block while there are too few
-    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often).
-    /// MDRUN_DENSE_SPLIT and MDRUN_DENSE_TILE override, for experiments.
+    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often). Below
+    /// 64 atoms, clusters of 4 blocks share each atom's layers (where the GPU has clusters);
+    /// from about 100 atoms on there are enough blocks without them (docs/perf-notes.md).
+    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE and MDRUN_DENSE_CLUSTER override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         let tile = env("MDRUN_DENSE_TILE")
             .unwrap_or(if n_atoms >= 1024 { 4 } else { 1 })
             .clamp(1, 4);
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
+        let mut cluster = env("MDRUN_DENSE_CLUSTER")
+            .unwrap_or(if n_atoms < 64 { 4 } else { 1 })
+            .clamp(1, 8);
+        // Each block of a cluster owns cols / cluster outputs of every layer.
+        if !features.is_multiple_of(cluster) || !readout_hidden.is_multiple_of(cluster) {
+            cluster = 1;
+        }
         KernelSizes {
             features,
             rbf,
             readout_hidden,
             split,
             tile,
+            cluster,
         }
+    }
+
+    /// Blocks of one dense-layer launch over `n_atoms`.
+    pub fn dense_blocks(&self, n_atoms: usize) -> usize {
+        n_atoms.div_ceil(self.tile) * self.cluster
     }
 
     pub fn dense_threads(&self) -> u32 {
@@ -83,6 +101,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DNH={}", sizes.readout_hidden),
             format!("-DSPLIT={}", sizes.split),
             format!("-DTILE={}", sizes.tile),
+            format!("-DCLUSTER={}", sizes.cluster),
             "--std=c++17".into(),
         ],
         ..Default::default()
@@ -150,7 +169,7 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens device `ordinal` and compiles the kernels for its architecture.
-    pub fn open(ordinal: usize, sizes: KernelSizes) -> Result<Gpu> {
+    pub fn open(ordinal: usize, mut sizes: KernelSizes) -> Result<Gpu> {
         if !Gpu::available() {
             return Err(anyhow!("no CUDA driver or device found"));
         }
@@ -160,6 +179,9 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
         let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
+        if compute_capability.0 < 9 {
+            sizes.cluster = 1;
+        }
         let arch: &'static str =
             Box::leak(format!("compute_{}{}", compute_capability.0, compute_capability.1).into_boxed_str());
         let ptx = cached_compile(sizes, arch)?;

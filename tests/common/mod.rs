@@ -2,7 +2,11 @@
 #![allow(dead_code)]
 
 use mdrun::cell::{Cell, Vec3};
+use mdrun::forcefield::cpu::evaluate;
+use mdrun::gpu::md::evaluate as gpu_evaluate;
 use mdrun::model::{PainnConfig, PainnModel};
+use mdrun::neighbors::brute_force_pairs;
+use mdrun::system::System;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -169,4 +173,28 @@ pub fn read_energy_csv(path: &std::path::Path) -> std::collections::HashMap<Stri
         }
     }
     columns
+}
+
+// ---- the GPU path against the f64 reference
+
+pub const SYMBOLS: [&str; 9] = ["", "H", "", "", "", "", "C", "N", "O"];
+
+pub fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> System {
+    let symbols: Vec<&str> = numbers.iter().map(|&z| SYMBOLS[z as usize]).collect();
+    System::from_symbols(&symbols, positions, cell).unwrap()
+}
+
+/// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
+pub fn compare_gpu_with_cpu(model: &PainnModel, system: &System) -> (f64, f64) {
+    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
+    let reference = evaluate(model, &system.numbers, &pairs);
+    let (energy, forces) = gpu_evaluate(model, system).unwrap();
+    let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
+    let f_err = forces
+        .iter()
+        .zip(&reference.forces)
+        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
+        .fold(0.0, f64::max);
+    assert!(forces.iter().flatten().all(|x| x.is_finite()));
+    (e_err, f_err)
 }

@@ -1,0 +1,71 @@
+//! Every dense-layer launch shape (atoms per block, split dot products, thread-block clusters)
+//! held against the f64 reference. The shape is chosen by system size and can be forced through
+//! MDRUN_DENSE_* variables, which are process-wide: these tests live in their own test binary and
+//! run one after another, so that no other GPU test sees the variables. Needs a CUDA device.
+
+mod common;
+
+use common::*;
+use mdrun::model::PainnModel;
+use mdrun::system::System;
+use std::sync::Mutex;
+
+static ENVIRONMENT: Mutex<()> = Mutex::new(());
+
+/// (tile, split, cluster) shapes: the small- and large-system defaults, odd tiles, clusters with
+/// more atoms per tile than warps per block.
+const LAYOUTS: [(&str, &str, &str); 7] = [
+    ("1", "4", "1"),
+    ("4", "4", "1"),
+    ("3", "2", "1"),
+    ("1", "4", "4"),
+    ("4", "4", "4"),
+    ("2", "2", "2"),
+    ("3", "2", "4"),
+];
+
+fn check_layouts(model: &PainnModel, system: &System, what: &str) {
+    let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    for (tile, split, cluster) in LAYOUTS {
+        std::env::set_var("MDRUN_DENSE_TILE", tile);
+        std::env::set_var("MDRUN_DENSE_SPLIT", split);
+        std::env::set_var("MDRUN_DENSE_CLUSTER", cluster);
+        let (e, f) = compare_gpu_with_cpu(model, system);
+        eprintln!("{what}: tile {tile}, split {split}, cluster {cluster}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(
+            e <= 1e-5 && f <= 1e-4,
+            "{what} tile {tile} split {split} cluster {cluster}: {e:e} {f:e}"
+        );
+    }
+    for name in ["MDRUN_DENSE_TILE", "MDRUN_DENSE_SPLIT", "MDRUN_DENSE_CLUSTER"] {
+        std::env::remove_var(name);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn every_dense_layout_matches_the_cpu_on_the_water_box() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
+    check_layouts(&model, &system, "water box, F = 128");
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn every_dense_layout_matches_the_cpu_for_a_narrow_model_on_random_molecules() {
+    let mut config = full_config();
+    config.n_atom_basis = 32;
+    config.cutoff = 4.0;
+    for seed in 0..3u64 {
+        let model = random_model(config.clone(), 70 + seed);
+        let (numbers, positions) = random_structure(7 + 6 * seed as usize, 5.0, 0.9, None, 80 + seed);
+        check_layouts(
+            &model,
+            &system_of(&numbers, positions, None),
+            &format!("F = 32, seed {seed}"),
+        );
+    }
+}
