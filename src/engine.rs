@@ -231,8 +231,12 @@ impl Engine for GpuEngine {
     }
 
     fn description(&self) -> String {
+        let kernels = match self.md.kernels() {
+            crate::gpu::naive::KernelVariant::Fused => "",
+            crate::gpu::naive::KernelVariant::Naive => "naive unfused kernels, ",
+        };
         format!(
-            "cuda ({}, f32, {})",
+            "cuda ({}, f32, {kernels}{})",
             self.md.device_name(),
             if self.md.use_graph {
                 "whole step as one CUDA graph"

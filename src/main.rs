@@ -21,6 +21,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Runs the simulation an input file describes (the same as `mdrun INPUT`).
@@ -38,22 +40,69 @@ enum Command {
         #[arg(long)]
         format: Option<String>,
     },
-    /// Times full MD steps (median µs/step) on the CPU reference and on the GPU, side by side.
+    /// The benchmark suite: every system under the ablation configurations (cpu, gpu-naive,
+    /// +cell-list, +fused, +cuda-graph), with reports (bench.json, bench.md, SVG plots) in --out.
+    /// Exits 1 when --compare finds a row slower than the threshold.
     Bench {
-        /// Structure files; `FILE@N` replicates a periodic system N×N×N.
-        #[arg(required = true)]
+        /// Structure files; `FILE@N` replicates a periodic system N×N×N. Default: the shipped
+        /// set of --sizes.
         systems: Vec<String>,
-        #[arg(long)]
+        /// Default set: `small` (benzene, alanine dipeptide, water clusters of 17 and 33
+        /// molecules, the 192-atom water box) or `all` (those and the water box ×2³, ×4³, ×8³).
+        #[arg(long, value_enum, default_value = "all")]
+        sizes: SizesArg,
+        /// Folder of the default systems.
+        #[arg(long, default_value = "systems")]
+        systems_dir: PathBuf,
+        #[arg(long, default_value = "models/painn-random-hcno-f128.safetensors")]
         model: PathBuf,
-        /// Largest system timed on the CPU as well.
+        /// Comma-separated configurations, or `all`: cpu, gpu-naive, +cell-list, +fused, +cuda-graph.
+        #[arg(long, default_value = "all")]
+        configs: String,
+        /// Largest system timed by the `cpu` configuration.
         #[arg(long, default_value_t = 250)]
         cpu_max_atoms: usize,
-        /// Skip the GPU configurations.
+        /// Largest system the f64 reference (accuracy columns) is computed for.
+        #[arg(long, default_value_t = 2000)]
+        reference_max_atoms: usize,
+        /// Timestep (fs) of the timed velocity-Verlet run (and of ns/day).
+        #[arg(long, default_value_t = 0.5)]
+        timestep: f64,
+        /// Verlet skin (Å).
+        #[arg(long, default_value_t = 1.0)]
+        skin: f64,
+        /// Wall-clock budget of one measurement (s); at least --min-samples are taken.
+        #[arg(long, default_value_t = 3.0)]
+        budget: f64,
+        #[arg(long, default_value_t = 5)]
+        min_samples: usize,
+        #[arg(long, default_value_t = 50)]
+        max_samples: usize,
+        /// Report folder: bench.json, bench.md, latency.svg, force_latency.svg, speedup.svg.
         #[arg(long)]
-        no_gpu: bool,
-        /// Write the rows as JSON here.
+        out: Option<PathBuf>,
+        /// Also write bench.json here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Report from this bench.json instead of running (with --compare, --baseline, --out).
+        /// Repeat it to merge the rows of several runs (e.g. sizes run in separate commands).
+        #[arg(long)]
+        results: Vec<PathBuf>,
+        /// An earlier bench.json: prints the change per row; exit 1 if any median slowed by more
+        /// than --threshold percent.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        #[arg(long, default_value_t = 5.0)]
+        threshold: f64,
+        /// The PyTorch baseline's JSON (tools/baseline/torch_painn.py): speed-up per size.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Configuration the speed-up plot divides by.
+        #[arg(long, default_value = "gpu-naive")]
+        speedup_over: String,
+        /// Only the cpu configuration (same as --configs cpu).
+        #[arg(long)]
+        no_gpu: bool,
     },
     /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
     RandomModel {
@@ -76,6 +125,12 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         energy_scale: f64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SizesArg {
+    Small,
+    All,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -168,32 +223,63 @@ fn main_result() -> Result<ExitCode> {
         (
             Some(Command::Bench {
                 systems,
+                sizes,
+                systems_dir,
                 model,
+                configs,
                 cpu_max_atoms,
-                no_gpu,
+                reference_max_atoms,
+                timestep,
+                skin,
+                budget,
+                min_samples,
+                max_samples,
+                out,
                 json,
+                results,
+                compare,
+                threshold,
+                baseline,
+                speedup_over,
+                no_gpu,
             }),
             _,
         ) => {
-            let model = PainnModel::load(&model)?;
-            let options = mdrun::bench::BenchOptions {
-                timestep_fs: 0.5,
-                skin: 1.0,
-                cpu_max_atoms,
-                gpu: !no_gpu,
+            let configs = if no_gpu {
+                vec![mdrun::bench::Config::Cpu]
+            } else {
+                mdrun::bench::parse_configs(&configs).context("--configs")?
             };
-            let mut rows = Vec::new();
-            for spec in &systems {
-                let (name, system) = mdrun::bench::load_system(spec)?;
-                eprintln!("bench: {name} ({} atoms)", system.len());
-                rows.extend(mdrun::bench::bench_system(&name, &system, &model, &options)?);
-            }
-            println!("{}", mdrun::bench::markdown(&rows));
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
-                    .with_context(|| format!("{}", path.display()))?;
-            }
-            return Ok(ExitCode::SUCCESS);
+            let command = mdrun::bench::command::BenchCommand {
+                systems,
+                all_sizes: matches!(sizes, SizesArg::All),
+                systems_dir,
+                model,
+                options: mdrun::bench::BenchOptions {
+                    configs,
+                    timestep_fs: timestep,
+                    skin,
+                    cpu_max_atoms,
+                    reference_max_atoms,
+                    budget_s: budget,
+                    min_samples,
+                    max_samples,
+                    ..Default::default()
+                },
+                out,
+                json,
+                results,
+                compare,
+                threshold_percent: threshold,
+                baseline,
+                speedup_base: speedup_over,
+            };
+            let regressed = mdrun::bench::command::execute(&command)?;
+            return Ok(if regressed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         (None, None) => {
             return Err(anyhow!(

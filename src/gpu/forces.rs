@@ -9,19 +9,19 @@ use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingPar
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
-fn f32s(values: &[f64]) -> Vec<f32> {
+pub(crate) fn f32s(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&v| v as f32).collect()
 }
 
 /// A dense layer on the device: W [out, in] and Wᵀ [in, out] row-major, and the bias.
-struct DenseOnGpu {
-    w: Buffer<f32>,
-    wt: Buffer<f32>,
-    bias: Option<Buffer<f32>>,
+pub(crate) struct DenseOnGpu {
+    pub(crate) w: Buffer<f32>,
+    pub(crate) wt: Buffer<f32>,
+    pub(crate) bias: Option<Buffer<f32>>,
 }
 
 impl DenseOnGpu {
-    fn new(gpu: &Gpu, dense: &Dense) -> Result<DenseOnGpu> {
+    pub(crate) fn new(gpu: &Gpu, dense: &Dense) -> Result<DenseOnGpu> {
         // nalgebra is column-major: the storage of W is Wᵀ row-major, and that of Wᵀ is W.
         Ok(DenseOnGpu {
             w: gpu.upload(&f32s(dense.weight_t.as_slice()))?,
@@ -33,7 +33,7 @@ impl DenseOnGpu {
                 .transpose()?,
         })
     }
-    fn b(&self) -> u64 {
+    pub(crate) fn b(&self) -> u64 {
         self.bias.as_ref().map_or(0, |b| b.ptr)
     }
 }

@@ -5,7 +5,8 @@
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
-use super::forces::{kernel_sizes, GpuPainn};
+use super::forces::kernel_sizes;
+use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::{grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
@@ -24,6 +25,9 @@ pub struct GpuOptions {
     pub cuda_graph: bool,
     #[serde(default)]
     pub neighbor_search: NeighborSearch,
+    /// Fused PaiNN kernels, or the plain unfused ones (the benchmark's `gpu-naive` baseline).
+    #[serde(default)]
+    pub kernels: KernelVariant,
 }
 
 fn default_true() -> bool {
@@ -35,6 +39,7 @@ impl Default for GpuOptions {
         GpuOptions {
             cuda_graph: true,
             neighbor_search: NeighborSearch::Auto,
+            kernels: KernelVariant::Fused,
         }
     }
 }
@@ -59,7 +64,7 @@ fn unflatten<T: Copy + Into<f64>>(v: &[T]) -> Vec<Vec3> {
 
 pub struct GpuMd {
     pub gpu: Gpu,
-    painn: GpuPainn,
+    painn: PainnKernels,
     neighbors: GpuNeighbors,
     n_atoms: usize,
     cell: Option<Cell>,
@@ -83,6 +88,10 @@ pub struct GpuMd {
     second_half: CudaFunction,
     energy_sums: CudaFunction,
     graph: Option<CudaGraph>,
+    /// The force evaluation alone as a graph (`force_call`, for the benchmark).
+    force_graph: Option<CudaGraph>,
+    /// Device memory in use (bytes) once the context and kernels were loaded, before any buffer.
+    memory_at_open: usize,
     pub use_graph: bool,
     search: NeighborSearch,
     host_step: u64,
@@ -101,6 +110,7 @@ impl GpuMd {
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
         let gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
+        let memory_at_open = used_memory(&gpu)?;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(
@@ -112,7 +122,7 @@ impl GpuMd {
             capacity,
             options.neighbor_search,
         )?;
-        let painn = GpuPainn::new(&gpu, model, numbers, capacity)?;
+        let painn = PainnKernels::new(&gpu, model, numbers, capacity, options.kernels)?;
         let (langevin, damping, noise, seed, temperature) = match integrator {
             Integrator::VelocityVerlet { .. } => (0, 1.0, 0.0, 0, 0.0),
             Integrator::Langevin {
@@ -165,6 +175,8 @@ impl GpuMd {
             second_half: gpu.function("second_half")?,
             energy_sums: gpu.function("energy_sums")?,
             graph: None,
+            force_graph: None,
+            memory_at_open,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
             host_step: 0,
@@ -176,6 +188,14 @@ impl GpuMd {
 
     pub fn device_name(&self) -> &str {
         &self.gpu.name
+    }
+
+    /// Which PaiNN kernels evaluate the forces.
+    pub fn kernels(&self) -> KernelVariant {
+        match self.painn {
+            PainnKernels::Fused(_) => KernelVariant::Fused,
+            PainnKernels::Naive(_) => KernelVariant::Naive,
+        }
     }
 
     pub fn step(&self) -> u64 {
@@ -210,7 +230,7 @@ impl GpuMd {
             s.launch_builder(&self.first_half)
                 .arg(&self.positions.ptr)
                 .arg(&self.velocities.ptr)
-                .arg(&self.painn.forces.ptr)
+                .arg(&self.painn.forces().ptr)
                 .arg(&self.inv_mass.ptr)
                 .arg(&self.half_mass.ptr)
                 .arg(&self.heat.ptr)
@@ -230,7 +250,7 @@ impl GpuMd {
         unsafe {
             s.launch_builder(&self.second_half)
                 .arg(&self.velocities.ptr)
-                .arg(&self.painn.forces.ptr)
+                .arg(&self.painn.forces().ptr)
                 .arg(&self.inv_mass.ptr)
                 .arg(&self.step.ptr)
                 .arg(&self.timestep)
@@ -262,7 +282,7 @@ impl GpuMd {
             step: self.host_step,
             positions: self.gpu.download(&self.positions)?,
             velocities: self.gpu.download(&self.velocities)?,
-            forces: self.gpu.download(&self.painn.forces)?,
+            forces: self.gpu.download(self.painn.forces())?,
             heat: self.gpu.download(&self.heat)?,
         })
     }
@@ -273,7 +293,8 @@ impl GpuMd {
         s.memcpy_htod(&saved.positions, &mut self.positions.slice).map_err(e)?;
         s.memcpy_htod(&saved.velocities, &mut self.velocities.slice)
             .map_err(e)?;
-        s.memcpy_htod(&saved.forces, &mut self.painn.forces.slice).map_err(e)?;
+        s.memcpy_htod(&saved.forces, &mut self.painn.forces_mut().slice)
+            .map_err(e)?;
         s.memcpy_htod(&[saved.step], &mut self.step.slice).map_err(e)?;
         s.memcpy_htod(&saved.heat, &mut self.heat.slice).map_err(e)?;
         self.host_step = saved.step;
@@ -294,6 +315,7 @@ impl GpuMd {
         )?;
         self.painn.resize_pairs(&self.gpu, capacity)?;
         self.graph = None;
+        self.force_graph = None;
         Ok(())
     }
 
@@ -342,7 +364,7 @@ impl GpuMd {
             self.gpu
                 .stream
                 .launch_builder(&self.energy_sums)
-                .arg(&self.painn.atom_energy.ptr)
+                .arg(&self.painn.atom_energy().ptr)
                 .arg(&self.velocities.ptr)
                 .arg(&self.half_mass.ptr)
                 .arg(&self.heat.ptr)
@@ -360,7 +382,7 @@ impl GpuMd {
             step: self.host_step,
             positions: unflatten(&self.gpu.download(&self.positions)?),
             velocities: unflatten(&self.gpu.download(&self.velocities)?),
-            forces: unflatten(&self.gpu.download(&self.painn.forces)?),
+            forces: unflatten(&self.gpu.download(self.painn.forces())?),
             potential: sums[0],
             kinetic: sums[1],
             // The device accumulates the kinetic energy the thermostat added.
@@ -371,16 +393,56 @@ impl GpuMd {
     pub fn neighbor_growths(&self) -> u32 {
         self.neighbor_capacity_grown
     }
+
+    /// One force evaluation at the current positions and neighbor rows, waited for: what the
+    /// benchmark times as a force call. Replayed as a graph of its own when the engine uses graphs.
+    pub fn force_call(&mut self) -> Result<()> {
+        if self.use_graph && self.force_graph.is_none() {
+            let stream = self.gpu.stream.clone();
+            stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| anyhow!("begin capture: {e:?}"))?;
+            let enqueued = self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors);
+            let graph = stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(|e| anyhow!("end capture: {e:?}"))?;
+            enqueued?;
+            self.force_graph = graph;
+        }
+        match &self.force_graph {
+            Some(graph) if self.use_graph => graph.launch().map_err(|e| anyhow!("graph launch: {e:?}"))?,
+            _ => self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?,
+        }
+        self.gpu.synchronize()
+    }
+
+    /// Device memory this engine holds (bytes): memory in use on the device now (cuMemGetInfo,
+    /// total − free) minus what was in use once the context and kernels were loaded. Every buffer
+    /// is allocated up front, so after a run this is the peak; other processes on the device
+    /// would be counted too.
+    pub fn device_memory_bytes(&self) -> Result<u64> {
+        Ok(used_memory(&self.gpu)?.saturating_sub(self.memory_at_open) as u64)
+    }
+}
+
+fn used_memory(gpu: &Gpu) -> Result<usize> {
+    let (free, total) = gpu.ctx.mem_get_info().map_err(|e| anyhow!("cuMemGetInfo: {e:?}"))?;
+    Ok(total - free)
 }
 
 /// Energy (eV) and forces (eV/Å) of one configuration on the GPU: for `mdrun eval` and tests.
 pub fn evaluate(model: &PainnModel, system: &System) -> Result<(f64, Vec<Vec3>)> {
-    let velocities = vec![[0.0; 3]; system.len()];
-    let integrator = Integrator::VelocityVerlet { timestep_fs: 1.0 };
     let options = GpuOptions {
         cuda_graph: false,
         ..GpuOptions::default()
     };
+    evaluate_with(model, system, options)
+}
+
+/// [`evaluate`] with the given GPU switches (kernel variant, neighbor search).
+pub fn evaluate_with(model: &PainnModel, system: &System, options: GpuOptions) -> Result<(f64, Vec<Vec3>)> {
+    let velocities = vec![[0.0; 3]; system.len()];
+    let integrator = Integrator::VelocityVerlet { timestep_fs: 1.0 };
     let mut md = GpuMd::new(model, system, &velocities, &integrator, 0.5, options)?;
     md.initialize()?;
     let snap = md.snapshot()?;

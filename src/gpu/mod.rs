@@ -6,6 +6,7 @@
 
 pub mod forces;
 pub mod md;
+pub mod naive;
 pub mod neighbors;
 pub mod params;
 
@@ -22,10 +23,11 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 /// Kernel sources, embedded at build time. `common.cuh` is prepended to each.
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 4] = [
     ("painn.cu", include_str!("../../kernels/painn.cu")),
     ("neighbors.cu", include_str!("../../kernels/neighbors.cu")),
     ("integrate.cu", include_str!("../../kernels/integrate.cu")),
+    ("naive.cu", include_str!("../../kernels/naive.cu")),
 ];
 
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).

@@ -7,8 +7,13 @@ PyTorch ops, an O(N^2) radius graph rebuilt at every force call, forces by autog
         --systems systems/benzene.xyz systems/waterbox_64.xyz@4 --json torch.json
     python tools/baseline/torch_painn.py --check --device cpu --model M --systems S ...  # vs mdrun eval
 
-Rows use the JSON schema of `mdrun bench`. Only stock PyTorch is used (no torch-cluster,
-torch_scatter or ASE), so it runs on any CUDA PyTorch install.
+Rows use the JSON schema of `mdrun bench` (docs/bench-schema.md), one per system and
+configuration: `torch-eager` (force call: radius graph + energy + autograd forces; MD step: velocity
+Verlet in torch around it), `torch-compile` (the same with the model's forward through
+torch.compile, default mode; skipped with the reason if compiling fails), `torch-ase-md` (ASE's
+VelocityVerlet with this model as the calculator; skipped with the reason when ASE is missing).
+Only stock PyTorch is needed (no torch-cluster or torch_scatter), so the O(N^2) radius graph is
+the one a stock install can build.
 """
 import argparse
 import json
@@ -161,37 +166,153 @@ def energy_forces(model, numbers, pos, cell):
     return energy.detach(), -grad
 
 
-def timed(fn, repeats, device):
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
+SCHEMA = "mdrun-bench/2"
+ROW_FIELDS = [
+    "system", "atoms", "periodic", "config", "device", "status", "reason", "neighbor_search", "kernels",
+    "cuda_graph", "timestep_fs", "steps_timed", "median_us_per_step", "mean_us_per_step", "std_us_per_step",
+    "min_us_per_step", "max_us_per_step", "steps_per_second", "ns_per_day", "atom_steps_per_second",
+    "force_calls_timed", "median_us_per_force_call", "mean_us_per_force_call", "std_us_per_force_call",
+    "min_us_per_force_call", "max_us_per_force_call", "gpu_memory_bytes", "energy_error_per_atom_ev",
+    "force_rmse_ev_per_angstrom", "force_max_error_ev_per_angstrom", "accuracy_note",
+]
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def sampled(fn, device, budget_s, min_samples, max_samples, per_sample=1):
+    """µs per repetition of `fn` (which runs `per_sample` repetitions), one value per sample, until
+    the budget is spent (at least min_samples, at most max_samples); synchronised around each."""
+    samples, start = [], time.perf_counter()
+    while len(samples) < max_samples and (len(samples) < min_samples or time.perf_counter() - start < budget_s):
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - t0) * 1e6)
+        sync(device)
+        samples.append((time.perf_counter() - t0) * 1e6 / per_sample)
     return samples
 
 
-def row(name, atoms, config, device_text, samples, steps_per_sample=1):
-    per_step = sorted(s / steps_per_sample for s in samples)
-    med = statistics.median(per_step)
+def stats(samples):
+    s = sorted(samples)
     return {
-        "system": name,
-        "atoms": atoms,
-        "config": config,
-        "device": device_text,
-        "steps_timed": len(samples) * steps_per_sample,
-        "median_us_per_step": med,
-        "min_us_per_step": per_step[0],
-        "max_us_per_step": per_step[-1],
-        "mean_us_per_step": statistics.mean(per_step),
-        "std_us_per_step": statistics.pstdev(per_step),
-        "steps_per_second": 1e6 / med,
-        "ns_per_day": 1e6 / med * 0.5 * 86400e-6,
-        "atom_steps_per_second": 1e6 / med * atoms,
+        "median": statistics.median(s),
+        "mean": statistics.mean(s),
+        "std": statistics.pstdev(s),
+        "min": s[0],
+        "max": s[-1],
     }
+
+
+def new_row(name, atoms, periodic, config, device_text, timestep_fs):
+    r = {k: None for k in ROW_FIELDS}
+    r.update(system=name, atoms=atoms, periodic=periodic, config=config, device=device_text, status="ok",
+             neighbor_search="all-pairs (torch.cdist per image, every call)", kernels="pytorch", cuda_graph=False,
+             timestep_fs=timestep_fs,
+             accuracy_note="not computed here: the baseline is held to mdrun's f64 reference with --check")
+    return r
+
+
+def set_force_call(r, samples):
+    st = stats(samples)
+    r["force_calls_timed"] = len(samples)
+    for k in ("median", "mean", "std", "min", "max"):
+        r[f"{k}_us_per_force_call"] = st[k]
+
+
+def set_step(r, samples, per_sample):
+    st = stats(samples)
+    r["steps_timed"] = len(samples) * per_sample
+    for k in ("median", "mean", "std", "min", "max"):
+        r[f"{k}_us_per_step"] = st[k]
+    per_second = 1e6 / st["median"]
+    r["steps_per_second"] = per_second
+    r["ns_per_day"] = per_second * r["timestep_fs"] * 86400e-6
+    r["atom_steps_per_second"] = per_second * r["atoms"]
+
+
+def skip(r, why):
+    r["status"] = "skipped"
+    r["reason"] = " ".join(str(why).split())[:500]
+    return r
+
+
+def reset_memory(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return 0
+
+
+def peak_memory(device, before):
+    return torch.cuda.max_memory_allocated() - before if device == "cuda" else None
+
+
+MASSES = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
+ACCELERATION = 9.648533e-3  # (eV/Å)/amu in Å/fs²
+
+
+def torch_md(model_fn, z, x, c, numbers, dt, dtype, device):
+    """The planning document's MD harness in torch: velocity Verlet on the device, one force call
+    per step. Returns a function running `steps` steps."""
+    inv_m = torch.tensor([ACCELERATION / MASSES[k] for k in numbers], dtype=dtype, device=device)[:, None]
+    v = torch.zeros_like(x)
+    state = {"x": x.clone(), "f": model_fn(z, x, c)[1]}
+
+    def steps(n):
+        for _ in range(n):
+            v.add_(0.5 * dt * state["f"] * inv_m)
+            state["x"] = state["x"] + dt * v
+            state["f"] = model_fn(z, state["x"], c)[1]
+            v.add_(0.5 * dt * state["f"] * inv_m)
+
+    return steps
+
+
+def bench_force_and_md(r, model_fn, z, x, c, numbers, args, dtype, per_sample):
+    before = reset_memory(args.device)
+    for _ in range(3):
+        model_fn(z, x, c)  # warm-up (and, for torch.compile, the compilation)
+    set_force_call(r, sampled(lambda: model_fn(z, x, c), args.device, args.budget, args.min_samples, args.max_samples))
+    md = torch_md(model_fn, z, x, c, numbers, args.timestep, dtype, args.device)
+    md(per_sample)  # warm-up: new pair counts recompile under torch.compile
+    set_step(r, sampled(lambda: md(per_sample), args.device, args.budget, args.min_samples, args.max_samples, per_sample), per_sample)
+    r["gpu_memory_bytes"] = peak_memory(args.device, before)
+
+
+def ase_md(r, model, numbers, pos, cell, args, dtype, per_sample):
+    """ASE's VelocityVerlet with this model as its calculator: the planning document's harness
+    (positions to the device and forces back every step)."""
+    try:
+        from ase import Atoms, units
+        from ase.calculators.calculator import Calculator, all_changes
+        from ase.md.verlet import VelocityVerlet
+    except ImportError as e:
+        return skip(r, f"ASE is not installed ({e}); pip install ase")
+    z = torch.tensor(numbers, device=args.device)
+    c = None if cell is None else torch.tensor(cell, dtype=dtype, device=args.device)
+
+    class TorchPaiNN(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            x = torch.tensor(self.atoms.positions, dtype=dtype, device=args.device)
+            energy, forces = energy_forces(model, z, x, c)
+            self.results = {"energy": float(energy), "forces": forces.detach().cpu().double().numpy()}
+
+    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=cell is not None)
+    atoms.calc = TorchPaiNN()
+    dyn = VelocityVerlet(atoms, timestep=args.timestep * units.fs)
+    before = reset_memory(args.device)
+    dyn.run(per_sample)  # warm-up
+    set_step(r, sampled(lambda: dyn.run(per_sample), args.device, args.budget, args.min_samples, args.max_samples, per_sample), per_sample)
+    r["gpu_memory_bytes"] = peak_memory(args.device, before)
+    r["neighbor_search"] += "; ASE VelocityVerlet on the host"
+    return r
 
 
 def main():
@@ -201,13 +322,23 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (default for timing) or float64 (default for --check)")
     ap.add_argument("--json")
+    ap.add_argument("--configs", default="torch-eager,torch-compile,torch-ase-md",
+                    help="comma-separated: torch-eager, torch-compile, torch-ase-md")
+    ap.add_argument("--timestep", type=float, default=0.5, help="fs, as mdrun bench's default")
+    ap.add_argument("--budget", type=float, default=3.0, help="seconds per measurement (at least --min-samples)")
+    ap.add_argument("--min-samples", type=int, default=5)
+    ap.add_argument("--max-samples", type=int, default=30)
     ap.add_argument("--check", action="store_true", help="compare with `mdrun eval --device cpu` and exit")
     ap.add_argument("--mdrun", default="target/release/mdrun")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype or ("float64" if args.check else "float32"))
     model = PaiNN(args.model, dtype, args.device)
-    masses_table = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
+    configs = [s.strip() for s in args.configs.split(",") if s.strip()]
+    unknown = set(configs) - {"torch-eager", "torch-compile", "torch-ase-md"}
+    if unknown:
+        sys.exit(f"unknown --configs: {sorted(unknown)}")
     rows, worst = [], 0
+    compiled = None
     for spec in args.systems:
         name, numbers, pos, cell = read_structure(spec)
         z = torch.tensor(numbers, device=args.device)
@@ -223,31 +354,53 @@ def main():
             continue
         n = len(numbers)
         dev_text = f"{args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}), torch {torch.__version__}, {str(dtype).split('.')[-1]}"
-        repeats = 30 if n < 1000 else 7
-        for _ in range(3):
-            energy_forces(model, z, x, c)  # warm-up
-        rows.append(row(name, n, "torch-eager-force-call", dev_text, timed(lambda: energy_forces(model, z, x, c), repeats, args.device)))
-        # The planning document's MD harness in torch: velocity Verlet, force call every step.
-        inv_m = torch.tensor([9.648533e-3 / masses_table[k] for k in numbers], dtype=dtype, device=args.device)[:, None]
-        v = torch.zeros_like(x)
-        state = {"x": x.clone(), "f": energy_forces(model, z, x, c)[1]}
-
-        def md_steps(steps=5):
-            for _ in range(steps):
-                v.add_(0.25 * state["f"] * inv_m)
-                state["x"] = state["x"] + 0.5 * v
-                state["f"] = energy_forces(model, z, state["x"], c)[1]
-                v.add_(0.25 * state["f"] * inv_m)
-
-        rows.append(row(name, n, "torch-md-step", dev_text, timed(md_steps, max(3, repeats // 2), args.device), 5))
-        print(f"{name} ({n} atoms): eager {rows[-2]['median_us_per_step']:.0f} µs, md step {rows[-1]['median_us_per_step']:.0f} µs", flush=True)
+        per_sample = 5 if n < 5000 else 1
+        for config in configs:
+            r = new_row(name, n, cell is not None, config, dev_text, args.timestep)
+            try:
+                if config == "torch-eager":
+                    bench_force_and_md(r, lambda z, x, c: energy_forces(model, z, x, c), z, x, c, numbers, args, dtype, per_sample)
+                elif config == "torch-compile":
+                    r["kernels"] = "pytorch, torch.compile (default mode) of the model's forward"
+                    if compiled is None:
+                        compiled = torch.compile(model)
+                    bench_force_and_md(r, lambda z, x, c: energy_forces(compiled, z, x, c), z, x, c, numbers, args, dtype, per_sample)
+                else:
+                    ase_md(r, model, numbers, pos, cell, args, dtype, per_sample)
+            except Exception as e:  # a failed compile or an out-of-memory is recorded, not fatal
+                skip(r, f"{type(e).__name__}: {e}")
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(r)
+            if r["status"] == "ok":
+                fc = r["median_us_per_force_call"]
+                print(f"{name} ({n} atoms) {config}: force call {fc:.0f} µs, " if fc else f"{name} ({n} atoms) {config}: ", end="")
+                print(f"MD step {r['median_us_per_step']:.0f} µs", flush=True)
+            else:
+                print(f"{name} ({n} atoms) {config}: skipped: {r['reason']}", flush=True)
     if args.check:
         sys.exit(1 if worst else 0)
-    print("| system | atoms | config | median µs/step | steps/s |\n|---|---:|---|---:|---:|")
+    print("| system | atoms | config | force call µs | MD step µs |\n|---|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['system']} | {r['atoms']} | {r['config']} | {r['median_us_per_step']:.1f} | {r['steps_per_second']:.1f} |")
+        fmt = lambda v: "—" if v is None else f"{v:.1f}"
+        print(f"| {r['system']} | {r['atoms']} | {r['config']} | {fmt(r['median_us_per_force_call'])} | {fmt(r['median_us_per_step'])} |")
     if args.json:
-        json.dump(rows, open(args.json, "w"), indent=1)
+        report = {
+            "schema": SCHEMA,
+            "mdrun_version": None,
+            "commit": None,
+            "created_unix_s": int(time.time()),
+            "host_cpu": None,
+            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+            "model": {"file": args.model, "features": model.F, "interactions": model.T,
+                      "rbf": int(model.t["representation.radial_basis.offsets"].shape[0]), "cutoff_angstrom": model.cutoff},
+            "timestep_fs": args.timestep,
+            "skin_angstrom": 0.0,
+            "temperature_k": 0.0,
+            "rows": rows,
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
