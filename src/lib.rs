@@ -16,6 +16,7 @@ pub mod integrate;
 pub mod model;
 pub mod neighbors;
 pub mod output;
+pub mod restart;
 pub mod rng;
 pub mod simulation;
 pub mod system;

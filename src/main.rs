@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -8,7 +10,7 @@ use mdrun::forcefield::cpu::evaluate;
 use mdrun::input::Device;
 use mdrun::model::{PainnConfig, PainnModel};
 use mdrun::neighbors::brute_force_pairs;
-use mdrun::simulation::{check_structure, resolve_device, run, Prepared};
+use mdrun::simulation::{check_structure, resolve_device, run_with, Prepared, RunControl};
 use mdrun::system::System;
 
 /// Molecular dynamics with a PaiNN machine-learned force field (Å, fs, eV, amu, K).
@@ -17,6 +19,9 @@ use mdrun::system::System;
 struct Cli {
     /// Input file (TOML) of the run; see README.md for the keys.
     input: Option<PathBuf>,
+    /// Continue from this restart file (written by `[output.restart]`); outputs are appended.
+    #[arg(long)]
+    restart: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -24,7 +29,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the simulation an input file describes (the same as `mdrun INPUT`).
-    Run { input: PathBuf },
+    Run {
+        input: PathBuf,
+        /// Continue from this restart file; outputs are appended.
+        #[arg(long)]
+        restart: Option<PathBuf>,
+    },
     /// Single point: energy (eV) and forces (eV/Å) of a structure, as JSON on stdout.
     Eval {
         /// Structure file, any format chemfiles reads.
@@ -114,10 +124,27 @@ fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Opti
     Ok(())
 }
 
+/// Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// A flag set by the first SIGINT/SIGTERM: the run stops at the end of the current step, writes
+/// its restart file and closes its outputs. A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(signal, i32::from(EXIT_INTERRUPTED), Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handlers")?;
+    }
+    Ok(stop)
+}
+
 fn main_result() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let input = match (cli.command, cli.input) {
-        (Some(Command::Run { input }), _) | (None, Some(input)) => input,
+    let (input, restart) = match (cli.command, cli.input) {
+        (Some(Command::Run { input, restart }), _) => (input, restart),
+        (None, Some(input)) => (input, cli.restart),
         (
             Some(Command::Eval {
                 structure,
@@ -202,7 +229,18 @@ fn main_result() -> Result<ExitCode> {
         }
     };
     let prepared = Prepared::from_input_file(&input)?;
-    let report = run(prepared)?;
+    let stop = stop_on_signals()?;
+    let report = run_with(
+        prepared,
+        RunControl {
+            restart,
+            stop: Some(stop),
+        },
+    )?;
+    if report.interrupted {
+        eprintln!("mdrun: interrupted by a signal; outputs flushed, restart file written if configured");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     match report.failure {
         Some(why) => {
             eprintln!("mdrun: run stopped: {why}");
