@@ -151,7 +151,7 @@ fn sigterm_leaves_a_restart_file_and_whole_outputs_and_the_run_continues() {
     let benzene = project_file("systems/benzene.xyz");
     let input_path = dir.join("in.toml");
     std::fs::write(&input_path, input(&benzene, "cpu", md, 10_000_000, 1.0, 100_000)).unwrap();
-    let mut child = mdrun()
+    let child = mdrun()
         .arg(&input_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
