@@ -21,3 +21,4 @@ pub mod rng;
 pub mod simulation;
 pub mod system;
 pub mod units;
+pub mod validate;

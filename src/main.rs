@@ -65,6 +65,23 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Runs a validation campaign (NVE drift, NVT temperature, GPU vs CPU forces) described by a
+    /// TOML file (inputs/validate.toml); writes report.md, report.json and SVG plots. Exits 4
+    /// when a threshold fails.
+    Validate {
+        campaign: PathBuf,
+        /// Output directory (default: validate-output/ beside the campaign file's name).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only these systems (repeat, or comma separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[arg(long, value_enum, default_value = "both")]
+        device: ValidateDevice,
+        /// Directory of tools/distill/trajectory_error.py JSON files, one `<system>.json` each.
+        #[arg(long)]
+        teacher_dir: Option<PathBuf>,
+    },
     /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
     RandomModel {
         out: PathBuf,
@@ -86,6 +103,65 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         energy_scale: f64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ValidateDevice {
+    Cpu,
+    Cuda,
+    Both,
+}
+
+/// Exit status of a validation campaign in which a threshold failed.
+const EXIT_THRESHOLD_FAILED: u8 = 4;
+
+fn validate(
+    campaign: PathBuf,
+    out: Option<PathBuf>,
+    only: Vec<String>,
+    device: ValidateDevice,
+    teacher_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use mdrun::validate::campaign::{Campaign, DeviceName};
+    let spec = Campaign::read(&campaign)?;
+    for name in &only {
+        if spec.system(name).is_none() {
+            return Err(anyhow!("--only: the campaign has no system named `{name}`"));
+        }
+    }
+    let devices = match device {
+        ValidateDevice::Cpu => vec![DeviceName::Cpu],
+        ValidateDevice::Cuda => vec![DeviceName::Cuda],
+        ValidateDevice::Both => vec![DeviceName::Cpu, DeviceName::Cuda],
+    };
+    let out = out.unwrap_or_else(|| {
+        let stem = campaign
+            .file_stem()
+            .map_or("validate".into(), |s| s.to_string_lossy().to_string());
+        PathBuf::from("validate-output").join(stem)
+    });
+    let options = mdrun::validate::Options {
+        out: out.clone(),
+        only,
+        devices,
+        teacher_dir,
+    };
+    let result = mdrun::validate::run_campaign(&spec, &options)?;
+    println!(
+        "validate: {} runs; report {} (and report.json, plots); {}",
+        result.runs.len(),
+        out.join("report.md").display(),
+        if result.passed {
+            "every check passed"
+        } else {
+            "a check FAILED"
+        }
+    );
+    Ok(if result.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_THRESHOLD_FAILED)
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -222,6 +298,16 @@ fn main_result() -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        (
+            Some(Command::Validate {
+                campaign,
+                out,
+                only,
+                device,
+                teacher_dir,
+            }),
+            _,
+        ) => return validate(campaign, out, only, device, teacher_dir),
         (None, None) => {
             return Err(anyhow!(
                 "no input file given (usage: mdrun INPUT.toml, or mdrun --help)"
@@ -235,6 +321,7 @@ fn main_result() -> Result<ExitCode> {
         RunControl {
             restart,
             stop: Some(stop),
+            quiet: false,
         },
     )?;
     if report.interrupted {

@@ -197,6 +197,9 @@ pub struct RunReport {
 pub struct RunControl {
     pub restart: Option<PathBuf>,
     pub stop: Option<Arc<AtomicBool>>,
+    /// No progress bar and nothing on stdout (the log file still gets everything): for runs
+    /// driven by another command, such as `mdrun validate`.
+    pub quiet: bool,
 }
 
 /// The energy-log line of a snapshot.
@@ -342,7 +345,7 @@ pub fn run_with(prepared: Prepared, control: RunControl) -> Result<RunReport> {
         use_gpu,
     } = prepared;
     let n = system.len();
-    let show_progress = std::io::stderr().is_terminal();
+    let show_progress = std::io::stderr().is_terminal() && !control.quiet;
     let md = &input.md;
 
     // The engine first: a GPU that fails to start must not cost the user their old outputs.
@@ -460,7 +463,7 @@ pub fn run_with(prepared: Prepared, control: RunControl) -> Result<RunReport> {
     };
     let mut log = RunLog {
         file: None,
-        echo: !show_progress,
+        echo: !show_progress && !control.quiet,
     };
     if let Some(path) = &input.output.log {
         let path = input.resolve(path);
@@ -618,7 +621,7 @@ pub fn run_with(prepared: Prepared, control: RunControl) -> Result<RunReport> {
     for line in summary.lines() {
         outputs.log.line(&line);
     }
-    if outputs.log.file.is_some() && !outputs.log.echo {
+    if outputs.log.file.is_some() && !outputs.log.echo && !control.quiet {
         for line in summary.lines() {
             println!("{line}");
         }

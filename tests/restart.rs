@@ -61,7 +61,14 @@ fn setup(tag: &str, model: &PainnModel) -> PathBuf {
 
 fn run_file(path: &Path, restart: Option<PathBuf>) -> mdrun::simulation::RunReport {
     let prepared = Prepared::from_input_file(path).unwrap();
-    run_with(prepared, RunControl { restart, stop: None }).unwrap()
+    run_with(
+        prepared,
+        RunControl {
+            restart,
+            ..RunControl::default()
+        },
+    )
+    .unwrap()
 }
 
 fn read(path: &Path) -> Vec<u8> {
