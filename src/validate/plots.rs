@@ -97,17 +97,21 @@ pub fn run_plot(out: &Path, run: &RunResult) -> Result<()> {
     let root = SVGBackend::new(&path, (900, 1000)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e:?}"))?;
     let areas = root.split_evenly((3, 1));
-    let conserved_name = if run.ensemble == "nvt" { "E_conserved" } else { "E_tot" };
+    let mut energies = vec![
+        ("E_tot", delta(&s.total)),
+        ("E_pot", delta(&s.potential)),
+        ("E_kin", delta(&s.kinetic)),
+    ];
+    if run.ensemble == "nvt" {
+        // E_tot plus the energy the thermostat removed: what NVT conserves.
+        energies.push(("E_conserved", delta(&s.conserved)));
+    }
     panel(
         &areas[0],
         &format!("{}: energies relative to t = 0", run.name),
         "ΔE (eV)",
         &s.time_ps,
-        &[
-            (conserved_name, delta(&s.conserved)),
-            ("E_pot", delta(&s.potential)),
-            ("E_kin", delta(&s.kinetic)),
-        ],
+        &energies,
     )?;
     panel(
         &areas[1],
