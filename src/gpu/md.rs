@@ -299,7 +299,8 @@ impl GpuMd {
             step: state.step,
             positions: flatten(&state.positions),
             velocities: flatten(&state.velocities),
-            forces: vec![0.0; 3 * n],
+            // Recomputed by `initialize`; the buffer's own contents keep its exact length.
+            forces: self.gpu.download(&self.painn.forces)?,
             heat,
         };
         self.restore(&saved)?;
