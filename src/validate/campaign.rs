@@ -310,3 +310,54 @@ impl Campaign {
         jobs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(text: &str) -> Result<Campaign> {
+        let dir = std::env::temp_dir().join(format!("mdrun-campaign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.xyz"), "1\n\nH 0 0 0\n").unwrap();
+        std::fs::write(dir.join("m.safetensors"), "").unwrap();
+        let path = dir.join(format!("c{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        Campaign::read(&path)
+    }
+
+    const HEAD: &str = "model = \"m.safetensors\"\n[[system]]\nname = \"a\"\nstructure = \"a.xyz\"\n[[system]]\nname = \"b\"\nstructure = \"a.xyz\"\n";
+
+    #[test]
+    fn the_matrix_expands_in_order_without_repeats_and_filters() {
+        let c = campaign(&format!(
+            "{HEAD}[[run]]\nsystems = [\"all\"]\nensembles = [\"nve\", \"nvt\"]\nsteps = [100, 1000]\ntimesteps_fs = [0.5]\ndevices = [\"cuda\", \"cpu\"]\n\
+             [[run]]\nsystems = [\"a\"]\nensembles = [\"nve\"]\nsteps = [100]\ntimesteps_fs = [0.5, 1.0]\ndevices = [\"cpu\"]\n"
+        ))
+        .unwrap();
+        let all = c.jobs(&[], &[DeviceName::Cpu, DeviceName::Cuda]);
+        assert_eq!(all.len(), 2 * 2 * 2 * 2 + 1, "a-nve-100-0.5-cpu is not repeated");
+        assert_eq!(all[0].name(), "a-nve-100-0.5fs-cuda");
+        assert_eq!(all.last().unwrap().name(), "a-nve-100-1fs-cpu");
+        let cpu_b = c.jobs(&["b".to_string()], &[DeviceName::Cpu]);
+        assert_eq!(cpu_b.len(), 4);
+        assert!(cpu_b.iter().all(|j| j.system == "b" && j.device == DeviceName::Cpu));
+        assert_eq!(c.thresholds.target_drift_mev_per_atom_ps, 0.05);
+        assert_eq!(c.defaults.energy_points, 1000);
+    }
+
+    #[test]
+    fn bad_campaigns_are_refused_with_the_reason() {
+        let run = "[[run]]\nsystems = [\"x\"]\nensembles = [\"nve\"]\nsteps = [100]\ntimesteps_fs = [0.5]\ndevices = [\"cpu\"]\n";
+        let e = campaign(&format!("{HEAD}{run}")).unwrap_err().to_string();
+        assert!(e.contains("no system named `x`"), "{e}");
+        let e = campaign(&format!(
+            "{HEAD}{}",
+            run.replace("[\"x\"]", "[\"a\"]").replace("0.5]", "20.0]")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("timesteps_fs"), "{e}");
+        let e = campaign(&format!("{HEAD}typo = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("typo"), "{e}");
+    }
+}
