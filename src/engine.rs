@@ -1,7 +1,10 @@
 //! MD engines behind one interface: the f64 CPU reference and the GPU-resident path. The run
 //! loop (outputs, checks, summary) is the same for both; only how steps are taken differs.
 
-use anyhow::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
 
 use crate::cell::{Cell, Vec3};
 use crate::forcefield::{CpuPainn, ForceField};
@@ -9,6 +12,7 @@ use crate::gpu::md::{GpuMd, GpuOptions};
 use crate::integrate::{kinetic_energy, Integrator};
 use crate::model::PainnModel;
 use crate::neighbors::{NeighborList, PairList};
+use crate::restart::NeighborState;
 use crate::system::System;
 
 /// The state at the end of a step, as the run loop sees it. Energies in eV.
@@ -87,6 +91,13 @@ pub trait Engine {
     fn snapshot(&mut self) -> Result<Snapshot>;
     fn neighbor_rebuilds(&self) -> Option<u64>;
     fn description(&self) -> String;
+    /// The neighbor-list state a bit-for-bit restart needs (the CPU's; the GPU rebuilds).
+    fn neighbor_state(&self) -> Option<NeighborState> {
+        None
+    }
+    /// A flag that, once set (by a signal handler), makes `advance` return early at the end of
+    /// the current step. Engines whose chunks are short may ignore it.
+    fn set_stop(&mut self, _stop: Arc<AtomicBool>) {}
 }
 
 /// The f64 reference: neighbor list, PaiNN and integrator on the host.
@@ -99,6 +110,7 @@ pub struct CpuEngine {
     numbers: Vec<u8>,
     masses: Vec<f64>,
     cell: Option<Cell>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl CpuEngine {
@@ -127,9 +139,51 @@ impl CpuEngine {
             numbers: system.numbers.clone(),
             masses: system.masses.clone(),
             cell: system.cell,
+            stop: None,
         };
         engine.compute_forces();
         engine
+    }
+
+    /// Continues from a restart state. With the neighbor-list state (a CPU restart file) the
+    /// forces of the file are used as they are and the list is put back as it was, so the run
+    /// continues bit for bit; without it (a GPU restart file) the forces are computed anew.
+    pub fn resume(
+        model: PainnModel,
+        system: &System,
+        state: Snapshot,
+        neighbors: Option<&NeighborState>,
+        integrator: Integrator,
+        skin: f64,
+    ) -> Result<CpuEngine> {
+        if state.positions.len() != system.len() {
+            bail!(
+                "the restart state has {} atoms, the system {}",
+                state.positions.len(),
+                system.len()
+            );
+        }
+        let mut engine = CpuEngine {
+            state,
+            integrator,
+            neighbors: NeighborList::new(model.cutoff(), skin),
+            forcefield: CpuPainn::new(model),
+            pairs: PairList::default(),
+            numbers: system.numbers.clone(),
+            masses: system.masses.clone(),
+            cell: system.cell,
+            stop: None,
+        };
+        match neighbors {
+            Some(nl) => {
+                engine
+                    .neighbors
+                    .restore(nl.reference.clone(), nl.rebuilds, engine.cell.as_ref());
+                engine.state.kinetic = kinetic_energy(&engine.state.velocities, &engine.masses);
+            }
+            None => engine.compute_forces(),
+        }
+        Ok(engine)
     }
 
     fn compute_forces(&mut self) {
@@ -148,6 +202,9 @@ impl Engine for CpuEngine {
 
     fn advance(&mut self, steps: u64, max_force: f64) -> Result<Option<Failure>> {
         for _ in 0..steps {
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
             let good = self.state.clone();
             let s = &mut self.state;
             s.step += 1;
@@ -178,6 +235,16 @@ impl Engine for CpuEngine {
     fn description(&self) -> String {
         "cpu (f64 reference)".into()
     }
+
+    fn neighbor_state(&self) -> Option<NeighborState> {
+        self.neighbors
+            .state()
+            .map(|(reference, rebuilds)| NeighborState { reference, rebuilds })
+    }
+
+    fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
+    }
 }
 
 /// The GPU-resident path: the host sees the state only at output steps.
@@ -197,6 +264,22 @@ impl GpuEngine {
     ) -> Result<GpuEngine> {
         let mut md = GpuMd::new(model, system, velocities, integrator, skin, options)?;
         md.initialize()?;
+        let last_good = md.snapshot()?;
+        Ok(GpuEngine { md, last_good })
+    }
+
+    /// Continues from a restart state: positions, velocities, step and thermostat work are
+    /// uploaded and the forces recomputed on the device (in f32, so not bit for bit).
+    pub fn resume(
+        model: &PainnModel,
+        system: &System,
+        state: &Snapshot,
+        integrator: &Integrator,
+        skin: f64,
+        options: GpuOptions,
+    ) -> Result<GpuEngine> {
+        let mut md = GpuMd::new(model, system, &state.velocities, integrator, skin, options)?;
+        md.load_state(state)?;
         let last_good = md.snapshot()?;
         Ok(GpuEngine { md, last_good })
     }

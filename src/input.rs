@@ -136,6 +136,16 @@ pub struct OutputSection {
     pub energy: Option<EnergyOutput>,
     /// Plain-text run log (progress lines and the closing summary).
     pub log: Option<PathBuf>,
+    /// Restart file: written every `interval` steps, at the end, and on SIGINT/SIGTERM.
+    pub restart: Option<RestartOutput>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartOutput {
+    pub file: PathBuf,
+    /// Steps between restart files; none: only at the end (and on a signal).
+    pub interval: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +222,7 @@ impl Input {
             .map(|t| &t.file)
             .chain(out.energy.as_ref().map(|e| &e.file))
             .chain(out.log.as_ref())
+            .chain(out.restart.as_ref().map(|r| &r.file))
             .map(|p| self.resolve(p))
             .collect()
     }
@@ -288,6 +299,12 @@ impl Input {
         }
         if let Some(log) = &self.output.log {
             outputs.push(("output.log".into(), self.resolve(log)));
+        }
+        if let Some(r) = &self.output.restart {
+            if r.interval == Some(0) {
+                return Err(self.error("output.restart.interval", "must be ≥ 1 step"));
+            }
+            outputs.push(("output.restart.file".into(), self.resolve(&r.file)));
         }
         for (index, (key, path)) in outputs.iter().enumerate() {
             if outputs[..index].iter().any(|(_, other)| other == path) {

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -8,7 +10,7 @@ use mdrun::forcefield::cpu::evaluate;
 use mdrun::input::Device;
 use mdrun::model::{PainnConfig, PainnModel};
 use mdrun::neighbors::brute_force_pairs;
-use mdrun::simulation::{check_structure, resolve_device, run, Prepared};
+use mdrun::simulation::{check_structure, resolve_device, run_with, Prepared, RunControl};
 use mdrun::system::System;
 
 /// Molecular dynamics with a PaiNN machine-learned force field (Å, fs, eV, amu, K).
@@ -17,6 +19,9 @@ use mdrun::system::System;
 struct Cli {
     /// Input file (TOML) of the run; see README.md for the keys.
     input: Option<PathBuf>,
+    /// Continue from this restart file (written by `[output.restart]`); outputs are appended.
+    #[arg(long)]
+    restart: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -26,7 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the simulation an input file describes (the same as `mdrun INPUT`).
-    Run { input: PathBuf },
+    Run {
+        input: PathBuf,
+        /// Continue from this restart file; outputs are appended.
+        #[arg(long)]
+        restart: Option<PathBuf>,
+    },
     /// Single point: energy (eV) and forces (eV/Å) of a structure, as JSON on stdout.
     Eval {
         /// Structure file, any format chemfiles reads.
@@ -104,6 +114,23 @@ enum Command {
         #[arg(long)]
         no_gpu: bool,
     },
+    /// Runs a validation campaign (NVE drift, NVT temperature, GPU vs CPU forces) described by a
+    /// TOML file (inputs/validate.toml); writes report.md, report.json and SVG plots. Exits 4
+    /// when a threshold fails.
+    Validate {
+        campaign: PathBuf,
+        /// Output directory (default: validate-output/ beside the campaign file's name).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only these systems (repeat, or comma separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[arg(long, value_enum, default_value = "both")]
+        device: ValidateDevice,
+        /// Directory of tools/distill/trajectory_error.py JSON files, one `<system>.json` each.
+        #[arg(long)]
+        teacher_dir: Option<PathBuf>,
+    },
     /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
     RandomModel {
         out: PathBuf,
@@ -131,6 +158,65 @@ enum Command {
 enum SizesArg {
     Small,
     All,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ValidateDevice {
+    Cpu,
+    Cuda,
+    Both,
+}
+
+/// Exit status of a validation campaign in which a threshold failed.
+const EXIT_THRESHOLD_FAILED: u8 = 4;
+
+fn validate(
+    campaign: PathBuf,
+    out: Option<PathBuf>,
+    only: Vec<String>,
+    device: ValidateDevice,
+    teacher_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use mdrun::validate::campaign::{Campaign, DeviceName};
+    let spec = Campaign::read(&campaign)?;
+    for name in &only {
+        if spec.system(name).is_none() {
+            return Err(anyhow!("--only: the campaign has no system named `{name}`"));
+        }
+    }
+    let devices = match device {
+        ValidateDevice::Cpu => vec![DeviceName::Cpu],
+        ValidateDevice::Cuda => vec![DeviceName::Cuda],
+        ValidateDevice::Both => vec![DeviceName::Cpu, DeviceName::Cuda],
+    };
+    let out = out.unwrap_or_else(|| {
+        let stem = campaign
+            .file_stem()
+            .map_or("validate".into(), |s| s.to_string_lossy().to_string());
+        PathBuf::from("validate-output").join(stem)
+    });
+    let options = mdrun::validate::Options {
+        out: out.clone(),
+        only,
+        devices,
+        teacher_dir,
+    };
+    let result = mdrun::validate::run_campaign(&spec, &options)?;
+    println!(
+        "validate: {} runs; report {} (and report.json, plots); {}",
+        result.runs.len(),
+        out.join("report.md").display(),
+        if result.passed {
+            "every check passed"
+        } else {
+            "a check FAILED"
+        }
+    );
+    Ok(if result.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_THRESHOLD_FAILED)
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -169,10 +255,27 @@ fn eval(structure: PathBuf, model_path: PathBuf, device: DeviceArg, format: Opti
     Ok(())
 }
 
+/// Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// A flag set by the first SIGINT/SIGTERM: the run stops at the end of the current step, writes
+/// its restart file and closes its outputs. A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(signal, i32::from(EXIT_INTERRUPTED), Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handlers")?;
+    }
+    Ok(stop)
+}
+
 fn main_result() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let input = match (cli.command, cli.input) {
-        (Some(Command::Run { input }), _) | (None, Some(input)) => input,
+    let (input, restart) = match (cli.command, cli.input) {
+        (Some(Command::Run { input, restart }), _) => (input, restart),
+        (None, Some(input)) => (input, cli.restart),
         (
             Some(Command::Eval {
                 structure,
@@ -281,6 +384,16 @@ fn main_result() -> Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
+        (
+            Some(Command::Validate {
+                campaign,
+                out,
+                only,
+                device,
+                teacher_dir,
+            }),
+            _,
+        ) => return validate(campaign, out, only, device, teacher_dir),
         (None, None) => {
             return Err(anyhow!(
                 "no input file given (usage: mdrun INPUT.toml, or mdrun --help)"
@@ -288,7 +401,19 @@ fn main_result() -> Result<ExitCode> {
         }
     };
     let prepared = Prepared::from_input_file(&input)?;
-    let report = run(prepared)?;
+    let stop = stop_on_signals()?;
+    let report = run_with(
+        prepared,
+        RunControl {
+            restart,
+            stop: Some(stop),
+            quiet: false,
+        },
+    )?;
+    if report.interrupted {
+        eprintln!("mdrun: interrupted by a signal; outputs flushed, restart file written if configured");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     match report.failure {
         Some(why) => {
             eprintln!("mdrun: run stopped: {why}");

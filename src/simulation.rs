@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,6 +19,7 @@ use crate::integrate::{maxwell_boltzmann, temperature, Integrator};
 use crate::model::PainnModel;
 use crate::neighbors::closest_pair_below;
 use crate::output::{check_trajectory_format, EnergyLog, EnergyRecord, Summary, TrajectoryWriter};
+use crate::restart::{truncate_output, Fingerprint, OutputLength, Restart};
 use crate::system::System;
 use crate::units::FS_PER_PS;
 
@@ -184,6 +187,34 @@ pub struct RunReport {
     pub failure: Option<String>,
     pub outputs: Vec<PathBuf>,
     pub device: String,
+    /// Stopped early by the stop flag (SIGINT/SIGTERM); the restart file, if any, was written.
+    pub interrupted: bool,
+}
+
+/// How a run is started and stopped from outside: a restart file to continue from, and a flag a
+/// signal handler sets to stop it cleanly.
+#[derive(Default, Clone)]
+pub struct RunControl {
+    pub restart: Option<PathBuf>,
+    pub stop: Option<Arc<AtomicBool>>,
+    /// No progress bar and nothing on stdout (the log file still gets everything): for runs
+    /// driven by another command, such as `mdrun validate`.
+    pub quiet: bool,
+}
+
+/// The energy-log line of a snapshot.
+fn record_of(snap: &Snapshot, timestep_fs: f64, dof: usize) -> EnergyRecord {
+    let (max_force, rms_force) = force_norms(&snap.forces);
+    EnergyRecord {
+        step: snap.step,
+        time_ps: snap.step as f64 * timestep_fs / FS_PER_PS,
+        potential: snap.potential,
+        kinetic: snap.kinetic,
+        temperature: temperature(snap.kinetic, dof),
+        thermostat_work: snap.thermostat_work,
+        max_force,
+        rms_force,
+    }
 }
 
 /// Everything a run writes, and when.
@@ -195,6 +226,18 @@ struct Outputs {
     cell: Option<Cell>,
     masses_dof: usize,
     timestep_fs: f64,
+    restart: Option<RestartTarget>,
+}
+
+/// Where and how often restart files are written, and what identifies the run in them.
+struct RestartTarget {
+    path: PathBuf,
+    interval: Option<u64>,
+    fingerprint: Fingerprint,
+    device: &'static str,
+    seed: u64,
+    /// Conserved energy of the run's first logged step, for the energy log's drift column.
+    energy_reference: Option<f64>,
 }
 
 impl Outputs {
@@ -204,23 +247,14 @@ impl Outputs {
             .trajectories
             .iter()
             .map(|t| t.interval)
-            .chain(self.energy_log.as_ref().map(|e| e.interval));
+            .chain(self.energy_log.as_ref().map(|e| e.interval))
+            .chain(self.restart.as_ref().and_then(|r| r.interval));
         intervals.map(|i| (step / i + 1) * i).min().unwrap_or(last).min(last)
     }
 
     /// Writes what is due at this snapshot's step (everything when `force`).
     fn write(&mut self, snap: &Snapshot, force: bool) -> Result<()> {
-        let (max_force, rms_force) = force_norms(&snap.forces);
-        let record = EnergyRecord {
-            step: snap.step,
-            time_ps: snap.step as f64 * self.timestep_fs / FS_PER_PS,
-            potential: snap.potential,
-            kinetic: snap.kinetic,
-            temperature: temperature(snap.kinetic, self.masses_dof),
-            thermostat_work: snap.thermostat_work,
-            max_force,
-            rms_force,
-        };
+        let record = record_of(snap, self.timestep_fs, self.masses_dof);
         let due = self.energy_log.as_ref().is_some_and(|l| l.is_due(snap.step));
         let already = self.records.last().is_some_and(|r| r.step == snap.step);
         if (due || force || self.records.is_empty()) && !already {
@@ -247,9 +281,60 @@ impl Outputs {
         }
         Ok(())
     }
+
+    fn restart_due(&self, step: u64) -> bool {
+        self.restart
+            .as_ref()
+            .and_then(|r| r.interval)
+            .is_some_and(|i| step.is_multiple_of(i))
+    }
+
+    /// Puts the outputs on disk, notes their lengths, and writes the restart file atomically:
+    /// a restart from it truncates the outputs back to these lengths.
+    fn write_restart(&mut self, snap: &Snapshot, engine: &dyn Engine) -> Result<()> {
+        let Some(target) = &self.restart else {
+            return Ok(());
+        };
+        let mut lengths = Vec::new();
+        for t in self.trajectories.iter_mut() {
+            let bytes = t.sync().map_err(|e| anyhow!(e))?;
+            lengths.push(OutputLength {
+                file: t.path().to_path_buf(),
+                bytes,
+            });
+        }
+        let mut reference = target.energy_reference;
+        if let Some(log) = &self.energy_log {
+            lengths.push(OutputLength {
+                file: log.path().to_path_buf(),
+                bytes: log.bytes_on_disk().map_err(|e| anyhow!(e))?,
+            });
+            reference = reference.or(log.reference());
+        }
+        let reference = reference.or(self.records.first().map(EnergyRecord::conserved));
+        let restart = Restart::new(
+            target.fingerprint.clone(),
+            target.device,
+            target.seed,
+            snap,
+            reference,
+            engine.neighbor_state(),
+            lengths,
+        );
+        restart
+            .write(&target.path)
+            .with_context(|| format!("writing the restart file at step {}", snap.step))
+    }
 }
 
+/// Runs without a restart file or a stop flag.
 pub fn run(prepared: Prepared) -> Result<RunReport> {
+    run_with(prepared, RunControl::default())
+}
+
+/// Runs, continuing from `control.restart` when given and stopping early (with a restart file
+/// and flushed outputs) once `control.stop` is set.
+pub fn run_with(prepared: Prepared, control: RunControl) -> Result<RunReport> {
     let Prepared {
         input,
         system,
@@ -260,7 +345,7 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         use_gpu,
     } = prepared;
     let n = system.len();
-    let show_progress = std::io::stderr().is_terminal();
+    let show_progress = std::io::stderr().is_terminal() && !control.quiet;
     let md = &input.md;
 
     // The engine first: a GPU that fails to start must not cost the user their old outputs.
@@ -279,14 +364,72 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
             " — UNTRAINED (random weights): the dynamics are not physical"
         }
     );
-    let mut engine: Box<dyn Engine> = if use_gpu {
-        Box::new(
+    let system_path = input.resolve(&input.system.file);
+    let model_path = input.resolve(&input.model.file);
+    let fingerprint = Fingerprint::of(&input.path, &model_path, &system_path)?;
+    let restart = match &control.restart {
+        Some(path) => {
+            let restart = Restart::read(path)?;
+            restart.check(path, &fingerprint, n)?;
+            if restart.step > md.steps {
+                bail!(
+                    "{}: the restart file is at step {}, beyond md.steps = {} of {}",
+                    path.display(),
+                    restart.step,
+                    md.steps,
+                    input.path.display()
+                );
+            }
+            Some((path.clone(), restart))
+        }
+        None => None,
+    };
+    let mut engine: Box<dyn Engine> = match (&restart, use_gpu) {
+        (None, true) => Box::new(
             GpuEngine::new(&model, &system, &velocities, &integrator, skin, input.gpu)
                 .context("starting the GPU engine")?,
-        )
-    } else {
-        Box::new(CpuEngine::new(model, &system, velocities, integrator.clone(), skin))
+        ),
+        (None, false) => Box::new(CpuEngine::new(model, &system, velocities, integrator.clone(), skin)),
+        (Some((_, r)), true) => Box::new(
+            GpuEngine::resume(&model, &system, &r.snapshot(), &integrator, skin, input.gpu)
+                .context("starting the GPU engine from the restart state")?,
+        ),
+        (Some((_, r)), false) => Box::new(CpuEngine::resume(
+            model,
+            &system,
+            r.snapshot(),
+            r.neighbors.as_ref(),
+            integrator.clone(),
+            skin,
+        )?),
     };
+    if let Some(stop) = &control.stop {
+        engine.set_stop(Arc::clone(stop));
+    }
+    // A restart continues the outputs: each is cut back to its length at the checkpoint (frames
+    // written after it would otherwise appear twice) and then appended to.
+    if let Some((path, r)) = &restart {
+        // Matched by position, not by the recorded name: a run directory may have been moved.
+        let current: Vec<PathBuf> = input
+            .output
+            .trajectory
+            .iter()
+            .map(|t| input.resolve(&t.file))
+            .chain(input.output.energy.as_ref().map(|e| input.resolve(&e.file)))
+            .collect();
+        if current.len() != r.outputs.len() {
+            bail!(
+                "{}: the restart file records {} outputs, the input names {}",
+                path.display(),
+                r.outputs.len(),
+                current.len()
+            );
+        }
+        for (file, output) in current.iter().zip(&r.outputs) {
+            truncate_output(path, file, output.bytes)?;
+        }
+    }
+    let resumed_at = restart.as_ref().map(|(_, r)| r.step);
 
     // Outputs: created only now, after every check has passed.
     for path in input.output_paths() {
@@ -299,25 +442,37 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     for (t, format) in input.output.trajectory.iter().zip(&trajectory_formats) {
         let path = input.resolve(&t.file);
         let explicit = t.format.as_deref().map(|_| format.as_str());
-        trajectories
-            .push(TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols).map_err(|e| anyhow!(e))?);
+        let writer = match resumed_at {
+            Some(step) => TrajectoryWriter::append(&path, explicit, t.interval, &system.symbols, step),
+            None => TrajectoryWriter::create(&path, explicit, t.interval, &system.symbols),
+        };
+        trajectories.push(writer.map_err(|e| anyhow!(e))?);
         paths.push(path);
     }
     let energy_log = match &input.output.energy {
         Some(e) => {
             let path = input.resolve(&e.file);
             paths.push(path.clone());
-            Some(EnergyLog::create(&path, e.interval, n).map_err(|e| anyhow!(e))?)
+            let log = match &restart {
+                Some((_, r)) => EnergyLog::append(&path, e.interval, n, r.energy_reference),
+                None => EnergyLog::create(&path, e.interval, n),
+            };
+            Some(log.map_err(|e| anyhow!(e))?)
         }
         None => None,
     };
     let mut log = RunLog {
         file: None,
-        echo: !show_progress,
+        echo: !show_progress && !control.quiet,
     };
     if let Some(path) = &input.output.log {
         let path = input.resolve(path);
-        let file = File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+        let file = if resumed_at.is_some() {
+            std::fs::OpenOptions::new().create(true).append(true).open(&path)
+        } else {
+            File::create(&path)
+        }
+        .with_context(|| format!("{}: cannot create", path.display()))?;
         log.file = Some(BufWriter::new(file));
         paths.push(path);
     }
@@ -342,6 +497,14 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         md.ensemble, md.timestep_fs, md.steps, md.temperature_k, md.seed, dof, skin
     ));
     log.line(&format!("device: {}", engine.description()));
+    if let Some((path, r)) = &restart {
+        log.line(&format!(
+            "restart: continuing from step {} of {} (written on {})",
+            r.step,
+            path.display(),
+            r.device
+        ));
+    }
     if !trained && show_progress {
         eprintln!(
             "warning: {} is an untrained model (random weights): the dynamics are not physical",
@@ -356,6 +519,14 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         cell: system.cell,
         masses_dof: dof,
         timestep_fs: md.timestep_fs,
+        restart: input.output.restart.as_ref().map(|r| RestartTarget {
+            path: input.resolve(&r.file),
+            interval: r.interval,
+            fingerprint: fingerprint.clone(),
+            device: if use_gpu { "cuda" } else { "cpu" },
+            seed: md.seed,
+            energy_reference: restart.as_ref().and_then(|(_, r)| r.energy_reference),
+        }),
     };
 
     let progress = if show_progress {
@@ -373,15 +544,27 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     };
 
     let start = engine.snapshot()?;
+    progress.set_position(start.step);
     let mut failure: Option<Failure> = check(&start, md.max_force_ev_per_angstrom).map(|why| Failure {
         reason: format!("the starting structure is not usable: {}", why.reason),
         ..why
     });
+    let stop_requested = || control.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut interrupted = false;
     let started = Instant::now();
     if failure.is_none() {
-        outputs.write(&start, false)?;
-        // Chunks end at output steps, and at least every 1,000 steps for the progress bar.
+        match resumed_at {
+            // The restart step's outputs were written by the run that wrote the restart file.
+            Some(_) => outputs.records.push(record_of(&start, md.timestep_fs, dof)),
+            None => outputs.write(&start, false)?,
+        }
+        // Chunks end at output and restart steps, and at least every 1,000 steps for the
+        // progress bar (and for the stop flag on engines that do not watch it).
         while engine.step() < md.steps {
+            if stop_requested() {
+                interrupted = true;
+                break;
+            }
             let step = engine.step();
             let target = outputs.next_due(step, md.steps).min(step + 1000);
             failure = engine.advance(target - step, md.max_force_ev_per_angstrom)?;
@@ -390,6 +573,9 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
                 break;
             }
             outputs.write(&snap, false)?;
+            if outputs.restart_due(snap.step) && snap.step < md.steps {
+                outputs.write_restart(&snap, engine.as_ref())?;
+            }
             progress.set_position(snap.step);
             if let Some(r) = outputs.records.last() {
                 progress.set_message(format!("E_tot {:.6} eV, T {:.1} K", r.total(), r.temperature));
@@ -398,14 +584,30 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     }
     let wall = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    // The last good state always ends the trajectories and the energy log.
     let last_good = engine.snapshot()?;
-    outputs.write(&last_good, true)?;
-    if let Some(why) = &failure {
+    if interrupted {
+        // Outputs stay as the uninterrupted run would have them at this step (no extra frame),
+        // so that a continued run writes exactly the frames and lines the uninterrupted one would.
+        outputs.write_restart(&last_good, engine.as_ref())?;
+        let restart_note = match &outputs.restart {
+            Some(r) => format!("restart file {} written", r.path.display()),
+            None => "no restart file (the input has no [output.restart])".into(),
+        };
         outputs.log.line(&format!(
-            "STOPPED: {}; the last good frame (step {}) was written",
-            why.reason, last_good.step
+            "INTERRUPTED by a signal at step {}; {restart_note}",
+            last_good.step
         ));
+    } else {
+        // The last good state always ends the trajectories and the energy log.
+        outputs.write(&last_good, true)?;
+        match &failure {
+            Some(why) => outputs.log.line(&format!(
+                "STOPPED: {}; the last good frame (step {}) was written",
+                why.reason, last_good.step
+            )),
+            // A failed run keeps its last interval restart file: the end state is not worth one.
+            None => outputs.write_restart(&last_good, engine.as_ref())?,
+        }
     }
     let non_finite = failure.as_ref().is_some_and(|f| f.non_finite);
     let summary = Summary::new(
@@ -419,7 +621,7 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
     for line in summary.lines() {
         outputs.log.line(&line);
     }
-    if outputs.log.file.is_some() && !outputs.log.echo {
+    if outputs.log.file.is_some() && !outputs.log.echo && !control.quiet {
         for line in summary.lines() {
             println!("{line}");
         }
@@ -429,5 +631,6 @@ pub fn run(prepared: Prepared) -> Result<RunReport> {
         failure: failure.map(|f| f.reason),
         outputs: paths,
         device: engine.description(),
+        interrupted,
     })
 }

@@ -301,6 +301,33 @@ impl GpuMd {
         Ok(())
     }
 
+    /// Replaces the state with `state` (a restart): positions, velocities, step and the
+    /// thermostat work are uploaded, then `initialize` rebuilds the neighbor list and recomputes
+    /// the forces on the device (the file's f64 forces are not reused: the device's are f32).
+    pub fn load_state(&mut self, state: &Snapshot) -> Result<()> {
+        let n = self.n_atoms;
+        if state.positions.len() != n || state.velocities.len() != n {
+            return Err(anyhow!(
+                "load_state: {} positions and {} velocities for {n} atoms",
+                state.positions.len(),
+                state.velocities.len()
+            ));
+        }
+        // The device keeps the heat the thermostat added per atom; only the sum matters.
+        let mut heat = vec![0.0; n];
+        heat[0] = -state.thermostat_work;
+        let saved = SavedState {
+            step: state.step,
+            positions: flatten(&state.positions),
+            velocities: flatten(&state.velocities),
+            // Recomputed by `initialize`; the buffer's own contents keep its exact length.
+            forces: self.gpu.download(self.painn.forces())?,
+            heat,
+        };
+        self.restore(&saved)?;
+        self.initialize()
+    }
+
     /// Replaces the neighbor rows with rows of `capacity` entries (takes effect at the next
     /// rebuild; `initialize` forces one).
     pub fn set_neighbor_capacity(&mut self, capacity: usize) -> Result<()> {

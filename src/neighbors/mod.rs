@@ -111,6 +111,22 @@ impl NeighborList {
         true
     }
 
+    /// What a restart needs to continue bit for bit: the positions of the last build (the
+    /// candidates, and so the pair order, follow from them) and the build count. None before the
+    /// first build.
+    pub fn state(&self) -> Option<(Vec<Vec3>, u64)> {
+        self.built.then(|| (self.reference.clone(), self.rebuilds))
+    }
+
+    /// Puts the list back as `state` left it: the candidates are searched again from the
+    /// positions of that build, which gives the very same list, in the same order.
+    pub fn restore(&mut self, reference: Vec<Vec3>, rebuilds: u64, cell: Option<&Cell>) {
+        self.candidates = cell_list_candidates(&reference, cell, self.cutoff + self.skin);
+        self.reference = reference;
+        self.built = true;
+        self.rebuilds = rebuilds;
+    }
+
     /// The pairs strictly within the cutoff at the current positions.
     pub fn pairs(&self, positions: &[Vec3], cell: Option<&Cell>, out: &mut PairList) {
         out.clear();

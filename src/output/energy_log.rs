@@ -52,6 +52,38 @@ impl EnergyLog {
         Ok(log)
     }
 
+    /// Continues an existing log (a restart): no header; the drift column keeps measuring from
+    /// `reference`, the conserved energy (eV) of the original first line.
+    pub fn append(path: &Path, interval: u64, n_atoms: usize, reference: Option<f64>) -> Result<EnergyLog, String> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: cannot open to append: {e}", path.display()))?;
+        Ok(EnergyLog {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+            interval,
+            n_atoms,
+            reference,
+        })
+    }
+
+    /// The conserved energy the drift column is measured from, once a line was written.
+    pub fn reference(&self) -> Option<f64> {
+        self.reference
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes on disk (every line is flushed as written).
+    pub fn bytes_on_disk(&self) -> Result<u64, String> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
     pub fn is_due(&self, step: u64) -> bool {
         step.is_multiple_of(self.interval)
     }

@@ -1,7 +1,7 @@
 //! What a run writes: trajectories, the energy log, the plain-text run log and the summary.
 
 mod energy_log;
-mod summary;
+pub mod summary;
 mod trajectory;
 
 pub use energy_log::{EnergyLog, EnergyRecord};

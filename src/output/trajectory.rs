@@ -31,7 +31,9 @@ pub fn check_trajectory_format(path: &Path, format: Option<&str>) -> Result<Stri
 /// Writes every `interval`-th step as a frame with the element names and the cell.
 pub struct TrajectoryWriter {
     path: PathBuf,
-    trajectory: chemfiles::Trajectory,
+    format: Option<String>,
+    /// Always Some, except for the moment `sync` closes and reopens it.
+    trajectory: Option<chemfiles::Trajectory>,
     frame: chemfiles::Frame,
     pub interval: u64,
     last_step: Option<u64>,
@@ -44,22 +46,63 @@ impl TrajectoryWriter {
         interval: u64,
         symbols: &[String],
     ) -> Result<TrajectoryWriter, String> {
-        let trajectory = match format {
-            Some(f) => chemfiles::Trajectory::open_with_format(path, 'w', f),
-            None => chemfiles::Trajectory::open(path, 'w'),
+        TrajectoryWriter::open(path, format, interval, symbols, None)
+    }
+
+    /// Continues an existing trajectory (a restart) whose last frame is `last_step`'s.
+    pub fn append(
+        path: &Path,
+        format: Option<&str>,
+        interval: u64,
+        symbols: &[String],
+        last_step: u64,
+    ) -> Result<TrajectoryWriter, String> {
+        TrajectoryWriter::open(path, format, interval, symbols, Some(last_step))
+    }
+
+    fn open_file(path: &Path, format: Option<&str>, mode: char) -> Result<chemfiles::Trajectory, String> {
+        match format {
+            Some(f) => chemfiles::Trajectory::open_with_format(path, mode, f),
+            None => chemfiles::Trajectory::open(path, mode),
         }
-        .map_err(|e| format!("{}: cannot create: {}", path.display(), one_line(&e.to_string())))?;
+        .map_err(|e| format!("{}: cannot open: {}", path.display(), one_line(&e.to_string())))
+    }
+
+    fn open(
+        path: &Path,
+        format: Option<&str>,
+        interval: u64,
+        symbols: &[String],
+        last_step: Option<u64>,
+    ) -> Result<TrajectoryWriter, String> {
+        let mode = if last_step.is_some() { 'a' } else { 'w' };
+        let trajectory = TrajectoryWriter::open_file(path, format, mode)?;
         let mut frame = chemfiles::Frame::new();
         for symbol in symbols {
             frame.add_atom(&chemfiles::Atom::new(symbol.as_str()), [0.0; 3], None);
         }
         Ok(TrajectoryWriter {
             path: path.to_path_buf(),
-            trajectory,
+            format: format.map(str::to_string),
+            trajectory: Some(trajectory),
             frame,
             interval,
-            last_step: None,
+            last_step,
         })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts every frame written so far on disk (chemfiles buffers and has no flush: the file is
+    /// closed and opened again to append) and returns the file's length in bytes.
+    pub fn sync(&mut self) -> Result<u64, String> {
+        drop(self.trajectory.take());
+        self.trajectory = Some(TrajectoryWriter::open_file(&self.path, self.format.as_deref(), 'a')?);
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
     pub fn is_due(&self, step: u64) -> bool {
@@ -86,7 +129,8 @@ impl TrajectoryWriter {
         };
         self.frame.set_cell(&unit_cell);
         self.frame.set_step(step as usize);
-        self.trajectory.write(&self.frame).map_err(|e| {
+        let trajectory = self.trajectory.as_mut().expect("open between calls");
+        trajectory.write(&self.frame).map_err(|e| {
             format!(
                 "{}: cannot write step {step}: {}",
                 self.path.display(),
