@@ -91,7 +91,6 @@ pub struct GpuMd {
     /// The force evaluation alone as a graph (`force_call`, for the benchmark).
     force_graph: Option<CudaGraph>,
     /// Device memory in use (bytes) once the context and kernels were loaded, before any buffer.
-    memory_at_open: usize,
     pub use_graph: bool,
     search: NeighborSearch,
     host_step: u64,
@@ -110,7 +109,6 @@ impl GpuMd {
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
         let gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
-        let memory_at_open = used_memory(&gpu)?;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(
@@ -176,7 +174,6 @@ impl GpuMd {
             energy_sums: gpu.function("energy_sums")?,
             graph: None,
             force_graph: None,
-            memory_at_open,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
             host_step: 0,
@@ -443,18 +440,12 @@ impl GpuMd {
         self.gpu.synchronize()
     }
 
-    /// Device memory this engine holds (bytes): memory in use on the device now (cuMemGetInfo,
-    /// total − free) minus what was in use once the context and kernels were loaded. Every buffer
-    /// is allocated up front, so after a run this is the peak; other processes on the device
-    /// would be counted too.
+    /// Peak device memory of this engine's buffers (bytes): positions, weights, activations,
+    /// neighbor rows, per-pair buffers; not the CUDA context and module, which are the same for
+    /// every system.
     pub fn device_memory_bytes(&self) -> Result<u64> {
-        Ok(used_memory(&self.gpu)?.saturating_sub(self.memory_at_open) as u64)
+        Ok(self.gpu.peak_buffer_bytes() as u64)
     }
-}
-
-fn used_memory(gpu: &Gpu) -> Result<usize> {
-    let (free, total) = gpu.ctx.mem_get_info().map_err(|e| anyhow!("cuMemGetInfo: {e:?}"))?;
-    Ok(total - free)
 }
 
 /// Energy (eV) and forces (eV/Å) of one configuration on the GPU: for `mdrun eval` and tests.

@@ -13,6 +13,7 @@ pub mod params;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -165,6 +166,22 @@ pub struct Gpu {
     pub sizes: KernelSizes,
     pub name: String,
     pub compute_capability: (i32, i32),
+    memory: Arc<MemoryCount>,
+}
+
+/// Bytes held by the live buffers of one `Gpu`, and the most they ever held: exact, unlike
+/// cuMemGetInfo, which moves in the driver's 2 MiB pages and sees every process on the device.
+#[derive(Default)]
+struct MemoryCount {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryCount {
+    fn add(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
 }
 
 impl Gpu {
@@ -196,6 +213,7 @@ impl Gpu {
             sizes,
             name,
             compute_capability,
+            memory: Arc::default(),
         })
     }
 
@@ -217,7 +235,7 @@ impl Gpu {
             .stream
             .clone_htod(data)
             .map_err(|e| anyhow!("upload of {} elements: {e:?}", data.len()))?;
-        Ok(Buffer::new(slice, &self.stream))
+        Ok(self.buffer(slice))
     }
 
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<Buffer<T>> {
@@ -225,7 +243,27 @@ impl Gpu {
             .stream
             .alloc_zeros::<T>(len.max(1))
             .map_err(|e| anyhow!("allocation of {len} elements: {e:?}"))?;
-        Ok(Buffer::new(slice, &self.stream))
+        Ok(self.buffer(slice))
+    }
+
+    fn buffer<T>(&self, slice: CudaSlice<T>) -> Buffer<T> {
+        let bytes = slice.len() * std::mem::size_of::<T>();
+        self.memory.add(bytes);
+        let ptr = {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            ptr
+        };
+        Buffer {
+            slice,
+            ptr,
+            bytes,
+            memory: Arc::clone(&self.memory),
+        }
+    }
+
+    /// The most device memory (bytes) this GPU's buffers held at once so far.
+    pub fn peak_buffer_bytes(&self) -> usize {
+        self.memory.peak.load(Ordering::Relaxed)
     }
 
     pub fn download<T: DeviceRepr + Default + Clone>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
@@ -243,23 +281,23 @@ impl Gpu {
 pub struct Buffer<T> {
     pub slice: CudaSlice<T>,
     pub ptr: u64,
+    bytes: usize,
+    memory: Arc<MemoryCount>,
 }
 
 impl<T> Buffer<T> {
-    fn new(slice: CudaSlice<T>, stream: &Arc<CudaStream>) -> Buffer<T> {
-        let ptr = {
-            let (ptr, _sync) = slice.device_ptr(stream);
-            ptr
-        };
-        Buffer { slice, ptr }
-    }
-
     pub fn len(&self) -> usize {
         self.slice.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.slice.len() == 0
+    }
+}
+
+impl<T> Drop for Buffer<T> {
+    fn drop(&mut self) {
+        self.memory.live.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
