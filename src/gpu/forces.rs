@@ -38,44 +38,113 @@ impl DenseOnGpu {
     }
 }
 
-struct Layer {
-    context1: DenseOnGpu,
-    context2: DenseOnGpu,
-    mix: DenseOnGpu,
-    mix1: DenseOnGpu,
-    mix2: DenseOnGpu,
+/// One interaction and mixing block on the device: weights, and the activations of the layer
+/// that the backward pass needs (shared by the fused and the unfused kernels).
+pub(crate) struct Layer {
+    pub(crate) context1: DenseOnGpu,
+    pub(crate) context2: DenseOnGpu,
+    pub(crate) mix: DenseOnGpu,
+    pub(crate) mix1: DenseOnGpu,
+    pub(crate) mix2: DenseOnGpu,
     /// Activations of this layer (inputs of layer t are q[t], mu[t]).
-    q_mid: Buffer<f32>,
-    mu_mid: Buffer<f32>,
-    x: Buffer<f32>,
-    pre_context: Buffer<f32>,
-    vu: Buffer<f32>,
-    norm: Buffer<f32>,
-    pre_mix: Buffer<f32>,
-    a_mix: Buffer<f32>,
+    pub(crate) q_mid: Buffer<f32>,
+    pub(crate) mu_mid: Buffer<f32>,
+    pub(crate) x: Buffer<f32>,
+    pub(crate) pre_context: Buffer<f32>,
+    pub(crate) vu: Buffer<f32>,
+    pub(crate) norm: Buffer<f32>,
+    pub(crate) pre_mix: Buffer<f32>,
+    pub(crate) a_mix: Buffer<f32>,
+}
+
+impl Layer {
+    /// Interaction `t` of `model` for `n` atoms of F features.
+    pub(crate) fn new(gpu: &Gpu, model: &PainnModel, t: usize, n: usize) -> Result<Layer> {
+        let f = gpu.sizes.features;
+        let (i, m) = (&model.interactions[t], &model.mixings[t]);
+        Ok(Layer {
+            context1: DenseOnGpu::new(gpu, &i.context1)?,
+            context2: DenseOnGpu::new(gpu, &i.context2)?,
+            mix: DenseOnGpu::new(gpu, &m.channel_mix)?,
+            mix1: DenseOnGpu::new(gpu, &m.context1)?,
+            mix2: DenseOnGpu::new(gpu, &m.context2)?,
+            q_mid: gpu.zeros(n * f)?,
+            mu_mid: gpu.zeros(n * 3 * f)?,
+            x: gpu.zeros(n * 3 * f)?,
+            pre_context: gpu.zeros(n * f)?,
+            vu: gpu.zeros(n * 6 * f)?,
+            norm: gpu.zeros(n * f)?,
+            pre_mix: gpu.zeros(n * f)?,
+            a_mix: gpu.zeros(n * 3 * f)?,
+        })
+    }
+}
+
+/// The model on the device in f32, shared by the fused and the unfused kernels: weights of
+/// every layer (with the activations the backward pass keeps), filter network, radial basis,
+/// readout, energy offsets, the atoms' elements, and the features q[t], μ[t] entering layer t
+/// (q[T], μ[T] the final ones).
+pub(crate) struct DeviceModel {
+    pub(crate) n_atoms: usize,
+    pub(crate) cutoff: f32,
+    pub(crate) epsilon: f32,
+    pub(crate) filter_offset: Vec<i32>,
+    pub(crate) filter_w: Buffer<f32>,
+    pub(crate) filter_b: Buffer<f32>,
+    pub(crate) rbf_offsets: Buffer<f32>,
+    pub(crate) rbf_coeffs: Buffer<f32>,
+    pub(crate) readout1: DenseOnGpu,
+    pub(crate) readout_w2: Buffer<f32>,
+    pub(crate) readout_b2: f32,
+    pub(crate) scale: f32,
+    pub(crate) mean_per_atom: f32,
+    pub(crate) atomref: Buffer<f32>,
+    pub(crate) numbers: Buffer<i32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) q: Vec<Buffer<f32>>,
+    pub(crate) mu: Vec<Buffer<f32>>,
+}
+
+impl DeviceModel {
+    pub(crate) fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8]) -> Result<DeviceModel> {
+        let f = gpu.sizes.features;
+        let n = numbers.len();
+        let t_count = model.config.n_interactions;
+        let RadialBasis::Gaussian { offsets, widths } = &model.radial_basis else {
+            unreachable!("checked by kernel_sizes")
+        };
+        let coeffs: Vec<f64> = widths.iter().map(|w| -0.5 / (w * w)).collect();
+        let layers = (0..t_count)
+            .map(|t| Layer::new(gpu, model, t, n))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeviceModel {
+            n_atoms: n,
+            cutoff: model.cutoff() as f32,
+            epsilon: model.epsilon as f32,
+            filter_offset: (0..t_count).map(|t| model.filter_offset(t) as i32).collect(),
+            filter_w: gpu.upload(&f32s(model.filter.weight_t.as_slice()))?,
+            filter_b: gpu.upload(&f32s(
+                model.filter.bias.as_ref().expect("filter_net has a bias").as_slice(),
+            ))?,
+            rbf_offsets: gpu.upload(&f32s(offsets))?,
+            rbf_coeffs: gpu.upload(&f32s(&coeffs))?,
+            readout1: DenseOnGpu::new(gpu, &model.readout1)?,
+            readout_w2: gpu.upload(&f32s(model.readout2.weight.as_slice()))?,
+            readout_b2: model.readout2.bias.as_ref().map_or(0.0, |b| b[0] as f32),
+            scale: model.energy_scale as f32,
+            mean_per_atom: model.mean_per_atom as f32,
+            atomref: gpu.upload(&f32s(&model.atomref))?,
+            numbers: gpu.upload(&numbers.iter().map(|&z| i32::from(z)).collect::<Vec<_>>())?,
+            layers,
+            q: (0..=t_count).map(|_| gpu.zeros(n * f)).collect::<Result<_>>()?,
+            mu: (0..=t_count).map(|_| gpu.zeros(n * 3 * f)).collect::<Result<_>>()?,
+        })
+    }
 }
 
 pub struct GpuPainn {
     pub sizes: KernelSizes,
-    n_atoms: usize,
-    cutoff: f32,
-    epsilon: f32,
-    filter_offset: Vec<i32>,
-    filter_w: Buffer<f32>,
-    filter_b: Buffer<f32>,
-    rbf_offsets: Buffer<f32>,
-    rbf_coeffs: Buffer<f32>,
-    readout1: DenseOnGpu,
-    readout_w2: Buffer<f32>,
-    readout_b2: f32,
-    scale: f32,
-    mean_per_atom: f32,
-    atomref: Buffer<f32>,
-    numbers: Buffer<i32>,
-    layers: Vec<Layer>,
-    /// q[t] and μ[t]: inputs of layer t; q[T], μ[T] the final features.
-    q: Vec<Buffer<f32>>,
-    mu: Vec<Buffer<f32>>,
+    net: DeviceModel,
     pub atom_energy: Buffer<f32>,
     grad_q: [Buffer<f32>; 2],
     grad_mu: [Buffer<f32>; 2],
@@ -119,52 +188,9 @@ impl GpuPainn {
         let sizes = gpu.sizes;
         let f = sizes.features;
         let n = numbers.len();
-        let t_count = model.config.n_interactions;
-        let RadialBasis::Gaussian { offsets, widths } = &model.radial_basis else {
-            unreachable!("checked by kernel_sizes")
-        };
-        let coeffs: Vec<f64> = widths.iter().map(|w| -0.5 / (w * w)).collect();
-        let mut layers = Vec::new();
-        for t in 0..t_count {
-            let (i, m) = (&model.interactions[t], &model.mixings[t]);
-            layers.push(Layer {
-                context1: DenseOnGpu::new(gpu, &i.context1)?,
-                context2: DenseOnGpu::new(gpu, &i.context2)?,
-                mix: DenseOnGpu::new(gpu, &m.channel_mix)?,
-                mix1: DenseOnGpu::new(gpu, &m.context1)?,
-                mix2: DenseOnGpu::new(gpu, &m.context2)?,
-                q_mid: gpu.zeros(n * f)?,
-                mu_mid: gpu.zeros(n * 3 * f)?,
-                x: gpu.zeros(n * 3 * f)?,
-                pre_context: gpu.zeros(n * f)?,
-                vu: gpu.zeros(n * 6 * f)?,
-                norm: gpu.zeros(n * f)?,
-                pre_mix: gpu.zeros(n * f)?,
-                a_mix: gpu.zeros(n * 3 * f)?,
-            });
-        }
         let painn = GpuPainn {
             sizes,
-            n_atoms: n,
-            cutoff: model.cutoff() as f32,
-            epsilon: model.epsilon as f32,
-            filter_offset: (0..t_count).map(|t| model.filter_offset(t) as i32).collect(),
-            filter_w: gpu.upload(&f32s(model.filter.weight_t.as_slice()))?,
-            filter_b: gpu.upload(&f32s(
-                model.filter.bias.as_ref().expect("filter_net has a bias").as_slice(),
-            ))?,
-            rbf_offsets: gpu.upload(&f32s(offsets))?,
-            rbf_coeffs: gpu.upload(&f32s(&coeffs))?,
-            readout1: DenseOnGpu::new(gpu, &model.readout1)?,
-            readout_w2: gpu.upload(&f32s(model.readout2.weight.as_slice()))?,
-            readout_b2: model.readout2.bias.as_ref().map_or(0.0, |b| b[0] as f32),
-            scale: model.energy_scale as f32,
-            mean_per_atom: model.mean_per_atom as f32,
-            atomref: gpu.upload(&f32s(&model.atomref))?,
-            numbers: gpu.upload(&numbers.iter().map(|&z| i32::from(z)).collect::<Vec<_>>())?,
-            layers,
-            q: (0..=t_count).map(|_| gpu.zeros(n * f)).collect::<Result<_>>()?,
-            mu: (0..=t_count).map(|_| gpu.zeros(n * 3 * f)).collect::<Result<_>>()?,
+            net: DeviceModel::new(gpu, model, numbers)?,
             atom_energy: gpu.zeros(n)?,
             grad_q: [gpu.zeros(n * f)?, gpu.zeros(n * f)?],
             grad_mu: [gpu.zeros(n * 3 * f)?, gpu.zeros(n * 3 * f)?],
@@ -180,18 +206,18 @@ impl GpuPainn {
         };
         // Embedding and the first context network depend on the elements only: computed once.
         let embedding = gpu.upload(&f32s(model.embedding.as_slice()))?;
-        let l0 = &painn.layers[0];
+        let l0 = &painn.net.layers[0];
         let embed = gpu.function("embed")?;
         unsafe {
             gpu.stream
                 .launch_builder(&embed)
-                .arg(&painn.numbers.ptr)
+                .arg(&painn.net.numbers.ptr)
                 .arg(&embedding.ptr)
                 .arg(&l0.context1.wt.ptr)
                 .arg(&l0.context1.b())
                 .arg(&l0.context2.wt.ptr)
                 .arg(&l0.context2.b())
-                .arg(&painn.q[0].ptr)
+                .arg(&painn.net.q[0].ptr)
                 .arg(&l0.pre_context.ptr)
                 .arg(&l0.x.ptr)
                 .arg(&(n as i32))
@@ -204,18 +230,18 @@ impl GpuPainn {
 
     /// Grows the per-pair buffer to a new neighbor capacity.
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
-        self.pair_grad = gpu.zeros(4 * self.n_atoms * capacity)?;
+        self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity)?;
         Ok(())
     }
 
     fn filter(&self, t: usize) -> FilterParams {
         FilterParams {
-            weight: self.filter_w.ptr,
-            bias: self.filter_b.ptr,
-            offsets: self.rbf_offsets.ptr,
-            coeffs: self.rbf_coeffs.ptr,
-            offset: self.filter_offset[t],
-            cutoff: self.cutoff,
+            weight: self.net.filter_w.ptr,
+            bias: self.net.filter_b.ptr,
+            offsets: self.net.rbf_offsets.ptr,
+            coeffs: self.net.rbf_coeffs.ptr,
+            offset: self.net.filter_offset[t],
+            cutoff: self.net.cutoff,
         }
     }
 
@@ -223,8 +249,8 @@ impl GpuPainn {
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
         let s = &gpu.stream;
         let f = self.sizes.features as u32;
-        let n = self.n_atoms;
-        let t_count = self.layers.len();
+        let n = self.net.n_atoms;
+        let t_count = self.net.layers.len();
         let per_atom = block_per_item(n, f);
         let per_atom_dense = block_per_item(self.sizes.dense_blocks(n), self.sizes.dense_threads());
         let n_atoms = n as i32;
@@ -232,19 +258,19 @@ impl GpuPainn {
         let cell = neighbors.cell;
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
         let readout = ReadoutParams {
-            w1t: self.readout1.wt.ptr,
-            b1: self.readout1.b(),
-            w1: self.readout1.w.ptr,
-            w2: self.readout_w2.ptr,
-            b2: self.readout_b2,
-            scale: self.scale,
-            mean_per_atom: self.mean_per_atom,
-            atomref: self.atomref.ptr,
-            numbers: self.numbers.ptr,
+            w1t: self.net.readout1.wt.ptr,
+            b1: self.net.readout1.b(),
+            w1: self.net.readout1.w.ptr,
+            w2: self.net.readout_w2.ptr,
+            b2: self.net.readout_b2,
+            scale: self.net.scale,
+            mean_per_atom: self.net.mean_per_atom,
+            atomref: self.net.atomref.ptr,
+            numbers: self.net.numbers.ptr,
         };
         let null = 0u64;
         for t in 0..t_count {
-            let layer = &self.layers[t];
+            let layer = &self.net.layers[t];
             let filter = self.filter(t);
             unsafe {
                 s.launch_builder(&self.message_forward)
@@ -252,8 +278,8 @@ impl GpuPainn {
                     .arg(&cell)
                     .arg(&nb)
                     .arg(&filter)
-                    .arg(&self.q[t].ptr)
-                    .arg(&self.mu[t].ptr)
+                    .arg(&self.net.q[t].ptr)
+                    .arg(&self.net.mu[t].ptr)
                     .arg(&layer.x.ptr)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.mu_mid.ptr)
@@ -266,7 +292,7 @@ impl GpuPainn {
                 b1: layer.mix1.b(),
                 a2t: layer.mix2.wt.ptr,
                 b2: layer.mix2.b(),
-                epsilon: self.epsilon,
+                epsilon: self.net.epsilon,
             };
             let cache = MixingCacheParams {
                 vu: layer.vu.ptr,
@@ -275,7 +301,7 @@ impl GpuPainn {
                 a: layer.a_mix.ptr,
             };
             let last = i32::from(t + 1 == t_count);
-            let next = self.layers.get(t + 1);
+            let next = self.net.layers.get(t + 1);
             let (nw1t, nb1, nw2t, nb2, npre, nx) = match next {
                 Some(l) => (
                     l.context1.wt.ptr,
@@ -293,8 +319,8 @@ impl GpuPainn {
                     .arg(&layer.mu_mid.ptr)
                     .arg(&mixing)
                     .arg(&cache)
-                    .arg(&self.q[t + 1].ptr)
-                    .arg(&self.mu[t + 1].ptr)
+                    .arg(&self.net.q[t + 1].ptr)
+                    .arg(&self.net.mu[t + 1].ptr)
                     .arg(&last)
                     .arg(&nw1t)
                     .arg(&nb1)
@@ -313,7 +339,7 @@ impl GpuPainn {
         }
         s.memset_zeros(&mut self.pair_grad.slice).map_err(err("memset"))?;
         for t in (0..t_count).rev() {
-            let layer = &self.layers[t];
+            let layer = &self.net.layers[t];
             let back = MixingBackParams {
                 mix: layer.mix.w.ptr,
                 a1: layer.mix1.w.ptr,
@@ -344,7 +370,7 @@ impl GpuPainn {
                     .arg(&cell)
                     .arg(&nb)
                     .arg(&filter)
-                    .arg(&self.mu[t].ptr)
+                    .arg(&self.net.mu[t].ptr)
                     .arg(&layer.x.ptr)
                     .arg(&self.grad_q[1].ptr)
                     .arg(&self.grad_mu[1].ptr)
@@ -373,7 +399,7 @@ impl GpuPainn {
                 .arg(&positions.ptr)
                 .arg(&cell)
                 .arg(&nb)
-                .arg(&self.cutoff)
+                .arg(&self.net.cutoff)
                 .arg(&self.pair_grad.ptr)
                 .arg(&self.forces.ptr)
                 .arg(&n_atoms)

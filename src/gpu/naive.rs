@@ -8,10 +8,10 @@
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::forces::{f32s, DenseOnGpu, GpuPainn};
+use super::forces::{f32s, DeviceModel, GpuPainn};
 use super::neighbors::GpuNeighbors;
 use super::{Buffer, Gpu};
-use crate::model::{PainnModel, RadialBasis};
+use crate::model::PainnModel;
 
 /// Which PaiNN kernels evaluate the forces (the `[gpu] kernels` input key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -115,22 +115,6 @@ struct DenseCall {
     rows: usize,
 }
 
-struct NaiveLayer {
-    context1: DenseOnGpu,
-    context2: DenseOnGpu,
-    mix: DenseOnGpu,
-    mix1: DenseOnGpu,
-    mix2: DenseOnGpu,
-    q_mid: Buffer<f32>,
-    mu_mid: Buffer<f32>,
-    x: Buffer<f32>,
-    pre_context: Buffer<f32>,
-    vu: Buffer<f32>,
-    norm: Buffer<f32>,
-    pre_mix: Buffer<f32>,
-    a_mix: Buffer<f32>,
-}
-
 /// Per-pair intermediates, P = atoms × capacity slots.
 struct PairBuffers {
     capacity: usize,
@@ -180,27 +164,9 @@ struct Kernels {
 }
 
 pub struct NaivePainn {
-    n_atoms: usize,
+    net: DeviceModel,
     features: usize,
     hidden: usize,
-    cutoff: f32,
-    epsilon: f32,
-    filter_offset: Vec<i32>,
-    filter_w: Buffer<f32>,
-    filter_b: Buffer<f32>,
-    rbf_offsets: Buffer<f32>,
-    rbf_coeffs: Buffer<f32>,
-    readout1: DenseOnGpu,
-    readout_w2: Buffer<f32>,
-    readout_b2: f32,
-    scale: f32,
-    mean_per_atom: f32,
-    atomref: Buffer<f32>,
-    numbers: Buffer<i32>,
-    layers: Vec<NaiveLayer>,
-    /// q[t], μ[t]: inputs of interaction t; q[T], μ[T] the final features.
-    q: Vec<Buffer<f32>>,
-    mu: Vec<Buffer<f32>>,
     ctx: Buffer<f32>,
     hidden_act: Buffer<f32>,
     readout_z: Buffer<f32>,
@@ -226,30 +192,6 @@ impl NaivePainn {
         let f = gpu.sizes.features;
         let h = gpu.sizes.readout_hidden;
         let n = numbers.len();
-        let t_count = model.config.n_interactions;
-        let RadialBasis::Gaussian { offsets, widths } = &model.radial_basis else {
-            unreachable!("checked by kernel_sizes")
-        };
-        let coeffs: Vec<f64> = widths.iter().map(|w| -0.5 / (w * w)).collect();
-        let mut layers = Vec::new();
-        for t in 0..t_count {
-            let (i, m) = (&model.interactions[t], &model.mixings[t]);
-            layers.push(NaiveLayer {
-                context1: DenseOnGpu::new(gpu, &i.context1)?,
-                context2: DenseOnGpu::new(gpu, &i.context2)?,
-                mix: DenseOnGpu::new(gpu, &m.channel_mix)?,
-                mix1: DenseOnGpu::new(gpu, &m.context1)?,
-                mix2: DenseOnGpu::new(gpu, &m.context2)?,
-                q_mid: gpu.zeros(n * f)?,
-                mu_mid: gpu.zeros(n * 3 * f)?,
-                x: gpu.zeros(n * 3 * f)?,
-                pre_context: gpu.zeros(n * f)?,
-                vu: gpu.zeros(n * 6 * f)?,
-                norm: gpu.zeros(n * f)?,
-                pre_mix: gpu.zeros(n * f)?,
-                a_mix: gpu.zeros(n * 3 * f)?,
-            });
-        }
         let k = |name: &str| gpu.function(&format!("naive_{name}"));
         let kernels = Kernels {
             pair_basis: k("pair_basis")?,
@@ -271,28 +213,9 @@ impl NaivePainn {
             pair_forces: k("pair_forces")?,
         };
         let painn = NaivePainn {
-            n_atoms: n,
+            net: DeviceModel::new(gpu, model, numbers)?,
             features: f,
             hidden: h,
-            cutoff: model.cutoff() as f32,
-            epsilon: model.epsilon as f32,
-            filter_offset: (0..t_count).map(|t| model.filter_offset(t) as i32).collect(),
-            filter_w: gpu.upload(&f32s(model.filter.weight_t.as_slice()))?,
-            filter_b: gpu.upload(&f32s(
-                model.filter.bias.as_ref().expect("filter_net has a bias").as_slice(),
-            ))?,
-            rbf_offsets: gpu.upload(&f32s(offsets))?,
-            rbf_coeffs: gpu.upload(&f32s(&coeffs))?,
-            readout1: DenseOnGpu::new(gpu, &model.readout1)?,
-            readout_w2: gpu.upload(&f32s(model.readout2.weight.as_slice()))?,
-            readout_b2: model.readout2.bias.as_ref().map_or(0.0, |b| b[0] as f32),
-            scale: model.energy_scale as f32,
-            mean_per_atom: model.mean_per_atom as f32,
-            atomref: gpu.upload(&f32s(&model.atomref))?,
-            numbers: gpu.upload(&numbers.iter().map(|&z| i32::from(z)).collect::<Vec<_>>())?,
-            layers,
-            q: (0..=t_count).map(|_| gpu.zeros(n * f)).collect::<Result<_>>()?,
-            mu: (0..=t_count).map(|_| gpu.zeros(n * 3 * f)).collect::<Result<_>>()?,
             ctx: gpu.zeros(n * 2 * f)?,
             hidden_act: gpu.zeros(n * f)?,
             readout_z: gpu.zeros(n * h)?,
@@ -319,9 +242,9 @@ impl NaivePainn {
         unsafe {
             gpu.stream
                 .launch_builder(&embed)
-                .arg(&painn.numbers.ptr)
+                .arg(&painn.net.numbers.ptr)
                 .arg(&embedding.ptr)
-                .arg(&painn.q[0].ptr)
+                .arg(&painn.net.q[0].ptr)
                 .arg(&n_atoms)
                 .launch(grid(n * f, THREADS)?)
                 .map_err(|e| anyhow!("naive_embed: {e:?}"))?;
@@ -332,12 +255,12 @@ impl NaivePainn {
     }
 
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
-        self.pairs = PairBuffers::new(gpu, self.n_atoms, capacity, self.features, self.k_rbf())?;
+        self.pairs = PairBuffers::new(gpu, self.net.n_atoms, capacity, self.features, self.k_rbf())?;
         Ok(())
     }
 
     fn k_rbf(&self) -> usize {
-        self.rbf_offsets.len()
+        self.net.rbf_offsets.len()
     }
 
     fn dense(&self, s: &CudaStream, call: DenseCall) -> Result<()> {
@@ -377,8 +300,8 @@ impl NaivePainn {
 
     /// x[t] = W2 σ(W1 q[t] + b1) + b2, keeping the pre-activation for the backward pass.
     fn context(&self, gpu: &Gpu, t: usize) -> Result<()> {
-        let (s, f, n) = (&gpu.stream, self.features, self.n_atoms);
-        let layer = &self.layers[t];
+        let (s, f, n) = (&gpu.stream, self.features, self.net.n_atoms);
+        let layer = &self.net.layers[t];
         self.dense(
             s,
             DenseCall {
@@ -387,7 +310,7 @@ impl NaivePainn {
                 residual: 0,
                 n_in: f,
                 n_out: f,
-                input: self.q[t].ptr,
+                input: self.net.q[t].ptr,
                 ld_in: f,
                 out: layer.pre_context.ptr,
                 ld_out: f,
@@ -419,9 +342,9 @@ impl NaivePainn {
             s.launch_builder(&self.k.pair_filter)
                 .arg(&self.pairs.geom.ptr)
                 .arg(&self.pairs.phi.ptr)
-                .arg(&self.filter_w.ptr)
-                .arg(&self.filter_b.ptr)
-                .arg(&self.filter_offset[t])
+                .arg(&self.net.filter_w.ptr)
+                .arg(&self.net.filter_b.ptr)
+                .arg(&self.net.filter_offset[t])
                 .arg(&self.pairs.filter.ptr)
                 .arg(&p)
                 .launch(grid(n_pairs * 3 * self.features, THREADS)?)
@@ -440,13 +363,13 @@ impl NaivePainn {
             ));
         }
         let s = &gpu.stream;
-        let (f, h, n) = (self.features, self.hidden, self.n_atoms);
+        let (f, h, n) = (self.features, self.hidden, self.net.n_atoms);
         let n_atoms = n as i32;
         let n_pairs = n * neighbors.capacity;
         let p64 = n_pairs as u64;
         let nb = neighbors.params();
         let cell = neighbors.cell;
-        let t_count = self.layers.len();
+        let t_count = self.net.layers.len();
         let pr = &self.pairs;
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow!("{what}: {e:?}");
         unsafe {
@@ -454,9 +377,9 @@ impl NaivePainn {
                 .arg(&positions.ptr)
                 .arg(&cell)
                 .arg(&nb)
-                .arg(&self.rbf_offsets.ptr)
-                .arg(&self.rbf_coeffs.ptr)
-                .arg(&self.cutoff)
+                .arg(&self.net.rbf_offsets.ptr)
+                .arg(&self.net.rbf_coeffs.ptr)
+                .arg(&self.net.cutoff)
                 .arg(&pr.geom.ptr)
                 .arg(&pr.cut.ptr)
                 .arg(&pr.phi.ptr)
@@ -465,10 +388,10 @@ impl NaivePainn {
                 .map_err(err("naive_pair_basis"))?;
         }
         for t in 0..t_count {
-            let layer = &self.layers[t];
+            let layer = &self.net.layers[t];
             self.pair_filter(s, t, n_pairs)?;
-            self.elementwise(s, &self.k.copy, self.q[t].ptr, layer.q_mid.ptr, n * f)?;
-            self.elementwise(s, &self.k.copy, self.mu[t].ptr, layer.mu_mid.ptr, n * 3 * f)?;
+            self.elementwise(s, &self.k.copy, self.net.q[t].ptr, layer.q_mid.ptr, n * f)?;
+            self.elementwise(s, &self.k.copy, self.net.mu[t].ptr, layer.mu_mid.ptr, n * 3 * f)?;
             unsafe {
                 s.launch_builder(&self.k.message)
                     .arg(&nb)
@@ -476,7 +399,7 @@ impl NaivePainn {
                     .arg(&pr.cut.ptr)
                     .arg(&pr.filter.ptr)
                     .arg(&layer.x.ptr)
-                    .arg(&self.mu[t].ptr)
+                    .arg(&self.net.mu[t].ptr)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.mu_mid.ptr)
                     .arg(&n_atoms)
@@ -503,7 +426,7 @@ impl NaivePainn {
                 s.launch_builder(&self.k.norm_context)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.vu.ptr)
-                    .arg(&self.epsilon)
+                    .arg(&self.net.epsilon)
                     .arg(&layer.norm.ptr)
                     .arg(&self.ctx.ptr)
                     .arg(&n_atoms)
@@ -547,8 +470,8 @@ impl NaivePainn {
                     .arg(&layer.mu_mid.ptr)
                     .arg(&layer.vu.ptr)
                     .arg(&layer.a_mix.ptr)
-                    .arg(&self.q[t + 1].ptr)
-                    .arg(&self.mu[t + 1].ptr)
+                    .arg(&self.net.q[t + 1].ptr)
+                    .arg(&self.net.mu[t + 1].ptr)
                     .arg(&n_atoms)
                     .launch(grid(n * f, THREADS)?)
                     .map_err(err("naive_mixing_update"))?;
@@ -561,12 +484,12 @@ impl NaivePainn {
         self.dense(
             s,
             DenseCall {
-                m: self.readout1.w.ptr,
-                bias: self.readout1.b(),
+                m: self.net.readout1.w.ptr,
+                bias: self.net.readout1.b(),
                 residual: 0,
                 n_in: f,
                 n_out: h,
-                input: self.q[t_count].ptr,
+                input: self.net.q[t_count].ptr,
                 ld_in: f,
                 out: self.readout_z.ptr,
                 ld_out: h,
@@ -576,20 +499,20 @@ impl NaivePainn {
         unsafe {
             s.launch_builder(&self.k.readout_energy)
                 .arg(&self.readout_z.ptr)
-                .arg(&self.readout_w2.ptr)
-                .arg(&self.readout_b2)
-                .arg(&self.scale)
-                .arg(&self.mean_per_atom)
-                .arg(&self.atomref.ptr)
-                .arg(&self.numbers.ptr)
+                .arg(&self.net.readout_w2.ptr)
+                .arg(&self.net.readout_b2)
+                .arg(&self.net.scale)
+                .arg(&self.net.mean_per_atom)
+                .arg(&self.net.atomref.ptr)
+                .arg(&self.net.numbers.ptr)
                 .arg(&self.atom_energy.ptr)
                 .arg(&n_atoms)
                 .launch(grid(n, 128)?)
                 .map_err(err("naive_readout_energy"))?;
             s.launch_builder(&self.k.readout_grad)
                 .arg(&self.readout_z.ptr)
-                .arg(&self.readout_w2.ptr)
-                .arg(&self.scale)
+                .arg(&self.net.readout_w2.ptr)
+                .arg(&self.net.scale)
                 .arg(&self.readout_gz.ptr)
                 .arg(&n_atoms)
                 .launch(grid(n * h, THREADS)?)
@@ -598,7 +521,7 @@ impl NaivePainn {
         self.dense(
             s,
             DenseCall {
-                m: self.readout1.wt.ptr,
+                m: self.net.readout1.wt.ptr,
                 bias: 0,
                 residual: 0,
                 n_in: h,
@@ -635,13 +558,13 @@ impl NaivePainn {
     /// `pair_grad`.
     fn backward_layer(&mut self, gpu: &Gpu, t: usize, neighbors: &GpuNeighbors) -> Result<()> {
         let s = &gpu.stream;
-        let (f, n) = (self.features, self.n_atoms);
+        let (f, n) = (self.features, self.net.n_atoms);
         let n_atoms = n as i32;
         let n_pairs = n * neighbors.capacity;
         let p64 = n_pairs as u64;
         let nb = neighbors.params();
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow!("{what}: {e:?}");
-        let layer = &self.layers[t];
+        let layer = &self.net.layers[t];
         unsafe {
             s.launch_builder(&self.k.mixing_back_a)
                 .arg(&self.gq_out.ptr)
@@ -719,7 +642,7 @@ impl NaivePainn {
         self.elementwise(s, &self.k.copy, self.gm_mid.ptr, self.gm_out.ptr, n * 3 * f)?;
         s.memset_zeros(&mut self.gx.slice).map_err(err("memset"))?;
         let pr = &self.pairs;
-        let layer = &self.layers[t];
+        let layer = &self.net.layers[t];
         unsafe {
             s.launch_builder(&self.k.message_backward)
                 .arg(&nb)
@@ -727,7 +650,7 @@ impl NaivePainn {
                 .arg(&pr.cut.ptr)
                 .arg(&pr.filter.ptr)
                 .arg(&layer.x.ptr)
-                .arg(&self.mu[t].ptr)
+                .arg(&self.net.mu[t].ptr)
                 .arg(&self.gq_mid.ptr)
                 .arg(&self.gm_mid.ptr)
                 .arg(&pr.gw.ptr)
@@ -739,8 +662,8 @@ impl NaivePainn {
             s.launch_builder(&self.k.filter_backward)
                 .arg(&pr.geom.ptr)
                 .arg(&pr.gw.ptr)
-                .arg(&self.filter_w.ptr)
-                .arg(&self.filter_offset[t])
+                .arg(&self.net.filter_w.ptr)
+                .arg(&self.net.filter_offset[t])
                 .arg(&pr.gphi.ptr)
                 .arg(&p64)
                 .launch(grid(n_pairs * self.k_rbf(), THREADS)?)
@@ -750,8 +673,8 @@ impl NaivePainn {
                 .arg(&pr.geom.ptr)
                 .arg(&pr.cut.ptr)
                 .arg(&pr.phi.ptr)
-                .arg(&self.rbf_offsets.ptr)
-                .arg(&self.rbf_coeffs.ptr)
+                .arg(&self.net.rbf_offsets.ptr)
+                .arg(&self.net.rbf_coeffs.ptr)
                 .arg(&pr.filter.ptr)
                 .arg(&pr.gw.ptr)
                 .arg(&pr.gphi.ptr)

@@ -244,7 +244,9 @@ fn checks_of(job: &Job, m: &Measures, force: Option<&ForceCheck>, t: &Thresholds
                 name: "σ_T / (T₀ √(2/N_dof))".into(),
                 value: ratio,
                 limit: format!("in [{lo}, {hi}]"),
-                margin: None,
+                // Distance to the nearer bound, as a factor (≥ 1 inside the range): the report's
+                // worst value is then the run closest to either bound.
+                margin: (ratio > 0.0 && lo > 0.0).then(|| (ratio / lo).min(hi / ratio)),
                 passed: ratio >= lo && ratio <= hi,
             });
         }

@@ -139,7 +139,7 @@ pub fn markdown(result: &CampaignResult) -> String {
     let _ = writeln!(s, "## Thresholds\n");
     let _ = writeln!(
         s,
-        "| check | threshold | worst value | margin (threshold / worst) | passed |"
+        "| check | threshold | worst value | margin (factor to the limit) | passed |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|");
     for (name, limit, value, margin, passed, total) in threshold_rows(result) {
