@@ -6,30 +6,13 @@ mod common;
 
 use common::*;
 use mdrun::cell::{Cell, Vec3};
-use mdrun::forcefield::cpu::evaluate;
-use mdrun::gpu::md::{evaluate_with, GpuMd, GpuOptions};
+use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::neighbors::NeighborSearch;
 use mdrun::integrate::{maxwell_boltzmann, Integrator};
 use mdrun::model::PainnModel;
 use mdrun::neighbors::brute_force_pairs;
 use mdrun::system::System;
-
-/// (relative energy error, max abs force error in eV/Å) of the GPU path with `options` against
-/// the CPU reference.
-fn compare_with(model: &PainnModel, system: &System, options: GpuOptions) -> (f64, f64) {
-    let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
-    let reference = evaluate(model, &system.numbers, &pairs);
-    let (energy, forces) = evaluate_with(model, system, options).unwrap();
-    let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
-    let f_err = forces
-        .iter()
-        .zip(&reference.forces)
-        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
-        .fold(0.0, f64::max);
-    assert!(forces.iter().flatten().all(|x| x.is_finite()));
-    (e_err, f_err)
-}
 
 fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
     GpuOptions {
@@ -61,7 +44,7 @@ fn naive_kernels_match_cpu_on_random_open_geometries() {
         let model = random_model(config, 110 + seed);
         let (numbers, positions) = random_structure(6 + 5 * seed as usize, 5.0 + seed as f64, 0.9, None, 120 + seed);
         let system = system_of(&numbers, positions, None);
-        let (e, f) = compare_with(&model, &system, naive(NeighborSearch::AllPairs));
+        let (e, f) = compare_gpu_with_cpu_using(&model, &system, naive(NeighborSearch::AllPairs));
         eprintln!("naive, open seed {seed}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "energy relative error {e:e}");
         assert!(f <= 1e-4, "force max abs error {f:e}");
@@ -88,7 +71,7 @@ fn naive_kernels_match_cpu_on_random_periodic_geometries_with_both_searches() {
         let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
         let system = system_of(&numbers, positions, Some(*cell));
         for search in [NeighborSearch::AllPairs, NeighborSearch::CellList] {
-            let (e, f) = compare_with(&model, &system, naive(search));
+            let (e, f) = compare_gpu_with_cpu_using(&model, &system, naive(search));
             eprintln!(
                 "naive, periodic cell {index}, {search:?}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
             );
@@ -107,7 +90,7 @@ fn naive_kernels_match_cpu_on_shipped_systems_and_run_md_like_the_fused_ones() {
     .unwrap();
     for name in ["benzene.xyz", "alanine_dipeptide.pdb", "waterbox_64.xyz"] {
         let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
-        let (e, f) = compare_with(&model, &system, naive(NeighborSearch::Auto));
+        let (e, f) = compare_gpu_with_cpu_using(&model, &system, naive(NeighborSearch::Auto));
         eprintln!("naive, {name}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "{name}: energy relative error {e:e}");
         assert!(f <= 1e-4, "{name}: force max abs error {f:e}");

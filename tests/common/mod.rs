@@ -3,7 +3,7 @@
 
 use mdrun::cell::{Cell, Vec3};
 use mdrun::forcefield::cpu::evaluate;
-use mdrun::gpu::md::evaluate as gpu_evaluate;
+use mdrun::gpu::md::{evaluate_with, GpuOptions};
 use mdrun::model::{PainnConfig, PainnModel};
 use mdrun::neighbors::brute_force_pairs;
 use mdrun::system::System;
@@ -186,9 +186,18 @@ pub fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> Sy
 
 /// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
 pub fn compare_gpu_with_cpu(model: &PainnModel, system: &System) -> (f64, f64) {
+    let options = GpuOptions {
+        cuda_graph: false,
+        ..GpuOptions::default()
+    };
+    compare_gpu_with_cpu_using(model, system, options)
+}
+
+/// [`compare_gpu_with_cpu`] with the given GPU switches (kernel variant, neighbor search).
+pub fn compare_gpu_with_cpu_using(model: &PainnModel, system: &System, options: GpuOptions) -> (f64, f64) {
     let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), model.cutoff());
     let reference = evaluate(model, &system.numbers, &pairs);
-    let (energy, forces) = gpu_evaluate(model, system).unwrap();
+    let (energy, forces) = evaluate_with(model, system, options).unwrap();
     let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
     let f_err = forces
         .iter()
