@@ -122,16 +122,24 @@ impl CpuEngine {
         skin: f64,
     ) -> CpuEngine {
         let n = system.len();
-        let mut engine = CpuEngine {
-            state: Snapshot {
-                step: 0,
-                positions: system.positions.clone(),
-                velocities,
-                forces: vec![[0.0; 3]; n],
-                potential: 0.0,
-                kinetic: 0.0,
-                thermostat_work: 0.0,
-            },
+        let state = Snapshot {
+            step: 0,
+            positions: system.positions.clone(),
+            velocities,
+            forces: vec![[0.0; 3]; n],
+            potential: 0.0,
+            kinetic: 0.0,
+            thermostat_work: 0.0,
+        };
+        let mut engine = CpuEngine::with_state(model, system, state, integrator, skin);
+        engine.compute_forces();
+        engine
+    }
+
+    /// The engine at `state`, with an empty neighbor list (built at the first force evaluation).
+    fn with_state(model: PainnModel, system: &System, state: Snapshot, integrator: Integrator, skin: f64) -> CpuEngine {
+        CpuEngine {
+            state,
             integrator,
             neighbors: NeighborList::new(model.cutoff(), skin),
             forcefield: CpuPainn::new(model),
@@ -140,9 +148,7 @@ impl CpuEngine {
             masses: system.masses.clone(),
             cell: system.cell,
             stop: None,
-        };
-        engine.compute_forces();
-        engine
+        }
     }
 
     /// Continues from a restart state. With the neighbor-list state (a CPU restart file) the
@@ -163,17 +169,7 @@ impl CpuEngine {
                 system.len()
             );
         }
-        let mut engine = CpuEngine {
-            state,
-            integrator,
-            neighbors: NeighborList::new(model.cutoff(), skin),
-            forcefield: CpuPainn::new(model),
-            pairs: PairList::default(),
-            numbers: system.numbers.clone(),
-            masses: system.masses.clone(),
-            cell: system.cell,
-            stop: None,
-        };
+        let mut engine = CpuEngine::with_state(model, system, state, integrator, skin);
         match neighbors {
             Some(nl) => {
                 engine
