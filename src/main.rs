@@ -64,7 +64,9 @@ enum Command {
         /// Folder of the default systems.
         #[arg(long, default_value = "systems")]
         systems_dir: PathBuf,
-        #[arg(long, default_value = "models/painn-random-hcno-f128.safetensors")]
+        /// Model. The trained one by default: a force call costs the same with any weights, but an
+        /// MD step does not — random weights compress the liquid (more neighbors per atom).
+        #[arg(long, default_value = "models/painn-hcno-f128.safetensors")]
         model: PathBuf,
         /// Comma-separated configurations, or `all`: cpu, gpu-naive, +cell-list, +fused, +cuda-graph.
         #[arg(long, default_value = "all")]
