@@ -52,26 +52,17 @@ SPLITS = ["train", "val", "test"]
 
 
 def read_structure(path):
-    """(numbers, positions Å, cell or None) from .xyz / extended .xyz / .pdb (no ASE needed)."""
-    import re
+    """(numbers, positions Å, cell or None) from .xyz / extended .xyz / .pdb: the reader of the
+    PyTorch baseline (tools/baseline/torch_painn.py), as arrays."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "baseline"))
+    from torch_painn import read_structure as read_lists
 
-    symbols, pos, cell = [], [], None
-    if path.endswith(".pdb"):
-        for line in open(path):
-            if line.startswith(("ATOM", "HETATM")):
-                pos.append([float(line[30:38]), float(line[38:46]), float(line[46:54])])
-                symbols.append(line[76:78].strip() or line[12:16].strip()[0])
-    else:
-        lines = open(path).read().splitlines()
-        n = int(lines[0])
-        m = re.search(r'Lattice="([^"]+)"', lines[1])
-        if m:
-            cell = np.array([float(x) for x in m.group(1).split()]).reshape(3, 3)
-        for line in lines[2 : 2 + n]:
-            f = line.split()
-            symbols.append(f[0])
-            pos.append([float(x) for x in f[1:4]])
-    return np.array([SYMBOLS[s.capitalize()] for s in symbols]), np.array(pos, dtype=np.float64), cell
+    _, numbers, positions, cell = read_lists(path)
+    return (
+        np.array(numbers),
+        np.array(positions, dtype=np.float64),
+        None if cell is None else np.array(cell, dtype=np.float64).reshape(3, 3),
+    )
 
 
 class Teacher:

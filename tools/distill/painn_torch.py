@@ -6,12 +6,16 @@ is the one of tools/baseline/torch_painn.py (verified against mdrun), batched ov
 atoms of a batch are concatenated, `i`, `j` index the pairs (j -> i messages, r_ij = R_j - R_i),
 `atom_frame` maps atoms to their molecule.
 """
-import json
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+from export_schnetpack import write_safetensors  # noqa: E402  (one deterministic writer for both exporters)
 
 N_EMBED = 100
 
@@ -132,31 +136,6 @@ def model_tensors(model):
     out["energy.mean_per_atom"] = model.energy_mean_per_atom.detach().cpu().double().numpy().reshape(1)
     out["energy.atomref"] = model.energy_atomref.detach().cpu().double().numpy().reshape(N_EMBED)
     return out
-
-
-def write_safetensors(path, arrays, meta):
-    """Deterministic safetensors writer (sorted header, as tools/export_schnetpack.py), with read-back check."""
-    from safetensors.numpy import load_file
-
-    codes = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32"}
-    header = {"__metadata__": dict(sorted(meta.items()))}
-    blobs, offset = [], 0
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        b = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(h).to_bytes(8, "little"))
-        fh.write(h)
-        for b in blobs:
-            fh.write(b)
-    back = load_file(path)
-    if set(back) != set(arrays) or any(not np.array_equal(back[k], arrays[k]) for k in arrays):
-        raise RuntimeError(f"read-back check of {path} failed")
 
 
 def export_mdrun(model, path, elements, description, extra_meta=None, dtype="float64"):
