@@ -51,7 +51,7 @@ enum Command {
         format: Option<String>,
     },
     /// The benchmark suite: every system under the ablation configurations (cpu, gpu-naive,
-    /// +cell-list, +fused, +cuda-graph), with reports (bench.json, bench.md, SVG plots) in --out.
+    /// +cell-list, +fused, +cuda-graph, +one-cluster), with reports (bench.json, bench.md, SVG plots) in --out.
     /// Exits 1 when --compare finds a row slower than the threshold.
     Bench {
         /// Structure files; `FILE@N` replicates a periodic system N×N×N. Default: the shipped
@@ -68,7 +68,7 @@ enum Command {
         /// MD step does not — random weights compress the liquid (more neighbors per atom).
         #[arg(long, default_value = "models/painn-hcno-f128.safetensors")]
         model: PathBuf,
-        /// Comma-separated configurations, or `all`: cpu, gpu-naive, +cell-list, +fused, +cuda-graph.
+        /// Comma-separated configurations, or `all`: cpu, gpu-naive, +cell-list, +fused, +cuda-graph, +one-cluster.
         #[arg(long, default_value = "all")]
         configs: String,
         /// Largest system timed by the `cpu` configuration.

@@ -281,6 +281,8 @@ fn gpu_kernels_is_an_input_option() {
     let default = Input::parse(&input(""), &path).unwrap();
     assert_eq!(default.gpu.kernels, KernelVariant::Fused);
     assert_eq!(default.gpu, mdrun::bench::Config::CudaGraph.gpu_options().unwrap());
+    let cluster = Input::parse(&input("kernels = \"cluster\""), &path).unwrap();
+    assert_eq!(cluster.gpu, mdrun::bench::Config::OneCluster.gpu_options().unwrap());
     let refused = Input::parse(&input("kernels = \"turbo\""), &path).unwrap_err();
     assert!(refused.to_string().contains("turbo"), "{refused}");
 }

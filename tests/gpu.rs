@@ -7,6 +7,7 @@ use common::*;
 use mdrun::cell::{Cell, Vec3};
 use mdrun::forcefield::cpu::evaluate;
 use mdrun::gpu::md::{GpuMd, GpuOptions};
+use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::neighbors::NeighborSearch;
 use mdrun::integrate::{maxwell_boltzmann, Integrator};
 use mdrun::model::PainnModel;
@@ -197,31 +198,49 @@ fn gpu_nve_conserves_energy() {
     .unwrap();
     let system = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
     let velocities = maxwell_boltzmann(&system.masses, 300.0, 33, 4);
-    let mut md = GpuMd::new(
-        &model,
-        &system,
-        &velocities,
-        &Integrator::VelocityVerlet { timestep_fs: 0.5 },
-        1.0,
-        GpuOptions::default(),
-    )
-    .unwrap();
-    md.initialize().unwrap();
-    md.advance(1).unwrap();
-    assert!(md.use_graph, "graph capture failed");
-    let start = md.snapshot().unwrap();
-    let e0 = start.potential + start.kinetic;
-    let mut worst: f64 = 0.0;
-    for _ in 0..100 {
-        md.advance(100).unwrap();
-        let s = md.snapshot().unwrap();
-        worst = worst.max((s.potential + s.kinetic - e0).abs());
+    // Both force paths for a molecule: the multi-kernel one and the one-cluster one.
+    let mut fused_worst = 0.0;
+    for kernels in [KernelVariant::Fused, KernelVariant::Cluster] {
+        let mut md = GpuMd::new(
+            &model,
+            &system,
+            &velocities,
+            &Integrator::VelocityVerlet { timestep_fs: 0.5 },
+            1.0,
+            GpuOptions {
+                kernels,
+                ..GpuOptions::default()
+            },
+        )
+        .unwrap();
+        md.initialize().unwrap();
+        md.advance(1).unwrap();
+        assert!(md.use_graph, "graph capture failed");
+        let start = md.snapshot().unwrap();
+        let e0 = start.potential + start.kinetic;
+        let mut worst: f64 = 0.0;
+        for _ in 0..100 {
+            md.advance(100).unwrap();
+            let s = md.snapshot().unwrap();
+            worst = worst.max((s.potential + s.kinetic - e0).abs());
+        }
+        eprintln!(
+            "GPU NVE benzene ({:?} kernels), 10,000 steps at 0.5 fs: max |ΔE| = {worst:.3e} eV, |E0| = {:.3}",
+            md.kernels(),
+            e0.abs()
+        );
+        if kernels == KernelVariant::Fused {
+            assert!(worst / e0.abs() < 1e-4, "{worst:e}");
+            fused_worst = worst;
+        } else {
+            // Measured on the H100: 9.7e-5 eV fused, 1.8e-4 eV one-cluster (the reason the
+            // one-cluster kernel is opt-in). Held to what it does, so that it cannot get worse.
+            assert!(
+                worst < 2.5 * fused_worst,
+                "one-cluster {worst:e} vs fused {fused_worst:e}"
+            );
+        }
     }
-    eprintln!(
-        "GPU NVE benzene, 10,000 steps at 0.5 fs: max |ΔE| = {worst:.3e} eV, |E0| = {:.3}",
-        e0.abs()
-    );
-    assert!(worst / e0.abs() < 1e-4, "{worst:e}");
 }
 
 #[test]

@@ -62,6 +62,9 @@ fn every_kernel_compiles_with_nvrtc() {
             "message_backward",
             "context_backward",
             "pair_forces",
+            // The one-cluster path for small molecules (kernels/painn_cluster.cu).
+            "painn_cluster",
+            "painn_cluster_shared_bytes",
             "check_displacement",
             "wrap_positions",
             "build_neighbors_all_pairs",

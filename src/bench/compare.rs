@@ -64,10 +64,11 @@ pub fn baseline_times(row: &Row) -> (Option<f64>, Option<f64>) {
     }
 }
 
-/// The mdrun row the baseline is held against: `+cuda-graph` (everything on), else the fastest
-/// measured GPU configuration, else `cpu`.
+/// The mdrun row the baseline is held against: `+one-cluster` or `+cuda-graph` (everything on),
+/// else the fastest measured GPU configuration, else `cpu`.
 pub fn best_mdrun_row<'a>(rows: &'a [Row], system: &str, atoms: usize) -> Option<&'a Row> {
-    find(rows, system, atoms, Config::CudaGraph.name())
+    find(rows, system, atoms, Config::OneCluster.name())
+        .or_else(|| find(rows, system, atoms, Config::CudaGraph.name()))
         .or_else(|| {
             rows.iter()
                 .filter(|r| r.system == system && r.atoms == atoms && r.is_ok() && r.config != "cpu")
@@ -83,7 +84,7 @@ pub type Speedup = (usize, String, Option<f64>, Option<f64>);
 /// mdrun's speed-up over every baseline row of the same system and size, as a table.
 pub fn baseline(report: &Report, torch: &Report) -> (String, Vec<Speedup>) {
     let mut text = String::from(
-        "Speed-up of mdrun (+cuda-graph, else its fastest GPU configuration, else cpu) over the baseline rows\n\n\
+        "Speed-up of mdrun (+one-cluster or +cuda-graph, else its fastest GPU configuration, else cpu) over the baseline rows\n\n\
          | system | atoms | baseline | mdrun | baseline force call µs | mdrun force call µs | speed-up | baseline MD step µs | mdrun MD step µs | speed-up |\n\
          |---|---:|---|---|---:|---:|---:|---:|---:|---:|\n",
     );

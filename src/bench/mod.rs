@@ -1,5 +1,6 @@
 //! `mdrun bench`: the benchmark suite. Every system runs under configurations that are ablations
-//! of one another (`cpu`, `gpu-naive`, `+cell-list`, `+fused`, `+cuda-graph`), all measured in one
+//! of one another (`cpu`, `gpu-naive`, `+cell-list`, `+fused`, `+cuda-graph`, `+one-cluster`), all
+//! measured in one
 //! run so that ratios compare like with like: force-call and MD-step latency, throughput, device
 //! memory, and accuracy against the f64 reference. Reports (JSON, markdown, SVG plots) go to one
 //! folder; `--compare` flags regressions and `--baseline` sets the PyTorch rows beside ours.
@@ -55,17 +56,21 @@ pub enum Config {
     CellList,
     /// The fused kernels (cell list where periodic, all pairs for open systems).
     Fused,
-    /// Everything: the whole step as one CUDA graph (the default of `mdrun`).
+    /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun`).
     CudaGraph,
+    /// `[gpu] kernels = "cluster"` (opt-in): small open molecules evaluate their forces in one
+    /// launch of one thread-block cluster, inside the step's graph.
+    OneCluster,
 }
 
 impl Config {
-    pub const ALL: [Config; 5] = [
+    pub const ALL: [Config; 6] = [
         Config::Cpu,
         Config::GpuNaive,
         Config::CellList,
         Config::Fused,
         Config::CudaGraph,
+        Config::OneCluster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +80,7 @@ impl Config {
             Config::CellList => "+cell-list",
             Config::Fused => "+fused",
             Config::CudaGraph => "+cuda-graph",
+            Config::OneCluster => "+one-cluster",
         }
     }
 
@@ -110,6 +116,10 @@ impl Config {
                 ..naive
             }),
             Config::CudaGraph => Some(GpuOptions::default()),
+            Config::OneCluster => Some(GpuOptions {
+                kernels: KernelVariant::Cluster,
+                ..GpuOptions::default()
+            }),
         }
     }
 }

@@ -170,6 +170,7 @@ fn measure_gpu(
     row.kernels = Some(
         match gpu_options.kernels {
             KernelVariant::Fused => "fused",
+            KernelVariant::Cluster => "cluster",
             KernelVariant::Naive => "naive",
         }
         .into(),
@@ -249,6 +250,12 @@ pub fn bench_system(name: &str, system: &System, model: &PainnModel, options: &B
                     "the GPU cell list needs a periodic cell; open systems use all pairs in every GPU configuration",
                 ));
                 continue;
+            }
+            if config == Config::OneCluster {
+                if let Some(reason) = crate::gpu::cluster::unsupported(model, n, system.cell.is_some()) {
+                    rows.push(row.skip("not-applicable", format!("the one-cluster kernel: {reason}")));
+                    continue;
+                }
             }
             if !gpu_present {
                 rows.push(row.skip("skipped", "no CUDA driver or device found"));

@@ -142,6 +142,61 @@ impl DeviceModel {
     }
 }
 
+impl DeviceModel {
+    /// The filter network and radial basis as kernel parameters, at interaction `t`'s block.
+    pub(crate) fn filter(&self, t: usize) -> FilterParams {
+        FilterParams {
+            weight: self.filter_w.ptr,
+            bias: self.filter_b.ptr,
+            offsets: self.rbf_offsets.ptr,
+            coeffs: self.rbf_coeffs.ptr,
+            offset: self.filter_offset[t],
+            cutoff: self.cutoff,
+        }
+    }
+
+    pub(crate) fn readout(&self) -> ReadoutParams {
+        ReadoutParams {
+            w1t: self.readout1.wt.ptr,
+            b1: self.readout1.b(),
+            w1: self.readout1.w.ptr,
+            w2: self.readout_w2.ptr,
+            b2: self.readout_b2,
+            scale: self.scale,
+            mean_per_atom: self.mean_per_atom,
+            atomref: self.atomref.ptr,
+            numbers: self.numbers.ptr,
+        }
+    }
+}
+
+/// Embedding and the first interaction's context network: they depend on the elements only, so
+/// they run once per system (into `net.q[0]`, and layer 0's `x` and `pre_context`).
+pub(crate) fn embed(gpu: &Gpu, model: &PainnModel, net: &DeviceModel) -> Result<()> {
+    let sizes = gpu.sizes;
+    let n = net.n_atoms;
+    let embedding = gpu.upload(&f32s(model.embedding.as_slice()))?;
+    let l0 = &net.layers[0];
+    let embed = gpu.function("embed")?;
+    unsafe {
+        gpu.stream
+            .launch_builder(&embed)
+            .arg(&net.numbers.ptr)
+            .arg(&embedding.ptr)
+            .arg(&l0.context1.wt.ptr)
+            .arg(&l0.context1.b())
+            .arg(&l0.context2.wt.ptr)
+            .arg(&l0.context2.b())
+            .arg(&net.q[0].ptr)
+            .arg(&l0.pre_context.ptr)
+            .arg(&l0.x.ptr)
+            .arg(&(n as i32))
+            .launch(block_per_item(sizes.dense_blocks(n), sizes.dense_threads()))
+            .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
+    }
+    gpu.synchronize()
+}
+
 pub struct GpuPainn {
     pub sizes: KernelSizes,
     net: DeviceModel,
@@ -204,27 +259,7 @@ impl GpuPainn {
             context_backward: gpu.function("context_backward")?,
             pair_forces: gpu.function("pair_forces")?,
         };
-        // Embedding and the first context network depend on the elements only: computed once.
-        let embedding = gpu.upload(&f32s(model.embedding.as_slice()))?;
-        let l0 = &painn.net.layers[0];
-        let embed = gpu.function("embed")?;
-        unsafe {
-            gpu.stream
-                .launch_builder(&embed)
-                .arg(&painn.net.numbers.ptr)
-                .arg(&embedding.ptr)
-                .arg(&l0.context1.wt.ptr)
-                .arg(&l0.context1.b())
-                .arg(&l0.context2.wt.ptr)
-                .arg(&l0.context2.b())
-                .arg(&painn.net.q[0].ptr)
-                .arg(&l0.pre_context.ptr)
-                .arg(&l0.x.ptr)
-                .arg(&(n as i32))
-                .launch(block_per_item(sizes.dense_blocks(n), sizes.dense_threads()))
-                .map_err(|e| anyhow::anyhow!("embed: {e:?}"))?;
-        }
-        gpu.synchronize()?;
+        embed(gpu, model, &painn.net)?;
         Ok(painn)
     }
 
@@ -232,17 +267,6 @@ impl GpuPainn {
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
         self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity)?;
         Ok(())
-    }
-
-    fn filter(&self, t: usize) -> FilterParams {
-        FilterParams {
-            weight: self.net.filter_w.ptr,
-            bias: self.net.filter_b.ptr,
-            offsets: self.net.rbf_offsets.ptr,
-            coeffs: self.net.rbf_coeffs.ptr,
-            offset: self.net.filter_offset[t],
-            cutoff: self.net.cutoff,
-        }
     }
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
@@ -257,21 +281,11 @@ impl GpuPainn {
         let nb = neighbors.params();
         let cell = neighbors.cell;
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
-        let readout = ReadoutParams {
-            w1t: self.net.readout1.wt.ptr,
-            b1: self.net.readout1.b(),
-            w1: self.net.readout1.w.ptr,
-            w2: self.net.readout_w2.ptr,
-            b2: self.net.readout_b2,
-            scale: self.net.scale,
-            mean_per_atom: self.net.mean_per_atom,
-            atomref: self.net.atomref.ptr,
-            numbers: self.net.numbers.ptr,
-        };
+        let readout = self.net.readout();
         let null = 0u64;
         for t in 0..t_count {
             let layer = &self.net.layers[t];
-            let filter = self.filter(t);
+            let filter = self.net.filter(t);
             unsafe {
                 s.launch_builder(&self.message_forward)
                     .arg(&positions.ptr)
@@ -351,7 +365,7 @@ impl GpuPainn {
                 pre: layer.pre_mix.ptr,
                 a: layer.a_mix.ptr,
             };
-            let filter = self.filter(t);
+            let filter = self.net.filter(t);
             unsafe {
                 // (∂q, ∂μ) at the mixing output [0] → at the interaction output [1].
                 s.launch_builder(&self.mixing_backward)

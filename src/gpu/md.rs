@@ -120,7 +120,7 @@ impl GpuMd {
             capacity,
             options.neighbor_search,
         )?;
-        let painn = PainnKernels::new(&gpu, model, numbers, capacity, options.kernels)?;
+        let painn = PainnKernels::new(&gpu, model, numbers, capacity, options.kernels, cell.is_some())?;
         let (langevin, damping, noise, seed, temperature) = match integrator {
             Integrator::VelocityVerlet { .. } => (0, 1.0, 0.0, 0, 0.0),
             Integrator::Langevin {
@@ -189,10 +189,7 @@ impl GpuMd {
 
     /// Which PaiNN kernels evaluate the forces.
     pub fn kernels(&self) -> KernelVariant {
-        match self.painn {
-            PainnKernels::Fused(_) => KernelVariant::Fused,
-            PainnKernels::Naive(_) => KernelVariant::Naive,
-        }
+        self.painn.variant()
     }
 
     pub fn step(&self) -> u64 {
@@ -242,7 +239,9 @@ impl GpuMd {
                 .launch(grid_for(self.n_atoms, 128))
                 .map_err(err)?;
         }
-        self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+        if self.painn.uses_neighbor_list() {
+            self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+        }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
         unsafe {
             s.launch_builder(&self.second_half)

@@ -4,6 +4,7 @@
 //! cudarc loads the driver and NVRTC at run time, so this builds and links without CUDA; a
 //! machine without a GPU gets a clear error when it asks for one.
 
+pub mod cluster;
 pub mod forces;
 pub mod md;
 pub mod naive;
@@ -24,8 +25,9 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 /// Kernel sources, embedded at build time. `common.cuh` is prepended to each.
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
-pub const SOURCES: [(&str, &str); 4] = [
+pub const SOURCES: [(&str, &str); 5] = [
     ("painn.cu", include_str!("../../kernels/painn.cu")),
+    ("painn_cluster.cu", include_str!("../../kernels/painn_cluster.cu")),
     ("neighbors.cu", include_str!("../../kernels/neighbors.cu")),
     ("integrate.cu", include_str!("../../kernels/integrate.cu")),
     ("naive.cu", include_str!("../../kernels/naive.cu")),

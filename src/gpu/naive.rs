@@ -5,9 +5,10 @@
 //! baseline the fused kernels are measured against. Per-pair memory is 2 · P · 3F floats (the
 //! filter and its gradient, P = atoms × row capacity), recomputed per interaction.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
+use super::cluster::{unsupported_on, ClusterPainn};
 use super::forces::{f32s, DeviceModel, GpuPainn};
 use super::neighbors::GpuNeighbors;
 use super::{Buffer, Gpu};
@@ -17,9 +18,13 @@ use crate::model::PainnModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelVariant {
-    /// Fused message passing and dense layers (kernels/painn.cu): the fast path.
+    /// Fused message passing and dense layers (kernels/painn.cu), a few kernels per layer.
     #[default]
     Fused,
+    /// The whole evaluation in one launch of one thread-block cluster (kernels/painn_cluster.cu):
+    /// small open molecules on Hopper or newer. Opt-in for now (docs/perf-notes.md, v10: its NVE
+    /// energy fluctuation on benzene is twice the fused path's, not yet explained).
+    Cluster,
     /// Plain unfused kernels with per-pair intermediates in global memory (kernels/naive.cu).
     Naive,
 }
@@ -29,6 +34,7 @@ pub enum KernelVariant {
 #[allow(clippy::large_enum_variant)]
 pub enum PainnKernels {
     Fused(GpuPainn),
+    Cluster(ClusterPainn),
     Naive(NaivePainn),
 }
 
@@ -39,9 +45,14 @@ impl PainnKernels {
         numbers: &[u8],
         capacity: usize,
         variant: KernelVariant,
+        periodic: bool,
     ) -> Result<PainnKernels> {
         Ok(match variant {
             KernelVariant::Fused => PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?),
+            KernelVariant::Cluster => match unsupported_on(gpu, model, numbers.len(), periodic) {
+                Some(reason) => bail!("[gpu] kernels = \"cluster\" does not apply here: {reason}"),
+                None => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers)?),
+            },
             KernelVariant::Naive => PainnKernels::Naive(NaivePainn::new(gpu, model, numbers, capacity)?),
         })
     }
@@ -49,13 +60,29 @@ impl PainnKernels {
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
         match self {
             PainnKernels::Fused(p) => p.enqueue(gpu, positions, neighbors),
+            PainnKernels::Cluster(p) => p.enqueue(gpu, positions),
             PainnKernels::Naive(p) => p.enqueue(gpu, positions, neighbors),
         }
+    }
+
+    /// The kernels running.
+    pub fn variant(&self) -> KernelVariant {
+        match self {
+            PainnKernels::Fused(_) => KernelVariant::Fused,
+            PainnKernels::Cluster(_) => KernelVariant::Cluster,
+            PainnKernels::Naive(_) => KernelVariant::Naive,
+        }
+    }
+
+    /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
+    pub fn uses_neighbor_list(&self) -> bool {
+        !matches!(self, PainnKernels::Cluster(_))
     }
 
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
         match self {
             PainnKernels::Fused(p) => p.resize_pairs(gpu, capacity),
+            PainnKernels::Cluster(_) => Ok(()),
             PainnKernels::Naive(p) => p.resize_pairs(gpu, capacity),
         }
     }
@@ -64,6 +91,7 @@ impl PainnKernels {
     pub fn forces(&self) -> &Buffer<f32> {
         match self {
             PainnKernels::Fused(p) => &p.forces,
+            PainnKernels::Cluster(p) => &p.forces,
             PainnKernels::Naive(p) => &p.forces,
         }
     }
@@ -71,6 +99,7 @@ impl PainnKernels {
     pub fn forces_mut(&mut self) -> &mut Buffer<f32> {
         match self {
             PainnKernels::Fused(p) => &mut p.forces,
+            PainnKernels::Cluster(p) => &mut p.forces,
             PainnKernels::Naive(p) => &mut p.forces,
         }
     }
@@ -79,6 +108,7 @@ impl PainnKernels {
     pub fn atom_energy(&self) -> &Buffer<f32> {
         match self {
             PainnKernels::Fused(p) => &p.atom_energy,
+            PainnKernels::Cluster(p) => &p.atom_energy,
             PainnKernels::Naive(p) => &p.atom_energy,
         }
     }

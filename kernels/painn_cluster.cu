@@ -1,0 +1,613 @@
+// The whole PaiNN force evaluation of a small open system (N ≤ NMAX atoms) in one launch: one
+// thread-block cluster of SCL blocks, phases separated by cluster barriers instead of kernel
+// boundaries (the multi-kernel path pays ~1 µs per kernel and per dependent weight load, which
+// dominates below ~50 atoms; docs/perf-notes.md, v10). Same math as painn.cu, same f64 reference.
+//
+// Work split: block `rank` owns the feature channels c ∈ [rank·CB, (rank + 1)·CB). Everything
+// element-wise per channel (messages, gates, their gradients) is done by the owner alone, on its
+// own channels, for all atoms. A dense layer's outputs are computed by their owners, each reading
+// its slice of the weights from L2, and pushed into every block's shared memory (distributed shared
+// memory) when the next dense layer needs all channels. Activations the backward pass needs are
+// written to the same global buffers as the multi-kernel path (DeviceModel), by their owners.
+//
+// Pairs: all j ≠ i within the cutoff, from the positions (open boundaries: no images), so this path
+// needs no neighbor list. Sums run in a fixed order: results are deterministic.
+
+#ifndef SCL
+#define SCL 16
+#endif
+#ifndef NMAX
+#define NMAX 16
+#endif
+#define CB (NF / SCL)  // channels owned by one block
+#define HB (NH / SCL)  // readout hidden units owned by one block
+#define STHREADS 512
+#define TMAX 3         // interactions whose activations fit in shared memory
+#define RB 16          // rows of X per matvec pass (accumulators per thread)
+#define PSPLIT (STHREADS / (CB * NMAX))  // threads sharing one (atom, channel) pair loop
+
+#if __CUDA_ARCH__ >= 900 && NF % SCL == 0 && NH % SCL == 0 && NMAX <= 32
+
+struct ClusterLayer {
+    // forward (Wᵀ, [in, out]) and backward (W, [out, in]) weights, biases
+    const float *c1t, *c1, *c1b;  // interatomic context net 0: F → F
+    const float *c2t, *c2, *c2b;  // interatomic context net 1: F → 3F
+    const float *mixt, *mix;      // mu_channel_mix: F → 2F, no bias
+    const float *m1t, *m1, *m1b;  // intraatomic context net 0: 2F → F
+    const float *m2t, *m2, *m2b;  // intraatomic context net 1: F → 3F
+    int filter_offset, pad;
+};
+
+// What the backward pass needs of one interaction, owned channels only (kept in shared memory:
+// no global-memory round trip on the critical path).
+struct LayerCache {
+    float x[NMAX][3][CB];       // context output (x_s, x_r, x_v)
+    float mu_in[NMAX][3][CB];   // μ entering the interaction
+    float vu[NMAX * 3][2][CB];  // V, U per (atom, k)
+    float norm[NMAX][CB];
+    float pre_mix[NMAX][CB];
+    float a[NMAX][3][CB];       // a_ss, a_vv, a_sv
+    float pre_ctx[NMAX][CB];
+};
+
+struct ClusterShared {
+    float4 pr[NMAX][NMAX];          // pair (i, slot): r (Å) and d
+    float4 pg[NMAX][NMAX];          // this block's (∂E/∂d, ∂E/∂r̂) per pair, its channels, all layers
+    float pphi[NMAX][NMAX][NK];     // radial basis per pair
+    int pj[NMAX][NMAX], prev[NMAX][NMAX], pcount[NMAX];
+    // replicated (every channel, pushed by the owners)
+    float ctx[NMAX][2 * NF];      // q | ‖V‖
+    float mu[NMAX * 3][NF];       // μ, rows (atom, Cartesian k)
+    float hid[NMAX][NF];          // hidden layer / its gradient
+    float gh[NMAX][NH];           // readout: ∂E/∂hidden
+    float g3[NMAX][3 * NF];       // ∂E/∂a (mixing) or ∂E/∂x (context)
+    union {                           // never live at the same time
+        float gvu[NMAX * 3][2 * NF];      // ∂E/∂(V, U), mixing backward
+        float4 pstage[NMAX][NMAX][CB];    // per-channel pair gradients before the channel sum
+    };
+    // owned channels only
+    LayerCache cache[TMAX];
+    float filter_w[TMAX][3][CB][NK];  // filter rows (s, R, v) of the owned channels
+    float filter_b[TMAX][3][CB];
+    float rbf_offset[NK], rbf_coeff[NK];
+    float vdotu[NMAX][CB];
+    float gq[2][NMAX][CB];
+    float gm[NMAX][3][CB];
+    float ep[NMAX][HB];
+    float scratch[STHREADS / 32 * CB * RB];  // matvec: per warp, its columns' partial sums
+};
+
+extern "C" __global__ void painn_cluster_shared_bytes(int* out) { *out = (int)sizeof(ClusterShared); }
+
+namespace cl {
+
+__device__ __forceinline__ u32 rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Barrier over the cluster; orders every block's shared-memory writes (remote ones included)
+// before the reads that follow.
+__device__ __forceinline__ void sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ u32 remote_address(const void* local, u32 r) {
+    u32 address, remote;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(r));
+    return remote;
+}
+
+// Stores `v` at the place of `local` in every block of the cluster (this one included).
+__device__ __forceinline__ void broadcast(float* local, float v) {
+#pragma unroll
+    for (u32 r = 0; r < SCL; ++r)
+        asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote_address(local, r)), "f"(v) : "memory");
+}
+
+__device__ __forceinline__ float4 load_remote(const float4* local, u32 r) {
+    float4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote_address(local, r))
+                 : "memory");
+    return v;
+}
+
+__device__ __forceinline__ float load_remote(const float* local, u32 r) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote_address(local, r)) : "memory");
+    return v;
+}
+
+// Thread layout of a matvec on BC-column blocks: j (column within the block) in the lowest bits,
+// so that a warp's weight loads are contiguous; then the split of the k loop; then the block b.
+template <int BC>
+struct Layout {
+    int ks_count, j, ks, b;
+    __device__ __forceinline__ Layout(int m) {
+        int k = STHREADS / (BC * m);
+        k = k >= 64 ? 64 : k >= 32 ? 32 : k >= 16 ? 16 : k >= 8 ? 8 : 4;
+        ks_count = k < 32 / BC ? 32 / BC : k;
+        int t = threadIdx.x;
+        j = t % BC;
+        ks = (t / BC) % ks_count;
+        b = t / (BC * ks_count);
+    }
+};
+
+// The first 8 weights a thread multiplies in a matvec, loaded ahead (before the cluster barrier
+// that precedes the matvec) so that their L2 latency overlaps the wait.
+struct Prefetched {
+    float w[8];
+};
+
+template <int BC>
+__device__ __forceinline__ Prefetched prefetch(const float* __restrict__ M, int k_dim, int m, int B) {
+    Layout<BC> l(m);
+    Prefetched p;
+    int col = l.b * B + (int)rank() * BC + l.j;
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+        int i = l.ks + u * l.ks_count;
+        p.w[u] = l.b < m && i < k_dim ? M[(size_t)i * m * B + col] : 0.f;
+    }
+    return p;
+}
+
+// Y = X · M on this block's output columns, for the `rows` rows of X: M row-major [k_dim, m·B]
+// in global memory, X in shared memory (row stride ld). The block owns columns
+// {b·B + rank·BC + j : b < m, j < BC}. Rows go RB at a time (RB accumulators per thread); partial
+// sums are reduced by warp shuffles, then across warps in a fixed order; epi(row, b, j, value)
+// receives every owned output once. `pre` holds the thread's first weights (prefetch()).
+// Ends with a block barrier (not a cluster one: the caller decides what must be ordered).
+template <int BC, class Epi>
+__device__ __forceinline__ void matvec(const Prefetched& pre, const float* __restrict__ M, int k_dim, int m, int B,
+                                       const float* X, int ld, int rows, float* scratch, Epi epi) {
+    static_assert(32 % BC == 0, "columns per block must divide a warp");
+    constexpr int KPW = 32 / BC;  // k-splits per warp
+    const Layout<BC> l(m);
+    const int t = threadIdx.x, cols = m * B;
+    const bool active = l.b < m;
+    const int col = l.b * B + (int)rank() * BC + l.j;
+    const int warps_per_b = l.ks_count / KPW, wp = l.ks / KPW;
+    for (int r0 = 0; r0 < rows; r0 += RB) {
+        float acc[RB];
+#pragma unroll
+        for (int r = 0; r < RB; ++r) acc[r] = 0.f;
+        if (active) {
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                int i = l.ks + u * l.ks_count;
+                if (i >= k_dim) break;
+#pragma unroll
+                for (int r = 0; r < RB; ++r)
+                    if (r0 + r < rows) acc[r] += pre.w[u] * X[(r0 + r) * ld + i];
+            }
+            for (int i = l.ks + 8 * l.ks_count; i < k_dim; i += l.ks_count) {  // k_dim > 8 splits
+                float w = M[(size_t)i * cols + col];
+#pragma unroll
+                for (int r = 0; r < RB; ++r)
+                    if (r0 + r < rows) acc[r] += w * X[(r0 + r) * ld + i];
+            }
+        }
+#pragma unroll
+        for (int offset = BC; offset < 32; offset <<= 1) {
+#pragma unroll
+            for (int r = 0; r < RB; ++r) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        }
+        if (active && (t & 31) < BC) {
+#pragma unroll
+            for (int r = 0; r < RB; ++r) scratch[((l.b * warps_per_b + wp) * RB + r) * BC + l.j] = acc[r];
+        }
+        __syncthreads();
+        // Channel-fastest: a warp's epilogue stores (local or to every block) are contiguous runs.
+        for (int o = t; o < m * BC * RB; o += STHREADS) {
+            int jj = o % BC, r = (o / BC) % RB, bb = o / (RB * BC);
+            if (r0 + r >= rows) continue;
+            float total = 0.f;
+            for (int w2 = 0; w2 < warps_per_b; ++w2) total += scratch[((bb * warps_per_b + w2) * RB + r) * BC + jj];
+            epi(r0 + r, bb, jj, total);
+        }
+        __syncthreads();
+    }
+}
+
+}  // namespace cl
+
+// Forces and per-atom energies of `n` atoms (open boundaries): launched as one cluster of SCL
+// blocks of STHREADS threads, with sizeof(ClusterShared) bytes of dynamic shared memory. `q0` and
+// `x0` are the embedding and the first context network's output (setup kernel `embed`).
+extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREADS, 1)
+    painn_cluster(const ClusterLayer* __restrict__ layers, int t_count, Filter filter, Readout ro,
+                  const double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
+                  float* __restrict__ forces, float* __restrict__ atom_energy, int n, float epsilon) {
+    extern __shared__ float4 shared_raw[];
+    ClusterShared& S = *reinterpret_cast<ClusterShared*>(shared_raw);
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int c0 = (int)cl::rank() * CB;
+    const float cutoff = filter.cutoff, cutoff2 = cutoff * cutoff;
+
+    // Radial basis and the owned channels' filter rows of every layer, once.
+    for (int k = t; k < NK; k += STHREADS) {
+        S.rbf_offset[k] = filter.offsets[k];
+        S.rbf_coeff[k] = filter.coeffs[k];
+    }
+    for (int k = t; k < t_count * 3 * CB * NK; k += STHREADS) {
+        int l = k / (3 * CB * NK), g = (k / (CB * NK)) % 3, j = (k / NK) % CB, kk = k % NK;
+        int row = layers[l].filter_offset + g * NF + c0 + j;
+        S.filter_w[l][g][j][kk] = filter.weight[(size_t)row * NK + kk];
+        if (kk == 0) S.filter_b[l][g][j] = filter.bias[row];
+    }
+    __syncthreads();
+    // Pair geometry (every block the same): warp per receiving atom, lane per candidate.
+    for (int i = warp; i < NMAX; i += STHREADS / 32) {
+        bool inside = false;
+        float3 r = make_float3(0.f, 0.f, 0.f);
+        float d2 = 0.f;
+        if (i < n && lane < n && lane != i) {
+            r = make_float3((float)(pos[3 * lane] - pos[3 * i]), (float)(pos[3 * lane + 1] - pos[3 * i + 1]),
+                            (float)(pos[3 * lane + 2] - pos[3 * i + 2]));
+            d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+            inside = d2 < cutoff2;
+        }
+        u32 ballot = __ballot_sync(0xffffffffu, inside);
+        if (lane == 0) S.pcount[i] = __popc(ballot);
+        if (inside) {
+            int s = __popc(ballot & ((1u << lane) - 1u));
+            float d = sqrtf(d2);
+            S.pj[i][s] = lane;
+            S.pr[i][s] = make_float4(r.x, r.y, r.z, d);
+            for (int k = 0; k < NK; ++k) {
+                float u = d - S.rbf_offset[k];
+                S.pphi[i][s][k] = __expf(S.rbf_coeff[k] * u * u);
+            }
+        }
+    }
+    // Layer-0 inputs: q = embedding, μ = 0, x from the setup kernel.
+    for (int k = t; k < NMAX * NF; k += STHREADS) {
+        int a = k / NF, c = k % NF;
+        S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
+        for (int m = 0; m < 3; ++m) S.mu[a * 3 + m][c] = 0.f;
+    }
+    for (int k = t; k < NMAX * 3 * CB; k += STHREADS) {
+        int a = k / (3 * CB), m = (k / CB) % 3, j = k % CB;
+        S.cache[0].x[a][m][j] = a < n ? x0[a * 3 * NF + m * NF + c0 + j] : 0.f;
+    }
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) S.pg[k / NMAX][k % NMAX] = make_float4(0.f, 0.f, 0.f, 0.f);
+    __syncthreads();
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) {
+        int i = k / NMAX, s = k % NMAX;
+        if (i < n && s < S.pcount[i]) {
+            int j = S.pj[i][s];
+            for (int s2 = 0; s2 < S.pcount[j]; ++s2)
+                if (S.pj[j][s2] == i) S.prev[i][s] = s2;
+        }
+    }
+    // Every block has started and initialized its shared memory before anyone writes into it.
+    cl::sync();
+
+    // Thread roles in the channel-local phases: PSPLIT threads per (atom, owned channel).
+    const int ps = t % PSPLIT, jc = (t / PSPLIT) % CB, ia = t / (PSPLIT * CB);
+    static_assert(PSPLIT >= 1 && PSPLIT <= 32 && (PSPLIT & (PSPLIT - 1)) == 0, "whole (atom, channel) groups per warp");
+    const bool item = ia < n;
+    const int c = c0 + jc;
+
+    // ---------------------------------------------------------------------------------------
+    // Forward
+    for (int layer = 0; layer < t_count; ++layer) {
+        const ClusterLayer& L = layers[layer];
+        LayerCache& C = S.cache[layer];
+        cl::Prefetched w_mix = cl::prefetch<CB>(L.mixt, NF, 2, NF);
+        // Messages (channel-local): q += Σ_j φ_s x_j; μ += Σ_j (φ_r x_j r̂ + φ_v x_j μ_j).
+        float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
+        if (item) {
+            const float* ws = S.filter_w[layer][0][jc];
+            const float* wr = S.filter_w[layer][1][jc];
+            const float* wv = S.filter_w[layer][2][jc];
+            for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
+                float4 r = S.pr[ia][s];
+                int j = S.pj[ia][s];
+                float fc, dfc;
+                cosine_cutoff(r.w, cutoff, fc, dfc);
+                float fs = S.filter_b[layer][0][jc], fr = S.filter_b[layer][1][jc], fv = S.filter_b[layer][2][jc];
+#pragma unroll
+                for (int k = 0; k < NK; ++k) {
+                    float phi = S.pphi[ia][s][k];
+                    fs += ws[k] * phi;
+                    fr += wr[k] * phi;
+                    fv += wv[k] * phi;
+                }
+                float inv_d = 1.0f / r.w;
+                dq += fs * fc * C.x[j][0][jc];
+                float radial = fr * fc * C.x[j][1][jc] * inv_d, vector = fv * fc * C.x[j][2][jc];
+                dm[0] += radial * r.x + vector * S.mu[j * 3][c];
+                dm[1] += radial * r.y + vector * S.mu[j * 3 + 1][c];
+                dm[2] += radial * r.z + vector * S.mu[j * 3 + 2][c];
+            }
+        }
+#pragma unroll
+        for (int offset = 1; offset < PSPLIT; offset <<= 1) {
+            dq += __shfl_xor_sync(0xffffffffu, dq, offset);
+            for (int k = 0; k < 3; ++k) dm[k] += __shfl_xor_sync(0xffffffffu, dm[k], offset);
+        }
+        __syncthreads();  // every read of this block's channels done before they are updated
+        if (item && ps == 0) {
+            cl::broadcast(&S.ctx[ia][c], S.ctx[ia][c] + dq);
+            for (int k = 0; k < 3; ++k) {
+                float mu = S.mu[ia * 3 + k][c];
+                C.mu_in[ia][k][jc] = mu;
+                cl::broadcast(&S.mu[ia * 3 + k][c], mu + dm[k]);
+            }
+        }
+        cl::sync();
+
+        // Mixing: (V, U) = μ · mixᵀ on owned channels; ‖V‖ to every block.
+        cl::matvec<CB>(w_mix, L.mixt, NF, 2, NF, &S.mu[0][0], NF, 3 * n, S.scratch,
+                       [&](int row, int b, int j, float v) { C.vu[row][b][j] = v; });
+        cl::Prefetched w_m1 = cl::prefetch<CB>(L.m1t, 2 * NF, 1, NF);
+        if (item && ps == 0) {
+            float norm2 = 0.f, vdotu = 0.f;
+            for (int k = 0; k < 3; ++k) {
+                float V = C.vu[ia * 3 + k][0][jc], U = C.vu[ia * 3 + k][1][jc];
+                norm2 += V * V;
+                vdotu += V * U;
+            }
+            float norm = sqrtf(norm2 + epsilon);
+            C.norm[ia][jc] = norm;
+            S.vdotu[ia][jc] = vdotu;
+            cl::broadcast(&S.ctx[ia][NF + c], norm);
+        }
+        cl::sync();
+        // hidden = σ(W1 [q, ‖V‖] + b1)
+        cl::matvec<CB>(w_m1, L.m1t, 2 * NF, 1, NF, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+            float z = v + L.m1b[c0 + j];
+            C.pre_mix[a][j] = z;
+            cl::broadcast(&S.hid[a][c0 + j], silu(z));
+        });
+        cl::Prefetched w_m2 = cl::prefetch<CB>(L.m2t, NF, 3, NF);
+        cl::sync();
+        // (a_ss, a_vv, a_sv) = W2 hidden + b2, then the gated update, owned channels.
+        cl::matvec<CB>(w_m2, L.m2t, NF, 3, NF, &S.hid[0][0], NF, n, S.scratch,
+                       [&](int a, int b, int j, float v) { C.a[a][b][j] = v + L.m2b[b * NF + c0 + j]; });
+        if (item && ps == 0) {
+            float a_ss = C.a[ia][0][jc], a_vv = C.a[ia][1][jc], a_sv = C.a[ia][2][jc];
+            cl::broadcast(&S.ctx[ia][c], S.ctx[ia][c] + a_ss + a_sv * S.vdotu[ia][jc]);
+            for (int k = 0; k < 3; ++k)
+                cl::broadcast(&S.mu[ia * 3 + k][c], S.mu[ia * 3 + k][c] + a_vv * C.vu[ia * 3 + k][1][jc]);
+        }
+        if (layer + 1 < t_count) {
+            // The next interaction's context network: x = W2 σ(W1 q + b1) + b2.
+            const ClusterLayer& nl = layers[layer + 1];
+            LayerCache& NC = S.cache[layer + 1];
+            cl::Prefetched w_c1 = cl::prefetch<CB>(nl.c1t, NF, 1, NF);
+            cl::sync();
+            cl::matvec<CB>(w_c1, nl.c1t, NF, 1, NF, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+                float z = v + nl.c1b[c0 + j];
+                NC.pre_ctx[a][j] = z;
+                cl::broadcast(&S.hid[a][c0 + j], silu(z));
+            });
+            cl::Prefetched w_c2 = cl::prefetch<CB>(nl.c2t, NF, 3, NF);
+            cl::sync();
+            cl::matvec<CB>(w_c2, nl.c2t, NF, 3, NF, &S.hid[0][0], NF, n, S.scratch,
+                           [&](int a, int b, int j, float v) { NC.x[a][b][j] = v + nl.c2b[b * NF + c0 + j]; });
+            // The messages that follow read owned channels only: no cluster barrier needed.
+        } else {
+            cl::sync();
+        }
+    }
+
+    // Readout: per-atom energy contributions w2·σ(W1 q + b1), and ∂E/∂hidden to every block.
+    cl::Prefetched w_r1 = cl::prefetch<HB>(ro.w1t, NF, 1, NH);
+    cl::matvec<HB>(w_r1, ro.w1t, NF, 1, NH, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+        int h = (int)cl::rank() * HB + j;
+        float z = v + ro.b1[h];
+        S.ep[a][j] = ro.w2[h] * silu(z);
+        cl::broadcast(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
+    });
+    cl::Prefetched w_r2 = cl::prefetch<CB>(ro.w1, NH, 1, NF);
+    cl::sync();
+    cl::matvec<CB>(w_r2, ro.w1, NH, 1, NF, &S.gh[0][0], NH, n, S.scratch, [&](int a, int, int j, float v) {
+        S.gq[0][a][j] = v;
+        for (int k = 0; k < 3; ++k) S.gm[a][k][j] = 0.f;
+    });
+
+    // ---------------------------------------------------------------------------------------
+    // Backward
+    int cur = 0;  // S.gq[cur]: ∂E/∂q at the current point of the backward pass
+    for (int layer = t_count - 1; layer >= 0; --layer) {
+        const ClusterLayer& L = layers[layer];
+        LayerCache& C = S.cache[layer];
+        cl::Prefetched w_m2 = cl::prefetch<CB>(L.m2, 3 * NF, 1, NF);
+        // Mixing backward, element-wise part: ∂E/∂a to every block.
+        if (item && ps == 0) {
+            float gq = S.gq[cur][ia][jc], gmu = 0.f, vdotu = 0.f;
+            for (int k = 0; k < 3; ++k) {
+                float V = C.vu[ia * 3 + k][0][jc], U = C.vu[ia * 3 + k][1][jc];
+                gmu += S.gm[ia][k][jc] * U;
+                vdotu += V * U;
+            }
+            cl::broadcast(&S.g3[ia][c], gq);
+            cl::broadcast(&S.g3[ia][NF + c], gmu);
+            cl::broadcast(&S.g3[ia][2 * NF + c], gq * vdotu);
+        }
+        cl::sync();
+        // ∂E/∂z = σ'(z) ⊙ W2ᵀ ∂E/∂a
+        cl::matvec<CB>(w_m2, L.m2, 3 * NF, 1, NF, &S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+            cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_mix[a][j]));
+        });
+        cl::Prefetched w_m1 = cl::prefetch<CB>(L.m1, NF, 2, NF);
+        cl::sync();
+        // ∂E/∂[q, ‖V‖] = W1ᵀ ∂E/∂z: q's part is added to ∂E/∂q; ‖V‖'s goes into ∂E/∂(V, U).
+        const int next = 1 - cur;
+        cl::matvec<CB>(w_m1, L.m1, NF, 2, NF, &S.hid[0][0], NF, n, S.scratch, [&](int a, int b, int j, float v) {
+            if (b == 0) {
+                S.gq[next][a][j] = S.gq[cur][a][j] + v;
+                return;
+            }
+            float a_vv = C.a[a][1][j], g_vdotu = S.gq[cur][a][j] * C.a[a][2][j];
+            float g_norm = v / C.norm[a][j];
+            for (int k = 0; k < 3; ++k) {
+                float V = C.vu[a * 3 + k][0][j], U = C.vu[a * 3 + k][1][j];
+                cl::broadcast(&S.gvu[a * 3 + k][c0 + j], g_vdotu * U + g_norm * V);
+                cl::broadcast(&S.gvu[a * 3 + k][NF + c0 + j], S.gm[a][k][j] * a_vv + g_vdotu * V);
+            }
+        });
+        cur = next;
+        cl::Prefetched w_mix = cl::prefetch<CB>(L.mix, 2 * NF, 1, NF);
+        cl::sync();
+        // ∂E/∂μ at the mixing input = ∂E/∂μ + mixᵀ ∂E/∂(V, U)
+        cl::matvec<CB>(w_mix, L.mix, 2 * NF, 1, NF, &S.gvu[0][0], 2 * NF, 3 * n, S.scratch,
+                       [&](int row, int, int j, float v) { S.gm[row / 3][row % 3][j] += v; });
+
+        // Messages backward (channel-local): per pair, a receives from b and a sends to b.
+        float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
+        if (item) {
+            const float* ws = S.filter_w[layer][0][jc];
+            const float* wr = S.filter_w[layer][1][jc];
+            const float* wv = S.filter_w[layer][2][jc];
+            float gq_a = S.gq[cur][ia][jc];
+            float gm_a[3], mu_a[3];
+            for (int k = 0; k < 3; ++k) {
+                gm_a[k] = S.gm[ia][k][jc];
+                mu_a[k] = C.mu_in[ia][k][jc];
+            }
+            float xa_v = C.x[ia][2][jc];
+            for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
+                float4 rv = S.pr[ia][s];
+                float d = rv.w, inv_d = 1.0f / d;
+                int b = S.pj[ia][s];
+                float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
+                float fc, dfc;
+                cosine_cutoff(d, cutoff, fc, dfc);
+                float fs = S.filter_b[layer][0][jc], fr = S.filter_b[layer][1][jc], fv = S.filter_b[layer][2][jc];
+#pragma unroll
+                for (int k = 0; k < NK; ++k) {
+                    float phi = S.pphi[ia][s][k];
+                    fs += ws[k] * phi;
+                    fr += wr[k] * phi;
+                    fv += wv[k] * phi;
+                }
+                float xb_s = C.x[b][0][jc], xb_r = C.x[b][1][jc], xb_v = C.x[b][2][jc];
+                float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
+                float g_v = gm_a[0] * C.mu_in[b][0][jc] + gm_a[1] * C.mu_in[b][1][jc] + gm_a[2] * C.mu_in[b][2][jc];
+                float gw_s = gq_a * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;
+                float radial = fr * fc * xb_r;
+                float g_phi_dot = 0.f;
+#pragma unroll
+                for (int k = 0; k < NK; ++k) {
+                    float dphi = 2.0f * S.rbf_coeff[k] * (d - S.rbf_offset[k]) * S.pphi[ia][s][k];
+                    g_phi_dot += (gw_s * ws[k] + gw_r * wr[k] + gw_v * wv[k]) * dphi;
+                }
+                S.pstage[ia][s][jc] = make_float4(fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv),
+                                                  gm_a[0] * radial, gm_a[1] * radial, gm_a[2] * radial);
+                float gq_b = S.gq[cur][b][jc];
+                float gmb0 = S.gm[b][0][jc], gmb1 = S.gm[b][1][jc], gmb2 = S.gm[b][2][jc];
+                float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
+                float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
+                gx[0] += gq_b * fs * fc;
+                gx[1] += h_r * fr * fc;
+                gx[2] += h_v * fv * fc;
+                float vector_w = fv * fc * xa_v;
+                gmu[0] += gmb0 * vector_w;
+                gmu[1] += gmb1 * vector_w;
+                gmu[2] += gmb2 * vector_w;
+            }
+        }
+#pragma unroll
+        for (int offset = 1; offset < PSPLIT; offset <<= 1) {
+            for (int k = 0; k < 3; ++k) {
+                gx[k] += __shfl_xor_sync(0xffffffffu, gx[k], offset);
+                gmu[k] += __shfl_xor_sync(0xffffffffu, gmu[k], offset);
+            }
+        }
+        cl::Prefetched w_c2 = cl::prefetch<CB>(L.c2, 3 * NF, 1, NF);
+        __syncthreads();  // every read of ∂E/∂μ done before it moves to the layer input
+        if (item && ps == 0) {
+            for (int k = 0; k < 3; ++k) S.gm[ia][k][jc] += gmu[k];
+            if (layer > 0)
+                for (int k = 0; k < 3; ++k) cl::broadcast(&S.g3[ia][k * NF + c], gx[k]);
+        }
+        for (int k = t; k < NMAX * NMAX; k += STHREADS) {
+            int i = k / NMAX, s = k % NMAX;
+            if (i < n && s < S.pcount[i]) {
+                float4 total = S.pg[i][s];
+                for (int j = 0; j < CB; ++j) {
+                    float4 p = S.pstage[i][s][j];
+                    total.x += p.x;
+                    total.y += p.y;
+                    total.z += p.z;
+                    total.w += p.w;
+                }
+                S.pg[i][s] = total;
+            }
+        }
+        if (layer == 0) break;  // the first layer's q is the embedding: no gradient past it
+        cl::sync();
+        // Context backward: ∂E/∂q += W1ᵀ (σ'(z) ⊙ W2ᵀ ∂E/∂x)
+        cl::matvec<CB>(w_c2, L.c2, 3 * NF, 1, NF, &S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+            cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_ctx[a][j]));
+        });
+        cl::Prefetched w_c1 = cl::prefetch<CB>(L.c1, NF, 1, NF);
+        cl::sync();
+        cl::matvec<CB>(w_c1, L.c1, NF, 1, NF, &S.hid[0][0], NF, n, S.scratch,
+                       [&](int a, int, int j, float v) { S.gq[cur][a][j] += v; });
+    }
+    cl::sync();  // every block's pair gradients and energy contributions complete
+
+    // Forces: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], pair gradients summed over the
+    // blocks in rank order. Block `rank` takes atoms a ≡ rank (mod SCL).
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) {
+        int i = k / NMAX, s = k % NMAX;
+        if (i % SCL != (int)cl::rank() || i >= n || s >= S.pcount[i]) continue;
+        float4 g = make_float4(0.f, 0.f, 0.f, 0.f), h = g;
+        int b = S.pj[i][s], s2 = S.prev[i][s];
+        for (u32 r = 0; r < SCL; ++r) {
+            float4 p = cl::load_remote(&S.pg[i][s], r), q = cl::load_remote(&S.pg[b][s2], r);
+            g.x += p.x; g.y += p.y; g.z += p.z; g.w += p.w;
+            h.x += q.x; h.y += q.y; h.z += q.z; h.w += q.w;
+        }
+        S.pstage[i][s][0] = g;
+        S.pstage[i][s][1] = h;
+    }
+    __syncthreads();
+    // Half a warp per atom (NMAX ≤ 16 slots per row would fit; rows are padded to NMAX).
+    for (int k = t; k < NMAX * 32; k += STHREADS) {
+        int i = k / 32, s = k % 32;
+        float fx = 0.f, fy = 0.f, fz = 0.f;
+        bool mine = i % SCL == (int)cl::rank() && i < n;
+        if (mine && s < NMAX && s < S.pcount[i]) {
+            float4 r = S.pr[i][s];
+            float inv_d = 1.0f / r.w;
+            float3 u = make_float3(r.x * inv_d, r.y * inv_d, r.z * inv_d);
+            float4 g = S.pstage[i][s][0], h = S.pstage[i][s][1];
+            float gu = g.y * u.x + g.z * u.y + g.w * u.z;
+            float hu = -(h.y * u.x + h.z * u.y + h.w * u.z);
+            fx = (g.x * u.x + (g.y - gu * u.x) * inv_d) - (-h.x * u.x + (h.y + hu * u.x) * inv_d);
+            fy = (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d);
+            fz = (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d);
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            fx += __shfl_down_sync(0xffffffffu, fx, offset);
+            fy += __shfl_down_sync(0xffffffffu, fy, offset);
+            fz += __shfl_down_sync(0xffffffffu, fz, offset);
+        }
+        if (mine && s == 0) {
+            forces[3 * i] = fx;
+            forces[3 * i + 1] = fy;
+            forces[3 * i + 2] = fz;
+        }
+    }
+    // Energies: readout contributions of every block, in rank order.
+    if (cl::rank() == 0 && t < n) {
+        float sum = 0.f;
+        for (u32 r = 0; r < SCL; ++r)
+            for (int j = 0; j < HB; ++j) sum += cl::load_remote(&S.ep[t][j], r);
+        atom_energy[t] = ro.scale * (sum + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[t]];
+    }
+    cl::sync();  // no block leaves while others may still read its shared memory
+}
+
+#endif

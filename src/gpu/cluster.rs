@@ -1,0 +1,205 @@
+//! The one-launch force evaluation for small open molecules (`kernels/painn_cluster.cu`): the
+//! whole PaiNN forward and backward pass in one thread-block cluster, phases separated by cluster
+//! barriers instead of kernel boundaries, activations in shared memory. Same weights as the
+//! multi-kernel path ([`DeviceModel`]); pairs come from the positions (all pairs, no images), so it needs no
+//! neighbor list. Used where it applies (Hopper or newer, open boundaries, at most
+//! [`MAX_ATOMS`] atoms); everything else runs the multi-kernel path.
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attribute;
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::forces::{embed, DeviceModel};
+use super::{Buffer, Gpu};
+use crate::model::PainnModel;
+
+/// [`unsupported`], and the GPU's side: thread-block clusters need compute capability 9.0.
+pub fn unsupported_on(gpu: &Gpu, model: &PainnModel, n_atoms: usize, periodic: bool) -> Option<String> {
+    let (major, minor) = gpu.compute_capability;
+    if major < 9 {
+        return Some(format!(
+            "needs thread-block clusters (compute capability 9.0), the GPU has {major}.{minor}"
+        ));
+    }
+    unsupported(model, n_atoms, periodic)
+}
+
+/// Blocks of the cluster (`SCL` in the kernel): each owns F / 16 feature channels.
+pub const CLUSTER_BLOCKS: usize = 16;
+/// Most atoms the kernel holds (`NMAX`): every activation of every atom lives in shared memory.
+pub const MAX_ATOMS: usize = 16;
+/// Most interactions (`TMAX`): what the backward pass needs of each stays in shared memory.
+pub const MAX_INTERACTIONS: usize = 3;
+const THREADS: u32 = 512;
+
+/// Per-layer pointers, laid out as `ClusterLayer` in kernels/painn_cluster.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct ClusterLayerParams {
+    c1t: u64,
+    c1: u64,
+    c1b: u64,
+    c2t: u64,
+    c2: u64,
+    c2b: u64,
+    mixt: u64,
+    mix: u64,
+    m1t: u64,
+    m1: u64,
+    m1b: u64,
+    m2t: u64,
+    m2: u64,
+    m2b: u64,
+    filter_offset: i32,
+    pad: i32,
+}
+
+// Safety: plain-old-data with the C layout of the kernel's struct.
+unsafe impl DeviceRepr for ClusterLayerParams {}
+
+/// Why the one-cluster kernel cannot evaluate this model on this system, if it cannot (the GPU
+/// aside: it also needs thread-block clusters, see [`unsupported_on`]).
+pub fn unsupported(model: &PainnModel, n_atoms: usize, periodic: bool) -> Option<String> {
+    let (f, h) = (model.config.n_atom_basis, model.readout1.n_out());
+    let owned = |width: usize| width.is_multiple_of(CLUSTER_BLOCKS) && (width / CLUSTER_BLOCKS).is_power_of_two();
+    if periodic {
+        Some("open boundaries only".into())
+    } else if n_atoms == 0 || n_atoms > MAX_ATOMS {
+        Some(format!("1 to {MAX_ATOMS} atoms, the system has {n_atoms}"))
+    } else if model.config.n_interactions > MAX_INTERACTIONS {
+        Some(format!(
+            "at most {MAX_INTERACTIONS} interactions, the model has {}",
+            model.config.n_interactions
+        ))
+    } else if !owned(f) || f / CLUSTER_BLOCKS > 32 || !owned(h) {
+        Some(format!(
+            "n_atom_basis ({f}) and the readout width ({h}) must be 16 × a power of two"
+        ))
+    } else {
+        None
+    }
+}
+
+pub struct ClusterPainn {
+    net: DeviceModel,
+    layers: Buffer<ClusterLayerParams>,
+    pub atom_energy: Buffer<f32>,
+    pub forces: Buffer<f32>,
+    function: CudaFunction,
+    shared_bytes: u32,
+}
+
+impl ClusterPainn {
+    pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8]) -> Result<ClusterPainn> {
+        if let Some(reason) = unsupported_on(gpu, model, numbers.len(), false) {
+            bail!("the one-cluster kernel does not apply: {reason}");
+        }
+        let n = numbers.len();
+        let net = DeviceModel::new(gpu, model, numbers)?;
+        let params: Vec<ClusterLayerParams> = net
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(t, l)| ClusterLayerParams {
+                c1t: l.context1.wt.ptr,
+                c1: l.context1.w.ptr,
+                c1b: l.context1.b(),
+                c2t: l.context2.wt.ptr,
+                c2: l.context2.w.ptr,
+                c2b: l.context2.b(),
+                mixt: l.mix.wt.ptr,
+                mix: l.mix.w.ptr,
+                m1t: l.mix1.wt.ptr,
+                m1: l.mix1.w.ptr,
+                m1b: l.mix1.b(),
+                m2t: l.mix2.wt.ptr,
+                m2: l.mix2.w.ptr,
+                m2b: l.mix2.b(),
+                filter_offset: net.filter_offset[t],
+                pad: 0,
+            })
+            .collect();
+        let layers = gpu.upload(&params)?;
+        let function = gpu.function("painn_cluster")?;
+        // The kernel reports its shared-memory layout's size; the device must grant it.
+        let probe = gpu.function("painn_cluster_shared_bytes")?;
+        let bytes: Buffer<i32> = gpu.zeros(1)?;
+        unsafe {
+            gpu.stream
+                .launch_builder(&probe)
+                .arg(&bytes.ptr)
+                .launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (1, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(|e| anyhow!("painn_cluster_shared_bytes: {e:?}"))?;
+        }
+        let shared_bytes = gpu.download(&bytes)?[0] as u32;
+        let attribute = |what: Attribute, value: i32| {
+            function
+                .set_attribute(what, value)
+                .map_err(|e| anyhow!("painn_cluster: setting {what:?} = {value}: {e:?}"))
+        };
+        attribute(
+            Attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared_bytes as i32,
+        )?;
+        attribute(Attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)?;
+        let painn = ClusterPainn {
+            net,
+            layers,
+            atom_energy: gpu.zeros(n)?,
+            forces: gpu.zeros(3 * n)?,
+            function,
+            shared_bytes,
+        };
+        let clusters = painn
+            .function
+            .occupancy_max_active_clusters(painn.launch_config(), &gpu.stream)
+            .map_err(|e| anyhow!("painn_cluster: occupancy query: {e:?}"))?;
+        if clusters == 0 {
+            bail!(
+                "painn_cluster: the device cannot run one cluster of {CLUSTER_BLOCKS} blocks with {} bytes of shared memory each",
+                painn.shared_bytes
+            );
+        }
+        embed(gpu, model, &painn.net)?;
+        Ok(painn)
+    }
+
+    fn launch_config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (CLUSTER_BLOCKS as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: self.shared_bytes,
+        }
+    }
+
+    /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
+    pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>) -> Result<()> {
+        // Every layer's filter offset travels in `layers`; the kernel overrides this one's.
+        let filter = self.net.filter(0);
+        let readout = self.net.readout();
+        let t_count = self.net.layers.len() as i32;
+        let n = self.net.n_atoms as i32;
+        unsafe {
+            gpu.stream
+                .launch_builder(&self.function)
+                .arg(&self.layers.ptr)
+                .arg(&t_count)
+                .arg(&filter)
+                .arg(&readout)
+                .arg(&positions.ptr)
+                .arg(&self.net.q[0].ptr)
+                .arg(&self.net.layers[0].x.ptr)
+                .arg(&self.forces.ptr)
+                .arg(&self.atom_energy.ptr)
+                .arg(&n)
+                .arg(&self.net.epsilon)
+                .launch(self.launch_config())
+                .map_err(|e| anyhow!("painn_cluster: {e:?}"))?;
+        }
+        Ok(())
+    }
+}

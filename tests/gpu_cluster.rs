@@ -1,0 +1,102 @@
+//! The one-cluster kernel (kernels/painn_cluster.cu) held against the f64 CPU reference on fresh
+//! random molecules, and against the multi-kernel path. Needs a CUDA device with thread-block
+//! clusters (Hopper): ignored elsewhere (`.device/run-tests` runs them on the GPU machine).
+
+mod common;
+
+use common::*;
+use mdrun::cell::Cell;
+use mdrun::gpu::cluster::MAX_ATOMS;
+use mdrun::gpu::md::{evaluate_with, GpuMd, GpuOptions};
+use mdrun::gpu::naive::KernelVariant;
+use mdrun::integrate::Integrator;
+use mdrun::model::PainnModel;
+use mdrun::system::System;
+
+fn with(kernels: KernelVariant) -> GpuOptions {
+    GpuOptions {
+        cuda_graph: false,
+        kernels,
+        ..GpuOptions::default()
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn one_cluster_kernel_matches_cpu_on_random_molecules() {
+    // Every size from 1 to MAX_ATOMS atoms over the seeds; student width, a narrow model with a
+    // shorter cutoff and shared filters, and dense clumps where every pair is inside the cutoff.
+    for seed in 0..12u64 {
+        let mut config = full_config();
+        if seed % 3 == 1 {
+            config.n_atom_basis = 32;
+            config.cutoff = 4.0;
+            config.shared_filters = true;
+        }
+        let model = random_model(config, 300 + seed);
+        let n = [1, 2, 3, 5, 8, 12, 16, 7, 16, 11, 4, 14][seed as usize];
+        let edge = if seed % 4 == 0 { 4.0 } else { 3.0 + seed as f64 };
+        let (numbers, positions) = random_structure(n, edge, 0.8, None, 400 + seed);
+        let system = system_of(&numbers, positions, None);
+        let (e, f) = compare_gpu_with_cpu_using(&model, &system, with(KernelVariant::Cluster));
+        eprintln!("seed {seed}, {n} atoms: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        assert!(e <= 1e-5, "seed {seed}: energy relative error {e:e}");
+        assert!(f <= 1e-4, "seed {seed}: force max abs error {f:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    for name in ["water.xyz", "ethanol.xyz", "benzene.xyz"] {
+        let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
+        let (e_cl, f_cl) = evaluate_with(&model, &system, with(KernelVariant::Cluster)).unwrap();
+        let (e_fu, f_fu) = evaluate_with(&model, &system, with(KernelVariant::Fused)).unwrap();
+        let df = f_cl
+            .iter()
+            .zip(&f_fu)
+            .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
+            .fold(0.0, f64::max);
+        eprintln!("{name}: |ΔE| {:.2e} eV, max |ΔF| {df:.2e} eV/Å", (e_cl - e_fu).abs());
+        assert!((e_cl - e_fu).abs() <= 1e-5 * e_fu.abs(), "{name}: {e_cl} vs {e_fu}");
+        assert!(df <= 1e-4, "{name}: max force difference {df:e}");
+        // Fixed-order sums: the same positions give the same bits.
+        let again = evaluate_with(&model, &system, with(KernelVariant::Cluster)).unwrap();
+        assert_eq!(again.0.to_bits(), e_cl.to_bits(), "{name}: not deterministic");
+        assert!(
+            again.1.iter().zip(&f_cl).all(|(a, b)| a == b),
+            "{name}: forces not deterministic"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cluster_kernel_runs_up_to_its_size_and_refuses_what_it_cannot_run() {
+    let model = random_model(full_config(), 7);
+    let engine = |n: usize, cell: Option<Cell>| {
+        let (numbers, positions) = random_structure(n, 6.0, 0.9, cell.as_ref(), 8);
+        let system = system_of(&numbers, positions, cell);
+        let velocities = vec![[0.0; 3]; n];
+        let integrator = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+        GpuMd::new(
+            &model,
+            &system,
+            &velocities,
+            &integrator,
+            1.0,
+            with(KernelVariant::Cluster),
+        )
+        .map(|md| md.kernels())
+    };
+    assert_eq!(engine(MAX_ATOMS, None).unwrap(), KernelVariant::Cluster);
+    // Asked for where it does not apply: a clear error, not a silent fallback.
+    let too_many = engine(MAX_ATOMS + 1, None).unwrap_err();
+    assert!(too_many.to_string().contains("atoms"), "{too_many}");
+    let periodic = engine(8, Some(Cell::orthorhombic([12.0, 12.0, 12.0]).unwrap())).unwrap_err();
+    assert!(periodic.to_string().contains("open boundaries"), "{periodic}");
+}
