@@ -56,13 +56,13 @@ struct ClusterShared {
     float pphi[NMAX][NMAX][NK];     // radial basis per pair
     int pj[NMAX][NMAX], prev[NMAX][NMAX], pcount[NMAX];
     // replicated (every channel, pushed by the owners)
-    float ctx[NMAX][2 * NF];      // q | ‖V‖
-    float mu[NMAX * 3][NF];       // μ, rows (atom, Cartesian k)
-    float hid[NMAX][NF];          // hidden layer / its gradient
-    float gh[NMAX][NH];           // readout: ∂E/∂hidden
-    float g3[NMAX][3 * NF];       // ∂E/∂a (mixing) or ∂E/∂x (context)
+    alignas(16) float ctx[NMAX][2 * NF];      // q | ‖V‖
+    alignas(16) float mu[NMAX * 3][NF];       // μ, rows (atom, Cartesian k)
+    alignas(16) float hid[NMAX][NF];          // hidden layer / its gradient
+    alignas(16) float gh[NMAX][NH];           // readout: ∂E/∂hidden
+    alignas(16) float g3[NMAX][3 * NF];       // ∂E/∂a (mixing) or ∂E/∂x (context)
     union {                           // never live at the same time
-        float gvu[NMAX * 3][2 * NF];      // ∂E/∂(V, U), mixing backward
+        alignas(16) float gvu[NMAX * 3][2 * NF];      // ∂E/∂(V, U), mixing backward
         float4 pstage[NMAX][NMAX][CB];    // per-channel pair gradients before the channel sum
     };
     // owned channels only
@@ -93,6 +93,10 @@ __device__ __forceinline__ void sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// The two halves of sync(), for work that needs no ordering (weight loads) in between.
+__device__ __forceinline__ void arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
 __device__ __forceinline__ u32 remote_address(const void* local, u32 r) {
     u32 address, remote;
     asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
@@ -122,98 +126,93 @@ __device__ __forceinline__ float load_remote(const float* local, u32 r) {
     return v;
 }
 
-// Thread layout of a matvec on BC-column blocks: j (column within the block) in the lowest bits,
-// so that a warp's weight loads are contiguous; then the split of the k loop; then the block b.
-template <int BC>
-struct Layout {
-    int ks_count, j, ks, b;
-    __device__ __forceinline__ Layout(int m) {
-        int k = STHREADS / (BC * m);
-        k = k >= 64 ? 64 : k >= 32 ? 32 : k >= 16 ? 16 : k >= 8 ? 8 : 4;
-        ks_count = k < 32 / BC ? 32 / BC : k;
+// Y = X · M on this block's output columns, with every size known at compile time (no guards in
+// the inner loops): M row-major [K, MB·B] in global memory, X in shared memory (row stride ld).
+// The block owns columns {b·B + rank·BC + j : b < MB, j < BC}. Threads: j in the lowest bits (a
+// warp's weight loads are contiguous), then the split of the k loop into KS contiguous runs of W
+// (vector loads of X), then the block b.
+template <int K, int MB, int B, int BC>
+struct Matvec {
+    static_assert(32 % BC == 0, "columns per block must divide a warp");
+    static constexpr int KS_WANT = STHREADS / (BC * MB);
+    static constexpr int KS_POW2 = KS_WANT >= 64 ? 64 : KS_WANT >= 32 ? 32 : KS_WANT >= 16 ? 16 : KS_WANT >= 8 ? 8 : 4;
+    static constexpr int KS = KS_POW2 < 32 / BC ? 32 / BC : KS_POW2;
+    static constexpr int W = (K + KS - 1) / KS;  // k values per thread
+    static constexpr int KPW = 32 / BC;          // k-splits per warp
+    static constexpr int WPB = KS / KPW;         // warps per output block b
+    static_assert(BC * KS * MB <= STHREADS, "one pass of threads");
+
+    int j, ks, b, col;
+    bool active;
+    float w[W];  // this thread's weights, loaded ahead (prefetch) so that their latency overlaps
+
+    __device__ __forceinline__ Matvec(const float* __restrict__ M) {
         int t = threadIdx.x;
         j = t % BC;
-        ks = (t / BC) % ks_count;
-        b = t / (BC * ks_count);
+        ks = (t / BC) % KS;
+        b = t / (BC * KS);
+        active = b < MB;
+        col = b * B + (int)rank() * BC + j;
+#pragma unroll
+        for (int u = 0; u < W; ++u) {
+            int i = ks * W + u;
+            w[u] = active && (K % KS == 0 || i < K) ? M[(size_t)i * MB * B + col] : 0.f;
+        }
+    }
+
+    // The `rows` rows of X, RB at a time (rows past `rows` are computed and dropped: X has room);
+    // partial sums reduced by warp shuffles, then across warps in a fixed order; epi(row, b, j, v)
+    // gets every owned output once. Ends with a block barrier (not a cluster one).
+    template <class Epi>
+    __device__ __forceinline__ void run(const float* X, int ld, int rows, float* scratch, Epi epi) const {
+        const int t = threadIdx.x;
+        for (int r0 = 0; r0 < rows; r0 += RB) {
+            float acc[RB];
+#pragma unroll
+            for (int r = 0; r < RB; ++r) {
+                const float* x = X + (r0 + r) * ld + ks * W;
+                float sum = 0.f;
+                if constexpr (K % KS == 0 && W % 4 == 0) {  // vector loads need whole runs
+#pragma unroll
+                    for (int u = 0; u < W; u += 4) {
+                        float4 v = *reinterpret_cast<const float4*>(x + u);
+                        sum += w[u] * v.x + w[u + 1] * v.y + w[u + 2] * v.z + w[u + 3] * v.w;
+                    }
+                } else if constexpr (K % KS == 0 && W % 2 == 0) {
+#pragma unroll
+                    for (int u = 0; u < W; u += 2) {
+                        float2 v = *reinterpret_cast<const float2*>(x + u);
+                        sum += w[u] * v.x + w[u + 1] * v.y;
+                    }
+                } else {
+#pragma unroll
+                    for (int u = 0; u < W; ++u) sum += (K % KS == 0 || ks * W + u < K) ? w[u] * x[u] : 0.f;
+                }
+                acc[r] = sum;
+            }
+#pragma unroll
+            for (int offset = BC; offset < 32; offset <<= 1) {
+#pragma unroll
+                for (int r = 0; r < RB; ++r) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+            }
+            if (active && (t & 31) < BC) {
+#pragma unroll
+                for (int r = 0; r < RB; ++r) scratch[((b * WPB + ks / KPW) * RB + r) * BC + j] = acc[r];
+            }
+            __syncthreads();
+            // Channel-fastest: a warp's epilogue stores (local or to every block) are contiguous.
+            for (int o = t; o < MB * BC * RB; o += STHREADS) {
+                int jj = o % BC, r = (o / BC) % RB, bb = o / (RB * BC);
+                if (r0 + r >= rows) continue;
+                float total = 0.f;
+#pragma unroll
+                for (int w2 = 0; w2 < WPB; ++w2) total += scratch[((bb * WPB + w2) * RB + r) * BC + jj];
+                epi(r0 + r, bb, jj, total);
+            }
+            __syncthreads();
+        }
     }
 };
-
-// The first 8 weights a thread multiplies in a matvec, loaded ahead (before the cluster barrier
-// that precedes the matvec) so that their L2 latency overlaps the wait.
-struct Prefetched {
-    float w[8];
-};
-
-template <int BC>
-__device__ __forceinline__ Prefetched prefetch(const float* __restrict__ M, int k_dim, int m, int B) {
-    Layout<BC> l(m);
-    Prefetched p;
-    int col = l.b * B + (int)rank() * BC + l.j;
-#pragma unroll
-    for (int u = 0; u < 8; ++u) {
-        int i = l.ks + u * l.ks_count;
-        p.w[u] = l.b < m && i < k_dim ? M[(size_t)i * m * B + col] : 0.f;
-    }
-    return p;
-}
-
-// Y = X · M on this block's output columns, for the `rows` rows of X: M row-major [k_dim, m·B]
-// in global memory, X in shared memory (row stride ld). The block owns columns
-// {b·B + rank·BC + j : b < m, j < BC}. Rows go RB at a time (RB accumulators per thread); partial
-// sums are reduced by warp shuffles, then across warps in a fixed order; epi(row, b, j, value)
-// receives every owned output once. `pre` holds the thread's first weights (prefetch()).
-// Ends with a block barrier (not a cluster one: the caller decides what must be ordered).
-template <int BC, class Epi>
-__device__ __forceinline__ void matvec(const Prefetched& pre, const float* __restrict__ M, int k_dim, int m, int B,
-                                       const float* X, int ld, int rows, float* scratch, Epi epi) {
-    static_assert(32 % BC == 0, "columns per block must divide a warp");
-    constexpr int KPW = 32 / BC;  // k-splits per warp
-    const Layout<BC> l(m);
-    const int t = threadIdx.x, cols = m * B;
-    const bool active = l.b < m;
-    const int col = l.b * B + (int)rank() * BC + l.j;
-    const int warps_per_b = l.ks_count / KPW, wp = l.ks / KPW;
-    for (int r0 = 0; r0 < rows; r0 += RB) {
-        float acc[RB];
-#pragma unroll
-        for (int r = 0; r < RB; ++r) acc[r] = 0.f;
-        if (active) {
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                int i = l.ks + u * l.ks_count;
-                if (i >= k_dim) break;
-#pragma unroll
-                for (int r = 0; r < RB; ++r)
-                    if (r0 + r < rows) acc[r] += pre.w[u] * X[(r0 + r) * ld + i];
-            }
-            for (int i = l.ks + 8 * l.ks_count; i < k_dim; i += l.ks_count) {  // k_dim > 8 splits
-                float w = M[(size_t)i * cols + col];
-#pragma unroll
-                for (int r = 0; r < RB; ++r)
-                    if (r0 + r < rows) acc[r] += w * X[(r0 + r) * ld + i];
-            }
-        }
-#pragma unroll
-        for (int offset = BC; offset < 32; offset <<= 1) {
-#pragma unroll
-            for (int r = 0; r < RB; ++r) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        }
-        if (active && (t & 31) < BC) {
-#pragma unroll
-            for (int r = 0; r < RB; ++r) scratch[((l.b * warps_per_b + wp) * RB + r) * BC + l.j] = acc[r];
-        }
-        __syncthreads();
-        // Channel-fastest: a warp's epilogue stores (local or to every block) are contiguous runs.
-        for (int o = t; o < m * BC * RB; o += STHREADS) {
-            int jj = o % BC, r = (o / BC) % RB, bb = o / (RB * BC);
-            if (r0 + r >= rows) continue;
-            float total = 0.f;
-            for (int w2 = 0; w2 < warps_per_b; ++w2) total += scratch[((bb * warps_per_b + w2) * RB + r) * BC + jj];
-            epi(r0 + r, bb, jj, total);
-        }
-        __syncthreads();
-    }
-}
 
 }  // namespace cl
 
@@ -223,9 +222,21 @@ __device__ __forceinline__ void matvec(const Prefetched& pre, const float* __res
 extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREADS, 1)
     painn_cluster(const ClusterLayer* __restrict__ layers, int t_count, Filter filter, Readout ro,
                   const double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
-                  float* __restrict__ forces, float* __restrict__ atom_energy, int n, float epsilon) {
+                  float* __restrict__ forces, float* __restrict__ atom_energy, int n, float epsilon,
+                  unsigned long long* __restrict__ trace) {
     extern __shared__ float4 shared_raw[];
     ClusterShared& S = *reinterpret_cast<ClusterShared*>(shared_raw);
+    // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) after each cluster barrier.
+    int mark = 0;
+    auto stamp = [&]() {
+        if (trace != nullptr && threadIdx.x == 0 && cl::rank() == 0) {
+            unsigned long long now;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+            trace[mark] = now;
+        }
+        ++mark;
+    };
+    stamp();
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int c0 = (int)cl::rank() * CB;
     const float cutoff = filter.cutoff, cutoff2 = cutoff * cutoff;
@@ -270,8 +281,15 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     for (int k = t; k < NMAX * NF; k += STHREADS) {
         int a = k / NF, c = k % NF;
         S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
-        for (int m = 0; m < 3; ++m) S.mu[a * 3 + m][c] = 0.f;
+        S.ctx[a][NF + c] = 0.f;
+        S.hid[a][c] = 0.f;
+        for (int m = 0; m < 3; ++m) {
+            S.mu[a * 3 + m][c] = 0.f;
+            S.g3[a][m * NF + c] = 0.f;
+            S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
+        }
     }
+    for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;  // rows past n enter matvecs
     for (int k = t; k < NMAX * 3 * CB; k += STHREADS) {
         int a = k / (3 * CB), m = (k / CB) % 3, j = k % CB;
         S.cache[0].x[a][m][j] = a < n ? x0[a * 3 * NF + m * NF + c0 + j] : 0.f;
@@ -288,6 +306,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     }
     // Every block has started and initialized its shared memory before anyone writes into it.
     cl::sync();
+    stamp();
 
     // Thread roles in the channel-local phases: PSPLIT threads per (atom, owned channel).
     const int ps = t % PSPLIT, jc = (t / PSPLIT) % CB, ia = t / (PSPLIT * CB);
@@ -300,7 +319,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     for (int layer = 0; layer < t_count; ++layer) {
         const ClusterLayer& L = layers[layer];
         LayerCache& C = S.cache[layer];
-        cl::Prefetched w_mix = cl::prefetch<CB>(L.mixt, NF, 2, NF);
+        cl::Matvec<NF, 2, NF, CB> w_mix(L.mixt);
         // Messages (channel-local): q += Σ_j φ_s x_j; μ += Σ_j (φ_r x_j r̂ + φ_v x_j μ_j).
         float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
         if (item) {
@@ -343,11 +362,11 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             }
         }
         cl::sync();
+        stamp();
 
         // Mixing: (V, U) = μ · mixᵀ on owned channels; ‖V‖ to every block.
-        cl::matvec<CB>(w_mix, L.mixt, NF, 2, NF, &S.mu[0][0], NF, 3 * n, S.scratch,
+        w_mix.run(&S.mu[0][0], NF, 3 * n, S.scratch,
                        [&](int row, int b, int j, float v) { C.vu[row][b][j] = v; });
-        cl::Prefetched w_m1 = cl::prefetch<CB>(L.m1t, 2 * NF, 1, NF);
         if (item && ps == 0) {
             float norm2 = 0.f, vdotu = 0.f;
             for (int k = 0; k < 3; ++k) {
@@ -360,17 +379,22 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             S.vdotu[ia][jc] = vdotu;
             cl::broadcast(&S.ctx[ia][NF + c], norm);
         }
-        cl::sync();
+        cl::arrive();
+        cl::Matvec<2 * NF, 1, NF, CB> w_m1(L.m1t);
+        cl::wait();
+        stamp();
         // hidden = σ(W1 [q, ‖V‖] + b1)
-        cl::matvec<CB>(w_m1, L.m1t, 2 * NF, 1, NF, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+        w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
             float z = v + L.m1b[c0 + j];
             C.pre_mix[a][j] = z;
             cl::broadcast(&S.hid[a][c0 + j], silu(z));
         });
-        cl::Prefetched w_m2 = cl::prefetch<CB>(L.m2t, NF, 3, NF);
-        cl::sync();
+        cl::arrive();
+        cl::Matvec<NF, 3, NF, CB> w_m2(L.m2t);
+        cl::wait();
+        stamp();
         // (a_ss, a_vv, a_sv) = W2 hidden + b2, then the gated update, owned channels.
-        cl::matvec<CB>(w_m2, L.m2t, NF, 3, NF, &S.hid[0][0], NF, n, S.scratch,
+        w_m2.run(&S.hid[0][0], NF, n, S.scratch,
                        [&](int a, int b, int j, float v) { C.a[a][b][j] = v + L.m2b[b * NF + c0 + j]; });
         if (item && ps == 0) {
             float a_ss = C.a[ia][0][jc], a_vv = C.a[ia][1][jc], a_sv = C.a[ia][2][jc];
@@ -382,34 +406,41 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             // The next interaction's context network: x = W2 σ(W1 q + b1) + b2.
             const ClusterLayer& nl = layers[layer + 1];
             LayerCache& NC = S.cache[layer + 1];
-            cl::Prefetched w_c1 = cl::prefetch<CB>(nl.c1t, NF, 1, NF);
-            cl::sync();
-            cl::matvec<CB>(w_c1, nl.c1t, NF, 1, NF, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+            cl::arrive();
+            cl::Matvec<NF, 1, NF, CB> w_c1(nl.c1t);
+            cl::wait();
+            stamp();
+            w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
                 float z = v + nl.c1b[c0 + j];
                 NC.pre_ctx[a][j] = z;
                 cl::broadcast(&S.hid[a][c0 + j], silu(z));
             });
-            cl::Prefetched w_c2 = cl::prefetch<CB>(nl.c2t, NF, 3, NF);
-            cl::sync();
-            cl::matvec<CB>(w_c2, nl.c2t, NF, 3, NF, &S.hid[0][0], NF, n, S.scratch,
+            cl::arrive();
+            cl::Matvec<NF, 3, NF, CB> w_c2(nl.c2t);
+            cl::wait();
+            stamp();
+            w_c2.run(&S.hid[0][0], NF, n, S.scratch,
                            [&](int a, int b, int j, float v) { NC.x[a][b][j] = v + nl.c2b[b * NF + c0 + j]; });
             // The messages that follow read owned channels only: no cluster barrier needed.
-        } else {
-            cl::sync();
         }
     }
 
     // Readout: per-atom energy contributions w2·σ(W1 q + b1), and ∂E/∂hidden to every block.
-    cl::Prefetched w_r1 = cl::prefetch<HB>(ro.w1t, NF, 1, NH);
-    cl::matvec<HB>(w_r1, ro.w1t, NF, 1, NH, &S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+    cl::arrive();
+    cl::Matvec<NF, 1, NH, HB> w_r1(ro.w1t);
+    cl::wait();
+    stamp();
+    w_r1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
         int h = (int)cl::rank() * HB + j;
         float z = v + ro.b1[h];
         S.ep[a][j] = ro.w2[h] * silu(z);
         cl::broadcast(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
     });
-    cl::Prefetched w_r2 = cl::prefetch<CB>(ro.w1, NH, 1, NF);
-    cl::sync();
-    cl::matvec<CB>(w_r2, ro.w1, NH, 1, NF, &S.gh[0][0], NH, n, S.scratch, [&](int a, int, int j, float v) {
+    cl::arrive();
+    cl::Matvec<NH, 1, NF, CB> w_r2(ro.w1);
+    cl::wait();
+    stamp();
+    w_r2.run(&S.gh[0][0], NH, n, S.scratch, [&](int a, int, int j, float v) {
         S.gq[0][a][j] = v;
         for (int k = 0; k < 3; ++k) S.gm[a][k][j] = 0.f;
     });
@@ -420,7 +451,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     for (int layer = t_count - 1; layer >= 0; --layer) {
         const ClusterLayer& L = layers[layer];
         LayerCache& C = S.cache[layer];
-        cl::Prefetched w_m2 = cl::prefetch<CB>(L.m2, 3 * NF, 1, NF);
+        cl::Matvec<3 * NF, 1, NF, CB> w_m2(L.m2);
         // Mixing backward, element-wise part: ∂E/∂a to every block.
         if (item && ps == 0) {
             float gq = S.gq[cur][ia][jc], gmu = 0.f, vdotu = 0.f;
@@ -434,15 +465,18 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             cl::broadcast(&S.g3[ia][2 * NF + c], gq * vdotu);
         }
         cl::sync();
+        stamp();
         // ∂E/∂z = σ'(z) ⊙ W2ᵀ ∂E/∂a
-        cl::matvec<CB>(w_m2, L.m2, 3 * NF, 1, NF, &S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+        w_m2.run(&S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
             cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_mix[a][j]));
         });
-        cl::Prefetched w_m1 = cl::prefetch<CB>(L.m1, NF, 2, NF);
-        cl::sync();
+        cl::arrive();
+        cl::Matvec<NF, 2, NF, CB> w_m1(L.m1);
+        cl::wait();
+        stamp();
         // ∂E/∂[q, ‖V‖] = W1ᵀ ∂E/∂z: q's part is added to ∂E/∂q; ‖V‖'s goes into ∂E/∂(V, U).
         const int next = 1 - cur;
-        cl::matvec<CB>(w_m1, L.m1, NF, 2, NF, &S.hid[0][0], NF, n, S.scratch, [&](int a, int b, int j, float v) {
+        w_m1.run(&S.hid[0][0], NF, n, S.scratch, [&](int a, int b, int j, float v) {
             if (b == 0) {
                 S.gq[next][a][j] = S.gq[cur][a][j] + v;
                 return;
@@ -456,10 +490,12 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             }
         });
         cur = next;
-        cl::Prefetched w_mix = cl::prefetch<CB>(L.mix, 2 * NF, 1, NF);
-        cl::sync();
+        cl::arrive();
+        cl::Matvec<2 * NF, 1, NF, CB> w_mix(L.mix);
+        cl::wait();
+        stamp();
         // ∂E/∂μ at the mixing input = ∂E/∂μ + mixᵀ ∂E/∂(V, U)
-        cl::matvec<CB>(w_mix, L.mix, 2 * NF, 1, NF, &S.gvu[0][0], 2 * NF, 3 * n, S.scratch,
+        w_mix.run(&S.gvu[0][0], 2 * NF, 3 * n, S.scratch,
                        [&](int row, int, int j, float v) { S.gm[row / 3][row % 3][j] += v; });
 
         // Messages backward (channel-local): per pair, a receives from b and a sends to b.
@@ -523,7 +559,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 gmu[k] += __shfl_xor_sync(0xffffffffu, gmu[k], offset);
             }
         }
-        cl::Prefetched w_c2 = cl::prefetch<CB>(L.c2, 3 * NF, 1, NF);
+        cl::Matvec<3 * NF, 1, NF, CB> w_c2(L.c2);
         __syncthreads();  // every read of ∂E/∂μ done before it moves to the layer input
         if (item && ps == 0) {
             for (int k = 0; k < 3; ++k) S.gm[ia][k][jc] += gmu[k];
@@ -546,16 +582,20 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         }
         if (layer == 0) break;  // the first layer's q is the embedding: no gradient past it
         cl::sync();
+        stamp();
         // Context backward: ∂E/∂q += W1ᵀ (σ'(z) ⊙ W2ᵀ ∂E/∂x)
-        cl::matvec<CB>(w_c2, L.c2, 3 * NF, 1, NF, &S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
+        w_c2.run(&S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
             cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_ctx[a][j]));
         });
-        cl::Prefetched w_c1 = cl::prefetch<CB>(L.c1, NF, 1, NF);
-        cl::sync();
-        cl::matvec<CB>(w_c1, L.c1, NF, 1, NF, &S.hid[0][0], NF, n, S.scratch,
+        cl::arrive();
+        cl::Matvec<NF, 1, NF, CB> w_c1(L.c1);
+        cl::wait();
+        stamp();
+        w_c1.run(&S.hid[0][0], NF, n, S.scratch,
                        [&](int a, int, int j, float v) { S.gq[cur][a][j] += v; });
     }
     cl::sync();  // every block's pair gradients and energy contributions complete
+    stamp();
 
     // Forces: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], pair gradients summed over the
     // blocks in rank order. Block `rank` takes atoms a ≡ rank (mod SCL).
@@ -608,6 +648,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         atom_energy[t] = ro.scale * (sum + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[t]];
     }
     cl::sync();  // no block leaves while others may still read its shared memory
+    stamp();
 }
 
 #endif

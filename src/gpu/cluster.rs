@@ -87,7 +87,12 @@ pub struct ClusterPainn {
     pub forces: Buffer<f32>,
     function: CudaFunction,
     shared_bytes: u32,
+    /// MDRUN_CLUSTER_TRACE set: the kernel stamps the time after each cluster barrier, and every
+    /// evaluation prints the timeline (a diagnostic: it waits for the device, so no graphs).
+    trace: Option<Buffer<u64>>,
 }
+
+const TRACE_MARKS: usize = 128;
 
 impl ClusterPainn {
     pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8]) -> Result<ClusterPainn> {
@@ -153,6 +158,10 @@ impl ClusterPainn {
             forces: gpu.zeros(3 * n)?,
             function,
             shared_bytes,
+            trace: match std::env::var_os("MDRUN_CLUSTER_TRACE") {
+                Some(_) => Some(gpu.zeros(TRACE_MARKS)?),
+                None => None,
+            },
         };
         let clusters = painn
             .function
@@ -197,8 +206,19 @@ impl ClusterPainn {
                 .arg(&self.atom_energy.ptr)
                 .arg(&n)
                 .arg(&self.net.epsilon)
+                .arg(&self.trace.as_ref().map_or(0, |b| b.ptr))
                 .launch(self.launch_config())
                 .map_err(|e| anyhow!("painn_cluster: {e:?}"))?;
+        }
+        if let Some(trace) = &self.trace {
+            let marks = gpu.download(trace)?;
+            let start = marks[0];
+            let times: Vec<String> = marks
+                .iter()
+                .take_while(|&&t| t >= start && t > 0)
+                .map(|&t| format!("{:.2}", (t - start) as f64 / 1e3))
+                .collect();
+            eprintln!("painn_cluster timeline (µs after start, block 0): {}", times.join(" "));
         }
         Ok(())
     }
