@@ -311,7 +311,7 @@ impl Engine for GpuEngine {
 
     fn description(&self) -> String {
         let kernels = match self.md.kernels() {
-            crate::gpu::naive::KernelVariant::Fused => "",
+            crate::gpu::naive::KernelVariant::Fused | crate::gpu::naive::KernelVariant::Auto => "",
             crate::gpu::naive::KernelVariant::Cluster => "one-cluster kernel, ",
             crate::gpu::naive::KernelVariant::Naive => "naive unfused kernels, ",
         };

@@ -281,8 +281,9 @@ fn gpu_kernels_is_an_input_option() {
     assert_eq!(parsed.gpu.kernels, KernelVariant::Naive);
     assert_eq!(parsed.gpu, mdrun::bench::Config::GpuNaive.gpu_options().unwrap());
     let default = Input::parse(&input(""), &path).unwrap();
-    assert_eq!(default.gpu.kernels, KernelVariant::Fused);
-    assert_eq!(default.gpu, mdrun::bench::Config::CudaGraph.gpu_options().unwrap());
+    assert_eq!(default.gpu.kernels, KernelVariant::Auto);
+    let fused = Input::parse(&input("kernels = \"fused\""), &path).unwrap();
+    assert_eq!(fused.gpu, mdrun::bench::Config::CudaGraph.gpu_options().unwrap());
     let cluster = Input::parse(&input("kernels = \"cluster\""), &path).unwrap();
     assert_eq!(cluster.gpu, mdrun::bench::Config::OneCluster.gpu_options().unwrap());
     let refused = Input::parse(&input("kernels = \"turbo\""), &path).unwrap_err();

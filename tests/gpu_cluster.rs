@@ -76,24 +76,31 @@ fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
 
 #[test]
 #[ignore = "needs a CUDA device"]
-fn cluster_kernel_runs_up_to_its_size_and_refuses_what_it_cannot_run() {
+fn cluster_kernel_runs_where_it_applies_and_refuses_the_rest() {
     let model = random_model(full_config(), 7);
-    let engine = |n: usize, cell: Option<Cell>| {
+    let engine_with = |kernels: KernelVariant, n: usize, cell: Option<Cell>| {
         let (numbers, positions) = random_structure(n, 6.0, 0.9, cell.as_ref(), 8);
         let system = system_of(&numbers, positions, cell);
         let velocities = vec![[0.0; 3]; n];
         let integrator = Integrator::VelocityVerlet { timestep_fs: 0.5 };
-        GpuMd::new(
-            &model,
-            &system,
-            &velocities,
-            &integrator,
-            1.0,
-            with(KernelVariant::Cluster),
-        )
-        .map(|md| md.kernels())
+        GpuMd::new(&model, &system, &velocities, &integrator, 1.0, with(kernels)).map(|md| md.kernels())
     };
+    let engine = |n: usize, cell: Option<Cell>| engine_with(KernelVariant::Cluster, n, cell);
     assert_eq!(engine(MAX_ATOMS, None).unwrap(), KernelVariant::Cluster);
+    // The default picks it for small open molecules only.
+    let box12 = Cell::orthorhombic([12.0, 12.0, 12.0]).unwrap();
+    assert_eq!(
+        engine_with(KernelVariant::Auto, MAX_ATOMS, None).unwrap(),
+        KernelVariant::Cluster
+    );
+    assert_eq!(
+        engine_with(KernelVariant::Auto, MAX_ATOMS + 1, None).unwrap(),
+        KernelVariant::Fused
+    );
+    assert_eq!(
+        engine_with(KernelVariant::Auto, 8, Some(box12)).unwrap(),
+        KernelVariant::Fused
+    );
     // Asked for where it does not apply: a clear error, not a silent fallback.
     let too_many = engine(MAX_ATOMS + 1, None).unwrap_err();
     assert!(too_many.to_string().contains("atoms"), "{too_many}");

@@ -56,10 +56,11 @@ pub enum Config {
     CellList,
     /// The fused kernels (cell list where periodic, all pairs for open systems).
     Fused,
-    /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun`).
+    /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun` for
+    /// periodic systems and for molecules of more than 16 atoms).
     CudaGraph,
-    /// `[gpu] kernels = "cluster"` (opt-in): small open molecules evaluate their forces in one
-    /// launch of one thread-block cluster, inside the step's graph.
+    /// `[gpu] kernels = "cluster"`: small open molecules evaluate their forces in one launch of
+    /// one thread-block cluster, inside the step's graph (the default of `mdrun` for them).
     OneCluster,
 }
 
@@ -115,7 +116,10 @@ impl Config {
                 kernels: KernelVariant::Fused,
                 ..naive
             }),
-            Config::CudaGraph => Some(GpuOptions::default()),
+            Config::CudaGraph => Some(GpuOptions {
+                kernels: KernelVariant::Fused,
+                ..GpuOptions::default()
+            }),
             Config::OneCluster => Some(GpuOptions {
                 kernels: KernelVariant::Cluster,
                 ..GpuOptions::default()

@@ -169,7 +169,7 @@ fn measure_gpu(
     );
     row.kernels = Some(
         match gpu_options.kernels {
-            KernelVariant::Fused => "fused",
+            KernelVariant::Fused | KernelVariant::Auto => "fused",
             KernelVariant::Cluster => "cluster",
             KernelVariant::Naive => "naive",
         }

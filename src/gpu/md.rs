@@ -39,7 +39,7 @@ impl Default for GpuOptions {
         GpuOptions {
             cuda_graph: true,
             neighbor_search: NeighborSearch::Auto,
-            kernels: KernelVariant::Fused,
+            kernels: KernelVariant::Auto,
         }
     }
 }

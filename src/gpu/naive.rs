@@ -18,12 +18,14 @@ use crate::model::PainnModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelVariant {
-    /// Fused message passing and dense layers (kernels/painn.cu), a few kernels per layer.
+    /// `cluster` where it applies (open systems of at most 16 atoms on Hopper or newer), else
+    /// `fused`.
     #[default]
+    Auto,
+    /// Fused message passing and dense layers (kernels/painn.cu), a few kernels per layer.
     Fused,
-    /// The whole evaluation in one launch of one thread-block cluster (kernels/painn_cluster.cu):
-    /// small open molecules on Hopper or newer. Opt-in for now (docs/perf-notes.md, v10: its NVE
-    /// energy fluctuation on benzene is twice the fused path's, not yet explained).
+    /// The whole evaluation in one launch of one thread-block cluster (kernels/painn_cluster.cu);
+    /// refused where it does not apply.
     Cluster,
     /// Plain unfused kernels with per-pair intermediates in global memory (kernels/naive.cu).
     Naive,
@@ -47,8 +49,12 @@ impl PainnKernels {
         variant: KernelVariant,
         periodic: bool,
     ) -> Result<PainnKernels> {
+        let cluster_applies = unsupported_on(gpu, model, numbers.len(), periodic).is_none();
         Ok(match variant {
-            KernelVariant::Fused => PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?),
+            KernelVariant::Auto if cluster_applies => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers)?),
+            KernelVariant::Auto | KernelVariant::Fused => {
+                PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
+            }
             KernelVariant::Cluster => match unsupported_on(gpu, model, numbers.len(), periodic) {
                 Some(reason) => bail!("[gpu] kernels = \"cluster\" does not apply here: {reason}"),
                 None => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers)?),
