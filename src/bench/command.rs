@@ -36,6 +36,10 @@ fn commit() -> Option<String> {
     if let Ok(c) = std::env::var("MDRUN_COMMIT") {
         return Some(c);
     }
+    // The commit the binary was built from (build.rs), if the build saw a git tree.
+    if !env!("MDRUN_BUILD_COMMIT").is_empty() {
+        return Some(env!("MDRUN_BUILD_COMMIT").to_string());
+    }
     let out = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .stderr(std::process::Stdio::null())
