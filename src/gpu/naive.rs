@@ -51,7 +51,15 @@ impl PainnKernels {
     ) -> Result<PainnKernels> {
         let cluster_applies = unsupported_on(gpu, model, numbers.len(), periodic).is_none();
         Ok(match variant {
-            KernelVariant::Auto if cluster_applies => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers)?),
+            // The device may still refuse a 16-block cluster (e.g. SMs taken by other work, MIG):
+            // `auto` then says so and runs the fused kernels; `cluster` fails.
+            KernelVariant::Auto if cluster_applies => match ClusterPainn::new(gpu, model, numbers) {
+                Ok(painn) => PainnKernels::Cluster(painn),
+                Err(e) => {
+                    eprintln!("warning: {e:#}; using the fused kernels");
+                    PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
+                }
+            },
             KernelVariant::Auto | KernelVariant::Fused => {
                 PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
             }
