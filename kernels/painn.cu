@@ -62,6 +62,84 @@ __device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, 
     dfc = -0.5f * 3.14159265358979f / cutoff * s;
 }
 
+// Filter values (s, R, v) of one channel at one pair: bias + Σ_k W_k φ_k, with the channel's
+// rows ws, wr, wv of the filter network and the pair's radial basis φ.
+__device__ __forceinline__ float3 filter_at(const float* ws, const float* wr, const float* wv, float3 bias,
+                                            const float* phi) {
+    float3 f = bias;
+#pragma unroll
+    for (int k = 0; k < NK; ++k) {
+        f.x += ws[k] * phi[k];
+        f.y += wr[k] * phi[k];
+        f.z += wv[k] * phi[k];
+    }
+    return f;
+}
+
+// One pair's message to channel c of the receiver (filter f, cutoff fc, r = (r_ij, d)): the
+// scalar part onto dq, the vector part φ_R x_R r̂ + φ_v x_v μ_j onto dm.
+__device__ __forceinline__ void add_message(float3 f, float fc, float4 r, float xs, float xr, float xv, float mu0,
+                                            float mu1, float mu2, float& dq, float dm[3]) {
+    float inv_d = 1.0f / r.w;
+    dq += f.x * fc * xs;
+    float radial = f.y * fc * xr * inv_d, vector = f.z * fc * xv;
+    dm[0] += radial * r.x + vector * mu0;
+    dm[1] += radial * r.y + vector * mu1;
+    dm[2] += radial * r.z + vector * mu2;
+}
+
+// What the backward pass of one interaction needs of one atom, channel c: ∂E/∂q and ∂E/∂μ at the
+// interaction output, μ at its input, and the context x (s, R, v).
+struct ChannelState {
+    float gq, gm[3], mu[3], x[3];
+};
+
+// Backward of the two pairs between atoms a and b (same distance, so one filter serves), channel
+// c. Returns the term of pair a → b (a receives) in (∂E/∂d, ∂E/∂r̂); adds those of pair b → a (a
+// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi the pair's radial basis.
+__device__ __forceinline__ float4 pair_backward(float d, const float u[3], const float* phi, const float* coeffs,
+                                                const float* offsets, float cutoff, const float* ws, const float* wr,
+                                                const float* wv, float3 bias, const ChannelState& a,
+                                                const ChannelState& b, float gx[3], float gmu[3]) {
+    float fc, dfc;
+    cosine_cutoff(d, cutoff, fc, dfc);
+    float3 f = filter_at(ws, wr, wv, bias, phi);
+    // Pair a → b: a receives.
+    float g_r = a.gm[0] * u[0] + a.gm[1] * u[1] + a.gm[2] * u[2];
+    float g_v = a.gm[0] * b.mu[0] + a.gm[1] * b.mu[1] + a.gm[2] * b.mu[2];
+    float gw_s = a.gq * b.x[0], gw_r = g_r * b.x[1], gw_v = g_v * b.x[2];  // ∂E/∂w (cutoff included)
+    float radial = f.y * fc * b.x[1];
+    float g_phi_dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < NK; ++k) {
+        float dphi = 2.0f * coeffs[k] * (d - offsets[k]) * phi[k];
+        g_phi_dot += (gw_s * ws[k] + gw_r * wr[k] + gw_v * wv[k]) * dphi;
+    }
+    // Pair b → a: a sends; its unit vector is −u.
+    float h_r = -(b.gm[0] * u[0] + b.gm[1] * u[1] + b.gm[2] * u[2]);
+    float h_v = b.gm[0] * a.mu[0] + b.gm[1] * a.mu[1] + b.gm[2] * a.mu[2];
+    gx[0] += b.gq * f.x * fc;
+    gx[1] += h_r * f.y * fc;
+    gx[2] += h_v * f.z * fc;
+    float vector_w = f.z * fc * a.x[2];
+    for (int k = 0; k < 3; ++k) gmu[k] += b.gm[k] * vector_w;
+    return make_float4(fc * g_phi_dot + dfc * (gw_s * f.x + gw_r * f.y + gw_v * f.z), a.gm[0] * radial,
+                       a.gm[1] * radial, a.gm[2] * radial);
+}
+
+// Force on atom a from its pair a → b and the reverse b → a: ∂E/∂r(a → b) − ∂E/∂r(b → a), with
+// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d; g, h the pairs' (∂E/∂d, ∂E/∂r̂), r = (r_ab, d).
+__device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
+    float inv_d = 1.0f / r.w;
+    float3 u = make_float3(r.x * inv_d, r.y * inv_d, r.z * inv_d);
+    float gu = g.y * u.x + g.z * u.y + g.w * u.z;
+    float hu = -(h.y * u.x + h.z * u.y + h.w * u.z);
+    // The reverse pair's r̂ is −u.
+    return make_float3((g.x * u.x + (g.y - gu * u.x) * inv_d) - (-h.x * u.x + (h.y + hu * u.x) * inv_d),
+                       (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d),
+                       (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -172,43 +250,27 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
-    float dq = 0.f, dm0 = 0.f, dm1 = 0.f, dm2 = 0.f;
+    float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
+    const float3 bias = make_float3(w.bs, w.br, w.bv);
     int begin = i * nb.capacity, end = begin + nb.count[i];
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
 #pragma unroll 4
         for (int q = 0; q < n; ++q) {
             float4 r = g.r[q];
-            float d = r.w;
-            int j = g.j[q];
-            float inv_d = 1.0f / d;
             float fc, dfc;
-            cosine_cutoff(d, filter.cutoff, fc, dfc);
-            float fs = w.bs, fr = w.br, fv = w.bv;
-#pragma unroll
-            for (int k = 0; k < NK; ++k) {
-                float phi = g.phi[q][k];
-                fs += w.ws[k] * phi;
-                fr += w.wr[k] * phi;
-                fv += w.wv[k] * phi;
-            }
-            const float* xj = x + (size_t)j * 3 * NF;
-            const float* mj = mu_in + (size_t)j * 3 * NF;
-            dq += fs * fc * xj[c];
-            float radial = fr * fc * xj[NF + c];
-            float vector = fv * fc * xj[2 * NF + c];
-            dm0 += radial * r.x * inv_d + vector * mj[c];
-            dm1 += radial * r.y * inv_d + vector * mj[NF + c];
-            dm2 += radial * r.z * inv_d + vector * mj[2 * NF + c];
+            cosine_cutoff(r.w, filter.cutoff, fc, dfc);
+            float3 f = filter_at(w.ws, w.wr, w.wv, bias, g.phi[q]);
+            const float* xj = x + (size_t)g.j[q] * 3 * NF;
+            const float* mj = mu_in + (size_t)g.j[q] * 3 * NF;
+            add_message(f, fc, r, xj[c], xj[NF + c], xj[2 * NF + c], mj[c], mj[NF + c], mj[2 * NF + c], dq, dm);
         }
         __syncthreads();  // before the next chunk overwrites g
     }
     q_out[i * NF + c] = q_in[i * NF + c] + dq;
     const float* mi = mu_in + (size_t)i * 3 * NF;
     float* mo = mu_out + (size_t)i * 3 * NF;
-    mo[c] = mi[c] + dm0;
-    mo[NF + c] = mi[NF + c] + dm1;
-    mo[2 * NF + c] = mi[2 * NF + c] + dm2;
+    for (int k = 0; k < 3; ++k) mo[k * NF + c] = mi[k * NF + c] + dm[k];
 }
 
 struct MixingWeights {
@@ -446,51 +508,33 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
-    float gq_a = grad_q[a * NF + c];
-    float gm_a[3], mu_a[3];
+    ChannelState self;  // atom a, channel c
+    self.gq = grad_q[a * NF + c];
     for (int k = 0; k < 3; ++k) {
-        gm_a[k] = grad_mu[(size_t)a * 3 * NF + k * NF + c];
-        mu_a[k] = mu_in[(size_t)a * 3 * NF + k * NF + c];
+        self.gm[k] = grad_mu[(size_t)a * 3 * NF + k * NF + c];
+        self.mu[k] = mu_in[(size_t)a * 3 * NF + k * NF + c];
+        self.x[k] = x[(size_t)a * 3 * NF + k * NF + c];
     }
-    const float* xa = x + (size_t)a * 3 * NF;
-    float xa_v = xa[2 * NF + c];
-    float gx_s = 0.f, gx_r = 0.f, gx_v = 0.f, gmu0 = 0.f, gmu1 = 0.f, gmu2 = 0.f;
+    const float3 bias = make_float3(w.bs, w.br, w.bv);
+    float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
 #pragma unroll 2
         for (int q = 0; q < n; ++q) {
             float4 rv = g.r[q];
-            float d = rv.w;
-            int b = g.j[q];
-            float inv_d = 1.0f / d;
+            float inv_d = 1.0f / rv.w;
             float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
-            float fc, dfc;
-            cosine_cutoff(d, filter.cutoff, fc, dfc);
-            float phi[NK], dphi[NK];
-            float fs = w.bs, fr = w.br, fv = w.bv;
-#pragma unroll
-            for (int k = 0; k < NK; ++k) {
-                float t = d - filter.offsets[k];
-                phi[k] = g.phi[q][k];
-                dphi[k] = 2.0f * filter.coeffs[k] * t * phi[k];
-                fs += w.ws[k] * phi[k];
-                fr += w.wr[k] * phi[k];
-                fv += w.wv[k] * phi[k];
+            size_t b = g.j[q];
+            ChannelState other;
+            other.gq = grad_q[b * NF + c];
+            for (int k = 0; k < 3; ++k) {
+                other.gm[k] = grad_mu[b * 3 * NF + k * NF + c];
+                other.mu[k] = mu_in[b * 3 * NF + k * NF + c];
+                other.x[k] = x[b * 3 * NF + k * NF + c];
             }
-            // Pair a → b: a receives.
-            const float* xb = x + (size_t)b * 3 * NF;
-            const float* mb = mu_in + (size_t)b * 3 * NF;
-            float xb_s = xb[c], xb_r = xb[NF + c], xb_v = xb[2 * NF + c];
-            float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
-            float g_v = gm_a[0] * mb[c] + gm_a[1] * mb[NF + c] + gm_a[2] * mb[2 * NF + c];
-            float gw_s = gq_a * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;  // ∂E/∂w (cutoff included)
-            float radial = fr * fc * xb_r;
-            float g_phi_dot = 0.f;
-#pragma unroll
-            for (int k = 0; k < NK; ++k) g_phi_dot += (gw_s * w.ws[k] + gw_r * w.wr[k] + gw_v * w.wv[k]) * dphi[k];
-            float4 v = make_float4(fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv), gm_a[0] * radial,
-                                   gm_a[1] * radial, gm_a[2] * radial);
+            float4 v = pair_backward(rv.w, u, g.phi[q], filter.coeffs, filter.offsets, filter.cutoff, w.ws, w.wr, w.wv,
+                                     bias, self, other, gx, gmu);
             for (int offset = 16; offset > 0; offset >>= 1) {
                 v.x += __shfl_down_sync(0xffffffffu, v.x, offset);
                 v.y += __shfl_down_sync(0xffffffffu, v.y, offset);
@@ -498,19 +542,6 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
                 v.w += __shfl_down_sync(0xffffffffu, v.w, offset);
             }
             if (lane == 0) warp_part[q][warp] = v;
-            // Pair b → a: a sends; its unit vector is −u.
-            const float* gmb = grad_mu + (size_t)b * 3 * NF;
-            float gq_b = grad_q[b * NF + c];
-            float gmb0 = gmb[c], gmb1 = gmb[NF + c], gmb2 = gmb[2 * NF + c];
-            float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
-            float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
-            gx_s += gq_b * fs * fc;
-            gx_r += h_r * fr * fc;
-            gx_v += h_v * fv * fc;
-            float vector_w = fv * fc * xa_v;
-            gmu0 += gmb0 * vector_w;
-            gmu1 += gmb1 * vector_w;
-            gmu2 += gmb2 * vector_w;
         }
         __syncthreads();
         // One thread per pair of the chunk sums its warps' partials in a fixed order.
@@ -529,14 +560,10 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
         }
         __syncthreads();
     }
-    float* gx = grad_x + (size_t)a * 3 * NF;
-    gx[c] = gx_s;
-    gx[NF + c] = gx_r;
-    gx[2 * NF + c] = gx_v;
-    float* gmi = grad_mu_in + (size_t)a * 3 * NF;
-    gmi[c] = gm_a[0] + gmu0;
-    gmi[NF + c] = gm_a[1] + gmu1;
-    gmi[2 * NF + c] = gm_a[2] + gmu2;
+    for (int k = 0; k < 3; ++k) {
+        grad_x[(size_t)a * 3 * NF + k * NF + c] = gx[k];
+        grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = self.gm[k] + gmu[k];
+    }
 }
 
 // ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
@@ -579,17 +606,10 @@ extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors n
         float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
         float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         if (d2 >= cutoff2) continue;
-        float d = sqrtf(d2), inv_d = 1.0f / d;
-        float3 u = make_float3(r.x * inv_d, r.y * inv_d, r.z * inv_d);
-        // This pair (a → b), direction u, and its reverse (b → a), direction −u.
-        float4 g = pair_grad[p];
-        float4 h = pair_grad[nb.reverse[p]];
-        float gu = g.y * u.x + g.z * u.y + g.w * u.z;
-        float hu = -(h.y * u.x + h.z * u.y + h.w * u.z);
-        // ∂E/∂r for a→b minus ∂E/∂r for b→a (whose r̂ is −u):
-        fx += (g.x * u.x + (g.y - gu * u.x) * inv_d) - (-h.x * u.x + (h.y + hu * u.x) * inv_d);
-        fy += (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d);
-        fz += (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d);
+        float3 f = pair_force(pair_grad[p], pair_grad[nb.reverse[p]], make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        fx += f.x;
+        fy += f.y;
+        fz += f.z;
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
         fx += __shfl_down_sync(0xffffffffu, fx, offset);

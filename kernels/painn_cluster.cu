@@ -314,6 +314,19 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     const bool item = ia < n;
     const int c = c0 + jc;
 
+    // Matvec epilogues shared by the interaction and mixing networks. A hidden layer: z = v + b
+    // kept for the backward pass, σ(z) to every block. Its gradient: σ'(z) ⊙ v to every block.
+    auto hidden_layer = [&](const float* bias, float (*pre)[CB]) {
+        return [&, bias, pre](int a, int, int j, float v) {
+            float z = v + bias[c0 + j];
+            pre[a][j] = z;
+            cl::broadcast(&S.hid[a][c0 + j], silu(z));
+        };
+    };
+    auto hidden_gradient = [&](float (*pre)[CB]) {
+        return [&, pre](int a, int, int j, float v) { cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(pre[a][j])); };
+    };
+
     // ---------------------------------------------------------------------------------------
     // Forward
     for (int layer = 0; layer < t_count; ++layer) {
@@ -326,25 +339,15 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             const float* ws = S.filter_w[layer][0][jc];
             const float* wr = S.filter_w[layer][1][jc];
             const float* wv = S.filter_w[layer][2][jc];
+            const float3 bias = make_float3(S.filter_b[layer][0][jc], S.filter_b[layer][1][jc], S.filter_b[layer][2][jc]);
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
                 float4 r = S.pr[ia][s];
                 int j = S.pj[ia][s];
                 float fc, dfc;
                 cosine_cutoff(r.w, cutoff, fc, dfc);
-                float fs = S.filter_b[layer][0][jc], fr = S.filter_b[layer][1][jc], fv = S.filter_b[layer][2][jc];
-#pragma unroll
-                for (int k = 0; k < NK; ++k) {
-                    float phi = S.pphi[ia][s][k];
-                    fs += ws[k] * phi;
-                    fr += wr[k] * phi;
-                    fv += wv[k] * phi;
-                }
-                float inv_d = 1.0f / r.w;
-                dq += fs * fc * C.x[j][0][jc];
-                float radial = fr * fc * C.x[j][1][jc] * inv_d, vector = fv * fc * C.x[j][2][jc];
-                dm[0] += radial * r.x + vector * S.mu[j * 3][c];
-                dm[1] += radial * r.y + vector * S.mu[j * 3 + 1][c];
-                dm[2] += radial * r.z + vector * S.mu[j * 3 + 2][c];
+                float3 f = filter_at(ws, wr, wv, bias, S.pphi[ia][s]);
+                add_message(f, fc, r, C.x[j][0][jc], C.x[j][1][jc], C.x[j][2][jc], S.mu[j * 3][c], S.mu[j * 3 + 1][c],
+                            S.mu[j * 3 + 2][c], dq, dm);
             }
         }
 #pragma unroll
@@ -384,11 +387,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         cl::wait();
         stamp();
         // hidden = σ(W1 [q, ‖V‖] + b1)
-        w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
-            float z = v + L.m1b[c0 + j];
-            C.pre_mix[a][j] = z;
-            cl::broadcast(&S.hid[a][c0 + j], silu(z));
-        });
+        w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(L.m1b, C.pre_mix));
         cl::arrive();
         cl::Matvec<NF, 3, NF, CB> w_m2(L.m2t);
         cl::wait();
@@ -410,11 +409,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             cl::Matvec<NF, 1, NF, CB> w_c1(nl.c1t);
             cl::wait();
             stamp();
-            w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
-                float z = v + nl.c1b[c0 + j];
-                NC.pre_ctx[a][j] = z;
-                cl::broadcast(&S.hid[a][c0 + j], silu(z));
-            });
+            w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(nl.c1b, NC.pre_ctx));
             cl::arrive();
             cl::Matvec<NF, 3, NF, CB> w_c2(nl.c2t);
             cl::wait();
@@ -467,9 +462,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         cl::sync();
         stamp();
         // ∂E/∂z = σ'(z) ⊙ W2ᵀ ∂E/∂a
-        w_m2.run(&S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
-            cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_mix[a][j]));
-        });
+        w_m2.run(&S.g3[0][0], 3 * NF, n, S.scratch, hidden_gradient(C.pre_mix));
         cl::arrive();
         cl::Matvec<NF, 2, NF, CB> w_m1(L.m1);
         cl::wait();
@@ -504,52 +497,25 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             const float* ws = S.filter_w[layer][0][jc];
             const float* wr = S.filter_w[layer][1][jc];
             const float* wv = S.filter_w[layer][2][jc];
-            float gq_a = S.gq[cur][ia][jc];
-            float gm_a[3], mu_a[3];
-            for (int k = 0; k < 3; ++k) {
-                gm_a[k] = S.gm[ia][k][jc];
-                mu_a[k] = C.mu_in[ia][k][jc];
-            }
-            float xa_v = C.x[ia][2][jc];
+            const float3 bias = make_float3(S.filter_b[layer][0][jc], S.filter_b[layer][1][jc], S.filter_b[layer][2][jc]);
+            // This block's channel jc of atom i in this layer's backward pass.
+            auto state = [&](int i) {
+                ChannelState st;
+                st.gq = S.gq[cur][i][jc];
+                for (int k = 0; k < 3; ++k) {
+                    st.gm[k] = S.gm[i][k][jc];
+                    st.mu[k] = C.mu_in[i][k][jc];
+                    st.x[k] = C.x[i][k][jc];
+                }
+                return st;
+            };
+            const ChannelState self = state(ia);
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
                 float4 rv = S.pr[ia][s];
-                float d = rv.w, inv_d = 1.0f / d;
-                int b = S.pj[ia][s];
+                float inv_d = 1.0f / rv.w;
                 float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
-                float fc, dfc;
-                cosine_cutoff(d, cutoff, fc, dfc);
-                float fs = S.filter_b[layer][0][jc], fr = S.filter_b[layer][1][jc], fv = S.filter_b[layer][2][jc];
-#pragma unroll
-                for (int k = 0; k < NK; ++k) {
-                    float phi = S.pphi[ia][s][k];
-                    fs += ws[k] * phi;
-                    fr += wr[k] * phi;
-                    fv += wv[k] * phi;
-                }
-                float xb_s = C.x[b][0][jc], xb_r = C.x[b][1][jc], xb_v = C.x[b][2][jc];
-                float g_r = gm_a[0] * u[0] + gm_a[1] * u[1] + gm_a[2] * u[2];
-                float g_v = gm_a[0] * C.mu_in[b][0][jc] + gm_a[1] * C.mu_in[b][1][jc] + gm_a[2] * C.mu_in[b][2][jc];
-                float gw_s = gq_a * xb_s, gw_r = g_r * xb_r, gw_v = g_v * xb_v;
-                float radial = fr * fc * xb_r;
-                float g_phi_dot = 0.f;
-#pragma unroll
-                for (int k = 0; k < NK; ++k) {
-                    float dphi = 2.0f * S.rbf_coeff[k] * (d - S.rbf_offset[k]) * S.pphi[ia][s][k];
-                    g_phi_dot += (gw_s * ws[k] + gw_r * wr[k] + gw_v * wv[k]) * dphi;
-                }
-                S.pstage[ia][s][jc] = make_float4(fc * g_phi_dot + dfc * (gw_s * fs + gw_r * fr + gw_v * fv),
-                                                  gm_a[0] * radial, gm_a[1] * radial, gm_a[2] * radial);
-                float gq_b = S.gq[cur][b][jc];
-                float gmb0 = S.gm[b][0][jc], gmb1 = S.gm[b][1][jc], gmb2 = S.gm[b][2][jc];
-                float h_r = -(gmb0 * u[0] + gmb1 * u[1] + gmb2 * u[2]);
-                float h_v = gmb0 * mu_a[0] + gmb1 * mu_a[1] + gmb2 * mu_a[2];
-                gx[0] += gq_b * fs * fc;
-                gx[1] += h_r * fr * fc;
-                gx[2] += h_v * fv * fc;
-                float vector_w = fv * fc * xa_v;
-                gmu[0] += gmb0 * vector_w;
-                gmu[1] += gmb1 * vector_w;
-                gmu[2] += gmb2 * vector_w;
+                S.pstage[ia][s][jc] = pair_backward(rv.w, u, S.pphi[ia][s], S.rbf_coeff, S.rbf_offset, cutoff, ws, wr,
+                                                    wv, bias, self, state(S.pj[ia][s]), gx, gmu);
             }
         }
 #pragma unroll
@@ -584,9 +550,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         cl::sync();
         stamp();
         // Context backward: ∂E/∂q += W1ᵀ (σ'(z) ⊙ W2ᵀ ∂E/∂x)
-        w_c2.run(&S.g3[0][0], 3 * NF, n, S.scratch, [&](int a, int, int j, float v) {
-            cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(C.pre_ctx[a][j]));
-        });
+        w_c2.run(&S.g3[0][0], 3 * NF, n, S.scratch, hidden_gradient(C.pre_ctx));
         cl::arrive();
         cl::Matvec<NF, 1, NF, CB> w_c1(L.c1);
         cl::wait();
@@ -598,46 +562,30 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     stamp();
 
     // Forces: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], pair gradients summed over the
-    // blocks in rank order. Block `rank` takes atoms a ≡ rank (mod SCL).
-    for (int k = t; k < NMAX * NMAX; k += STHREADS) {
-        int i = k / NMAX, s = k % NMAX;
-        if (i % SCL != (int)cl::rank() || i >= n || s >= S.pcount[i]) continue;
-        float4 g = make_float4(0.f, 0.f, 0.f, 0.f), h = g;
-        int b = S.pj[i][s], s2 = S.prev[i][s];
-        for (u32 r = 0; r < SCL; ++r) {
-            float4 p = cl::load_remote(&S.pg[i][s], r), q = cl::load_remote(&S.pg[b][s2], r);
-            g.x += p.x; g.y += p.y; g.z += p.z; g.w += p.w;
-            h.x += q.x; h.y += q.y; h.z += q.z; h.w += q.w;
-        }
-        S.pstage[i][s][0] = g;
-        S.pstage[i][s][1] = h;
-    }
-    __syncthreads();
-    // Half a warp per atom (NMAX ≤ 16 slots per row would fit; rows are padded to NMAX).
-    for (int k = t; k < NMAX * 32; k += STHREADS) {
-        int i = k / 32, s = k % 32;
-        float fx = 0.f, fy = 0.f, fz = 0.f;
-        bool mine = i % SCL == (int)cl::rank() && i < n;
-        if (mine && s < NMAX && s < S.pcount[i]) {
-            float4 r = S.pr[i][s];
-            float inv_d = 1.0f / r.w;
-            float3 u = make_float3(r.x * inv_d, r.y * inv_d, r.z * inv_d);
-            float4 g = S.pstage[i][s][0], h = S.pstage[i][s][1];
-            float gu = g.y * u.x + g.z * u.y + g.w * u.z;
-            float hu = -(h.y * u.x + h.z * u.y + h.w * u.z);
-            fx = (g.x * u.x + (g.y - gu * u.x) * inv_d) - (-h.x * u.x + (h.y + hu * u.x) * inv_d);
-            fy = (g.x * u.y + (g.z - gu * u.y) * inv_d) - (-h.x * u.y + (h.z + hu * u.y) * inv_d);
-            fz = (g.x * u.z + (g.w - gu * u.z) * inv_d) - (-h.x * u.z + (h.w + hu * u.z) * inv_d);
+    // blocks in rank order. Block `rank` takes atoms a ≡ rank (mod SCL), a warp per atom, a lane
+    // per pair.
+    for (int i = warp; i < NMAX; i += STHREADS / 32) {
+        if (i % SCL != (int)cl::rank() || i >= n) continue;  // whole warps
+        float3 f = make_float3(0.f, 0.f, 0.f);
+        if (lane < S.pcount[i]) {
+            float4 g = make_float4(0.f, 0.f, 0.f, 0.f), h = g;
+            int b = S.pj[i][lane], s2 = S.prev[i][lane];
+            for (u32 r = 0; r < SCL; ++r) {
+                float4 p = cl::load_remote(&S.pg[i][lane], r), q = cl::load_remote(&S.pg[b][s2], r);
+                g = make_float4(g.x + p.x, g.y + p.y, g.z + p.z, g.w + p.w);
+                h = make_float4(h.x + q.x, h.y + q.y, h.z + q.z, h.w + q.w);
+            }
+            f = pair_force(g, h, S.pr[i][lane]);
         }
         for (int offset = 16; offset > 0; offset >>= 1) {
-            fx += __shfl_down_sync(0xffffffffu, fx, offset);
-            fy += __shfl_down_sync(0xffffffffu, fy, offset);
-            fz += __shfl_down_sync(0xffffffffu, fz, offset);
+            f.x += __shfl_down_sync(0xffffffffu, f.x, offset);
+            f.y += __shfl_down_sync(0xffffffffu, f.y, offset);
+            f.z += __shfl_down_sync(0xffffffffu, f.z, offset);
         }
-        if (mine && s == 0) {
-            forces[3 * i] = fx;
-            forces[3 * i + 1] = fy;
-            forces[3 * i + 2] = fz;
+        if (lane == 0) {
+            forces[3 * i] = f.x;
+            forces[3 * i + 1] = f.y;
+            forces[3 * i + 2] = f.z;
         }
     }
     // Energies: readout contributions of every block, in rank order.

@@ -95,9 +95,11 @@ pub struct ClusterPainn {
 const TRACE_MARKS: usize = 128;
 
 impl ClusterPainn {
-    pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8]) -> Result<ClusterPainn> {
-        if let Some(reason) = unsupported_on(gpu, model, numbers.len(), false) {
-            bail!("the one-cluster kernel does not apply: {reason}");
+    /// The kernel for `numbers` (open boundaries unless `periodic`), or why it does not apply
+    /// (`[gpu] kernels = "cluster"` reports that as is).
+    pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8], periodic: bool) -> Result<ClusterPainn> {
+        if let Some(reason) = unsupported_on(gpu, model, numbers.len(), periodic) {
+            bail!("[gpu] kernels = \"cluster\" does not apply here: {reason}");
         }
         let n = numbers.len();
         let net = DeviceModel::new(gpu, model, numbers)?;

@@ -140,9 +140,7 @@ impl DeviceModel {
             mu: (0..=t_count).map(|_| gpu.zeros(n * 3 * f)).collect::<Result<_>>()?,
         })
     }
-}
 
-impl DeviceModel {
     /// The filter network and radial basis as kernel parameters, at interaction `t`'s block.
     pub(crate) fn filter(&self, t: usize) -> FilterParams {
         FilterParams {

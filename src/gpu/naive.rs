@@ -5,7 +5,7 @@
 //! baseline the fused kernels are measured against. Per-pair memory is 2 · P · 3F floats (the
 //! filter and its gradient, P = atoms × row capacity), recomputed per interaction.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::cluster::{unsupported_on, ClusterPainn};
@@ -53,7 +53,7 @@ impl PainnKernels {
         Ok(match variant {
             // The device may still refuse a 16-block cluster (e.g. SMs taken by other work, MIG):
             // `auto` then says so and runs the fused kernels; `cluster` fails.
-            KernelVariant::Auto if cluster_applies => match ClusterPainn::new(gpu, model, numbers) {
+            KernelVariant::Auto if cluster_applies => match ClusterPainn::new(gpu, model, numbers, periodic) {
                 Ok(painn) => PainnKernels::Cluster(painn),
                 Err(e) => {
                     eprintln!("warning: {e:#}; using the fused kernels");
@@ -63,10 +63,7 @@ impl PainnKernels {
             KernelVariant::Auto | KernelVariant::Fused => {
                 PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
             }
-            KernelVariant::Cluster => match unsupported_on(gpu, model, numbers.len(), periodic) {
-                Some(reason) => bail!("[gpu] kernels = \"cluster\" does not apply here: {reason}"),
-                None => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers)?),
-            },
+            KernelVariant::Cluster => PainnKernels::Cluster(ClusterPainn::new(gpu, model, numbers, periodic)?),
             KernelVariant::Naive => PainnKernels::Naive(NaivePainn::new(gpu, model, numbers, capacity)?),
         })
     }
