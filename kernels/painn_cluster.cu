@@ -50,7 +50,10 @@ struct LayerCache {
     float pre_ctx[NMAX][CB];
 };
 
+#define NPHASE (10 * TMAX)  // mbarrier-separated phases of one evaluation (28 for 3 layers)
+
 struct ClusterShared {
+    u64 phase_bar[NPHASE];          // one transaction barrier per phase, each used once per launch
     float4 pr[NMAX][NMAX];          // pair (i, slot): r (Å) and d
     float4 pg[NMAX][NMAX];          // this block's (∂E/∂d, ∂E/∂r̂) per pair, its channels, all layers
     float pphi[NMAX][NMAX][NK];     // radial basis per pair
@@ -93,22 +96,64 @@ __device__ __forceinline__ void sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// The two halves of sync(), for work that needs no ordering (weight loads) in between.
-__device__ __forceinline__ void arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
+__device__ __forceinline__ u32 shared_address(const void* local) {
+    u32 address;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
+    return address;
+}
 
 __device__ __forceinline__ u32 remote_address(const void* local, u32 r) {
-    u32 address, remote;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(r));
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(r));
     return remote;
 }
 
-// Stores `v` at the place of `local` in every block of the cluster (this one included).
-__device__ __forceinline__ void broadcast(float* local, float v) {
+
+// Phases are chained by transaction barriers (mbarrier with a byte count) instead of cluster
+// barriers: each block's barrier of phase p expects the bytes that all blocks send it in phase p,
+// and completes when the last of them lands. No release fence drains the sender's stores and no
+// block waits for the slowest one to arrive (a cluster barrier cost ≈ 0.7 µs + 0.8 µs of store
+// drain per phase: docs/perf-notes.md, v10 and v12).
+__device__ __forceinline__ void phase_init(u64* bar, u32 bytes) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
+                 : "memory");
+}
+
+// Waits until every byte of the phase has arrived. A miscounted phase would hang the GPU: after
+// 2 s the kernel traps instead (a launch failure the host reports).
+__device__ __forceinline__ void phase_wait(u64* bar) {
+    const u32 address = shared_address(bar);
+    u64 start;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    for (;;) {
+        u32 done;
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(address)
+            : "memory");
+        if (done) return;
+        u64 now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (now - start > 2000000000ull) __trap();
+    }
+}
+
+// Stores `v` at the place of `local` in every block of the cluster (this one included) and
+// counts its 4 bytes on that block's barrier `bar` (st.async: no fence, the barrier orders it).
+__device__ __forceinline__ void send(float* local, float v, u64* bar) {
+    const u32 address = shared_address(local), bar_address = shared_address(bar);
 #pragma unroll
-    for (u32 r = 0; r < SCL; ++r)
-        asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote_address(local, r)), "f"(v) : "memory");
+    for (u32 r = 0; r < SCL; ++r) {
+        u32 remote, remote_bar;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(r));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar_address), "r"(r));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+                     "r"(__float_as_uint(v)), "r"(remote_bar)
+                     : "memory");
+    }
 }
 
 __device__ __forceinline__ float4 load_remote(const float4* local, u32 r) {
@@ -304,9 +349,44 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 if (S.pj[j][s2] == i) S.prev[i][s] = s2;
         }
     }
-    // Every block has started and initialized its shared memory before anyone writes into it.
+    // The phase plan: the bytes every block receives in each phase, in the order the phases run
+    // below (each send() reaches all SCL blocks, so a block receives what the cluster sends).
+    if (t == 0) {
+        int p = 0;
+        const u32 f = 4u * (u32)(n * NF);  // one float per (atom, channel)
+        auto plan = [&](u32 bytes) { cl::phase_init(&S.phase_bar[p++], bytes); };
+        for (int l = 0; l < t_count; ++l) {
+            plan(4 * f);          // messages: q and μ
+            plan(f);              // mixing: ‖V‖
+            plan(f);              // mixing network's hidden layer
+            plan(4 * f);          // gated update: q and μ
+            if (l + 1 < t_count)  // next context network's hidden layer
+                plan(f);
+        }
+        plan(4u * (u32)(n * NH));  // readout: ∂E/∂hidden
+        for (int l = t_count - 1; l >= 0; --l) {
+            plan(3 * f);  // ∂E/∂a
+            plan(f);      // mixing network: ∂E/∂hidden
+            plan(6 * f);  // ∂E/∂(V, U)
+            if (l == 0) break;
+            plan(3 * f);  // messages: ∂E/∂x
+            plan(f);      // context network: ∂E/∂hidden
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    // Every block has started and initialized its shared memory and its barriers before anyone
+    // writes into it.
     cl::sync();
     stamp();
+    int phase = 0;
+    // Sends `v` to every block as part of the current phase.
+    auto put = [&](float* local, float v) { cl::send(local, v, &S.phase_bar[phase]); };
+    // The next phase starts when this block has received all of the current phase's data.
+    auto next_phase = [&]() {
+        cl::phase_wait(&S.phase_bar[phase++]);
+        __syncthreads();
+        stamp();
+    };
 
     // Thread roles in the channel-local phases: PSPLIT threads per (atom, owned channel).
     const int ps = t % PSPLIT, jc = (t / PSPLIT) % CB, ia = t / (PSPLIT * CB);
@@ -320,11 +400,11 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         return [&, bias, pre](int a, int, int j, float v) {
             float z = v + bias[c0 + j];
             pre[a][j] = z;
-            cl::broadcast(&S.hid[a][c0 + j], silu(z));
+            put(&S.hid[a][c0 + j], silu(z));
         };
     };
     auto hidden_gradient = [&](float (*pre)[CB]) {
-        return [&, pre](int a, int, int j, float v) { cl::broadcast(&S.hid[a][c0 + j], v * silu_grad(pre[a][j])); };
+        return [&, pre](int a, int, int j, float v) { put(&S.hid[a][c0 + j], v * silu_grad(pre[a][j])); };
     };
 
     // ---------------------------------------------------------------------------------------
@@ -357,15 +437,14 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         }
         __syncthreads();  // every read of this block's channels done before they are updated
         if (item && ps == 0) {
-            cl::broadcast(&S.ctx[ia][c], S.ctx[ia][c] + dq);
+            put(&S.ctx[ia][c], S.ctx[ia][c] + dq);
             for (int k = 0; k < 3; ++k) {
                 float mu = S.mu[ia * 3 + k][c];
                 C.mu_in[ia][k][jc] = mu;
-                cl::broadcast(&S.mu[ia * 3 + k][c], mu + dm[k]);
+                put(&S.mu[ia * 3 + k][c], mu + dm[k]);
             }
         }
-        cl::sync();
-        stamp();
+        next_phase();
 
         // Mixing: (V, U) = μ · mixᵀ on owned channels; ‖V‖ to every block.
         w_mix.run(&S.mu[0][0], NF, 3 * n, S.scratch,
@@ -380,40 +459,32 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             float norm = sqrtf(norm2 + epsilon);
             C.norm[ia][jc] = norm;
             S.vdotu[ia][jc] = vdotu;
-            cl::broadcast(&S.ctx[ia][NF + c], norm);
+            put(&S.ctx[ia][NF + c], norm);
         }
-        cl::arrive();
         cl::Matvec<2 * NF, 1, NF, CB> w_m1(L.m1t);
-        cl::wait();
-        stamp();
+        next_phase();
         // hidden = σ(W1 [q, ‖V‖] + b1)
         w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(L.m1b, C.pre_mix));
-        cl::arrive();
         cl::Matvec<NF, 3, NF, CB> w_m2(L.m2t);
-        cl::wait();
-        stamp();
+        next_phase();
         // (a_ss, a_vv, a_sv) = W2 hidden + b2, then the gated update, owned channels.
         w_m2.run(&S.hid[0][0], NF, n, S.scratch,
                        [&](int a, int b, int j, float v) { C.a[a][b][j] = v + L.m2b[b * NF + c0 + j]; });
         if (item && ps == 0) {
             float a_ss = C.a[ia][0][jc], a_vv = C.a[ia][1][jc], a_sv = C.a[ia][2][jc];
-            cl::broadcast(&S.ctx[ia][c], S.ctx[ia][c] + a_ss + a_sv * S.vdotu[ia][jc]);
+            put(&S.ctx[ia][c], S.ctx[ia][c] + a_ss + a_sv * S.vdotu[ia][jc]);
             for (int k = 0; k < 3; ++k)
-                cl::broadcast(&S.mu[ia * 3 + k][c], S.mu[ia * 3 + k][c] + a_vv * C.vu[ia * 3 + k][1][jc]);
+                put(&S.mu[ia * 3 + k][c], S.mu[ia * 3 + k][c] + a_vv * C.vu[ia * 3 + k][1][jc]);
         }
         if (layer + 1 < t_count) {
             // The next interaction's context network: x = W2 σ(W1 q + b1) + b2.
             const ClusterLayer& nl = layers[layer + 1];
             LayerCache& NC = S.cache[layer + 1];
-            cl::arrive();
             cl::Matvec<NF, 1, NF, CB> w_c1(nl.c1t);
-            cl::wait();
-            stamp();
+            next_phase();
             w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(nl.c1b, NC.pre_ctx));
-            cl::arrive();
             cl::Matvec<NF, 3, NF, CB> w_c2(nl.c2t);
-            cl::wait();
-            stamp();
+            next_phase();
             w_c2.run(&S.hid[0][0], NF, n, S.scratch,
                            [&](int a, int b, int j, float v) { NC.x[a][b][j] = v + nl.c2b[b * NF + c0 + j]; });
             // The messages that follow read owned channels only: no cluster barrier needed.
@@ -421,20 +492,16 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     }
 
     // Readout: per-atom energy contributions w2·σ(W1 q + b1), and ∂E/∂hidden to every block.
-    cl::arrive();
     cl::Matvec<NF, 1, NH, HB> w_r1(ro.w1t);
-    cl::wait();
-    stamp();
+    next_phase();
     w_r1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
         int h = (int)cl::rank() * HB + j;
         float z = v + ro.b1[h];
         S.ep[a][j] = ro.w2[h] * silu(z);
-        cl::broadcast(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
+        put(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
     });
-    cl::arrive();
     cl::Matvec<NH, 1, NF, CB> w_r2(ro.w1);
-    cl::wait();
-    stamp();
+    next_phase();
     w_r2.run(&S.gh[0][0], NH, n, S.scratch, [&](int a, int, int j, float v) {
         S.gq[0][a][j] = v;
         for (int k = 0; k < 3; ++k) S.gm[a][k][j] = 0.f;
@@ -455,18 +522,15 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 gmu += S.gm[ia][k][jc] * U;
                 vdotu += V * U;
             }
-            cl::broadcast(&S.g3[ia][c], gq);
-            cl::broadcast(&S.g3[ia][NF + c], gmu);
-            cl::broadcast(&S.g3[ia][2 * NF + c], gq * vdotu);
+            put(&S.g3[ia][c], gq);
+            put(&S.g3[ia][NF + c], gmu);
+            put(&S.g3[ia][2 * NF + c], gq * vdotu);
         }
-        cl::sync();
-        stamp();
+        next_phase();
         // ∂E/∂z = σ'(z) ⊙ W2ᵀ ∂E/∂a
         w_m2.run(&S.g3[0][0], 3 * NF, n, S.scratch, hidden_gradient(C.pre_mix));
-        cl::arrive();
         cl::Matvec<NF, 2, NF, CB> w_m1(L.m1);
-        cl::wait();
-        stamp();
+        next_phase();
         // ∂E/∂[q, ‖V‖] = W1ᵀ ∂E/∂z: q's part is added to ∂E/∂q; ‖V‖'s goes into ∂E/∂(V, U).
         const int next = 1 - cur;
         w_m1.run(&S.hid[0][0], NF, n, S.scratch, [&](int a, int b, int j, float v) {
@@ -478,15 +542,13 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             float g_norm = v / C.norm[a][j];
             for (int k = 0; k < 3; ++k) {
                 float V = C.vu[a * 3 + k][0][j], U = C.vu[a * 3 + k][1][j];
-                cl::broadcast(&S.gvu[a * 3 + k][c0 + j], g_vdotu * U + g_norm * V);
-                cl::broadcast(&S.gvu[a * 3 + k][NF + c0 + j], S.gm[a][k][j] * a_vv + g_vdotu * V);
+                put(&S.gvu[a * 3 + k][c0 + j], g_vdotu * U + g_norm * V);
+                put(&S.gvu[a * 3 + k][NF + c0 + j], S.gm[a][k][j] * a_vv + g_vdotu * V);
             }
         });
         cur = next;
-        cl::arrive();
         cl::Matvec<2 * NF, 1, NF, CB> w_mix(L.mix);
-        cl::wait();
-        stamp();
+        next_phase();
         // ∂E/∂μ at the mixing input = ∂E/∂μ + mixᵀ ∂E/∂(V, U)
         w_mix.run(&S.gvu[0][0], 2 * NF, 3 * n, S.scratch,
                        [&](int row, int, int j, float v) { S.gm[row / 3][row % 3][j] += v; });
@@ -530,7 +592,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         if (item && ps == 0) {
             for (int k = 0; k < 3; ++k) S.gm[ia][k][jc] += gmu[k];
             if (layer > 0)
-                for (int k = 0; k < 3; ++k) cl::broadcast(&S.g3[ia][k * NF + c], gx[k]);
+                for (int k = 0; k < 3; ++k) put(&S.g3[ia][k * NF + c], gx[k]);
         }
         for (int k = t; k < NMAX * NMAX; k += STHREADS) {
             int i = k / NMAX, s = k % NMAX;
@@ -547,17 +609,15 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             }
         }
         if (layer == 0) break;  // the first layer's q is the embedding: no gradient past it
-        cl::sync();
-        stamp();
+        next_phase();
         // Context backward: ∂E/∂q += W1ᵀ (σ'(z) ⊙ W2ᵀ ∂E/∂x)
         w_c2.run(&S.g3[0][0], 3 * NF, n, S.scratch, hidden_gradient(C.pre_ctx));
-        cl::arrive();
         cl::Matvec<NF, 1, NF, CB> w_c1(L.c1);
-        cl::wait();
-        stamp();
+        next_phase();
         w_c1.run(&S.hid[0][0], NF, n, S.scratch,
                        [&](int a, int, int j, float v) { S.gq[cur][a][j] += v; });
     }
+    if (phase != 10 * t_count - 2) __trap();  // the plan above and the phases run must agree
     cl::sync();  // every block's pair gradients and energy contributions complete
     stamp();
 
