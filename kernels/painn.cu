@@ -10,6 +10,9 @@
 #ifndef NK
 #error "NK (radial basis size) must be defined"
 #endif
+#ifndef PAIR_SPLIT
+#define PAIR_SPLIT 1  // threads per channel sharing an atom's pair loop in the message kernels
+#endif
 #ifndef NH
 #error "NH (readout hidden width) must be defined"
 #endif
@@ -200,7 +203,8 @@ struct ChunkGeometry {
 };
 
 // Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + NF) of row `i` (row
-// end `end`), in row order; returns how many. blockDim.x == NF. Ends with a barrier.
+// end `end`), in row order; returns how many. The block's first NF threads do it (blockDim.x is a
+// multiple of NF); every thread must call it. Ends with a barrier.
 __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, const Cell& cell, const Neighbors& nb,
                                           const Filter& filter, int i, int chunk, int end, float cutoff2) {
     int t = threadIdx.x, p = chunk + t, lane = t & 31, warp = t >> 5;
@@ -208,14 +212,14 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, c
     int j = 0;
     float3 r = make_float3(0.f, 0.f, 0.f);
     float d2 = 0.f;
-    if (p < end) {
+    if (t < NF && p < end) {
         j = nb.j[p];
         r = pair_vector(pos, i, j, cell, nb.image[p]);
         d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         inside = d2 < cutoff2;
     }
     u32 ballot = __ballot_sync(0xffffffffu, inside);
-    if (lane == 0) g.warp_count[warp] = __popc(ballot);
+    if (lane == 0 && t < NF) g.warp_count[warp] = __popc(ballot);
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
@@ -240,13 +244,16 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, c
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
-// atom i, fused; nothing per pair is written to memory.
-extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter,
-                                           const float* __restrict__ q_in, const float* __restrict__ mu_in,
-                                           const float* __restrict__ x, float* __restrict__ q_out,
-                                           float* __restrict__ mu_out) {
+// atom i, fused; nothing per pair is written to memory. blockDim = PAIR_SPLIT·NF: thread (ps, c)
+// takes channel c of the pairs q ≡ ps (mod PAIR_SPLIT), and the PAIR_SPLIT partial sums are added
+// in a fixed order (more warps per atom hide the pair loop's latency while atoms are few).
+extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
+    message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
+                    const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
+                    float* __restrict__ mu_out) {
     __shared__ ChunkGeometry g;
-    int i = blockIdx.x, c = threadIdx.x;
+    __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][NF];
+    const int i = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
@@ -256,7 +263,7 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
 #pragma unroll 4
-        for (int q = 0; q < n; ++q) {
+        for (int q = ps; q < n; q += PAIR_SPLIT) {
             float4 r = g.r[q];
             float fc, dfc;
             cosine_cutoff(r.w, filter.cutoff, fc, dfc);
@@ -266,6 +273,18 @@ extern "C" __global__ void message_forward(const double* pos, Cell cell, Neighbo
             add_message(f, fc, r, xj[c], xj[NF + c], xj[2 * NF + c], mj[c], mj[NF + c], mj[2 * NF + c], dq, dm);
         }
         __syncthreads();  // before the next chunk overwrites g
+    }
+    if (PAIR_SPLIT > 1) {
+        if (ps > 0) {
+            partial[ps - 1][0][c] = dq;
+            for (int k = 0; k < 3; ++k) partial[ps - 1][k + 1][c] = dm[k];
+        }
+        __syncthreads();
+        if (ps > 0) return;
+        for (int s = 0; s < PAIR_SPLIT - 1; ++s) {
+            dq += partial[s][0][c];
+            for (int k = 0; k < 3; ++k) dm[k] += partial[s][k + 1][c];
+        }
     }
     q_out[i * NF + c] = q_in[i * NF + c] + dq;
     const float* mi = mu_in + (size_t)i * 3 * NF;
@@ -497,14 +516,16 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
 // Gradients through interaction t, gathered per atom a: for every neighbor b, the pair a→b
 // (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
 // b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
-extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter,
-                                            const float* __restrict__ mu_in, const float* __restrict__ x,
-                                            const float* __restrict__ grad_q, const float* __restrict__ grad_mu,
-                                            float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
-                                            float4* __restrict__ pair_grad) {
+// blockDim = PAIR_SPLIT·NF, split over the pairs as in message_forward.
+extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
+    message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ mu_in,
+                     const float* __restrict__ x, const float* __restrict__ grad_q,
+                     const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
+                     float4* __restrict__ pair_grad) {
     __shared__ ChunkGeometry g;
     __shared__ float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
-    int a = blockIdx.x, c = threadIdx.x, warp = c >> 5, lane = c & 31;
+    __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][NF];
+    const int a = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF, warp = c >> 5, lane = c & 31;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
@@ -521,7 +542,7 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
     for (int chunk = begin; chunk < end; chunk += NF) {
         int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
 #pragma unroll 2
-        for (int q = 0; q < n; ++q) {
+        for (int q = ps; q < n; q += PAIR_SPLIT) {
             float4 rv = g.r[q];
             float inv_d = 1.0f / rv.w;
             float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
@@ -544,8 +565,9 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
             if (lane == 0) warp_part[q][warp] = v;
         }
         __syncthreads();
-        // One thread per pair of the chunk sums its warps' partials in a fixed order.
-        if (c < n) {
+        // One thread per pair of the chunk sums its warps' partials in a fixed order (the pair's
+        // warps are those of split q mod PAIR_SPLIT; warp_part is indexed by the channel's warp).
+        if (ps == 0 && c < n) {
             float4 total = warp_part[c][0];
             for (int k = 1; k < NF / 32; ++k) {
                 float4 part = warp_part[c][k];
@@ -559,6 +581,20 @@ extern "C" __global__ void message_backward(const double* pos, Cell cell, Neighb
             pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
         }
         __syncthreads();
+    }
+    if (PAIR_SPLIT > 1) {
+        if (ps > 0)
+            for (int k = 0; k < 3; ++k) {
+                partial[ps - 1][k][c] = gx[k];
+                partial[ps - 1][k + 3][c] = gmu[k];
+            }
+        __syncthreads();
+        if (ps > 0) return;
+        for (int s = 0; s < PAIR_SPLIT - 1; ++s)
+            for (int k = 0; k < 3; ++k) {
+                gx[k] += partial[s][k][c];
+                gmu[k] += partial[s][k + 3][c];
+            }
     }
     for (int k = 0; k < 3; ++k) {
         grad_x[(size_t)a * 3 * NF + k * NF + c] = gx[k];

@@ -215,20 +215,34 @@ fn gpu_nve_conserves_energy() {
         md.initialize().unwrap();
         md.advance(1).unwrap();
         assert!(md.use_graph, "graph capture failed");
-        let start = md.snapshot().unwrap();
-        let e0 = start.potential + start.kinetic;
-        let mut worst: f64 = 0.0;
-        for _ in 0..100 {
-            md.advance(100).unwrap();
+        // Total and kinetic energy every 100 steps over 10,000 steps (5 ps).
+        let mut total = Vec::new();
+        let mut kinetic = Vec::new();
+        for _ in 0..=100 {
             let s = md.snapshot().unwrap();
-            worst = worst.max((s.potential + s.kinetic - e0).abs());
+            total.push(s.potential + s.kinetic);
+            kinetic.push(s.kinetic);
+            md.advance(100).unwrap();
         }
+        let e0 = total[0];
+        let worst = total.iter().map(|e| (e - e0).abs()).fold(0.0, f64::max);
+        let tenth = total.len() / 10;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let drift = mean(&total[total.len() - tenth..]) - mean(&total[..tenth]);
+        let k_range =
+            kinetic.iter().cloned().fold(f64::MIN, f64::max) - kinetic.iter().cloned().fold(f64::MAX, f64::min);
         eprintln!(
-            "GPU NVE benzene ({:?} kernels), 10,000 steps at 0.5 fs: max |ΔE| = {worst:.3e} eV, |E0| = {:.3}",
-            md.kernels(),
-            e0.abs()
+            "GPU NVE benzene ({:?} kernels), 10,000 steps at 0.5 fs: max |ΔE| = {worst:.3e} eV, \
+             drift (last − first 10%) = {drift:.3e} eV, E_kin range = {k_range:.3} eV",
+            md.kernels()
         );
-        assert!(worst / e0.abs() < 1e-4, "{:?}: {worst:e}", md.kernels());
+        // Bounds on the scale of the kinetic energy's swings, as for the CPU integrator (tests/md.rs).
+        // This trajectory is chaotic (random weights): the f64 CPU reference from the same start
+        // reaches max |ΔE| = 1.7e-4 eV (drift 1.1e-5 eV), and GPU runs that differ only in the
+        // order of f32 sums range over 6e-5 to 2.6e-4 eV (drift up to 2.2e-4 eV): a bound tighter
+        // than that would test the trajectory, not the engine (docs/perf-notes.md, v12).
+        assert!(worst < 0.01 * k_range, "{:?}: max |ΔE| {worst:e} eV", md.kernels());
+        assert!(drift.abs() < 0.0025 * k_range, "{:?}: drift {drift:e} eV", md.kernels());
     }
 }
 

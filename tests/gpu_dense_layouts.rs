@@ -1,5 +1,5 @@
 //! Every dense-layer launch shape (atoms per block, split dot products, thread-block clusters)
-//! held against the f64 reference. The shape is chosen by system size and can be forced through
+//! and every pair split of the message kernels held against the f64 reference. The shape is chosen by system size and can be forced through
 //! MDRUN_DENSE_* variables, which are process-wide: these tests live in their own test binary and
 //! run one after another, so that no other GPU test sees the variables. Needs a CUDA device.
 
@@ -12,32 +12,42 @@ use std::sync::Mutex;
 
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
-/// (tile, split, cluster) shapes: the small- and large-system defaults, odd tiles, clusters with
-/// more atoms per tile than warps per block.
-const LAYOUTS: [(&str, &str, &str); 7] = [
-    ("1", "4", "1"),
-    ("4", "4", "1"),
-    ("3", "2", "1"),
-    ("1", "4", "4"),
-    ("4", "4", "4"),
-    ("2", "2", "2"),
-    ("3", "2", "4"),
+/// (tile, split, cluster, pair split) shapes: the small- and large-system defaults, odd tiles,
+/// clusters with more atoms per tile than warps per block, message kernels with 1, 2 and 4
+/// threads per channel.
+const LAYOUTS: [(&str, &str, &str, &str); 7] = [
+    ("1", "4", "1", "4"),
+    ("4", "4", "1", "1"),
+    ("3", "2", "1", "2"),
+    ("1", "4", "4", "4"),
+    ("4", "4", "4", "1"),
+    ("2", "2", "2", "2"),
+    ("3", "2", "4", "1"),
 ];
 
 fn check_layouts(model: &PainnModel, system: &System, what: &str) {
     let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-    for (tile, split, cluster) in LAYOUTS {
+    for (tile, split, cluster, pair_split) in LAYOUTS {
         std::env::set_var("MDRUN_DENSE_TILE", tile);
         std::env::set_var("MDRUN_DENSE_SPLIT", split);
         std::env::set_var("MDRUN_DENSE_CLUSTER", cluster);
+        std::env::set_var("MDRUN_PAIR_SPLIT", pair_split);
         let (e, f) = compare_gpu_with_cpu(model, system);
-        eprintln!("{what}: tile {tile}, split {split}, cluster {cluster}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
+        eprintln!(
+            "{what}: tile {tile}, split {split}, cluster {cluster}, pair split {pair_split}: \
+             energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
+        );
         assert!(
             e <= 1e-5 && f <= 1e-4,
-            "{what} tile {tile} split {split} cluster {cluster}: {e:e} {f:e}"
+            "{what} tile {tile} split {split} cluster {cluster} pair split {pair_split}: {e:e} {f:e}"
         );
     }
-    for name in ["MDRUN_DENSE_TILE", "MDRUN_DENSE_SPLIT", "MDRUN_DENSE_CLUSTER"] {
+    for name in [
+        "MDRUN_DENSE_TILE",
+        "MDRUN_DENSE_SPLIT",
+        "MDRUN_DENSE_CLUSTER",
+        "MDRUN_PAIR_SPLIT",
+    ] {
         std::env::remove_var(name);
     }
 }

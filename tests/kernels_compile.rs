@@ -26,6 +26,7 @@ fn every_kernel_compiles_with_nvrtc() {
             split: 4,
             tile: 1,
             cluster: 4,
+            pair_split: 4,
         },
         KernelSizes {
             features: 128,
@@ -34,6 +35,7 @@ fn every_kernel_compiles_with_nvrtc() {
             split: 4,
             tile: 4,
             cluster: 1,
+            pair_split: 1,
         },
         KernelSizes {
             features: 128,
@@ -42,6 +44,7 @@ fn every_kernel_compiles_with_nvrtc() {
             split: 4,
             tile: 2,
             cluster: 2,
+            pair_split: 2,
         },
         KernelSizes {
             features: 32,
@@ -50,6 +53,7 @@ fn every_kernel_compiles_with_nvrtc() {
             split: 2,
             tile: 3,
             cluster: 1,
+            pair_split: 1,
         },
     ] {
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));

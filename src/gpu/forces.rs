@@ -270,10 +270,9 @@ impl GpuPainn {
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
         let s = &gpu.stream;
-        let f = self.sizes.features as u32;
         let n = self.net.n_atoms;
         let t_count = self.net.layers.len();
-        let per_atom = block_per_item(n, f);
+        let per_atom = block_per_item(n, self.sizes.message_threads());
         let per_atom_dense = block_per_item(self.sizes.dense_blocks(n), self.sizes.dense_threads());
         let n_atoms = n as i32;
         let nb = neighbors.params();

@@ -46,6 +46,9 @@ pub struct KernelSizes {
     /// Blocks of a thread-block cluster sharing one tile's dense layers (1: no clusters; they
     /// need compute capability 9.0).
     pub cluster: usize,
+    /// Threads per channel sharing an atom's pair loop in the message kernels (blocks of
+    /// `pair_split · F` threads).
+    pub pair_split: usize,
 }
 
 impl KernelSizes {
@@ -53,7 +56,10 @@ impl KernelSizes {
     /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often). Below
     /// 64 atoms, clusters of 4 blocks share each atom's layers (where the GPU has clusters);
     /// from about 100 atoms on there are enough blocks without them (docs/perf-notes.md).
-    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE and MDRUN_DENSE_CLUSTER override, for experiments.
+    /// The message kernels split each atom's pairs over 4 threads per channel below 128 atoms and
+    /// over 2 below 512 (more warps to hide the pair loop's latency while there are few atoms).
+    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER and MDRUN_PAIR_SPLIT override, for
+    /// experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         let tile = env("MDRUN_DENSE_TILE")
@@ -67,6 +73,13 @@ impl KernelSizes {
         if !features.is_multiple_of(cluster) || !readout_hidden.is_multiple_of(cluster) {
             cluster = 1;
         }
+        let pair_split = env("MDRUN_PAIR_SPLIT")
+            .unwrap_or(match n_atoms {
+                0..128 => 4,
+                128..512 => 2,
+                _ => 1,
+            })
+            .clamp(1, 4);
         KernelSizes {
             features,
             rbf,
@@ -74,6 +87,7 @@ impl KernelSizes {
             split,
             tile,
             cluster,
+            pair_split,
         }
     }
 
@@ -84,6 +98,10 @@ impl KernelSizes {
 
     pub fn dense_threads(&self) -> u32 {
         (self.split * self.features) as u32
+    }
+
+    pub fn message_threads(&self) -> u32 {
+        (self.pair_split * self.features) as u32
     }
 }
 
@@ -105,6 +123,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DSPLIT={}", sizes.split),
             format!("-DTILE={}", sizes.tile),
             format!("-DCLUSTER={}", sizes.cluster),
+            format!("-DPAIR_SPLIT={}", sizes.pair_split),
             "--std=c++17".into(),
         ],
         ..Default::default()
