@@ -104,7 +104,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
 #pragma unroll
         for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
         if (o < cols) {
-#pragma unroll 4
+#pragma unroll 16
             for (int i = begin; i < end; ++i) {
                 float w = m[i * cols + o];
 #pragma unroll
@@ -147,7 +147,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
 #pragma unroll
         for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
         if (mine) {
-#pragma unroll 8
+#pragma unroll 16
             for (int i = begin; i < end; ++i) {
                 float w = m[i * cols + o];
 #pragma unroll
