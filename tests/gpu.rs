@@ -240,7 +240,7 @@ fn gpu_nve_conserves_energy() {
         // This trajectory is chaotic (random weights): the f64 CPU reference from the same start
         // reaches max |ΔE| = 1.7e-4 eV (drift 1.1e-5 eV), and GPU runs that differ only in the
         // order of f32 sums range over 6e-5 to 2.6e-4 eV (drift up to 2.2e-4 eV): a bound tighter
-        // than that would test the trajectory, not the engine (docs/perf-notes.md, v12).
+        // than that would test the trajectory, not the engine (docs/perf-notes.md, v13).
         assert!(worst < 0.01 * k_range, "{:?}: max |ΔE| {worst:e} eV", md.kernels());
         assert!(drift.abs() < 0.0025 * k_range, "{:?}: drift {drift:e} eV", md.kernels());
     }
