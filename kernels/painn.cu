@@ -523,8 +523,12 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
                      const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
                      float4* __restrict__ pair_grad) {
     __shared__ ChunkGeometry g;
-    __shared__ float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
-    __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][NF];
+    // Never live at the same time (the split partials come after the last chunk's barrier): static
+    // shared memory stays under 48 KB up to NK = 64 at PAIR_SPLIT = 4.
+    __shared__ union {
+        float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
+        float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][NF];
+    } sh;
     const int a = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF, warp = c >> 5, lane = c & 31;
     ChannelFilter w;
     w.load(filter, c);
@@ -562,15 +566,15 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
                 v.z += __shfl_down_sync(0xffffffffu, v.z, offset);
                 v.w += __shfl_down_sync(0xffffffffu, v.w, offset);
             }
-            if (lane == 0) warp_part[q][warp] = v;
+            if (lane == 0) sh.warp_part[q][warp] = v;
         }
         __syncthreads();
         // One thread per pair of the chunk sums its warps' partials in a fixed order (the pair's
         // warps are those of split q mod PAIR_SPLIT; warp_part is indexed by the channel's warp).
         if (ps == 0 && c < n) {
-            float4 total = warp_part[c][0];
+            float4 total = sh.warp_part[c][0];
             for (int k = 1; k < NF / 32; ++k) {
-                float4 part = warp_part[c][k];
+                float4 part = sh.warp_part[c][k];
                 total.x += part.x;
                 total.y += part.y;
                 total.z += part.z;
@@ -585,15 +589,15 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     if (PAIR_SPLIT > 1) {
         if (ps > 0)
             for (int k = 0; k < 3; ++k) {
-                partial[ps - 1][k][c] = gx[k];
-                partial[ps - 1][k + 3][c] = gmu[k];
+                sh.partial[ps - 1][k][c] = gx[k];
+                sh.partial[ps - 1][k + 3][c] = gmu[k];
             }
         __syncthreads();
         if (ps > 0) return;
         for (int s = 0; s < PAIR_SPLIT - 1; ++s)
             for (int k = 0; k < 3; ++k) {
-                gx[k] += partial[s][k][c];
-                gmu[k] += partial[s][k + 3][c];
+                gx[k] += sh.partial[s][k][c];
+                gmu[k] += sh.partial[s][k + 3][c];
             }
     }
     for (int k = 0; k < 3; ++k) {

@@ -1,7 +1,8 @@
 // The whole PaiNN force evaluation of a small open system (N ≤ NMAX atoms) in one launch: one
-// thread-block cluster of SCL blocks, phases separated by cluster barriers instead of kernel
+// thread-block cluster of SCL blocks, phases chained by transaction barriers instead of kernel
 // boundaries (the multi-kernel path pays ~1 µs per kernel and per dependent weight load, which
-// dominates below ~50 atoms; docs/perf-notes.md, v10). Same math as painn.cu, same f64 reference.
+// dominates below ~50 atoms; docs/perf-notes.md, v10 and v12). Same math as painn.cu, same f64
+// reference.
 //
 // Work split: block `rank` owns the feature channels c ∈ [rank·CB, (rank + 1)·CB). Everything
 // element-wise per channel (messages, gates, their gradients) is done by the owner alone, on its
@@ -54,6 +55,10 @@ struct LayerCache {
 
 struct ClusterShared {
     u64 phase_bar[NPHASE];          // one transaction barrier per phase, each used once per launch
+#ifdef KERNEL_CHECKS
+    u32 planned[NPHASE], sent[NPHASE];  // bytes the plan expects per phase; this block's sends
+    int planned_phases;
+#endif
     float4 pr[NMAX][NMAX];          // pair (i, slot): r (Å) and d
     float4 pg[NMAX][NMAX];          // this block's (∂E/∂d, ∂E/∂r̂) per pair, its channels, all layers
     float pphi[NMAX][NMAX][NK];     // radial basis per pair
@@ -130,7 +135,7 @@ __device__ __forceinline__ void phase_wait(u64* bar) {
     for (;;) {
         u32 done;
         asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
             : "=r"(done)
             : "r"(address)
             : "memory");
@@ -271,7 +276,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                   unsigned long long* __restrict__ trace) {
     extern __shared__ float4 shared_raw[];
     ClusterShared& S = *reinterpret_cast<ClusterShared*>(shared_raw);
-    // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) after each cluster barrier.
+    // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) at the start of each phase.
     int mark = 0;
     auto stamp = [&]() {
         if (trace != nullptr && threadIdx.x == 0 && cl::rank() == 0) {
@@ -354,7 +359,13 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     if (t == 0) {
         int p = 0;
         const u32 f = 4u * (u32)(n * NF);  // one float per (atom, channel)
-        auto plan = [&](u32 bytes) { cl::phase_init(&S.phase_bar[p++], bytes); };
+        auto plan = [&](u32 bytes) {
+#ifdef KERNEL_CHECKS
+            S.planned[p] = bytes;
+            S.sent[p] = 0;
+#endif
+            cl::phase_init(&S.phase_bar[p++], bytes);
+        };
         for (int l = 0; l < t_count; ++l) {
             plan(4 * f);          // messages: q and μ
             plan(f);              // mixing: ‖V‖
@@ -372,6 +383,9 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             plan(3 * f);  // messages: ∂E/∂x
             plan(f);      // context network: ∂E/∂hidden
         }
+#ifdef KERNEL_CHECKS
+        S.planned_phases = p;
+#endif
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     // Every block has started and initialized its shared memory and its barriers before anyone
@@ -380,9 +394,20 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     stamp();
     int phase = 0;
     // Sends `v` to every block as part of the current phase.
-    auto put = [&](float* local, float v) { cl::send(local, v, &S.phase_bar[phase]); };
+    auto put = [&](float* local, float v) {
+#ifdef KERNEL_CHECKS
+        atomicAdd(&S.sent[phase], 1u);
+#endif
+        cl::send(local, v, &S.phase_bar[phase]);
+    };
     // The next phase starts when this block has received all of the current phase's data.
+    // KERNEL_CHECKS (tests): every block sends the same number of values in a phase, so what this
+    // block sent, times the SCL receivers, must be what the plan has every block expect.
     auto next_phase = [&]() {
+#ifdef KERNEL_CHECKS
+        __syncthreads();
+        if (t == 0 && (phase >= S.planned_phases || S.sent[phase] * 4u * SCL != S.planned[phase])) __trap();
+#endif
         cl::phase_wait(&S.phase_bar[phase++]);
         __syncthreads();
         stamp();
@@ -617,7 +642,9 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         w_c1.run(&S.hid[0][0], NF, n, S.scratch,
                        [&](int a, int, int j, float v) { S.gq[cur][a][j] += v; });
     }
-    if (phase != 10 * t_count - 2) __trap();  // the plan above and the phases run must agree
+#ifdef KERNEL_CHECKS
+    if (phase != S.planned_phases) __trap();  // the plan above and the phases run must agree
+#endif
     cl::sync();  // every block's pair gradients and energy contributions complete
     stamp();
 

@@ -218,11 +218,13 @@ fn gpu_nve_conserves_energy() {
         // Total and kinetic energy every 100 steps over 10,000 steps (5 ps).
         let mut total = Vec::new();
         let mut kinetic = Vec::new();
-        for _ in 0..=100 {
+        for sample in 0..=100 {
+            if sample > 0 {
+                md.advance(100).unwrap();
+            }
             let s = md.snapshot().unwrap();
             total.push(s.potential + s.kinetic);
             kinetic.push(s.kinetic);
-            md.advance(100).unwrap();
         }
         let e0 = total[0];
         let worst = total.iter().map(|e| (e - e0).abs()).fold(0.0, f64::max);
@@ -241,8 +243,13 @@ fn gpu_nve_conserves_energy() {
         // reaches max |ΔE| = 1.7e-4 eV (drift 1.1e-5 eV), and GPU runs that differ only in the
         // order of f32 sums range over 6e-5 to 2.6e-4 eV (drift up to 2.2e-4 eV): a bound tighter
         // than that would test the trajectory, not the engine (docs/perf-notes.md, v13).
+        assert!(
+            total.iter().chain(&kinetic).all(|e| e.is_finite()),
+            "{:?}: non-finite energy",
+            md.kernels()
+        );
         assert!(worst < 0.01 * k_range, "{:?}: max |ΔE| {worst:e} eV", md.kernels());
-        assert!(drift.abs() < 0.0025 * k_range, "{:?}: drift {drift:e} eV", md.kernels());
+        assert!(drift.abs() < 0.005 * k_range, "{:?}: drift {drift:e} eV", md.kernels());
     }
 }
 

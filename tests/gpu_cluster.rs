@@ -1,6 +1,8 @@
 //! The one-cluster kernel (kernels/painn_cluster.cu) held against the f64 CPU reference on fresh
 //! random molecules, and against the multi-kernel path. Needs a CUDA device with thread-block
 //! clusters (Hopper): ignored elsewhere (`.device/run-tests` runs them on the GPU machine).
+//! The kernels here are compiled with their self-checks (MDRUN_KERNEL_CHECKS=1): the one-cluster
+//! kernel traps if the bytes it sends in any phase differ from its phase plan.
 
 mod common;
 
@@ -13,6 +15,13 @@ use mdrun::integrate::Integrator;
 use mdrun::model::PainnModel;
 use mdrun::system::System;
 
+static CHECKS: std::sync::Once = std::sync::Once::new();
+
+/// Every test calls this first, before any kernel is compiled (the variable is process-wide).
+fn with_kernel_checks() {
+    CHECKS.call_once(|| std::env::set_var("MDRUN_KERNEL_CHECKS", "1"));
+}
+
 fn with(kernels: KernelVariant) -> GpuOptions {
     GpuOptions {
         cuda_graph: false,
@@ -24,6 +33,7 @@ fn with(kernels: KernelVariant) -> GpuOptions {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn one_cluster_kernel_matches_cpu_on_random_molecules() {
+    with_kernel_checks();
     // Every size from 1 to MAX_ATOMS atoms over the seeds; student width, a narrow model with a
     // shorter cutoff and shared filters, and dense clumps where every pair is inside the cutoff.
     for seed in 0..12u64 {
@@ -48,6 +58,7 @@ fn one_cluster_kernel_matches_cpu_on_random_molecules() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
+    with_kernel_checks();
     let model = PainnModel::load(std::path::Path::new(&project_file(
         "models/painn-hcno-f128.safetensors",
     )))
@@ -77,6 +88,7 @@ fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cluster_kernel_runs_where_it_applies_and_refuses_the_rest() {
+    with_kernel_checks();
     let model = random_model(full_config(), 7);
     let engine_with = |kernels: KernelVariant, n: usize, cell: Option<Cell>| {
         let (numbers, positions) = random_structure(n, 6.0, 0.9, cell.as_ref(), 8);

@@ -1,5 +1,5 @@
 //! Every kernel compiles with NVRTC, for the student size and for a small model, for the H100's
-//! architecture. Needs only the NVRTC library, no GPU: CI installs it (`.ci/run`) and sets
+//! architecture, within its per-kernel resource limits. Needs only the NVRTC library, no GPU: CI installs it (`.ci/run`) and sets
 //! MDRUN_REQUIRE_NVRTC=1, which turns a missing library into a failure instead of a skip.
 
 use mdrun::gpu::{compile, KernelSizes};
@@ -27,6 +27,7 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 1,
             cluster: 4,
             pair_split: 4,
+            checks: false,
         },
         KernelSizes {
             features: 128,
@@ -36,6 +37,7 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 4,
             cluster: 1,
             pair_split: 1,
+            checks: false,
         },
         KernelSizes {
             features: 128,
@@ -45,6 +47,19 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 2,
             cluster: 2,
             pair_split: 2,
+            checks: true,
+        },
+        // The largest radial basis the GPU path accepts, at the largest pair split: the message
+        // kernels' static shared memory must stay under 48 KB.
+        KernelSizes {
+            features: 128,
+            rbf: 64,
+            readout_hidden: 64,
+            split: 4,
+            tile: 1,
+            cluster: 4,
+            pair_split: 4,
+            checks: false,
         },
         KernelSizes {
             features: 32,
@@ -54,8 +69,12 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 3,
             cluster: 1,
             pair_split: 1,
+            checks: false,
         },
     ] {
+        // For the H100 itself (sm_90): NVRTC then runs the backend too, which enforces the
+        // per-kernel limits (shared memory, registers) that PTX alone does not.
+        compile(sizes, "sm_90").unwrap_or_else(|e| panic!("{sizes:?}, sm_90: {e}"));
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));
         let text = ptx.to_src();
         for kernel in [

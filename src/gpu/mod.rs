@@ -49,6 +49,9 @@ pub struct KernelSizes {
     /// Threads per channel sharing an atom's pair loop in the message kernels (blocks of
     /// `pair_split · F` threads).
     pub pair_split: usize,
+    /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
+    /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
+    pub checks: bool,
 }
 
 impl KernelSizes {
@@ -88,6 +91,7 @@ impl KernelSizes {
             tile,
             cluster,
             pair_split,
+            checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
 
@@ -125,7 +129,10 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DCLUSTER={}", sizes.cluster),
             format!("-DPAIR_SPLIT={}", sizes.pair_split),
             "--std=c++17".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(sizes.checks.then(|| "-DKERNEL_CHECKS=1".to_string()))
+        .collect(),
         ..Default::default()
     }
 }
