@@ -18,49 +18,35 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("NVRTC not found: kernel compile check skipped (set MDRUN_REQUIRE_NVRTC=1 to require it)");
         return;
     }
+    // The student at its small- and large-system launch shapes (one with the self-checks), the
+    // largest radial basis the GPU path accepts at the largest pair split (the message kernels'
+    // static shared memory must stay under 48 KB), and a narrow model with odd tiles.
+    let student = KernelSizes {
+        features: 128,
+        rbf: 20,
+        readout_hidden: 64,
+        split: 4,
+        tile: 1,
+        cluster: 4,
+        pair_split: 4,
+        checks: false,
+    };
     for sizes in [
+        student,
         KernelSizes {
-            features: 128,
-            rbf: 20,
-            readout_hidden: 64,
-            split: 4,
-            tile: 1,
-            cluster: 4,
-            pair_split: 4,
-            checks: false,
-        },
-        KernelSizes {
-            features: 128,
-            rbf: 20,
-            readout_hidden: 64,
-            split: 4,
             tile: 4,
             cluster: 1,
             pair_split: 1,
-            checks: false,
+            ..student
         },
         KernelSizes {
-            features: 128,
-            rbf: 20,
-            readout_hidden: 64,
-            split: 4,
             tile: 2,
             cluster: 2,
             pair_split: 2,
             checks: true,
+            ..student
         },
-        // The largest radial basis the GPU path accepts, at the largest pair split: the message
-        // kernels' static shared memory must stay under 48 KB.
-        KernelSizes {
-            features: 128,
-            rbf: 64,
-            readout_hidden: 64,
-            split: 4,
-            tile: 1,
-            cluster: 4,
-            pair_split: 4,
-            checks: false,
-        },
+        KernelSizes { rbf: 64, ..student },
         KernelSizes {
             features: 32,
             rbf: 8,
