@@ -99,13 +99,13 @@ struct ChannelState {
 
 // Backward of the two pairs between atoms a and b (same distance, so one filter serves), channel
 // c. Returns the term of pair a → b (a receives) in (∂E/∂d, ∂E/∂r̂); adds those of pair b → a (a
-// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi the pair's radial basis.
+// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi the pair's radial basis; cut its
+// cosine cutoff and the cutoff's derivative (computed once per pair, not per channel).
 __device__ __forceinline__ float4 pair_backward(float d, const float u[3], const float* phi, const float* coeffs,
-                                                const float* offsets, float cutoff, const float* ws, const float* wr,
+                                                const float* offsets, float2 cut, const float* ws, const float* wr,
                                                 const float* wv, float3 bias, const ChannelState& a,
                                                 const ChannelState& b, float gx[3], float gmu[3]) {
-    float fc, dfc;
-    cosine_cutoff(d, cutoff, fc, dfc);
+    const float fc = cut.x, dfc = cut.y;
     float3 f = filter_at(ws, wr, wv, bias, phi);
     // Pair a → b: a receives.
     float g_r = a.gm[0] * u[0] + a.gm[1] * u[1] + a.gm[2] * u[2];
@@ -198,6 +198,7 @@ struct ChunkGeometry {
     int j[NF];
     int slot[NF];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
     float4 r[NF];       // r (Å) and d
+    float2 cut[NF];     // cosine cutoff and its derivative at d
     float phi[NF][NK];  // radial basis φ_k(d), computed once per pair for all channels
     int warp_count[NF / 32];
 };
@@ -233,6 +234,9 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, c
         g.j[k] = j;
         g.slot[k] = t;
         g.r[k] = make_float4(r.x, r.y, r.z, d);
+        float fc, dfc;
+        cosine_cutoff(d, filter.cutoff, fc, dfc);
+        g.cut[k] = make_float2(fc, dfc);
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
             float u = d - filter.offsets[m];
@@ -265,8 +269,7 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
 #pragma unroll 4
         for (int q = ps; q < n; q += PAIR_SPLIT) {
             float4 r = g.r[q];
-            float fc, dfc;
-            cosine_cutoff(r.w, filter.cutoff, fc, dfc);
+            const float fc = g.cut[q].x;
             float3 f = filter_at(w.ws, w.wr, w.wv, bias, g.phi[q]);
             const float* xj = x + (size_t)g.j[q] * 3 * NF;
             const float* mj = mu_in + (size_t)g.j[q] * 3 * NF;
@@ -558,7 +561,7 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
                 other.mu[k] = mu_in[b * 3 * NF + k * NF + c];
                 other.x[k] = x[b * 3 * NF + k * NF + c];
             }
-            float4 v = pair_backward(rv.w, u, g.phi[q], filter.coeffs, filter.offsets, filter.cutoff, w.ws, w.wr, w.wv,
+            float4 v = pair_backward(rv.w, u, g.phi[q], filter.coeffs, filter.offsets, g.cut[q], w.ws, w.wr, w.wv,
                                      bias, self, other, gx, gmu);
             for (int offset = 16; offset > 0; offset >>= 1) {
                 v.x += __shfl_down_sync(0xffffffffu, v.x, offset);

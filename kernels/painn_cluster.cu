@@ -60,6 +60,7 @@ struct ClusterShared {
     int planned_phases;
 #endif
     float4 pr[NMAX][NMAX];          // pair (i, slot): r (Å) and d
+    float2 pcut[NMAX][NMAX];        // its cosine cutoff and the cutoff's derivative
     float4 pg[NMAX][NMAX];          // this block's (∂E/∂d, ∂E/∂r̂) per pair, its channels, all layers
     float pphi[NMAX][NMAX][NK];     // radial basis per pair
     int pj[NMAX][NMAX], prev[NMAX][NMAX], pcount[NMAX];
@@ -321,6 +322,9 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             float d = sqrtf(d2);
             S.pj[i][s] = lane;
             S.pr[i][s] = make_float4(r.x, r.y, r.z, d);
+            float fc, dfc;
+            cosine_cutoff(d, cutoff, fc, dfc);
+            S.pcut[i][s] = make_float2(fc, dfc);
             for (int k = 0; k < NK; ++k) {
                 float u = d - S.rbf_offset[k];
                 S.pphi[i][s][k] = __expf(S.rbf_coeff[k] * u * u);
@@ -448,8 +452,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
                 float4 r = S.pr[ia][s];
                 int j = S.pj[ia][s];
-                float fc, dfc;
-                cosine_cutoff(r.w, cutoff, fc, dfc);
+                const float fc = S.pcut[ia][s].x;
                 float3 f = filter_at(ws, wr, wv, bias, S.pphi[ia][s]);
                 add_message(f, fc, r, C.x[j][0][jc], C.x[j][1][jc], C.x[j][2][jc], S.mu[j * 3][c], S.mu[j * 3 + 1][c],
                             S.mu[j * 3 + 2][c], dq, dm);
@@ -601,7 +604,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 float4 rv = S.pr[ia][s];
                 float inv_d = 1.0f / rv.w;
                 float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
-                S.pstage[ia][s][jc] = pair_backward(rv.w, u, S.pphi[ia][s], S.rbf_coeff, S.rbf_offset, cutoff, ws, wr,
+                S.pstage[ia][s][jc] = pair_backward(rv.w, u, S.pphi[ia][s], S.rbf_coeff, S.rbf_offset, S.pcut[ia][s], ws, wr,
                                                     wv, bias, self, state(S.pj[ia][s]), gx, gmu);
             }
         }
