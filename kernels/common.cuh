@@ -58,11 +58,9 @@ __device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, c
 #define CLUSTER 1
 #endif
 
-#if CLUSTER > 1
-// Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
-#define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
-#define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
-
+#if __CUDA_ARCH__ >= 900
+// Thread-block cluster primitives (Hopper): the dense kernels' clusters (CLUSTER > 1) and the
+// one-cluster kernel (painn_cluster.cu).
 __device__ __forceinline__ u32 cluster_rank() {
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
@@ -75,12 +73,29 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// The 32-bit shared-memory address of `local`, and the address of the same place in block `rank`
+// of the cluster (distributed shared memory).
+__device__ __forceinline__ u32 shared_address(const void* local) {
+    u32 address;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
+    return address;
+}
+
+__device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+    return remote;
+}
+#endif
+
+#if CLUSTER > 1
+// Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
+#define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
+#define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
+
 // Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s.
 __device__ __forceinline__ void store_in_block(float* local, u32 rank, float value) {
-    u32 address, remote;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(rank));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote_address(local, rank)), "f"(value) : "memory");
 }
 #else
 #define DENSE_KERNEL extern "C" __global__ void

@@ -90,32 +90,6 @@ extern "C" __global__ void painn_cluster_shared_bytes(int* out) { *out = (int)si
 
 namespace cl {
 
-__device__ __forceinline__ u32 rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-// Barrier over the cluster; orders every block's shared-memory writes (remote ones included)
-// before the reads that follow.
-__device__ __forceinline__ void sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-
-__device__ __forceinline__ u32 shared_address(const void* local) {
-    u32 address;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(address) : "l"(local));
-    return address;
-}
-
-__device__ __forceinline__ u32 remote_address(const void* local, u32 r) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(r));
-    return remote;
-}
-
-
 // Phases are chained by transaction barriers (mbarrier with a byte count) instead of cluster
 // barriers: each block's barrier of phase p expects the bytes that all blocks send it in phase p,
 // and completes when the last of them lands. No release fence drains the sender's stores and no
@@ -203,7 +177,7 @@ struct Matvec {
         ks = (t / BC) % KS;
         b = t / (BC * KS);
         active = b < MB;
-        col = b * B + (int)rank() * BC + j;
+        col = b * B + (int)cluster_rank() * BC + j;
 #pragma unroll
         for (int u = 0; u < W; ++u) {
             int i = ks * W + u;
@@ -280,7 +254,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) at the start of each phase.
     int mark = 0;
     auto stamp = [&]() {
-        if (trace != nullptr && threadIdx.x == 0 && cl::rank() == 0) {
+        if (trace != nullptr && threadIdx.x == 0 && cluster_rank() == 0) {
             unsigned long long now;
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
             trace[mark] = now;
@@ -289,7 +263,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     };
     stamp();
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int c0 = (int)cl::rank() * CB;
+    const int c0 = (int)cluster_rank() * CB;
     const float cutoff = filter.cutoff, cutoff2 = cutoff * cutoff;
 
     // Radial basis and the owned channels' filter rows of every layer, once.
@@ -394,7 +368,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     }
     // Every block has started and initialized its shared memory and its barriers before anyone
     // writes into it.
-    cl::sync();
+    cluster_sync();
     stamp();
     int phase = 0;
     // Sends `v` to every block as part of the current phase.
@@ -523,7 +497,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     cl::Matvec<NF, 1, NH, HB> w_r1(ro.w1t);
     next_phase();
     w_r1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
-        int h = (int)cl::rank() * HB + j;
+        int h = (int)cluster_rank() * HB + j;
         float z = v + ro.b1[h];
         S.ep[a][j] = ro.w2[h] * silu(z);
         put(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
@@ -648,14 +622,14 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
 #ifdef KERNEL_CHECKS
     if (phase != S.planned_phases) __trap();  // the plan above and the phases run must agree
 #endif
-    cl::sync();  // every block's pair gradients and energy contributions complete
+    cluster_sync();  // every block's pair gradients and energy contributions complete
     stamp();
 
     // Forces: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], pair gradients summed over the
     // blocks in rank order. Block `rank` takes atoms a ≡ rank (mod SCL), a warp per atom, a lane
     // per pair.
     for (int i = warp; i < NMAX; i += STHREADS / 32) {
-        if (i % SCL != (int)cl::rank() || i >= n) continue;  // whole warps
+        if (i % SCL != (int)cluster_rank() || i >= n) continue;  // whole warps
         float3 f = make_float3(0.f, 0.f, 0.f);
         if (lane < S.pcount[i]) {
             float4 g = make_float4(0.f, 0.f, 0.f, 0.f), h = g;
@@ -679,13 +653,13 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         }
     }
     // Energies: readout contributions of every block, in rank order.
-    if (cl::rank() == 0 && t < n) {
+    if (cluster_rank() == 0 && t < n) {
         float sum = 0.f;
         for (u32 r = 0; r < SCL; ++r)
             for (int j = 0; j < HB; ++j) sum += cl::load_remote(&S.ep[t][j], r);
         atom_energy[t] = ro.scale * (sum + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[t]];
     }
-    cl::sync();  // no block leaves while others may still read its shared memory
+    cluster_sync();  // no block leaves while others may still read its shared memory
     stamp();
 }
 

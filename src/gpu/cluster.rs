@@ -1,6 +1,6 @@
 //! The one-launch force evaluation for small open molecules (`kernels/painn_cluster.cu`): the
-//! whole PaiNN forward and backward pass in one thread-block cluster, phases separated by cluster
-//! barriers instead of kernel boundaries, activations in shared memory. Same weights as the
+//! whole PaiNN forward and backward pass in one thread-block cluster, phases chained by
+//! transaction barriers instead of kernel boundaries, activations in shared memory. Same weights as the
 //! multi-kernel path ([`DeviceModel`]); pairs come from the positions (all pairs, no images), so it needs no
 //! neighbor list. Used where it applies (Hopper or newer, open boundaries, at most
 //! [`MAX_ATOMS`] atoms); everything else runs the multi-kernel path.
