@@ -97,27 +97,30 @@ struct ChannelState {
     float gq, gm[3], mu[3], x[3];
 };
 
+// ∂φ_k/∂d of the Gaussian radial basis φ_k = exp(coeff_k (d − offset_k)²).
+__device__ __forceinline__ float rbf_derivative(float d, float phi, float coeff, float offset) {
+    return 2.0f * coeff * (d - offset) * phi;
+}
+
 // Backward of the two pairs between atoms a and b (same distance, so one filter serves), channel
 // c. Returns the term of pair a → b (a receives) in (∂E/∂d, ∂E/∂r̂); adds those of pair b → a (a
-// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi the pair's radial basis; cut its
-// cosine cutoff and the cutoff's derivative (computed once per pair, not per channel).
-__device__ __forceinline__ float4 pair_backward(float d, const float u[3], const float* phi, const float* coeffs,
-                                                const float* offsets, float2 cut, const float* ws, const float* wr,
-                                                const float* wv, float3 bias, const ChannelState& a,
-                                                const ChannelState& b, float gx[3], float gmu[3]) {
+// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi and dphi the pair's radial basis
+// and its derivative in d; cut its cosine cutoff and the cutoff's derivative (all computed once
+// per pair, not per channel).
+__device__ __forceinline__ float4 pair_backward(const float u[3], const float* phi, const float* dphi, float2 cut,
+                                                const float* ws, const float* wr, const float* wv, float3 bias,
+                                                const ChannelState& a, const ChannelState& b, float gx[3],
+                                                float gmu[3]) {
     const float fc = cut.x, dfc = cut.y;
     float3 f = filter_at(ws, wr, wv, bias, phi);
+    // ∂(filter − bias)/∂d, per filter part.
+    float3 df = filter_at(ws, wr, wv, make_float3(0.f, 0.f, 0.f), dphi);
     // Pair a → b: a receives.
     float g_r = a.gm[0] * u[0] + a.gm[1] * u[1] + a.gm[2] * u[2];
     float g_v = a.gm[0] * b.mu[0] + a.gm[1] * b.mu[1] + a.gm[2] * b.mu[2];
     float gw_s = a.gq * b.x[0], gw_r = g_r * b.x[1], gw_v = g_v * b.x[2];  // ∂E/∂w (cutoff included)
     float radial = f.y * fc * b.x[1];
-    float g_phi_dot = 0.f;
-#pragma unroll
-    for (int k = 0; k < NK; ++k) {
-        float dphi = 2.0f * coeffs[k] * (d - offsets[k]) * phi[k];
-        g_phi_dot += (gw_s * ws[k] + gw_r * wr[k] + gw_v * wv[k]) * dphi;
-    }
+    float g_phi_dot = gw_s * df.x + gw_r * df.y + gw_v * df.z;
     // Pair b → a: a sends; its unit vector is −u.
     float h_r = -(b.gm[0] * u[0] + b.gm[1] * u[1] + b.gm[2] * u[2]);
     float h_v = b.gm[0] * a.mu[0] + b.gm[1] * a.mu[1] + b.gm[2] * a.mu[2];
@@ -191,40 +194,57 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
     context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0, x0, a0, n_atoms);
 }
 
-// Geometry of up to NF candidates of a row, computed by the block at once (one round of global-load
-// latency per chunk instead of one per pair) and compacted to the pairs within the cutoff, so that
-// the pair loops that follow have no branches and can keep several pairs' loads in flight.
+// Geometry of up to CHUNK candidates of a row, computed by the block at once (one round of
+// global-load latency per chunk instead of one per pair) and compacted to the pairs within the
+// cutoff, so that the pair loops that follow have no branches and can keep several pairs' loads in
+// flight. Everything here depends on the pair alone and is shared by all channels; WITH_DPHI adds
+// the radial basis' derivative for the backward pass (per channel it cost two global loads and
+// four operations per radial function and pair: docs/perf-notes.md, v17).
+template <int CHUNK, bool WITH_DPHI>
 struct ChunkGeometry {
-    int j[NF];
-    int slot[NF];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
-    float4 r[NF];       // r (Å) and d
-    float2 cut[NF];     // cosine cutoff and its derivative at d
-    float phi[NF][NK];  // radial basis φ_k(d), computed once per pair for all channels
-    int warp_count[NF / 32];
+    static_assert(CHUNK % 32 == 0 && CHUNK <= NF, "a chunk is whole warps of the block's first NF threads");
+    int j[CHUNK];
+    int slot[CHUNK];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
+    float4 r[CHUNK];       // r (Å) and d
+    float2 cut[CHUNK];     // cosine cutoff and its derivative at d
+    float phi[CHUNK][NK];  // radial basis φ_k(d), computed once per pair for all channels
+    float dphi[WITH_DPHI ? CHUNK : 1][NK];  // ∂φ_k/∂d (Å⁻¹)
+    int warp_count[CHUNK / 32];
 };
 
-// Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + NF) of row `i` (row
-// end `end`), in row order; returns how many. The block's first NF threads do it (blockDim.x is a
-// multiple of NF); every thread must call it. Ends with a barrier.
-__device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, const Cell& cell, const Neighbors& nb,
-                                          const Filter& filter, int i, int chunk, int end, float cutoff2) {
+// Candidates per chunk in message_backward: NF, halved while φ and ∂φ/∂d would take more than
+// 32 KB of static shared memory (large radial bases; the kernel's limit is 48 KB).
+__host__ __device__ constexpr int backward_chunk() {
+    int chunk = NF;
+    while (chunk % 64 == 0 && 2 * chunk * NK * (int)sizeof(float) > 32768) chunk /= 2;
+    return chunk;
+}
+#define BACKWARD_CHUNK backward_chunk()
+
+// Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + CHUNK) of row `i`
+// (row end `end`), in row order; returns how many. The block's first CHUNK threads do it (blockDim.x
+// is a multiple of NF); every thread must call it. Ends with a barrier.
+template <int CHUNK, bool WITH_DPHI>
+__device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, const double* pos, const Cell& cell,
+                                          const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
+                                          float cutoff2) {
     int t = threadIdx.x, p = chunk + t, lane = t & 31, warp = t >> 5;
     bool inside = false;
     int j = 0;
     float3 r = make_float3(0.f, 0.f, 0.f);
     float d2 = 0.f;
-    if (t < NF && p < end) {
+    if (t < CHUNK && p < end) {
         j = nb.j[p];
         r = pair_vector(pos, i, j, cell, nb.image[p]);
         d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         inside = d2 < cutoff2;
     }
     u32 ballot = __ballot_sync(0xffffffffu, inside);
-    if (lane == 0 && t < NF) g.warp_count[warp] = __popc(ballot);
+    if (lane == 0 && t < CHUNK) g.warp_count[warp] = __popc(ballot);
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
-    for (int w = 0; w < NF / 32; ++w) {
+    for (int w = 0; w < CHUNK / 32; ++w) {
         offset += w < warp ? g.warp_count[w] : 0;
         total += g.warp_count[w];
     }
@@ -240,7 +260,9 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry& g, const double* pos, c
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
             float u = d - filter.offsets[m];
-            g.phi[k][m] = __expf(filter.coeffs[m] * u * u);
+            float phi = __expf(filter.coeffs[m] * u * u);
+            g.phi[k][m] = phi;
+            if (WITH_DPHI) g.dphi[WITH_DPHI ? k : 0][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
         }
     }
     __syncthreads();
@@ -255,7 +277,7 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
                     const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
                     float* __restrict__ mu_out) {
-    __shared__ ChunkGeometry g;
+    __shared__ ChunkGeometry<NF, false> g;
     __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][NF];
     const int i = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF;
     ChannelFilter w;
@@ -525,11 +547,11 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
                      const float* __restrict__ x, const float* __restrict__ grad_q,
                      const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
                      float4* __restrict__ pair_grad) {
-    __shared__ ChunkGeometry g;
+    __shared__ ChunkGeometry<BACKWARD_CHUNK, true> g;
     // Never live at the same time (the split partials come after the last chunk's barrier): static
     // shared memory stays under 48 KB up to NK = 64 at PAIR_SPLIT = 4.
     __shared__ union {
-        float4 warp_part[NF][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
+        float4 warp_part[BACKWARD_CHUNK][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
         float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][NF];
     } sh;
     const int a = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF, warp = c >> 5, lane = c & 31;
@@ -546,10 +568,10 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     const float3 bias = make_float3(w.bs, w.br, w.bv);
     float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
     int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int chunk = begin; chunk < end; chunk += NF) {
+    for (int chunk = begin; chunk < end; chunk += BACKWARD_CHUNK) {
         int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
-#pragma unroll 2
-        for (int q = ps; q < n; q += PAIR_SPLIT) {
+        // Pair q of the chunk; returns its (∂E/∂d, ∂E/∂r̂) term of this thread's channel.
+        auto pair = [&](int q) {
             float4 rv = g.r[q];
             float inv_d = 1.0f / rv.w;
             float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
@@ -561,15 +583,16 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
                 other.mu[k] = mu_in[b * 3 * NF + k * NF + c];
                 other.x[k] = x[b * 3 * NF + k * NF + c];
             }
-            float4 v = pair_backward(rv.w, u, g.phi[q], filter.coeffs, filter.offsets, g.cut[q], w.ws, w.wr, w.wv,
-                                     bias, self, other, gx, gmu);
-            for (int offset = 16; offset > 0; offset >>= 1) {
-                v.x += __shfl_down_sync(0xffffffffu, v.x, offset);
-                v.y += __shfl_down_sync(0xffffffffu, v.y, offset);
-                v.z += __shfl_down_sync(0xffffffffu, v.z, offset);
-                v.w += __shfl_down_sync(0xffffffffu, v.w, offset);
-            }
-            if (lane == 0) sh.warp_part[q][warp] = v;
+            return pair_backward(u, g.phi[q], g.dphi[q], g.cut[q], w.ws, w.wr, w.wv, bias, self, other, gx, gmu);
+        };
+        // Two pairs at a time, so that their warp sums share one transposed reduction.
+        for (int q = ps; q < n; q += 2 * PAIR_SPLIT) {
+            const int q2 = q + PAIR_SPLIT;  // uniform over the warp, like q
+            float4 v = pair(q), v2 = q2 < n ? pair(q2) : make_float4(0.f, 0.f, 0.f, 0.f);
+            float sum = warp_sum_two_float4(v, v2, lane);
+            const int which = lane >> 4, component = (lane >> 2) & 3;
+            if ((lane & 3) == 0 && (which == 0 || q2 < n))
+                reinterpret_cast<float*>(&sh.warp_part[which ? q2 : q][warp])[component] = sum;
         }
         __syncthreads();
         // One thread per pair of the chunk sums its warps' partials in a fixed order (the pair's

@@ -578,8 +578,12 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 float4 rv = S.pr[ia][s];
                 float inv_d = 1.0f / rv.w;
                 float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
-                S.pstage[ia][s][jc] = pair_backward(rv.w, u, S.pphi[ia][s], S.rbf_coeff, S.rbf_offset, S.pcut[ia][s], ws, wr,
-                                                    wv, bias, self, state(S.pj[ia][s]), gx, gmu);
+                const float* phi = S.pphi[ia][s];
+                float dphi[NK];
+#pragma unroll
+                for (int k = 0; k < NK; ++k) dphi[k] = rbf_derivative(rv.w, phi[k], S.rbf_coeff[k], S.rbf_offset[k]);
+                S.pstage[ia][s][jc] = pair_backward(u, phi, dphi, S.pcut[ia][s], ws, wr, wv, bias, self,
+                                                    state(S.pj[ia][s]), gx, gmu);
             }
         }
 #pragma unroll
