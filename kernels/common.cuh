@@ -102,39 +102,72 @@ __device__ __forceinline__ void store_in_block(float* local, u32 rank, float val
 #define DENSE_TILE_INDEX (blockIdx.x)
 #endif
 
-// For each of the block's TILE atoms a: out[a·ld_out + o] = Σ_i m[i·cols + o] · x[a·ld_x + i], o < cols,
-// with m row-major [rows, cols] in global memory and x in shared memory. Forward layers pass Wᵀ
-// ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for the
-// TILE atoms. Results land in shared `out` (of every block of the cluster). `scratch` holds
-// SPLIT·TILE·NF floats. Every thread of the block must call it; it ends with a barrier.
+// Accumulators per thread in block_matvec: (row of x, column pass) pairs computed in one round of
+// weight loads. The scratch array of a kernel that calls block_matvec holds MATVEC_SCRATCH floats.
+#define MATVEC_ACC (SPLIT * TILE <= 8 ? 6 : TILE)
+#define MATVEC_SCRATCH (SPLIT * MATVEC_ACC * NF)
+
+// For each row a < ROWS of x: out[a·ld_out + o] = Σ_i m[i·OUT + o] · x[a·ld_x + i], o < OUT, with
+// m row-major [IN, OUT] in global memory and x in shared memory (ROWS is TILE atoms, or 3·TILE
+// atom-Cartesian rows where one matrix acts on each Cartesian component). Forward layers pass Wᵀ
+// ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for all
+// ROWS rows. Results land in shared `out` (of every block of the cluster). `scratch` holds
+// MATVEC_SCRATCH floats. Every thread of the block must call it; it ends with a barrier.
 #if CLUSTER == 1
-__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, int ld_x,
-                                             float* out, int ld_out, float* scratch) {
-    int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    int chunk = (rows + SPLIT - 1) / SPLIT;
-    int begin = s * chunk, end = min(rows, begin + chunk);
-    for (int base = 0; base < cols; base += NF) {
-        int o = base + c;
-        float acc[TILE];
+// Thread (c, s) owns output columns c, c + NF, ... and the s-th of SPLIT slices of the dot
+// products. The column passes of a round are loaded together: the kernels that call this are
+// bound by rounds of dependent L2 loads below ~1,000 atoms, not by bandwidth (perf-notes, v18).
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
+                                             int ld_out, float* scratch) {
+    static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
+    constexpr int PASSES = (OUT + NF - 1) / NF;
+    constexpr int GROUP = MATVEC_ACC / ROWS < PASSES ? MATVEC_ACC / ROWS : PASSES;  // passes per round
+    constexpr int CHUNK = (IN + SPLIT - 1) / SPLIT;
+    const int c = threadIdx.x % NF, s = threadIdx.x / NF;
+    const int begin = s * CHUNK, end = min(IN, begin + CHUNK);
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
-        if (o < cols) {
-#pragma unroll 16
-            for (int i = begin; i < end; ++i) {
-                float w = m[i * cols + o];
+    for (int base = 0; base < PASSES; base += GROUP) {
+        const int passes = PASSES - base < GROUP ? PASSES - base : GROUP;  // compile-time once unrolled
+        float acc[GROUP][ROWS];
+        int column[GROUP];
 #pragma unroll
-                for (int a = 0; a < TILE; ++a) acc[a] += w * x[a * ld_x + i];
+        for (int p = 0; p < GROUP; ++p) {
+            // Columns past OUT (OUT not a multiple of NF) load a valid weight and are not stored.
+            column[p] = min((base + p) * NF + c, OUT - 1);
+#pragma unroll
+            for (int a = 0; a < ROWS; ++a) acc[p][a] = 0.f;
+        }
+        constexpr int UNROLL = 16;  // 16 · GROUP loads in flight per thread
+#pragma unroll UNROLL
+        for (int i = begin; i < end; ++i) {
+#pragma unroll
+            for (int p = 0; p < GROUP; ++p) {
+                if (p >= passes) break;
+                float w = m[i * OUT + column[p]];
+#pragma unroll
+                for (int a = 0; a < ROWS; ++a) acc[p][a] += w * x[a * ld_x + i];
             }
         }
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) scratch[(s * TILE + a) * NF + c] = acc[a];
-        __syncthreads();
-        if (s == 0 && o < cols) {
+        for (int p = 0; p < GROUP; ++p) {
+            if (p >= passes) break;
 #pragma unroll
-            for (int a = 0; a < TILE; ++a) {
+            for (int a = 0; a < ROWS; ++a) scratch[((s * GROUP + p) * ROWS + a) * NF + c] = acc[p][a];
+        }
+        __syncthreads();
+        // The passes × ROWS outputs of each column are summed over the SPLIT slices in a fixed
+        // order, spread over the splits.
+#pragma unroll
+        for (int p = 0; p < GROUP; ++p) {
+            if (p >= passes) break;
+            const int o = (base + p) * NF + c;
+#pragma unroll
+            for (int a = 0; a < ROWS; ++a) {
+                if ((p * ROWS + a) % SPLIT != s || o >= OUT) continue;
                 float total = 0.f;
 #pragma unroll
-                for (int k = 0; k < SPLIT; ++k) total += scratch[(k * TILE + a) * NF + c];
+                for (int k = 0; k < SPLIT; ++k) total += scratch[((k * GROUP + p) * ROWS + a) * NF + c];
                 out[a * ld_out + o] = total;
             }
         }
@@ -145,8 +178,11 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
 // Cluster version: block `rank` owns outputs [rank·cols/CLUSTER, (rank + 1)·cols/CLUSTER), 32 at a
 // time (a warp reads 128 contiguous bytes of a row), each dot product split over the block's warps
 // (short, independent load chains), partial sums reduced in a fixed order.
-__device__ __forceinline__ void block_matvec(const float* __restrict__ m, int rows, int cols, const float* x, int ld_x,
-                                             float* out, int ld_out, float* scratch) {
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
+                                             int ld_out, float* scratch) {
+    static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
+    const int rows = IN, cols = OUT;
     const int warps = SPLIT * NF / 32;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int per = cols / CLUSTER, first = cluster_rank() * per;
@@ -158,23 +194,23 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, int ro
     for (int base = first; base < first + per; base += 32) {
         int o = base + lane;
         bool mine = o < first + per;
-        float acc[TILE];
+        float acc[ROWS];
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) acc[a] = 0.f;
+        for (int a = 0; a < ROWS; ++a) acc[a] = 0.f;
         if (mine) {
 #pragma unroll 16
             for (int i = begin; i < end; ++i) {
                 float w = m[i * cols + o];
 #pragma unroll
-                for (int a = 0; a < TILE; ++a) acc[a] += w * x[a * ld_x + i];
+                for (int a = 0; a < ROWS; ++a) acc[a] += w * x[a * ld_x + i];
             }
         }
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) scratch[(warp * TILE + a) * 32 + lane] = acc[a];
+        for (int a = 0; a < ROWS; ++a) scratch[(warp * ROWS + a) * 32 + lane] = acc[a];
         __syncthreads();
-        for (int a = warp; a < TILE; a += warps) {
+        for (int a = warp; a < ROWS; a += warps) {
             float total = 0.f;
-            for (int k = 0; k < warps; ++k) total += scratch[(k * TILE + a) * 32 + lane];
+            for (int k = 0; k < warps; ++k) total += scratch[(k * ROWS + a) * 32 + lane];
             if (mine) {
 #pragma unroll
                 for (u32 r = 0; r < CLUSTER; ++r) store_in_block(&out[a * ld_out + o], r, total);

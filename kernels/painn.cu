@@ -156,7 +156,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
                             const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out, int a0,
                             int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec(w1t, NF, NF, q_sh, ld_q, hidden, NF, scratch);
+    block_matvec<TILE, NF, NF>(w1t, q_sh, ld_q, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -166,7 +166,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
         }
     }
     __syncthreads();
-    block_matvec(w2t, NF, 3 * NF, hidden, NF, x_sh, 3 * NF, scratch);
+    block_matvec<TILE, NF, 3 * NF>(w2t, hidden, NF, x_sh, 3 * NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -180,7 +180,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 // Embedding and the first interaction's context: depend on the elements only, run once.
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
-    __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[SPLIT * TILE * NF];
+    __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[MATVEC_SCRATCH];
     int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
 #pragma unroll
@@ -354,7 +354,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
-        out3[TILE * 3 * NF], scratch[SPLIT * TILE * NF], red[64];
+        out3[TILE * 3 * NF], scratch[MATVEC_SCRATCH], red[64];
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
@@ -368,7 +368,14 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     }
     __syncthreads();
 #pragma unroll
-    for (int k = 0; k < 3; ++k) block_matvec(m.mix_t, NF, 2 * NF, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
+    // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
+    if constexpr (3 * TILE <= MATVEC_ACC) {
+        block_matvec<3 * TILE, NF, 2 * NF>(m.mix_t, mu_sh, NF, vu, 2 * NF, scratch);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 3; ++k)
+            block_matvec<TILE, NF, 2 * NF>(m.mix_t, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
+    }
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -386,7 +393,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec(m.a1t, 2 * NF, NF, ctx, 2 * NF, hidden, NF, scratch);
+    block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -396,7 +403,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec(m.a2t, NF, 3 * NF, hidden, NF, out3, 3 * NF, scratch);
+    block_matvec<TILE, NF, 3 * NF>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -423,7 +430,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         return;
     }
     // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
-    block_matvec(ro.w1t, NF, NH, ctx, 2 * NF, hidden, NF, scratch);
+    block_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
     float contribution[4] = {0.f, 0.f, 0.f, 0.f};
     if (s == 0 && c < NH) {
 #pragma unroll
@@ -439,7 +446,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         for (int a = 0; a < TILE && a0 + a < n_atoms; ++a)
             atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a0 + a]];
     }
-    block_matvec(ro.w1, NH, NF, out3, 3 * NF, hidden, NF, scratch);
+    block_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -468,8 +475,10 @@ struct MixingBackWeights {
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
                                            int n_atoms) {
-    __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF], out[TILE * NF],
-        scratch[SPLIT * TILE * NF];
+    // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
+    constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
+    __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
+        out[(MIX_ROWS ? 3 : 1) * TILE * NF], scratch[MATVEC_SCRATCH];
     int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     float gq[TILE], gm[TILE][3], V[TILE][3];
 #pragma unroll
@@ -507,14 +516,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
         }
     }
     __syncthreads();
-    block_matvec(m.a2, 3 * NF, NF, ga, 3 * NF, gz, NF, scratch);
+    block_matvec<TILE, 3 * NF, NF>(m.a2, ga, 3 * NF, gz, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
             gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(cache.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
     }
     __syncthreads();
-    block_matvec(m.a1, NF, 2 * NF, gz, NF, gctx, 2 * NF, scratch);
+    block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -527,13 +536,25 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
         }
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        block_matvec(m.mix, 2 * NF, NF, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+    // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
+    if constexpr (MIX_ROWS) {
+        block_matvec<3 * TILE, 2 * NF, NF>(m.mix, gvu, 2 * NF, out, NF, scratch);
         if (s == 0) {
 #pragma unroll
             for (int a = 0; a < TILE; ++a)
-                if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[a * NF + c];
+                if (a0 + a < n_atoms)
+                    for (int k = 0; k < 3; ++k)
+                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[(3 * a + k) * NF + c];
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            if (s == 0) {
+#pragma unroll
+                for (int a = 0; a < TILE; ++a)
+                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[a * NF + c];
+            }
         }
     }
 }
@@ -636,21 +657,21 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
 // blockDim = SPLIT·NF, TILE atoms per block.
 DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
                                             const float* grad_q, float* grad_q_in, int n_atoms) {
-    __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[SPLIT * TILE * NF];
+    __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[MATVEC_SCRATCH];
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         gx[k] = a0 + a < n_atoms ? grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
     }
     __syncthreads();
-    block_matvec(w2, 3 * NF, NF, gx, 3 * NF, gz, NF, scratch);
+    block_matvec<TILE, 3 * NF, NF>(w2, gx, 3 * NF, gz, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
             gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[(size_t)(a0 + a) * NF + c]) : 0.f;
     }
     __syncthreads();
-    block_matvec(w1, NF, NF, gz, NF, out, NF, scratch);
+    block_matvec<TILE, NF, NF>(w1, gz, NF, out, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)

@@ -20,7 +20,8 @@ fn every_kernel_compiles_with_nvrtc() {
     }
     // The student at its small- and large-system launch shapes (one with the self-checks), the
     // largest radial basis the GPU path accepts at the largest pair split (the message kernels'
-    // static shared memory must stay under 48 KB), and a narrow model with odd tiles.
+    // static shared memory must stay under 48 KB), the widest dense-layer split with the largest
+    // tile, and a narrow model with odd tiles.
     let student = KernelSizes {
         features: 128,
         rbf: 20,
@@ -47,6 +48,14 @@ fn every_kernel_compiles_with_nvrtc() {
             ..student
         },
         KernelSizes { rbf: 64, ..student },
+        // The most dense-layer shared memory: 1,024-thread blocks of 4 atoms.
+        KernelSizes {
+            split: 8,
+            tile: 4,
+            cluster: 1,
+            pair_split: 1,
+            ..student
+        },
         KernelSizes {
             features: 32,
             rbf: 8,
