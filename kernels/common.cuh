@@ -126,7 +126,10 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     constexpr int CHUNK = (IN + SPLIT - 1) / SPLIT;
     const int c = threadIdx.x % NF, s = threadIdx.x / NF;
     const int begin = s * CHUNK, end = min(IN, begin + CHUNK);
-#pragma unroll
+    // Rounds unrolled only when they hold several passes (one pass per round: the code of an
+    // unrolled 4-atom matvec costs more in instruction fetch than it saves).
+    constexpr int ROUNDS_UNROLLED = GROUP > 1 ? (PASSES + GROUP - 1) / GROUP : 1;
+#pragma unroll ROUNDS_UNROLLED
     for (int base = 0; base < PASSES; base += GROUP) {
         const int passes = PASSES - base < GROUP ? PASSES - base : GROUP;  // compile-time once unrolled
         float acc[GROUP][ROWS];
