@@ -55,10 +55,10 @@ pub struct KernelSizes {
 }
 
 impl KernelSizes {
-    /// Dense-layer shape for a system of `n_atoms`: one atom per block while there are too few
-    /// atoms to fill the GPU, four from 1,024 atoms on (weights read a quarter as often). Below
-    /// 64 atoms, clusters of 4 blocks share each atom's layers (where the GPU has clusters);
-    /// from about 100 atoms on there are enough blocks without them (docs/perf-notes.md).
+    /// Dense-layer shape for a system of `n_atoms`: below 64 atoms one atom per block, with
+    /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
+    /// atoms on two atoms per block without clusters, which fits both atoms' three Cartesian rows
+    /// of μ in one round of weight loads (docs/perf-notes.md, v18).
     /// The message kernels split each atom's pairs over 4 threads per channel below 128 atoms and
     /// over 2 below 512 (more warps to hide the pair loop's latency while there are few atoms).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER and MDRUN_PAIR_SPLIT override, for
@@ -66,7 +66,7 @@ impl KernelSizes {
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         let tile = env("MDRUN_DENSE_TILE")
-            .unwrap_or(if n_atoms >= 1024 { 4 } else { 1 })
+            .unwrap_or(if n_atoms >= 64 { 2 } else { 1 })
             .clamp(1, 4);
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
         let mut cluster = env("MDRUN_DENSE_CLUSTER")
