@@ -13,6 +13,14 @@
 #ifndef PAIR_SPLIT
 #define PAIR_SPLIT 1  // threads per channel sharing an atom's pair loop in the message kernels
 #endif
+#ifndef CHANNEL_SLICES
+#define CHANNEL_SLICES 1  // blocks per atom in the message kernels, each with NF / CHANNEL_SLICES channels
+#endif
+#define MSG_CHANNELS (NF / CHANNEL_SLICES)
+#define MSG_THREADS (PAIR_SPLIT * MSG_CHANNELS)
+#if MSG_CHANNELS % 32 != 0
+#error "a message block's channels must be whole warps"
+#endif
 #ifndef NH
 #error "NH (readout hidden width) must be defined"
 #endif
@@ -202,7 +210,7 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
 // four operations per radial function and pair: docs/perf-notes.md, v17).
 template <int CHUNK, bool WITH_DPHI>
 struct ChunkGeometry {
-    static_assert(CHUNK % 32 == 0 && CHUNK <= NF, "a chunk is whole warps of the block's first NF threads");
+    static_assert(CHUNK % 32 == 0 && CHUNK <= MSG_THREADS, "a chunk is whole warps of the block's threads");
     int j[CHUNK];
     int slot[CHUNK];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
     float4 r[CHUNK];       // r (Å) and d
@@ -212,18 +220,21 @@ struct ChunkGeometry {
     int warp_count[CHUNK / 32];
 };
 
-// Candidates per chunk in message_backward: NF, halved while φ and ∂φ/∂d would take more than
-// 32 KB of static shared memory (large radial bases; the kernel's limit is 48 KB).
+// Candidates per chunk in the message kernels: one per thread, at most NF.
+#define FORWARD_CHUNK (MSG_THREADS < NF ? MSG_THREADS : NF)
+
+// In message_backward, halved while φ and ∂φ/∂d would take more than 32 KB of static shared
+// memory (large radial bases; the kernel's limit is 48 KB).
 __host__ __device__ constexpr int backward_chunk() {
-    int chunk = NF;
+    int chunk = FORWARD_CHUNK;
     while (chunk % 64 == 0 && 2 * chunk * NK * (int)sizeof(float) > 32768) chunk /= 2;
     return chunk;
 }
 #define BACKWARD_CHUNK backward_chunk()
 
 // Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + CHUNK) of row `i`
-// (row end `end`), in row order; returns how many. The block's first CHUNK threads do it (blockDim.x
-// is a multiple of NF); every thread must call it. Ends with a barrier.
+// (row end `end`), in row order; returns how many. The block's first CHUNK threads do it; every
+// thread must call it. Ends with a barrier.
 template <int CHUNK, bool WITH_DPHI>
 __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, const double* pos, const Cell& cell,
                                           const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
@@ -270,23 +281,25 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
-// atom i, fused; nothing per pair is written to memory. blockDim = PAIR_SPLIT·NF: thread (ps, c)
-// takes channel c of the pairs q ≡ ps (mod PAIR_SPLIT), and the PAIR_SPLIT partial sums are added
-// in a fixed order (more warps per atom hide the pair loop's latency while atoms are few).
-extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
+// atom i, fused; nothing per pair is written to memory. CHANNEL_SLICES blocks per atom, each with
+// MSG_CHANNELS of the channels and PAIR_SPLIT·MSG_CHANNELS threads: thread (ps, c) takes channel c
+// of the pairs q ≡ ps (mod PAIR_SPLIT), and the PAIR_SPLIT partial sums are added in a fixed order.
+// Both splits put more warps on an atom while atoms are few (the pair loop is latency-bound).
+extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
                     const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
                     float* __restrict__ mu_out) {
-    __shared__ ChunkGeometry<NF, false> g;
-    __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][NF];
-    const int i = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF;
+    __shared__ ChunkGeometry<FORWARD_CHUNK, false> g;
+    __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
+    const int i = blockIdx.x / CHANNEL_SLICES, local = threadIdx.x % MSG_CHANNELS, ps = threadIdx.x / MSG_CHANNELS;
+    const int c = (blockIdx.x % CHANNEL_SLICES) * MSG_CHANNELS + local;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
     float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
     const float3 bias = make_float3(w.bs, w.br, w.bv);
     int begin = i * nb.capacity, end = begin + nb.count[i];
-    for (int chunk = begin; chunk < end; chunk += NF) {
+    for (int chunk = begin; chunk < end; chunk += FORWARD_CHUNK) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
 #pragma unroll 4
         for (int q = ps; q < n; q += PAIR_SPLIT) {
@@ -301,14 +314,14 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     }
     if (PAIR_SPLIT > 1) {
         if (ps > 0) {
-            partial[ps - 1][0][c] = dq;
-            for (int k = 0; k < 3; ++k) partial[ps - 1][k + 1][c] = dm[k];
+            partial[ps - 1][0][local] = dq;
+            for (int k = 0; k < 3; ++k) partial[ps - 1][k + 1][local] = dm[k];
         }
         __syncthreads();
         if (ps > 0) return;
         for (int s = 0; s < PAIR_SPLIT - 1; ++s) {
-            dq += partial[s][0][c];
-            for (int k = 0; k < 3; ++k) dm[k] += partial[s][k + 1][c];
+            dq += partial[s][0][local];
+            for (int k = 0; k < 3; ++k) dm[k] += partial[s][k + 1][local];
         }
     }
     q_out[i * NF + c] = q_in[i * NF + c] + dq;
@@ -562,8 +575,9 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
 // Gradients through interaction t, gathered per atom a: for every neighbor b, the pair a→b
 // (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
 // b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
-// blockDim = PAIR_SPLIT·NF, split over the pairs as in message_forward.
-extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
+// Blocks, threads and splits as in message_forward. Each channel slice accumulates its own pair
+// gradients (pair_grad slice s at s · rows · capacity), summed in a fixed order by pair_forces.
+extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ mu_in,
                      const float* __restrict__ x, const float* __restrict__ grad_q,
                      const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
@@ -572,10 +586,13 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     // Never live at the same time (the split partials come after the last chunk's barrier): static
     // shared memory stays under 48 KB up to NK = 64 at PAIR_SPLIT = 4.
     __shared__ union {
-        float4 warp_part[BACKWARD_CHUNK][NF / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
-        float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][NF];
+        float4 warp_part[BACKWARD_CHUNK][MSG_CHANNELS / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
+        float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][MSG_CHANNELS];
     } sh;
-    const int a = blockIdx.x, c = threadIdx.x % NF, ps = threadIdx.x / NF, warp = c >> 5, lane = c & 31;
+    const int a = blockIdx.x / CHANNEL_SLICES, slice = blockIdx.x % CHANNEL_SLICES;
+    const int local = threadIdx.x % MSG_CHANNELS, ps = threadIdx.x / MSG_CHANNELS, warp = local >> 5, lane = local & 31;
+    const int c = slice * MSG_CHANNELS + local;
+    pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     ChannelFilter w;
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
@@ -618,16 +635,17 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
         __syncthreads();
         // One thread per pair of the chunk sums its warps' partials in a fixed order (the pair's
         // warps are those of split q mod PAIR_SPLIT; warp_part is indexed by the channel's warp).
-        if (ps == 0 && c < n) {
-            float4 total = sh.warp_part[c][0];
-            for (int k = 1; k < NF / 32; ++k) {
-                float4 part = sh.warp_part[c][k];
+        if (threadIdx.x < n) {
+            const int q = threadIdx.x;
+            float4 total = sh.warp_part[q][0];
+            for (int k = 1; k < MSG_CHANNELS / 32; ++k) {
+                float4 part = sh.warp_part[q][k];
                 total.x += part.x;
                 total.y += part.y;
                 total.z += part.z;
                 total.w += part.w;
             }
-            int p = chunk + g.slot[c];
+            int p = chunk + g.slot[q];
             float4 acc = pair_grad[p];
             pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
         }
@@ -636,15 +654,15 @@ extern "C" __global__ void __launch_bounds__(NF* PAIR_SPLIT)
     if (PAIR_SPLIT > 1) {
         if (ps > 0)
             for (int k = 0; k < 3; ++k) {
-                sh.partial[ps - 1][k][c] = gx[k];
-                sh.partial[ps - 1][k + 3][c] = gmu[k];
+                sh.partial[ps - 1][k][local] = gx[k];
+                sh.partial[ps - 1][k + 3][local] = gmu[k];
             }
         __syncthreads();
         if (ps > 0) return;
         for (int s = 0; s < PAIR_SPLIT - 1; ++s)
             for (int k = 0; k < 3; ++k) {
-                gx[k] += sh.partial[s][k][c];
-                gmu[k] += sh.partial[s][k + 3][c];
+                gx[k] += sh.partial[s][k][local];
+                gmu[k] += sh.partial[s][k + 3][local];
             }
     }
     for (int k = 0; k < 3; ++k) {
@@ -680,8 +698,9 @@ DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre
 }
 
 // Forces from the per-pair gradients: F_a = Σ_{p = a→b} [∂E/∂r(p) − ∂E/∂r(reverse p)], with
-// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d. One warp per atom, lanes over its pairs (one round of
-// load latency per 32 pairs instead of one per pair), summed in a fixed order.
+// ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d, each gradient the sum of the CHANNEL_SLICES slices in a
+// fixed order. One warp per atom, lanes over its pairs (one round of load latency per 32 pairs
+// instead of one per pair), summed in a fixed order.
 extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
                                        const float4* __restrict__ pair_grad, float* __restrict__ forces, int n_atoms) {
     int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
@@ -693,7 +712,16 @@ extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors n
         float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
         float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         if (d2 >= cutoff2) continue;
-        float3 f = pair_force(pair_grad[p], pair_grad[nb.reverse[p]], make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        const int reverse = nb.reverse[p];
+        float4 g = pair_grad[p], h = pair_grad[reverse];
+        const size_t slice = (size_t)n_atoms * nb.capacity;
+#pragma unroll
+        for (int s = 1; s < CHANNEL_SLICES; ++s) {
+            const float4 gs = pair_grad[s * slice + p], hs = pair_grad[s * slice + reverse];
+            g = make_float4(g.x + gs.x, g.y + gs.y, g.z + gs.z, g.w + gs.w);
+            h = make_float4(h.x + hs.x, h.y + hs.y, h.z + hs.z, h.w + hs.w);
+        }
+        float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
         fx += f.x;
         fy += f.y;
         fz += f.z;

@@ -12,45 +12,46 @@ use std::sync::Mutex;
 
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
-/// (tile, split, cluster, pair split) shapes: the defaults below 64 atoms, from 64 and from 512,
-/// odd tiles, clusters with more atoms per tile than warps per block, message kernels with 1, 2
-/// and 4 threads per channel, and both matvec paths for μ's Cartesian rows (one matvec over
-/// 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per row, tiles 3 and 4).
-const LAYOUTS: [(&str, &str, &str, &str); 9] = [
-    ("1", "4", "4", "4"),
-    ("2", "4", "1", "2"),
-    ("2", "4", "1", "1"),
-    ("1", "4", "1", "4"),
-    ("4", "4", "1", "1"),
-    ("3", "2", "1", "2"),
-    ("4", "4", "4", "1"),
-    ("2", "2", "2", "2"),
-    ("3", "2", "4", "1"),
+/// (tile, split, cluster, pair split, channel slices) shapes: the defaults below 64 atoms, from 64
+/// and from 512, odd tiles, clusters with more atoms per tile than warps per block, message
+/// kernels with 1, 2 and 4 threads per channel and 1, 2 and 4 blocks per atom, and both matvec
+/// paths for μ's Cartesian rows (one matvec over 3·tile rows where they fit in the accumulators,
+/// tiles 1 and 2; one per row, tiles 3 and 4).
+const LAYOUTS: [(&str, &str, &str, &str, &str); 10] = [
+    ("1", "4", "4", "4", "1"),
+    ("2", "4", "1", "2", "1"),
+    ("2", "4", "1", "1", "1"),
+    ("1", "4", "4", "2", "4"),
+    ("2", "4", "1", "2", "2"),
+    ("1", "4", "1", "4", "1"),
+    ("4", "4", "1", "1", "4"),
+    ("3", "2", "1", "2", "2"),
+    ("4", "4", "4", "1", "1"),
+    ("2", "2", "2", "2", "1"),
+];
+
+const VARIABLES: [&str; 5] = [
+    "MDRUN_DENSE_TILE",
+    "MDRUN_DENSE_SPLIT",
+    "MDRUN_DENSE_CLUSTER",
+    "MDRUN_PAIR_SPLIT",
+    "MDRUN_CHANNEL_SLICES",
 ];
 
 fn check_layouts(model: &PainnModel, system: &System, what: &str) {
     let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-    for (tile, split, cluster, pair_split) in LAYOUTS {
-        std::env::set_var("MDRUN_DENSE_TILE", tile);
-        std::env::set_var("MDRUN_DENSE_SPLIT", split);
-        std::env::set_var("MDRUN_DENSE_CLUSTER", cluster);
-        std::env::set_var("MDRUN_PAIR_SPLIT", pair_split);
+    for layout @ (tile, split, cluster, pair_split, slices) in LAYOUTS {
+        for (name, value) in VARIABLES.iter().zip([tile, split, cluster, pair_split, slices]) {
+            std::env::set_var(name, value);
+        }
         let (e, f) = compare_gpu_with_cpu(model, system);
         eprintln!(
-            "{what}: tile {tile}, split {split}, cluster {cluster}, pair split {pair_split}: \
+            "{what}: (tile, split, cluster, pair split, channel slices) {layout:?}: \
              energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
         );
-        assert!(
-            e <= 1e-5 && f <= 1e-4,
-            "{what} tile {tile} split {split} cluster {cluster} pair split {pair_split}: {e:e} {f:e}"
-        );
+        assert!(e <= 1e-5 && f <= 1e-4, "{what} {layout:?}: {e:e} {f:e}");
     }
-    for name in [
-        "MDRUN_DENSE_TILE",
-        "MDRUN_DENSE_SPLIT",
-        "MDRUN_DENSE_CLUSTER",
-        "MDRUN_PAIR_SPLIT",
-    ] {
+    for name in VARIABLES {
         std::env::remove_var(name);
     }
 }

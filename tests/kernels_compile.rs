@@ -30,6 +30,7 @@ fn every_kernel_compiles_with_nvrtc() {
         tile: 1,
         cluster: 4,
         pair_split: 4,
+        channel_slices: 1,
         checks: false,
     };
     for sizes in [
@@ -44,10 +45,17 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 2,
             cluster: 2,
             pair_split: 2,
+            channel_slices: 4,
             checks: true,
             ..student
         },
         KernelSizes { rbf: 64, ..student },
+        KernelSizes {
+            rbf: 64,
+            pair_split: 2,
+            channel_slices: 2,
+            ..student
+        },
         // The most dense-layer shared memory: 1,024-thread blocks of 4 atoms.
         KernelSizes {
             split: 8,
@@ -64,6 +72,7 @@ fn every_kernel_compiles_with_nvrtc() {
             tile: 3,
             cluster: 1,
             pair_split: 1,
+            channel_slices: 1,
             checks: false,
         },
     ] {

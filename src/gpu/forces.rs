@@ -248,7 +248,7 @@ impl GpuPainn {
             grad_q: [gpu.zeros(n * f)?, gpu.zeros(n * f)?],
             grad_mu: [gpu.zeros(n * 3 * f)?, gpu.zeros(n * 3 * f)?],
             grad_x: gpu.zeros(n * 3 * f)?,
-            pair_grad: gpu.zeros(4 * n * pair_capacity)?,
+            pair_grad: gpu.zeros(4 * n * pair_capacity * sizes.channel_slices)?,
             forces: gpu.zeros(3 * n)?,
             message_forward: gpu.function("message_forward")?,
             mixing_forward: gpu.function("mixing_forward")?,
@@ -263,7 +263,7 @@ impl GpuPainn {
 
     /// Grows the per-pair buffer to a new neighbor capacity.
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
-        self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity)?;
+        self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity * self.sizes.channel_slices)?;
         Ok(())
     }
 
@@ -272,7 +272,7 @@ impl GpuPainn {
         let s = &gpu.stream;
         let n = self.net.n_atoms;
         let t_count = self.net.layers.len();
-        let per_atom = block_per_item(n, self.sizes.message_threads());
+        let per_atom = block_per_item(self.sizes.message_blocks(n), self.sizes.message_threads());
         let per_atom_dense = block_per_item(self.sizes.dense_blocks(n), self.sizes.dense_threads());
         let n_atoms = n as i32;
         let nb = neighbors.params();

@@ -47,8 +47,11 @@ pub struct KernelSizes {
     /// need compute capability 9.0).
     pub cluster: usize,
     /// Threads per channel sharing an atom's pair loop in the message kernels (blocks of
-    /// `pair_split · F` threads).
+    /// `pair_split · F / channel_slices` threads).
     pub pair_split: usize,
+    /// Blocks per atom in the message kernels, each with `F / channel_slices` of the channels
+    /// (a multiple of 32).
+    pub channel_slices: usize,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
     pub checks: bool,
@@ -83,6 +86,12 @@ impl KernelSizes {
                 _ => 1,
             })
             .clamp(1, 4);
+        let mut channel_slices = env("MDRUN_CHANNEL_SLICES").unwrap_or(1).clamp(1, 4);
+        while channel_slices > 1
+            && !(features.is_multiple_of(channel_slices) && (features / channel_slices).is_multiple_of(32))
+        {
+            channel_slices -= 1;
+        }
         KernelSizes {
             features,
             rbf,
@@ -91,6 +100,7 @@ impl KernelSizes {
             tile,
             cluster,
             pair_split,
+            channel_slices,
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
@@ -105,7 +115,12 @@ impl KernelSizes {
     }
 
     pub fn message_threads(&self) -> u32 {
-        (self.pair_split * self.features) as u32
+        (self.pair_split * self.features / self.channel_slices) as u32
+    }
+
+    /// Blocks of one message-kernel launch over `n_atoms`.
+    pub fn message_blocks(&self, n_atoms: usize) -> usize {
+        n_atoms * self.channel_slices
     }
 }
 
@@ -128,6 +143,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DTILE={}", sizes.tile),
             format!("-DCLUSTER={}", sizes.cluster),
             format!("-DPAIR_SPLIT={}", sizes.pair_split),
+            format!("-DCHANNEL_SLICES={}", sizes.channel_slices),
             "--std=c++17".into(),
         ]
         .into_iter()
