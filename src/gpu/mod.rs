@@ -62,10 +62,11 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block without clusters, which fits both atoms' three Cartesian rows
     /// of μ in one round of weight loads (docs/perf-notes.md, v18).
-    /// The message kernels split each atom's pairs over 4 threads per channel below 128 atoms and
-    /// over 2 below 512 (more warps to hide the pair loop's latency while there are few atoms).
-    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER and MDRUN_PAIR_SPLIT override, for
-    /// experiments.
+    /// The message kernels split each atom's pairs over 4 threads per channel and its channels
+    /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (more warps to hide the pair loop's
+    /// latency while there are few atoms; docs/perf-notes.md, v13 and v19).
+    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT and
+    /// MDRUN_CHANNEL_SLICES override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         let tile = env("MDRUN_DENSE_TILE")
@@ -86,7 +87,13 @@ impl KernelSizes {
                 _ => 1,
             })
             .clamp(1, 4);
-        let mut channel_slices = env("MDRUN_CHANNEL_SLICES").unwrap_or(1).clamp(1, 4);
+        let mut channel_slices = env("MDRUN_CHANNEL_SLICES")
+            .unwrap_or(match n_atoms {
+                0..128 => 4,
+                128..512 => 2,
+                _ => 1,
+            })
+            .clamp(1, 4);
         while channel_slices > 1
             && !(features.is_multiple_of(channel_slices) && (features / channel_slices).is_multiple_of(32))
         {
