@@ -220,17 +220,24 @@ struct ChunkGeometry {
     int warp_count[CHUNK / 32];
 };
 
-// Candidates per chunk in the message kernels: one per thread, at most NF.
-#define FORWARD_CHUNK (MSG_THREADS < NF ? MSG_THREADS : NF)
+// Candidates per chunk in the message kernels: one per thread, at most NF, fewer (in whole warps)
+// while the kernel's static shared memory (the chunk's geometry and the per-pair or per-split
+// partial sums) would pass 45 KB of the 48 KB limit: wide models and large radial bases.
+__host__ __device__ constexpr int message_shared_bytes(int chunk, bool backward) {
+    int per_pair = 4 + 4 + 16 + 8 + (backward ? 2 : 1) * NK * 4;  // j, slot, r, cut, φ (and ∂φ/∂d)
+    int geometry = chunk * per_pair + 4 * (chunk / 32);
+    int partial = (PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
+    int warp_part = backward ? chunk * (MSG_CHANNELS / 32) * 16 : 0;
+    return geometry + (warp_part > partial ? warp_part : partial);
+}
 
-// In message_backward, halved while φ and ∂φ/∂d would take more than 32 KB of static shared
-// memory (large radial bases; the kernel's limit is 48 KB).
-__host__ __device__ constexpr int backward_chunk() {
-    int chunk = FORWARD_CHUNK;
-    while (chunk % 64 == 0 && 2 * chunk * NK * (int)sizeof(float) > 32768) chunk /= 2;
+__host__ __device__ constexpr int message_chunk(bool backward) {
+    int chunk = MSG_THREADS < NF ? MSG_THREADS : NF;
+    while (chunk > 32 && message_shared_bytes(chunk, backward) > 45 * 1024) chunk -= 32;
     return chunk;
 }
-#define BACKWARD_CHUNK backward_chunk()
+#define FORWARD_CHUNK message_chunk(false)
+#define BACKWARD_CHUNK message_chunk(true)
 
 // Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + CHUNK) of row `i`
 // (row end `end`), in row order; returns how many. The block's first CHUNK threads do it; every
@@ -291,6 +298,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
                     float* __restrict__ mu_out) {
     __shared__ ChunkGeometry<FORWARD_CHUNK, false> g;
     __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
+    static_assert(sizeof(g) + sizeof(partial) <= 48 * 1024, "message_forward: static shared memory over 48 KB");
     const int i = blockIdx.x / CHANNEL_SLICES, local = threadIdx.x % MSG_CHANNELS, ps = threadIdx.x / MSG_CHANNELS;
     const int c = (blockIdx.x % CHANNEL_SLICES) * MSG_CHANNELS + local;
     ChannelFilter w;
@@ -380,7 +388,6 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         if (s == 0) ctx[a * 2 * NF + c] = q[a];
     }
     __syncthreads();
-#pragma unroll
     // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
     if constexpr (3 * TILE <= MATVEC_ACC) {
         block_matvec<3 * TILE, NF, 2 * NF>(m.mix_t, mu_sh, NF, vu, 2 * NF, scratch);
@@ -583,12 +590,12 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
                      const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
                      float4* __restrict__ pair_grad) {
     __shared__ ChunkGeometry<BACKWARD_CHUNK, true> g;
-    // Never live at the same time (the split partials come after the last chunk's barrier): static
-    // shared memory stays under 48 KB up to NK = 64 at PAIR_SPLIT = 4.
+    // Never live at the same time (the split partials come after the last chunk's barrier).
     __shared__ union {
         float4 warp_part[BACKWARD_CHUNK][MSG_CHANNELS / 32];  // per pair of the chunk, per warp: (∂E/∂d, ∂E/∂r̂)
         float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][6][MSG_CHANNELS];
     } sh;
+    static_assert(sizeof(g) + sizeof(sh) <= 48 * 1024, "message_backward: static shared memory over 48 KB");
     const int a = blockIdx.x / CHANNEL_SLICES, slice = blockIdx.x % CHANNEL_SLICES;
     const int local = threadIdx.x % MSG_CHANNELS, ps = threadIdx.x / MSG_CHANNELS, warp = local >> 5, lane = local & 31;
     const int c = slice * MSG_CHANNELS + local;

@@ -27,7 +27,10 @@
 #define RB 16          // rows of X per matvec pass (accumulators per thread)
 #define PSPLIT (STHREADS / (CB * NMAX))  // threads sharing one (atom, channel) pair loop
 
-#if __CUDA_ARCH__ >= 900 && NF % SCL == 0 && NH % SCL == 0 && NMAX <= 32
+// Built where the path applies (src/gpu/cluster.rs, `unsupported`): Hopper or newer, and widths
+// whose per-block share (F / SCL, H / SCL) divides a warp. Elsewhere the kernel does not exist.
+#if __CUDA_ARCH__ >= 900 && NF % SCL == 0 && NH % SCL == 0 && 32 % (NF / SCL) == 0 && 32 % (NH / SCL) == 0 && \
+    NMAX <= 32
 
 struct ClusterLayer {
     // forward (Wᵀ, [in, out]) and backward (W, [out, in]) weights, biases

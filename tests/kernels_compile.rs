@@ -20,8 +20,8 @@ fn every_kernel_compiles_with_nvrtc() {
     }
     // The student at its small- and large-system launch shapes (one with the self-checks), the
     // largest radial basis the GPU path accepts at the largest pair split (the message kernels'
-    // static shared memory must stay under 48 KB), the widest dense-layer split with the largest
-    // tile, and a narrow model with odd tiles.
+    // static shared memory must stay under 48 KB), the widest dense blocks, a width that is not a
+    // power of two, and a narrow model with odd tiles.
     let student = KernelSizes {
         features: 128,
         rbf: 20,
@@ -56,12 +56,32 @@ fn every_kernel_compiles_with_nvrtc() {
             channel_slices: 2,
             ..student
         },
-        // The most dense-layer shared memory: 1,024-thread blocks of 4 atoms.
+        // The widest dense blocks the GPU path accepts (F = 256 at split 2, tile ≤ 512 / F) and
+        // an odd width, split and tile: the dense kernels' shared memory grows with F × tile.
         KernelSizes {
-            split: 8,
-            tile: 4,
+            features: 256,
+            split: 2,
+            tile: 2,
+            cluster: 1,
+            pair_split: 2,
+            channel_slices: 2,
+            ..student
+        },
+        KernelSizes {
+            features: 160,
+            split: 3,
+            tile: 3,
             cluster: 1,
             pair_split: 1,
+            channel_slices: 1,
+            ..student
+        },
+        // A width that is not a power of two, with the largest basis: the message kernels'
+        // chunks shrink in whole warps to stay within 48 KB.
+        KernelSizes {
+            features: 96,
+            rbf: 64,
+            channel_slices: 3,
             ..student
         },
         KernelSizes {
@@ -81,6 +101,18 @@ fn every_kernel_compiles_with_nvrtc() {
         compile(sizes, "sm_90").unwrap_or_else(|e| panic!("{sizes:?}, sm_90: {e}"));
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));
         let text = ptx.to_src();
+        // The one-cluster kernel exists only for widths whose per-block share divides a warp,
+        // the widths src/gpu/cluster.rs accepts (16 × a power of two, at most 512).
+        let owned = |width: usize| width.is_multiple_of(16) && (width / 16).is_power_of_two() && width / 16 <= 32;
+        let cluster_kernels = ["painn_cluster", "painn_cluster_shared_bytes"];
+        if !(owned(sizes.features) && owned(sizes.readout_hidden)) {
+            for kernel in cluster_kernels {
+                assert!(
+                    !text.contains(&format!(".entry {kernel}(")),
+                    "{sizes:?}: {kernel} should not be built"
+                );
+            }
+        }
         for kernel in [
             "embed",
             "message_forward",
@@ -89,9 +121,6 @@ fn every_kernel_compiles_with_nvrtc() {
             "message_backward",
             "context_backward",
             "pair_forces",
-            // The one-cluster path for small molecules (kernels/painn_cluster.cu).
-            "painn_cluster",
-            "painn_cluster_shared_bytes",
             "check_displacement",
             "wrap_positions",
             "build_neighbors_all_pairs",
@@ -118,7 +147,13 @@ fn every_kernel_compiles_with_nvrtc() {
             "naive_filter_backward",
             "naive_pair_grad",
             "naive_pair_forces",
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            cluster_kernels
+                .into_iter()
+                .filter(|_| owned(sizes.features) && owned(sizes.readout_hidden)),
+        ) {
             assert!(
                 text.contains(&format!(".entry {kernel}(")),
                 "{kernel} missing from the PTX for {sizes:?}"

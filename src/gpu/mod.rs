@@ -69,9 +69,12 @@ impl KernelSizes {
     /// MDRUN_CHANNEL_SLICES override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+        // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
+        // at most 512 features × atoms per block.
         let tile = env("MDRUN_DENSE_TILE")
             .unwrap_or(if n_atoms >= 64 { 2 } else { 1 })
-            .clamp(1, 4);
+            .clamp(1, 4)
+            .min((512 / features).max(1));
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
         let mut cluster = env("MDRUN_DENSE_CLUSTER")
             .unwrap_or(if n_atoms < 64 { 4 } else { 1 })
@@ -98,6 +101,11 @@ impl KernelSizes {
             && !(features.is_multiple_of(channel_slices) && (features / channel_slices).is_multiple_of(32))
         {
             channel_slices -= 1;
+        }
+        // A block has at most 1,024 threads.
+        let mut pair_split = pair_split;
+        while pair_split > 1 && pair_split * features / channel_slices > 1024 {
+            pair_split -= 1;
         }
         KernelSizes {
             features,
@@ -367,5 +375,42 @@ pub fn block_per_item(items: usize, threads: u32) -> cudarc::driver::LaunchConfi
         grid_dim: (items.max(1) as u32, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelSizes;
+
+    /// (tile, cluster, pair split, channel slices) chosen for `n_atoms` with no overrides.
+    fn shape(features: usize, n_atoms: usize) -> (usize, usize, usize, usize) {
+        let s = KernelSizes::for_system(features, 20, 64.min(features), n_atoms);
+        (s.tile, s.cluster, s.pair_split, s.channel_slices)
+    }
+
+    #[test]
+    fn launch_shapes_follow_the_measured_size_rules() {
+        // perf-notes v13, v18, v19: the student's shapes at each size band.
+        assert_eq!(shape(128, 12), (1, 4, 4, 4));
+        assert_eq!(shape(128, 100), (2, 1, 4, 4));
+        assert_eq!(shape(128, 192), (2, 1, 2, 2));
+        assert_eq!(shape(128, 12_288), (2, 1, 1, 1));
+    }
+
+    #[test]
+    fn launch_shapes_respect_the_kernels_limits_at_every_width() {
+        for features in (32..=512).step_by(32) {
+            for n_atoms in [1, 12, 63, 64, 127, 128, 511, 512, 100_000] {
+                let s = KernelSizes::for_system(features, 20, 64.min(features), n_atoms);
+                let what = format!("F = {features}, {n_atoms} atoms: {s:?}");
+                // Message blocks: whole warps of channels, at most 1,024 threads.
+                assert!(features.is_multiple_of(s.channel_slices), "{what}");
+                assert!((features / s.channel_slices).is_multiple_of(32), "{what}");
+                assert!(s.message_threads() <= 1024, "{what}");
+                assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
+                // Dense blocks: at most 512 features × atoms (static shared memory).
+                assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
+            }
+        }
     }
 }
