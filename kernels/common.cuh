@@ -17,6 +17,9 @@ struct Cell {
     int periodic;      // 0: open boundaries
 };
 
+// Component-wise sum (per-pair gradients are float4: ∂E/∂d, ∂E/∂r̂).
+__device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 __device__ __forceinline__ float silu_grad(float x) {
@@ -81,10 +84,14 @@ __device__ __forceinline__ u32 shared_address(const void* local) {
     return address;
 }
 
-__device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
+__device__ __forceinline__ u32 remote_address(u32 address, u32 rank) {
     u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(rank));
     return remote;
+}
+
+__device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
+    return remote_address(shared_address(local), rank);
 }
 #endif
 

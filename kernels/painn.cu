@@ -280,7 +280,7 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
             float u = d - filter.offsets[m];
             float phi = __expf(filter.coeffs[m] * u * u);
             g.phi[k][m] = phi;
-            if (WITH_DPHI) g.dphi[WITH_DPHI ? k : 0][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
+            if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
         }
     }
     __syncthreads();
@@ -645,16 +645,9 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
         if (threadIdx.x < n) {
             const int q = threadIdx.x;
             float4 total = sh.warp_part[q][0];
-            for (int k = 1; k < MSG_CHANNELS / 32; ++k) {
-                float4 part = sh.warp_part[q][k];
-                total.x += part.x;
-                total.y += part.y;
-                total.z += part.z;
-                total.w += part.w;
-            }
+            for (int k = 1; k < MSG_CHANNELS / 32; ++k) total = add4(total, sh.warp_part[q][k]);
             int p = chunk + g.slot[q];
-            float4 acc = pair_grad[p];
-            pair_grad[p] = make_float4(acc.x + total.x, acc.y + total.y, acc.z + total.z, acc.w + total.w);
+            pair_grad[p] = add4(pair_grad[p], total);
         }
         __syncthreads();
     }
@@ -725,8 +718,8 @@ extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors n
 #pragma unroll
         for (int s = 1; s < CHANNEL_SLICES; ++s) {
             const float4 gs = pair_grad[s * slice + p], hs = pair_grad[s * slice + reverse];
-            g = make_float4(g.x + gs.x, g.y + gs.y, g.z + gs.z, g.w + gs.w);
-            h = make_float4(h.x + hs.x, h.y + hs.y, h.z + hs.z, h.w + hs.w);
+            g = add4(g, gs);
+            h = add4(h, hs);
         }
         float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
         fx += f.x;

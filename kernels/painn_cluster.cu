@@ -130,9 +130,7 @@ __device__ __forceinline__ void send(float* local, float v, u64* bar) {
     const u32 address = shared_address(local), bar_address = shared_address(bar);
 #pragma unroll
     for (u32 r = 0; r < SCL; ++r) {
-        u32 remote, remote_bar;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(r));
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar_address), "r"(r));
+        const u32 remote = remote_address(address, r), remote_bar = remote_address(bar_address, r);
         asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
                      "r"(__float_as_uint(v)), "r"(remote_bar)
                      : "memory");
@@ -643,8 +641,8 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             int b = S.pj[i][lane], s2 = S.prev[i][lane];
             for (u32 r = 0; r < SCL; ++r) {
                 float4 p = cl::load_remote(&S.pg[i][lane], r), q = cl::load_remote(&S.pg[b][s2], r);
-                g = make_float4(g.x + p.x, g.y + p.y, g.z + p.z, g.w + p.w);
-                h = make_float4(h.x + q.x, h.y + q.y, h.z + q.z, h.w + q.w);
+                g = add4(g, p);
+                h = add4(h, q);
             }
             f = pair_force(g, h, S.pr[i][lane]);
         }

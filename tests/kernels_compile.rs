@@ -2,6 +2,7 @@
 //! architecture, within its per-kernel resource limits. Needs only the NVRTC library, no GPU: CI installs it (`.ci/run`) and sets
 //! MDRUN_REQUIRE_NVRTC=1, which turns a missing library into a failure instead of a skip.
 
+use mdrun::gpu::cluster::supports_widths;
 use mdrun::gpu::{compile, KernelSizes};
 
 fn nvrtc_loads() -> bool {
@@ -101,11 +102,10 @@ fn every_kernel_compiles_with_nvrtc() {
         compile(sizes, "sm_90").unwrap_or_else(|e| panic!("{sizes:?}, sm_90: {e}"));
         let ptx = compile(sizes, "compute_90").unwrap_or_else(|e| panic!("{sizes:?}: {e}"));
         let text = ptx.to_src();
-        // The one-cluster kernel exists only for widths whose per-block share divides a warp,
-        // the widths src/gpu/cluster.rs accepts (16 × a power of two, at most 512).
-        let owned = |width: usize| width.is_multiple_of(16) && (width / 16).is_power_of_two() && width / 16 <= 32;
+        // The one-cluster kernel exists exactly for the widths the host side runs it at.
+        let cluster_built = supports_widths(sizes.features, sizes.readout_hidden);
         let cluster_kernels = ["painn_cluster", "painn_cluster_shared_bytes"];
-        if !(owned(sizes.features) && owned(sizes.readout_hidden)) {
+        if !cluster_built {
             for kernel in cluster_kernels {
                 assert!(
                     !text.contains(&format!(".entry {kernel}(")),
@@ -149,11 +149,8 @@ fn every_kernel_compiles_with_nvrtc() {
             "naive_pair_forces",
         ]
         .into_iter()
-        .chain(
-            cluster_kernels
-                .into_iter()
-                .filter(|_| owned(sizes.features) && owned(sizes.readout_hidden)),
-        ) {
+        .chain(cluster_kernels.into_iter().filter(|_| cluster_built))
+        {
             assert!(
                 text.contains(&format!(".entry {kernel}(")),
                 "{kernel} missing from the PTX for {sizes:?}"

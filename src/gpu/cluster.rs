@@ -59,9 +59,20 @@ unsafe impl DeviceRepr for ClusterLayerParams {}
 
 /// Why the one-cluster kernel cannot evaluate this model on this system, if it cannot (the GPU
 /// aside: it also needs thread-block clusters, see [`unsupported_on`]).
+/// Whether the kernel is built for these widths (features, readout hidden units): each block's
+/// share of them must divide a warp, i.e. 16 × a power of two up to 512 (the `#if` in
+/// kernels/painn_cluster.cu).
+pub fn supports_widths(features: usize, readout_hidden: usize) -> bool {
+    let owned = |width: usize| {
+        width.is_multiple_of(CLUSTER_BLOCKS)
+            && (width / CLUSTER_BLOCKS).is_power_of_two()
+            && width / CLUSTER_BLOCKS <= 32
+    };
+    owned(features) && owned(readout_hidden)
+}
+
 pub fn unsupported(model: &PainnModel, n_atoms: usize, periodic: bool) -> Option<String> {
     let (f, h) = (model.config.n_atom_basis, model.readout1.n_out());
-    let owned = |width: usize| width.is_multiple_of(CLUSTER_BLOCKS) && (width / CLUSTER_BLOCKS).is_power_of_two();
     if periodic {
         Some("open boundaries only".into())
     } else if n_atoms == 0 || n_atoms > MAX_ATOMS {
@@ -71,7 +82,7 @@ pub fn unsupported(model: &PainnModel, n_atoms: usize, periodic: bool) -> Option
             "at most {MAX_INTERACTIONS} interactions, the model has {}",
             model.config.n_interactions
         ))
-    } else if !owned(f) || f / CLUSTER_BLOCKS > 32 || !owned(h) {
+    } else if !supports_widths(f, h) {
         Some(format!(
             "n_atom_basis ({f}) and the readout width ({h}) must be 16 × a power of two"
         ))

@@ -83,27 +83,20 @@ impl KernelSizes {
         if !features.is_multiple_of(cluster) || !readout_hidden.is_multiple_of(cluster) {
             cluster = 1;
         }
-        let pair_split = env("MDRUN_PAIR_SPLIT")
-            .unwrap_or(match n_atoms {
-                0..128 => 4,
-                128..512 => 2,
-                _ => 1,
-            })
-            .clamp(1, 4);
-        let mut channel_slices = env("MDRUN_CHANNEL_SLICES")
-            .unwrap_or(match n_atoms {
-                0..128 => 4,
-                128..512 => 2,
-                _ => 1,
-            })
-            .clamp(1, 4);
+        // Pair split and channel slices follow the same size bands (perf-notes v13, v19).
+        let message_split = match n_atoms {
+            0..128 => 4,
+            128..512 => 2,
+            _ => 1,
+        };
+        let mut pair_split = env("MDRUN_PAIR_SPLIT").unwrap_or(message_split).clamp(1, 4);
+        let mut channel_slices = env("MDRUN_CHANNEL_SLICES").unwrap_or(message_split).clamp(1, 4);
         while channel_slices > 1
             && !(features.is_multiple_of(channel_slices) && (features / channel_slices).is_multiple_of(32))
         {
             channel_slices -= 1;
         }
         // A block has at most 1,024 threads.
-        let mut pair_split = pair_split;
         while pair_split > 1 && pair_split * features / channel_slices > 1024 {
             pair_split -= 1;
         }
