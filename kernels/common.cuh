@@ -100,13 +100,66 @@ __device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
 #define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
 #define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
 
-// Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s.
-__device__ __forceinline__ void store_in_block(float* local, u32 rank, float value) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote_address(local, rank)), "f"(value) : "memory");
+// Each cluster matvec completes on this block's transaction barrier: it expects the bytes of all
+// the matvec's outputs (every block of the cluster sends its share to every block, st.async
+// counting them), so no release fence has to drain the senders' stores (a cluster barrier's
+// release is a GPU-wide MEMBAR: docs/perf-notes.md, v22).
+__shared__ u64 matvec_barrier;
+
+// Called first by every dense kernel: the barrier is initialized before any block of the cluster
+// can send to it.
+__device__ __forceinline__ void dense_kernel_start() {
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(&matvec_barrier)), "r"(blockDim.x)
+                     : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    cluster_sync();
+}
+
+// Every thread arrives on the barrier's current phase (thread 0 also announces `bytes`); the
+// returned state identifies the phase for matvec_wait.
+__device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
+    u64 state;
+    const u32 bar = shared_address(&matvec_barrier);
+    if (threadIdx.x == 0)
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;" : "=l"(state) : "r"(bar), "r"(bytes) : "memory");
+    else
+        asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(bar) : "memory");
+    return state;
+}
+
+// Waits until every thread has arrived and every announced byte has landed. A miscounted phase
+// would hang the GPU: after 2 s the kernel traps instead (a launch failure the host reports).
+__device__ __forceinline__ void matvec_wait(u64 state) {
+    const u32 bar = shared_address(&matvec_barrier);
+    u64 start;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    for (;;) {
+        u32 done;
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(bar), "l"(state)
+                     : "memory");
+        if (done) return;
+        u64 now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (now - start > 2000000000ull) __trap();
+    }
+}
+
+// Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s and
+// counts its 4 bytes on that block's matvec barrier.
+__device__ __forceinline__ void send_to_block(float* local, u32 rank, float value) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
+                     remote_address(local, rank)),
+                 "r"(__float_as_uint(value)), "r"(remote_address(&matvec_barrier, rank))
+                 : "memory");
 }
 #else
 #define DENSE_KERNEL extern "C" __global__ void
 #define DENSE_TILE_INDEX (blockIdx.x)
+__device__ __forceinline__ void dense_kernel_start() {}
 #endif
 
 // Accumulators per thread in block_matvec: (row of x, column pass) pairs computed in one round of
@@ -185,50 +238,63 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     }
 }
 #else
-// Cluster version: block `rank` owns outputs [rank·cols/CLUSTER, (rank + 1)·cols/CLUSTER), 32 at a
-// time (a warp reads 128 contiguous bytes of a row), each dot product split over the block's warps
-// (short, independent load chains), partial sums reduced in a fixed order.
+// Cluster version: block `rank` owns the PER = OUT / CLUSTER outputs [rank·PER, (rank + 1)·PER)
+// of every row, in groups of 32 (a warp reads 128 contiguous bytes of a weight row). Each group's
+// dot products are split over SPLITS warps, and every warp issues all of its weight loads in one
+// round (the old version walked the groups one after another, a round of L2 latency each);
+// partial sums are reduced in a fixed order and pushed into every block of the cluster.
 template <int ROWS, int IN, int OUT>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
                                              int ld_out, float* scratch) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
-    const int rows = IN, cols = OUT;
-    const int warps = SPLIT * NF / 32;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int per = cols / CLUSTER, first = cluster_rank() * per;
-    int chunk = (rows + warps - 1) / warps;
-    int begin = warp * chunk, end = min(rows, begin + chunk);
-    // Every block of the cluster is past its reads of the previous phase (and has started) before
-    // anyone writes into its `out`.
-    cluster_sync();
-    for (int base = first; base < first + per; base += 32) {
-        int o = base + lane;
-        bool mine = o < first + per;
-        float acc[ROWS];
+    static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
+    constexpr int WARPS = SPLIT * NF / 32;
+    constexpr int PER = OUT / CLUSTER;
+    constexpr int GROUPS = (PER + 31) / 32;
+    static_assert(GROUPS <= WARPS, "a cluster block's outputs need a warp per 32");
+    constexpr int SPLITS = WARPS / GROUPS;                 // warps per group: slices of the dot products
+    constexpr int CHUNK = (IN + SPLITS - 1) / SPLITS;      // inputs per slice
+    static_assert(SPLITS * ROWS * GROUPS * 32 <= MATVEC_SCRATCH, "matvec scratch too small");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = warp % GROUPS, slice = warp / GROUPS;
+    const int first = cluster_rank() * PER, column = group * 32 + lane;  // column within the block's
+    const bool active = slice < SPLITS;
+    float acc[ROWS];
 #pragma unroll
-        for (int a = 0; a < ROWS; ++a) acc[a] = 0.f;
-        if (mine) {
+    for (int a = 0; a < ROWS; ++a) acc[a] = 0.f;
+    if (active && column < PER) {
+        const int begin = slice * CHUNK;
+        const float* w = m + first + column;
+        // No early exit: a branch between them would keep the loads from being issued together.
 #pragma unroll 16
-            for (int i = begin; i < end; ++i) {
-                float w = m[i * cols + o];
+        for (int k = 0; k < CHUNK; ++k) {
+            const int i = begin + k;
+            if (IN % SPLITS == 0 || i < IN) {
+                float wi = w[i * OUT];
 #pragma unroll
-                for (int a = 0; a < ROWS; ++a) acc[a] += w * x[a * ld_x + i];
+                for (int a = 0; a < ROWS; ++a) acc[a] += wi * x[a * ld_x + i];
             }
         }
-#pragma unroll
-        for (int a = 0; a < ROWS; ++a) scratch[(warp * ROWS + a) * 32 + lane] = acc[a];
-        __syncthreads();
-        for (int a = warp; a < ROWS; a += warps) {
-            float total = 0.f;
-            for (int k = 0; k < warps; ++k) total += scratch[(k * ROWS + a) * 32 + lane];
-            if (mine) {
-#pragma unroll
-                for (u32 r = 0; r < CLUSTER; ++r) store_in_block(&out[a * ld_out + o], r, total);
-            }
-        }
-        __syncthreads();
     }
-    cluster_sync();
+    // Before anyone sends: every block has arrived on this matvec's phase of its barrier (so has
+    // finished waiting for the previous one) and is past its reads of the previous phases'
+    // outputs. Execution order is all this needs: a relaxed barrier, no release fence. The weight
+    // loads above are already in flight.
+    const u64 phase = matvec_arrive(ROWS * OUT * sizeof(float));
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+    if (active) {
+#pragma unroll
+        for (int a = 0; a < ROWS; ++a) scratch[(slice * ROWS + a) * (GROUPS * 32) + column] = acc[a];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < ROWS * PER; e += blockDim.x) {
+        const int a = e / PER, o = e % PER;
+        float total = 0.f;
+        for (int k = 0; k < SPLITS; ++k) total += scratch[(k * ROWS + a) * (GROUPS * 32) + o];  // fixed order
+#pragma unroll
+        for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&out[a * ld_out + first + o], r, total);
+    }
+    matvec_wait(phase);
 }
 #endif
 

@@ -188,6 +188,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 // Embedding and the first interaction's context: depend on the elements only, run once.
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
+    dense_kernel_start();
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[MATVEC_SCRATCH];
     int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
@@ -374,6 +375,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
+    dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], scratch[MATVEC_SCRATCH], red[64];
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
@@ -495,6 +497,7 @@ struct MixingBackWeights {
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
                                            int n_atoms) {
+    dense_kernel_start();
     // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
     constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
@@ -675,6 +678,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
 // blockDim = SPLIT·NF, TILE atoms per block.
 DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
                                             const float* grad_q, float* grad_q_in, int n_atoms) {
+    dense_kernel_start();
     __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[MATVEC_SCRATCH];
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {

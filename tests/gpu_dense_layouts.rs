@@ -13,11 +13,12 @@ use std::sync::Mutex;
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
 /// (tile, split, cluster, pair split, channel slices) shapes: the defaults below 64 atoms, from 64,
-/// from 128 and from 512, odd tiles, clusters with more atoms per tile than warps per block, message
+/// from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (some with more atoms per tile
+/// than warps per block), message
 /// kernels with 1, 2 and 4 threads per channel and 1, 2 and 4 blocks per atom, and both matvec
 /// paths for μ's Cartesian rows (one matvec over 3·tile rows where they fit in the accumulators,
 /// tiles 1 and 2; one per row, tiles 3 and 4).
-const LAYOUTS: [(&str, &str, &str, &str, &str); 10] = [
+const LAYOUTS: [(&str, &str, &str, &str, &str); 12] = [
     ("1", "4", "4", "4", "4"),
     ("2", "4", "1", "4", "4"),
     ("2", "4", "1", "2", "2"),
@@ -28,6 +29,8 @@ const LAYOUTS: [(&str, &str, &str, &str, &str); 10] = [
     ("3", "2", "1", "2", "2"),
     ("4", "4", "4", "1", "1"),
     ("2", "2", "2", "2", "1"),
+    ("4", "4", "8", "2", "2"),
+    ("2", "4", "8", "1", "1"),
 ];
 
 const VARIABLES: [&str; 5] = [

@@ -50,6 +50,14 @@ fn every_kernel_compiles_with_nvrtc() {
             checks: true,
             ..student
         },
+        // The largest clusters (8 blocks, each owning 16 to 48 outputs of a layer).
+        KernelSizes {
+            tile: 4,
+            cluster: 8,
+            pair_split: 2,
+            channel_slices: 2,
+            ..student
+        },
         KernelSizes { rbf: 64, ..student },
         KernelSizes {
             rbf: 64,

@@ -28,6 +28,11 @@ pub fn unsupported_on(gpu: &Gpu, model: &PainnModel, n_atoms: usize, periodic: b
 pub const CLUSTER_BLOCKS: usize = 16;
 /// Most atoms the kernel holds (`NMAX`): every activation of every atom lives in shared memory.
 pub const MAX_ATOMS: usize = 16;
+/// Most atoms for which `kernels = "auto"` picks this kernel: on the H100 it beats the fused
+/// kernels at 3 and 9 atoms (66 against 88 µs, 87 against 91 µs per MD step) and loses at 12
+/// (103 against 95 µs) since their cluster matvecs complete on transaction barriers
+/// (docs/perf-notes.md, v22).
+pub const AUTO_MAX_ATOMS: usize = 10;
 /// Most interactions (`TMAX`): what the backward pass needs of each stays in shared memory.
 pub const MAX_INTERACTIONS: usize = 3;
 const THREADS: u32 = 512;

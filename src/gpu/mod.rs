@@ -60,8 +60,9 @@ pub struct KernelSizes {
 impl KernelSizes {
     /// Dense-layer shape for a system of `n_atoms`: below 64 atoms one atom per block, with
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
-    /// atoms on two atoms per block without clusters, which fits both atoms' three Cartesian rows
-    /// of μ in one round of weight loads (docs/perf-notes.md, v18).
+    /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
+    /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
+    /// without clusters from 128 on (v22).
     /// The message kernels split each atom's pairs over 4 threads per channel and its channels
     /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (more warps to hide the pair loop's
     /// latency while there are few atoms; docs/perf-notes.md, v13 and v19).
@@ -77,10 +78,20 @@ impl KernelSizes {
             .min((512 / features).max(1));
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
         let mut cluster = env("MDRUN_DENSE_CLUSTER")
-            .unwrap_or(if n_atoms < 64 { 4 } else { 1 })
+            .unwrap_or(match n_atoms {
+                0..64 => 4,
+                64..128 => 2,
+                _ => 1,
+            })
             .clamp(1, 8);
-        // Each block of a cluster owns cols / cluster outputs of every layer.
-        if !features.is_multiple_of(cluster) || !readout_hidden.is_multiple_of(cluster) {
+        // Each block of a cluster owns cols / cluster outputs of every layer, with a warp for
+        // every 32 of them (kernels/common.cuh, the cluster block_matvec).
+        let widths = [features, 2 * features, 3 * features, readout_hidden];
+        let warps = split * features / 32;
+        if widths
+            .iter()
+            .any(|&w| !w.is_multiple_of(cluster) || (w / cluster).div_ceil(32) > warps)
+        {
             cluster = 1;
         }
         // Pair split and channel slices follow the same size bands (perf-notes v13, v19).
@@ -383,9 +394,9 @@ mod tests {
 
     #[test]
     fn launch_shapes_follow_the_measured_size_rules() {
-        // perf-notes v13, v18, v19: the student's shapes at each size band.
+        // perf-notes v13, v18, v19, v22: the student's shapes at each size band.
         assert_eq!(shape(128, 12), (1, 4, 4, 4));
-        assert_eq!(shape(128, 100), (2, 1, 4, 4));
+        assert_eq!(shape(128, 100), (2, 2, 4, 4));
         assert_eq!(shape(128, 192), (2, 1, 2, 2));
         assert_eq!(shape(128, 12_288), (2, 1, 1, 1));
     }
@@ -403,6 +414,14 @@ mod tests {
                 assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
                 // Dense blocks: at most 512 features × atoms (static shared memory).
                 assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
+                // Cluster blocks: a warp for every 32 of a layer's outputs they own.
+                for width in [features, 2 * features, 3 * features, 64.min(features)] {
+                    assert!(width.is_multiple_of(s.cluster), "{what}");
+                    assert!(
+                        (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
+                        "{what}"
+                    );
+                }
             }
         }
     }

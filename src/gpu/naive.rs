@@ -8,7 +8,7 @@
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::cluster::{unsupported_on, ClusterPainn};
+use super::cluster::{unsupported_on, ClusterPainn, AUTO_MAX_ATOMS};
 use super::forces::{f32s, DeviceModel, GpuPainn};
 use super::neighbors::GpuNeighbors;
 use super::{Buffer, Gpu};
@@ -18,7 +18,8 @@ use crate::model::PainnModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelVariant {
-    /// `cluster` where it applies (open systems of at most 16 atoms on Hopper or newer), else
+    /// `cluster` where it applies and is the faster (open systems of at most
+    /// [`AUTO_MAX_ATOMS`](super::cluster::AUTO_MAX_ATOMS) = 10 atoms on Hopper or newer), else
     /// `fused`.
     #[default]
     Auto,
@@ -49,7 +50,8 @@ impl PainnKernels {
         variant: KernelVariant,
         periodic: bool,
     ) -> Result<PainnKernels> {
-        let cluster_applies = unsupported_on(gpu, model, numbers.len(), periodic).is_none();
+        let cluster_applies =
+            numbers.len() <= AUTO_MAX_ATOMS && unsupported_on(gpu, model, numbers.len(), periodic).is_none();
         Ok(match variant {
             // The device may still refuse a 16-block cluster (e.g. SMs taken by other work, MIG):
             // `auto` then says so and runs the fused kernels; `cluster` fails.

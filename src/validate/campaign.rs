@@ -144,6 +144,9 @@ fn d_force_rmse() -> f64 {
 fn d_t_mean() -> f64 {
     0.1
 }
+fn d_t_sigmas() -> f64 {
+    3.0
+}
 fn d_t_std() -> [f64; 2] {
     [0.5, 1.5]
 }
@@ -175,9 +178,13 @@ pub struct Thresholds {
     /// GPU runs: RMSE of GPU against f64 CPU forces on frames of the GPU trajectory, eV/Å.
     #[serde(default = "d_force_rmse")]
     pub max_force_rmse_gpu_cpu: f64,
-    /// NVT runs of at least `target_min_steps`: |⟨T⟩ − T₀| / T₀ below this.
+    /// NVT runs of at least `target_min_steps`: |⟨T⟩ − T₀| / T₀ below this, or below
+    /// `nvt_temperature_mean_sigmas` standard errors of the run's ⟨T⟩ where that is larger (a
+    /// few-atom molecule's 5 ps mean is uncertain by ~10 %).
     #[serde(default = "d_t_mean")]
     pub nvt_temperature_mean_tolerance: f64,
+    #[serde(default = "d_t_sigmas")]
+    pub nvt_temperature_mean_sigmas: f64,
     /// NVT runs of at least `target_min_steps`: σ_T / (T₀ sqrt(2/N_dof)) within this range.
     #[serde(default = "d_t_std")]
     pub nvt_temperature_std_ratio: [f64; 2],
