@@ -43,6 +43,21 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// A limit as the report prints it: at most three significant digits (limits computed from a
+/// run, like the NVT ⟨T⟩ one, would otherwise print 16).
+fn three_digits(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let decimals = (2 - x.abs().log10().floor() as i32).max(0) as usize;
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 impl Check {
     fn below(name: &str, value: f64, limit: f64, strict: bool) -> Check {
         let passed = value.is_finite()
@@ -54,7 +69,7 @@ impl Check {
         Check {
             name: name.into(),
             value,
-            limit: format!("{} {limit}", if strict { "<" } else { "≤" }),
+            limit: format!("{} {}", if strict { "<" } else { "≤" }, three_digits(limit)),
             margin: (value != 0.0 && value.is_finite()).then(|| limit / value.abs()),
             passed,
         }
@@ -445,4 +460,16 @@ pub fn run_campaign(campaign: &Campaign, options: &Options) -> Result<CampaignRe
     plots::drift_plot(out, &result)?;
     report::write(out, &result)?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn limits_print_with_three_significant_digits() {
+        assert_eq!(super::three_digits(0.2230797413113371), "0.223");
+        assert_eq!(super::three_digits(0.15), "0.15");
+        assert_eq!(super::three_digits(1e-4), "0.0001");
+        assert_eq!(super::three_digits(1.0), "1");
+        assert_eq!(super::three_digits(1000.0), "1000");
+    }
 }
