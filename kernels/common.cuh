@@ -279,7 +279,12 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     // Before anyone sends: every block has arrived on this matvec's phase of its barrier (so has
     // finished waiting for the previous one) and is past its reads of the previous phases'
     // outputs. Execution order is all this needs: a relaxed barrier, no release fence. The weight
-    // loads above are already in flight.
+    // loads above are already in flight. Formally (PTX memory model) a relaxed arrive orders no
+    // earlier load; what makes it safe is that every shared-memory value a block reads before it
+    // (the inputs here, the elementwise code's reads of earlier outputs) is consumed before the
+    // arrive, and the "memory" clobber keeps the compiler from sinking loads past it. Code added
+    // between matvecs must keep that: no shared load of a buffer that the next matvec overwrites
+    // whose value is used only after it.
     const u64 phase = matvec_arrive(ROWS * OUT * sizeof(float));
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
     if (active) {

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
 /// (tile, split, cluster, pair split, channel slices) shapes: the defaults below 64 atoms, from 64,
-/// from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (some with more atoms per tile
-/// than warps per block), message
+/// from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (blocks owning 8 to 192 of a
+/// layer's outputs, some with idle warps), message
 /// kernels with 1, 2 and 4 threads per channel and 1, 2 and 4 blocks per atom, and both matvec
 /// paths for μ's Cartesian rows (one matvec over 3·tile rows where they fit in the accumulators,
 /// tiles 1 and 2; one per row, tiles 3 and 4).

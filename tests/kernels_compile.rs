@@ -50,7 +50,7 @@ fn every_kernel_compiles_with_nvrtc() {
             checks: true,
             ..student
         },
-        // The largest clusters (8 blocks, each owning 16 to 48 outputs of a layer).
+        // The largest clusters (8 blocks, each owning 8 to 48 outputs of a layer).
         KernelSizes {
             tile: 4,
             cluster: 8,

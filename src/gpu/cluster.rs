@@ -2,8 +2,9 @@
 //! whole PaiNN forward and backward pass in one thread-block cluster, phases chained by
 //! transaction barriers instead of kernel boundaries, activations in shared memory. Same weights as the
 //! multi-kernel path ([`DeviceModel`]); pairs come from the positions (all pairs, no images), so it needs no
-//! neighbor list. Used where it applies (Hopper or newer, open boundaries, at most
-//! [`MAX_ATOMS`] atoms); everything else runs the multi-kernel path.
+//! neighbor list. It applies on Hopper or newer to open systems of at most [`MAX_ATOMS`] atoms;
+//! `kernels = "auto"` uses it up to [`AUTO_MAX_ATOMS`] atoms, where it is the faster, and runs the
+//! multi-kernel path everywhere else.
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attribute;

@@ -404,8 +404,11 @@ mod tests {
     #[test]
     fn launch_shapes_respect_the_kernels_limits_at_every_width() {
         for features in (32..=512).step_by(32) {
-            for n_atoms in [1, 12, 63, 64, 127, 128, 511, 512, 100_000] {
-                let s = KernelSizes::for_system(features, 20, 64.min(features), n_atoms);
+            for (n_atoms, hidden) in [1, 12, 63, 64, 127, 128, 511, 512, 100_000]
+                .into_iter()
+                .flat_map(|n| [(n, 64.min(features)), (n, features / 2)])
+            {
+                let s = KernelSizes::for_system(features, 20, hidden, n_atoms);
                 let what = format!("F = {features}, {n_atoms} atoms: {s:?}");
                 // Message blocks: whole warps of channels, at most 1,024 threads.
                 assert!(features.is_multiple_of(s.channel_slices), "{what}");
@@ -415,7 +418,7 @@ mod tests {
                 // Dense blocks: at most 512 features × atoms (static shared memory).
                 assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
                 // Cluster blocks: a warp for every 32 of a layer's outputs they own.
-                for width in [features, 2 * features, 3 * features, 64.min(features)] {
+                for width in [features, 2 * features, 3 * features, hidden] {
                     assert!(width.is_multiple_of(s.cluster), "{what}");
                     assert!(
                         (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
