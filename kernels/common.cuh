@@ -93,6 +93,36 @@ __device__ __forceinline__ u32 remote_address(u32 address, u32 rank) {
 __device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
     return remote_address(shared_address(local), rank);
 }
+
+// Transaction barriers (mbarrier with a byte count), shared by the dense kernels' cluster matvecs
+// and the one-cluster kernel: a phase completes when its arrivals are in and every announced byte
+// has landed, so senders need no release fence (a cluster barrier's release is a GPU-wide MEMBAR:
+// docs/perf-notes.md, v12 and v22).
+__device__ __forceinline__ void barrier_init(u64* bar, u32 arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(arrivals) : "memory");
+}
+
+// Stores `v` at the shared::cluster address `remote` and counts its 4 bytes on the barrier at
+// `remote_bar` (st.async: no fence, the barrier orders it).
+__device__ __forceinline__ void store_counted(u32 remote, float v, u32 remote_bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+                 "r"(__float_as_uint(v)), "r"(remote_bar)
+                 : "memory");
+}
+
+// Spins on `done()` (one try_wait on a barrier). A miscounted phase would hang the GPU: after 2 s
+// the kernel traps instead (a launch failure the host reports).
+template <class TryWait>
+__device__ __forceinline__ void wait_or_trap(TryWait done) {
+    u64 start;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    for (;;) {
+        if (done()) return;
+        u64 now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (now - start > 2000000000ull) __trap();
+    }
+}
 #endif
 
 #if CLUSTER > 1
@@ -110,8 +140,7 @@ __shared__ u64 matvec_barrier;
 // can send to it.
 __device__ __forceinline__ void dense_kernel_start() {
     if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(&matvec_barrier)), "r"(blockDim.x)
-                     : "memory");
+        barrier_init(&matvec_barrier, blockDim.x);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();
@@ -129,32 +158,23 @@ __device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
     return state;
 }
 
-// Waits until every thread has arrived and every announced byte has landed. A miscounted phase
-// would hang the GPU: after 2 s the kernel traps instead (a launch failure the host reports).
+// Waits until every thread has arrived and every announced byte has landed.
 __device__ __forceinline__ void matvec_wait(u64 state) {
     const u32 bar = shared_address(&matvec_barrier);
-    u64 start;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    for (;;) {
+    wait_or_trap([&] {
         u32 done;
         asm volatile("{ .reg .pred p; mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done)
                      : "r"(bar), "l"(state)
                      : "memory");
-        if (done) return;
-        u64 now;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-        if (now - start > 2000000000ull) __trap();
-    }
+        return done != 0;
+    });
 }
 
 // Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s and
 // counts its 4 bytes on that block's matvec barrier.
 __device__ __forceinline__ void send_to_block(float* local, u32 rank, float value) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
-                     remote_address(local, rank)),
-                 "r"(__float_as_uint(value)), "r"(remote_address(&matvec_barrier, rank))
-                 : "memory");
+    store_counted(remote_address(local, rank), value, remote_address(&matvec_barrier, rank));
 }
 #else
 #define DENSE_KERNEL extern "C" __global__ void

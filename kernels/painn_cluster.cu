@@ -93,48 +93,37 @@ extern "C" __global__ void painn_cluster_shared_bytes(int* out) { *out = (int)si
 
 namespace cl {
 
-// Phases are chained by transaction barriers (mbarrier with a byte count) instead of cluster
-// barriers: each block's barrier of phase p expects the bytes that all blocks send it in phase p,
-// and completes when the last of them lands. No release fence drains the sender's stores and no
-// block waits for the slowest one to arrive (a cluster barrier cost ≈ 0.7 µs + 0.8 µs of store
-// drain per phase: docs/perf-notes.md, v10 and v12).
+// Phases are chained by transaction barriers (common.cuh) instead of cluster barriers: each
+// block's barrier of phase p expects the bytes that all blocks send it in phase p, and completes
+// when the last of them lands. No release fence drains the sender's stores and no block waits for
+// the slowest one to arrive (a cluster barrier cost ≈ 0.7 µs + 0.8 µs of store drain per phase:
+// docs/perf-notes.md, v10 and v12).
 __device__ __forceinline__ void phase_init(u64* bar, u32 bytes) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)) : "memory");
+    barrier_init(bar, 1);
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
                  : "memory");
 }
 
-// Waits until every byte of the phase has arrived. A miscounted phase would hang the GPU: after
-// 2 s the kernel traps instead (a launch failure the host reports).
+// Waits until every byte of the phase has arrived.
 __device__ __forceinline__ void phase_wait(u64* bar) {
     const u32 address = shared_address(bar);
-    u64 start;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    for (;;) {
+    wait_or_trap([&] {
         u32 done;
         asm volatile(
             "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
             : "=r"(done)
             : "r"(address)
             : "memory");
-        if (done) return;
-        u64 now;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-        if (now - start > 2000000000ull) __trap();
-    }
+        return done != 0;
+    });
 }
 
 // Stores `v` at the place of `local` in every block of the cluster (this one included) and
-// counts its 4 bytes on that block's barrier `bar` (st.async: no fence, the barrier orders it).
+// counts its 4 bytes on that block's barrier `bar`.
 __device__ __forceinline__ void send(float* local, float v, u64* bar) {
     const u32 address = shared_address(local), bar_address = shared_address(bar);
 #pragma unroll
-    for (u32 r = 0; r < SCL; ++r) {
-        const u32 remote = remote_address(address, r), remote_bar = remote_address(bar_address, r);
-        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
-                     "r"(__float_as_uint(v)), "r"(remote_bar)
-                     : "memory");
-    }
+    for (u32 r = 0; r < SCL; ++r) store_counted(remote_address(address, r), v, remote_address(bar_address, r));
 }
 
 __device__ __forceinline__ float4 load_remote(const float4* local, u32 r) {

@@ -63,8 +63,6 @@ struct ClusterLayerParams {
 // Safety: plain-old-data with the C layout of the kernel's struct.
 unsafe impl DeviceRepr for ClusterLayerParams {}
 
-/// Why the one-cluster kernel cannot evaluate this model on this system, if it cannot (the GPU
-/// aside: it also needs thread-block clusters, see [`unsupported_on`]).
 /// Whether the kernel is built for these widths (features, readout hidden units): each block's
 /// share of them must divide a warp, i.e. 16 × a power of two up to 512 (the `#if` in
 /// kernels/painn_cluster.cu).
@@ -77,6 +75,8 @@ pub fn supports_widths(features: usize, readout_hidden: usize) -> bool {
     owned(features) && owned(readout_hidden)
 }
 
+/// Why the one-cluster kernel cannot evaluate this model on this system, if it cannot (the GPU
+/// aside: it also needs thread-block clusters, see [`unsupported_on`]).
 pub fn unsupported(model: &PainnModel, n_atoms: usize, periodic: bool) -> Option<String> {
     let (f, h) = (model.config.n_atom_basis, model.readout1.n_out());
     if periodic {

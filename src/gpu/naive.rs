@@ -50,12 +50,12 @@ impl PainnKernels {
         variant: KernelVariant,
         periodic: bool,
     ) -> Result<PainnKernels> {
-        let cluster_applies =
+        let auto_picks_cluster =
             numbers.len() <= AUTO_MAX_ATOMS && unsupported_on(gpu, model, numbers.len(), periodic).is_none();
         Ok(match variant {
             // The device may still refuse a 16-block cluster (e.g. SMs taken by other work, MIG):
             // `auto` then says so and runs the fused kernels; `cluster` fails.
-            KernelVariant::Auto if cluster_applies => match ClusterPainn::new(gpu, model, numbers, periodic) {
+            KernelVariant::Auto if auto_picks_cluster => match ClusterPainn::new(gpu, model, numbers, periodic) {
                 Ok(painn) => PainnKernels::Cluster(painn),
                 Err(e) => {
                     eprintln!("warning: {e:#}; using the fused kernels");
