@@ -110,18 +110,16 @@ __device__ __forceinline__ void store_counted(u32 remote, float v, u32 remote_ba
                  : "memory");
 }
 
-// Spins on `done()` (one try_wait on a barrier). A miscounted phase would hang the GPU: after 2 s
-// the kernel traps instead (a launch failure the host reports).
+// Spins on `done()` (one try_wait on a barrier). A miscounted phase would hang the GPU: after
+// ~2 s (4·10⁹ cycles of this SM's clock) the kernel traps instead (a launch failure the host
+// reports). The clock is read only once the first try has failed, and it is the SM's cycle
+// counter: reading %globaltimer stalls on a long scoreboard (perf-notes v25).
 template <class TryWait>
 __device__ __forceinline__ void wait_or_trap(TryWait done) {
-    u64 start;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    for (;;) {
-        if (done()) return;
-        u64 now;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-        if (now - start > 2000000000ull) __trap();
-    }
+    if (done()) return;
+    const long long start = clock64();
+    while (!done())
+        if (clock64() - start > 4000000000ll) __trap();
 }
 #endif
 
@@ -158,12 +156,14 @@ __device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
     return state;
 }
 
-// Waits until every thread has arrived and every announced byte has landed.
+// Waits until every thread has arrived and every announced byte has landed. CTA scope: the
+// outputs land in this block's shared memory, and a cluster-scope acquire would invalidate L1 in
+// every thread (CCTL.IVALL) after every matvec (perf-notes v25).
 __device__ __forceinline__ void matvec_wait(u64 state) {
     const u32 bar = shared_address(&matvec_barrier);
     wait_or_trap([&] {
         u32 done;
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.acquire.cta.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done)
                      : "r"(bar), "l"(state)
                      : "memory");

@@ -104,13 +104,17 @@ __device__ __forceinline__ void phase_init(u64* bar, u32 bytes) {
                  : "memory");
 }
 
-// Waits until every byte of the phase has arrived.
+// Waits until every byte of the phase has arrived. CTA-scope acquire, as for any transaction
+// barrier (CUTLASS's ClusterTransactionBarrier waits the same way): what it guards is this block's
+// own shared memory, written by the senders' st.async. A cluster-scope acquire compiles to an L1
+// invalidation (CCTL.IVALL) in every thread after every phase, which waits for the weight loads
+// already in flight and sends every later bias and weight load to L2 (perf-notes v25).
 __device__ __forceinline__ void phase_wait(u64* bar) {
     const u32 address = shared_address(bar);
     wait_or_trap([&] {
         u32 done;
         asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
             : "=r"(done)
             : "r"(address)
             : "memory");

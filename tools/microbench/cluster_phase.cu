@@ -1,0 +1,224 @@
+// How long does one exchange phase of a thread-block cluster take on Hopper, as a function of
+// the bytes exchanged and how they are stored? The one-cluster PaiNN kernel (kernels/
+// painn_cluster.cu) is a chain of ~28 such phases per force call; this measures its floor.
+//
+// Each phase: every block produces `values` floats that depend on what it received in the
+// previous phase, pushes them into every block of the cluster (st.async counted on the receiver's
+// mbarrier), and waits for all blocks' values. Barriers and buffers are double-buffered, so
+// phases chain without any cluster barrier (the same protocol the kernels use).
+//
+// nvcc -O3 -arch=sm_90 -std=c++17 cluster_phase.cu -o cluster_phase && ./cluster_phase
+#include <cstdio>
+#include <cstdlib>
+#include <cuda_runtime.h>
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define CHECK(x)                                                                              \
+    do {                                                                                      \
+        cudaError_t e = (x);                                                                  \
+        if (e != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
+            exit(1);                                                                          \
+        }                                                                                     \
+    } while (0)
+
+__device__ __forceinline__ u32 rank_in_cluster() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 nblocks_in_cluster() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 saddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ u32 mapa(u32 a, u32 r) {
+    u32 o;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(o) : "r"(a), "r"(r));
+    return o;
+}
+__device__ __forceinline__ void cluster_sync_all() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+template <bool CLUSTER_SCOPE>
+__device__ __forceinline__ void wait_parity(u64* bar, u32 parity) {
+    u32 done = 0;
+    const long long start = clock64();
+    while (!done) {
+        if (clock64() - start > 4000000000ll) __trap();
+        if (CLUSTER_SCOPE)
+            asm volatile(
+                "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                : "=r"(done)
+                : "r"(saddr(bar)), "r"(parity)
+                : "memory");
+        else
+            asm volatile(
+                "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                : "=r"(done)
+                : "r"(saddr(bar)), "r"(parity)
+                : "memory");
+    }
+}
+
+#define MAXV 1024  // values per block per phase
+#define MAXCL 16
+
+// MODE 0: scalar st.async, a thread per value sends it to every block (what painn_cluster does).
+// MODE 1: values staged locally, then 16-byte st.async, a thread per (4 values, receiver).
+// MODE 2: scalar st.async, a thread per (value, receiver).
+// MODE 3: no data: a relaxed cluster barrier per phase (the floor of any cluster-wide phase).
+// MODE 5: MODE 0 with the wait at CTA scope (acquire.cta: no L1 invalidation).
+// MODE 6: MODE 5 with one warp waiting and the block released by a block barrier.
+// MODE 4: values staged locally, receivers pull them with ld.shared::cluster.v4 after a relaxed
+//         cluster barrier (and a second barrier before the buffers are reused).
+template <int MODE>
+__global__ void __launch_bounds__(512, 1) phases_kernel(int phases, int values, u64* out, float* sink, const float* __restrict__ weights) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    u64* bar = reinterpret_cast<u64*>(smem);                     // [2]
+    float* stage = reinterpret_cast<float*>(smem + 16);          // [MAXV]
+    float* buf = reinterpret_cast<float*>(smem + 16 + 4 * MAXV);  // [2][MAXCL * MAXV]
+    const u32 t = threadIdx.x, rank = rank_in_cluster(), ncl = nblocks_in_cluster();
+    const u32 bytes = 4u * values * ncl;
+    for (int k = t; k < 2 * MAXCL * MAXV; k += blockDim.x) buf[k] = 0.f;
+    if (t == 0) {
+        for (int s = 0; s < 2; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(saddr(&bar[s])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    cluster_sync_all();
+    u64 t0 = 0;
+    if (t == 0) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    float carry = 0.f;
+    for (int p = 0; p < phases; ++p) {
+        const int slot = p & 1;
+        const u32 parity = (p >> 1) & 1;
+        float* in = buf + (slot ^ 1) * MAXCL * MAXV;
+        float* dst = buf + slot * MAXCL * MAXV;
+        // The value depends on the previous phase's data (a true chain).
+        // ... and on one global load, as a kernel's bias or weight load after a phase would.
+        float v = in[((t + p) % (ncl * values + 1)) % (MAXCL * MAXV)] + weights[(t * 7 + p * 131) % 16384] + 1.f;
+        if (MODE != 3 && MODE != 4 && t == 0)
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(saddr(&bar[slot])), "r"(bytes)
+                         : "memory");
+        if (MODE == 0 || MODE == 5 || MODE == 6) {
+            for (u32 i = t; i < (u32)values; i += blockDim.x) {
+                u32 a = saddr(dst + rank * values + i), b = saddr(&bar[slot]);
+                float w = v + (float)i;
+                for (u32 r = 0; r < ncl; ++r)
+                    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
+                                     mapa(a, r)),
+                                 "r"(__float_as_uint(w)), "r"(mapa(b, r))
+                                 : "memory");
+            }
+        } else if (MODE == 2) {
+            for (u32 k = t; k < values * ncl; k += blockDim.x) {
+                u32 r = k % ncl, i = k / ncl;
+                float w = v + (float)i;
+                asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
+                                 mapa(saddr(dst + rank * values + i), r)),
+                             "r"(__float_as_uint(w)), "r"(mapa(saddr(&bar[slot]), r))
+                             : "memory");
+            }
+        } else if (MODE == 1 || MODE == 4) {
+            for (u32 i = t; i < (u32)values; i += blockDim.x) stage[i] = v + (float)i;
+            __syncthreads();
+            if (MODE == 1) {
+                for (u32 k = t; k < values / 4 * ncl; k += blockDim.x) {
+                    u32 r = k % ncl, i = 4 * (k / ncl);
+                    float4 w = *reinterpret_cast<float4*>(stage + i);
+                    asm volatile(
+                        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(
+                            mapa(saddr(dst + rank * values + i), r)),
+                        "r"(__float_as_uint(w.x)), "r"(__float_as_uint(w.y)), "r"(__float_as_uint(w.z)),
+                        "r"(__float_as_uint(w.w)), "r"(mapa(saddr(&bar[slot]), r))
+                        : "memory");
+                }
+            } else {
+                asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+                for (u32 k = t; k < values / 4 * ncl; k += blockDim.x) {
+                    u32 r = k % ncl, i = 4 * (k / ncl);
+                    float4 w;
+                    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                                 : "=f"(w.x), "=f"(w.y), "=f"(w.z), "=f"(w.w)
+                                 : "r"(mapa(saddr(stage + i), r))
+                                 : "memory");
+                    *reinterpret_cast<float4*>(dst + r * values + i) = w;
+                }
+                asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+            }
+        }
+        if (MODE == 3) {
+            asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+        } else if (MODE == 5) {
+            wait_parity<false>(&bar[slot], parity);
+        } else if (MODE == 6) {
+            if (t < 32) wait_parity<false>(&bar[slot], parity);
+        } else if (MODE != 4) {
+            wait_parity<true>(&bar[slot], parity);
+        }
+        __syncthreads();
+        carry += v;
+    }
+    if (t == 0) {
+        u64 t1;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+        if (rank == 0) out[blockIdx.x / ncl] = t1 - t0;
+    }
+    if (carry == -1.f) sink[0] = carry;
+    cluster_sync_all();
+}
+
+template <int MODE>
+double run(int cluster, int values, int phases) {
+    auto kernel = phases_kernel<MODE>;
+    const size_t shared = 16 + 4 * MAXV + 2 * 4 * MAXCL * MAXV;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    u64* out;
+    float* sink;
+    CHECK(cudaMalloc(&out, sizeof(u64)));
+    CHECK(cudaMalloc(&sink, 16384 * sizeof(float)));
+    CHECK(cudaMemset(sink, 0, 16384 * sizeof(float)));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(cluster);
+    cfg.blockDim = dim3(512);
+    cfg.dynamicSmemBytes = shared;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    double best = 1e30;
+    for (int rep = 0; rep < 7; ++rep) {
+        CHECK(cudaLaunchKernelEx(&cfg, kernel, phases, values, out, sink, sink));
+        CHECK(cudaDeviceSynchronize());
+        u64 ns;
+        CHECK(cudaMemcpy(&ns, out, sizeof(u64), cudaMemcpyDeviceToHost));
+        if (rep > 0 && ns < best) best = (double)ns;  // min over reps after a warm-up
+    }
+    CHECK(cudaFree(out));
+    CHECK(cudaFree(sink));
+    return best / phases * 1e-3;  // µs per phase
+}
+
+int main() {
+    const int phases = 2000;
+    printf("# µs per exchange phase (min of 6 launches of %d phases), 512 threads per block\n", phases);
+    printf("%8s %8s %10s %10s %10s %10s %10s %10s %10s\n", "cluster", "values", "scalar", "v4-spread", "scalar-spr",
+           "barrier", "pull-v4", "scalar-cta", "warp-cta");
+    const int clusters[] = {16, 8, 4};
+    const int vals[] = {4, 24, 96, 192, 384, 576, 768};
+    for (int c : clusters)
+        for (int v : vals) {
+            if (v > MAXV) continue;
+            printf("%8d %8d %10.3f %10.3f %10.3f %10.3f %10.3f %10.3f %10.3f\n", c, v, run<0>(c, v, phases),
+                   run<1>(c, v, phases), run<2>(c, v, phases), run<3>(c, v, phases), run<4>(c, v, phases),
+                   run<5>(c, v, phases), run<6>(c, v, phases));
+            fflush(stdout);
+        }
+    return 0;
+}
