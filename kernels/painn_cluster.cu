@@ -145,23 +145,37 @@ __device__ __forceinline__ float load_remote(const float* local, u32 r) {
     return v;
 }
 
+#ifndef CLUSTER_MATVEC_W
+#define CLUSTER_MATVEC_W 8
+#endif
+
 // Y = X · M on this block's output columns, with every size known at compile time (no guards in
 // the inner loops): M row-major [K, MB·B] in global memory, X in shared memory (row stride ld).
 // The block owns columns {b·B + rank·BC + j : b < MB, j < BC}. Threads: j in the lowest bits (a
 // warp's weight loads are contiguous), then the split of the k loop into KS contiguous runs of W
-// (vector loads of X), then the block b.
+// (vector loads of X), then RG groups of rows, then the block b.
+// The k loop is split only until each thread has CLUSTER_MATVEC_W products per row (0: as far as
+// the threads allow, the layout before perf-notes v25); threads left over take a share of the
+// rows instead. A deep split costs a shuffle round and cross-warp partials per row for a few
+// products each (v25).
 template <int K, int MB, int B, int BC>
 struct Matvec {
     static_assert(32 % BC == 0, "columns per block must divide a warp");
-    static constexpr int KS_WANT = STHREADS / (BC * MB);
-    static constexpr int KS_POW2 = KS_WANT >= 64 ? 64 : KS_WANT >= 32 ? 32 : KS_WANT >= 16 ? 16 : KS_WANT >= 8 ? 8 : 4;
-    static constexpr int KS = KS_POW2 < 32 / BC ? 32 / BC : KS_POW2;
+    static constexpr int KPW = 32 / BC;  // k-splits per warp
+    __host__ __device__ static constexpr int pow2_floor(int v) { return v >= 64 ? 64 : v >= 32 ? 32 : v >= 16 ? 16 : v >= 8 ? 8 : v >= 4 ? 4 : v >= 2 ? 2 : 1; }
+    static constexpr int KS_THREADS = pow2_floor(STHREADS / (BC * MB));  // k-splits the threads allow
+    static constexpr int KS_PRODUCTS = CLUSTER_MATVEC_W > 0 ? pow2_floor(K / CLUSTER_MATVEC_W > 0 ? K / CLUSTER_MATVEC_W : 1) : 64;
+    static constexpr int KS_CAPPED = KS_PRODUCTS < KS_THREADS ? KS_PRODUCTS : KS_THREADS;
+    static constexpr int KS = KS_CAPPED < KPW ? KPW : KS_CAPPED;
     static constexpr int W = (K + KS - 1) / KS;  // k values per thread
-    static constexpr int KPW = 32 / BC;          // k-splits per warp
-    static constexpr int WPB = KS / KPW;         // warps per output block b
-    static_assert(BC * KS * MB <= STHREADS, "one pass of threads");
+    static constexpr int WPB = KS / KPW;         // warps per (row group, output block b)
+    static constexpr int RG_THREADS = pow2_floor(STHREADS / (BC * KS * MB));
+    static constexpr int RG = RG_THREADS < RB ? RG_THREADS : RB;  // row groups
+    static constexpr int RPT = RB / RG;                             // rows per thread and pass
+    static_assert(RB % RG == 0, "whole rows per group");
+    static_assert(BC * KS * RG * MB <= STHREADS, "one pass of threads");
 
-    int j, ks, b, col;
+    int j, ks, g, b, col;
     bool active;
     float w[W];  // this thread's weights, loaded ahead (prefetch) so that their latency overlaps
 
@@ -169,7 +183,8 @@ struct Matvec {
         int t = threadIdx.x;
         j = t % BC;
         ks = (t / BC) % KS;
-        b = t / (BC * KS);
+        g = (t / (BC * KS)) % RG;
+        b = t / (BC * KS * RG);
         active = b < MB;
         col = b * B + (int)cluster_rank() * BC + j;
 #pragma unroll
@@ -186,10 +201,10 @@ struct Matvec {
     __device__ __forceinline__ void run(const float* X, int ld, int rows, float* scratch, Epi epi) const {
         const int t = threadIdx.x;
         for (int r0 = 0; r0 < rows; r0 += RB) {
-            float acc[RB];
+            float acc[RPT];
 #pragma unroll
-            for (int r = 0; r < RB; ++r) {
-                const float* x = X + (r0 + r) * ld + ks * W;
+            for (int rr = 0; rr < RPT; ++rr) {
+                const float* x = X + (r0 + g * RPT + rr) * ld + ks * W;
                 float sum = 0.f;
                 if constexpr (K % KS == 0 && W % 4 == 0) {  // vector loads need whole runs
 #pragma unroll
@@ -207,16 +222,17 @@ struct Matvec {
 #pragma unroll
                     for (int u = 0; u < W; ++u) sum += (K % KS == 0 || ks * W + u < K) ? w[u] * x[u] : 0.f;
                 }
-                acc[r] = sum;
+                acc[rr] = sum;
             }
 #pragma unroll
             for (int offset = BC; offset < 32; offset <<= 1) {
 #pragma unroll
-                for (int r = 0; r < RB; ++r) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+                for (int rr = 0; rr < RPT; ++rr) acc[rr] += __shfl_xor_sync(0xffffffffu, acc[rr], offset);
             }
             if (active && (t & 31) < BC) {
 #pragma unroll
-                for (int r = 0; r < RB; ++r) scratch[((b * WPB + ks / KPW) * RB + r) * BC + j] = acc[r];
+                for (int rr = 0; rr < RPT; ++rr)
+                    scratch[((b * WPB + ks / KPW) * RB + g * RPT + rr) * BC + j] = acc[rr];
             }
             __syncthreads();
             // Channel-fastest: a warp's epilogue stores (local or to every block) are contiguous.

@@ -167,6 +167,14 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
         ]
         .into_iter()
         .chain(sizes.checks.then(|| "-DKERNEL_CHECKS=1".to_string()))
+        // Experiments: products per thread and row in the one-cluster kernel's matvecs (0: the
+        // deepest k split, before perf-notes v25).
+        .chain(
+            std::env::var("MDRUN_CLUSTER_MATVEC_W")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|w| format!("-DCLUSTER_MATVEC_W={w}")),
+        )
         .collect(),
         ..Default::default()
     }
