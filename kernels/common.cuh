@@ -98,6 +98,10 @@ __device__ __forceinline__ u32 remote_address(const void* local, u32 rank) {
 // and the one-cluster kernel: a phase completes when its arrivals are in and every announced byte
 // has landed, so senders need no release fence (a cluster barrier's release is a GPU-wide MEMBAR:
 // docs/perf-notes.md, v12 and v22).
+// Waiters acquire at CTA scope, as for any transaction barrier (CUTLASS's
+// ClusterTransactionBarrier waits the same way): what a wait guards is this block's own shared
+// memory, written by the senders' st.async. A cluster-scope acquire compiles to an L1
+// invalidation (CCTL.IVALL) in every thread after every wait (perf-notes v25).
 __device__ __forceinline__ void barrier_init(u64* bar, u32 arrivals) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(arrivals) : "memory");
 }
@@ -156,9 +160,8 @@ __device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
     return state;
 }
 
-// Waits until every thread has arrived and every announced byte has landed. CTA scope: the
-// outputs land in this block's shared memory, and a cluster-scope acquire would invalidate L1 in
-// every thread (CCTL.IVALL) after every matvec (perf-notes v25).
+// Waits until every thread has arrived and every announced byte has landed (CTA-scope acquire,
+// see the transaction barriers above).
 __device__ __forceinline__ void matvec_wait(u64 state) {
     const u32 bar = shared_address(&matvec_barrier);
     wait_or_trap([&] {

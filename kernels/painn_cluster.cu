@@ -104,11 +104,7 @@ __device__ __forceinline__ void phase_init(u64* bar, u32 bytes) {
                  : "memory");
 }
 
-// Waits until every byte of the phase has arrived. CTA-scope acquire, as for any transaction
-// barrier (CUTLASS's ClusterTransactionBarrier waits the same way): what it guards is this block's
-// own shared memory, written by the senders' st.async. A cluster-scope acquire compiles to an L1
-// invalidation (CCTL.IVALL) in every thread after every phase, which waits for the weight loads
-// already in flight and sends every later bias and weight load to L2 (perf-notes v25).
+// Waits until every byte of the phase has arrived (CTA-scope acquire: common.cuh says why).
 __device__ __forceinline__ void phase_wait(u64* bar) {
     const u32 address = shared_address(bar);
     wait_or_trap([&] {
@@ -145,18 +141,14 @@ __device__ __forceinline__ float load_remote(const float* local, u32 r) {
     return v;
 }
 
-#ifndef CLUSTER_MATVEC_W
-#define CLUSTER_MATVEC_W 8
-#endif
-
 // Y = X · M on this block's output columns, with every size known at compile time (no guards in
 // the inner loops): M row-major [K, MB·B] in global memory, X in shared memory (row stride ld).
 // The block owns columns {b·B + rank·BC + j : b < MB, j < BC}. Threads: j in the lowest bits (a
 // warp's weight loads are contiguous), then the split of the k loop into KS contiguous runs of W
 // (vector loads of X), then RG groups of rows, then the block b.
-// The k loop is split only until each thread has CLUSTER_MATVEC_W products per row (0: as far as
-// the threads allow, the layout before perf-notes v25); threads left over take a share of the
-// rows instead. A deep split costs a shuffle round and cross-warp partials per row for a few
+// The k loop is split only until each thread has CLUSTER_MATVEC_W products per row (-D from the
+// host, KernelSizes; 0: as far as the threads allow, the layout before perf-notes v25); threads
+// left over take a share of the rows instead. A deep split costs a shuffle round and cross-warp partials per row for a few
 // products each (v25).
 template <int K, int MB, int B, int BC>
 struct Matvec {
@@ -164,7 +156,7 @@ struct Matvec {
     static constexpr int KPW = 32 / BC;  // k-splits per warp
     __host__ __device__ static constexpr int pow2_floor(int v) { return v >= 64 ? 64 : v >= 32 ? 32 : v >= 16 ? 16 : v >= 8 ? 8 : v >= 4 ? 4 : v >= 2 ? 2 : 1; }
     static constexpr int KS_THREADS = pow2_floor(STHREADS / (BC * MB));  // k-splits the threads allow
-    static constexpr int KS_PRODUCTS = CLUSTER_MATVEC_W > 0 ? pow2_floor(K / CLUSTER_MATVEC_W > 0 ? K / CLUSTER_MATVEC_W : 1) : 64;
+    static constexpr int KS_PRODUCTS = CLUSTER_MATVEC_W > 0 ? pow2_floor(K / CLUSTER_MATVEC_W) : 64;
     static constexpr int KS_CAPPED = KS_PRODUCTS < KS_THREADS ? KS_PRODUCTS : KS_THREADS;
     static constexpr int KS = KS_CAPPED < KPW ? KPW : KS_CAPPED;
     static constexpr int W = (K + KS - 1) / KS;  // k values per thread

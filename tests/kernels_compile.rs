@@ -22,7 +22,7 @@ fn every_kernel_compiles_with_nvrtc() {
     // The student at its small- and large-system launch shapes (one with the self-checks), the
     // largest radial basis the GPU path accepts at the largest pair split (the message kernels'
     // static shared memory must stay under 48 KB), the widest dense blocks, a width that is not a
-    // power of two, and a narrow model with odd tiles.
+    // power of two, a narrow model with odd tiles, and the one-cluster kernel's matvec layouts.
     let student = KernelSizes {
         features: 128,
         rbf: 20,
@@ -32,6 +32,7 @@ fn every_kernel_compiles_with_nvrtc() {
         cluster: 4,
         pair_split: 4,
         channel_slices: 1,
+        cluster_matvec_products: 8,
         checks: false,
     };
     for sizes in [
@@ -102,7 +103,19 @@ fn every_kernel_compiles_with_nvrtc() {
             cluster: 1,
             pair_split: 1,
             channel_slices: 1,
+            cluster_matvec_products: 8,
             checks: false,
+        },
+        // The one-cluster kernel's other matvec layouts (MDRUN_CLUSTER_MATVEC_W): the deepest
+        // split (the layout before perf-notes v25) and the shallowest measured.
+        KernelSizes {
+            cluster_matvec_products: 0,
+            ..student
+        },
+        KernelSizes {
+            cluster_matvec_products: 16,
+            checks: true,
+            ..student
         },
     ] {
         // For the H100 itself (sm_90): NVRTC then runs the backend too, which enforces the

@@ -52,6 +52,9 @@ pub struct KernelSizes {
     /// Blocks per atom in the message kernels, each with `F / channel_slices` of the channels
     /// (a multiple of 32).
     pub channel_slices: usize,
+    /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
+    /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
+    pub cluster_matvec_products: usize,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
     pub checks: bool,
@@ -66,8 +69,9 @@ impl KernelSizes {
     /// The message kernels split each atom's pairs over 4 threads per channel and its channels
     /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (more warps to hide the pair loop's
     /// latency while there are few atoms; docs/perf-notes.md, v13 and v19).
-    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT and
-    /// MDRUN_CHANNEL_SLICES override, for experiments.
+    /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
+    /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
+    /// MDRUN_CHANNEL_SLICES and MDRUN_CLUSTER_MATVEC_W override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
@@ -120,6 +124,7 @@ impl KernelSizes {
             cluster,
             pair_split,
             channel_slices,
+            cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
@@ -163,18 +168,11 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DCLUSTER={}", sizes.cluster),
             format!("-DPAIR_SPLIT={}", sizes.pair_split),
             format!("-DCHANNEL_SLICES={}", sizes.channel_slices),
+            format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
             "--std=c++17".into(),
         ]
         .into_iter()
         .chain(sizes.checks.then(|| "-DKERNEL_CHECKS=1".to_string()))
-        // Experiments: products per thread and row in the one-cluster kernel's matvecs (0: the
-        // deepest k split, before perf-notes v25).
-        .chain(
-            std::env::var("MDRUN_CLUSTER_MATVEC_W")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .map(|w| format!("-DCLUSTER_MATVEC_W={w}")),
-        )
         .collect(),
         ..Default::default()
     }

@@ -66,14 +66,16 @@ __device__ __forceinline__ void wait_parity(u64* bar, u32 parity) {
 #define MAXV 1024  // values per block per phase
 #define MAXCL 16
 
-// MODE 0: scalar st.async, a thread per value sends it to every block (what painn_cluster does).
+// MODE 0: scalar st.async, a thread per value sends it to every block (what painn_cluster did
+//         before perf-notes v25: acquire at cluster scope).
 // MODE 1: values staged locally, then 16-byte st.async, a thread per (4 values, receiver).
 // MODE 2: scalar st.async, a thread per (value, receiver).
 // MODE 3: no data: a relaxed cluster barrier per phase (the floor of any cluster-wide phase).
-// MODE 5: MODE 0 with the wait at CTA scope (acquire.cta: no L1 invalidation).
+// MODE 4: values staged locally, receivers pull them with ld.shared::cluster.v4 after a cluster
+//         barrier (and a second barrier before the buffers are reused).
+// MODE 5: MODE 0 with the wait at CTA scope (acquire.cta: no L1 invalidation; what the kernels do
+//         since v25).
 // MODE 6: MODE 5 with one warp waiting and the block released by a block barrier.
-// MODE 4: values staged locally, receivers pull them with ld.shared::cluster.v4 after a relaxed
-//         cluster barrier (and a second barrier before the buffers are reused).
 template <int MODE>
 __global__ void __launch_bounds__(512, 1) phases_kernel(int phases, int values, u64* out, float* sink, const float* __restrict__ weights) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -177,10 +179,11 @@ double run(int cluster, int values, int phases) {
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     u64* out;
-    float* sink;
+    float *sink, *weights;
     CHECK(cudaMalloc(&out, sizeof(u64)));
-    CHECK(cudaMalloc(&sink, 16384 * sizeof(float)));
-    CHECK(cudaMemset(sink, 0, 16384 * sizeof(float)));
+    CHECK(cudaMalloc(&sink, sizeof(float)));
+    CHECK(cudaMalloc(&weights, 16384 * sizeof(float)));
+    CHECK(cudaMemset(weights, 0, 16384 * sizeof(float)));
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(cluster);
     cfg.blockDim = dim3(512);
@@ -194,7 +197,7 @@ double run(int cluster, int values, int phases) {
     cfg.numAttrs = 1;
     double best = 1e30;
     for (int rep = 0; rep < 7; ++rep) {
-        CHECK(cudaLaunchKernelEx(&cfg, kernel, phases, values, out, sink, sink));
+        CHECK(cudaLaunchKernelEx(&cfg, kernel, phases, values, out, sink, weights));
         CHECK(cudaDeviceSynchronize());
         u64 ns;
         CHECK(cudaMemcpy(&ns, out, sizeof(u64), cudaMemcpyDeviceToHost));
@@ -202,6 +205,7 @@ double run(int cluster, int values, int phases) {
     }
     CHECK(cudaFree(out));
     CHECK(cudaFree(sink));
+    CHECK(cudaFree(weights));
     return best / phases * 1e-3;  // µs per phase
 }
 
