@@ -56,6 +56,23 @@ struct LayerCache {
 
 #define NPHASE (10 * TMAX)  // mbarrier-separated phases of one evaluation (28 for 3 layers)
 
+// Rows of OwnedParams::bias per interaction.
+enum BiasRow { BIAS_C1 = 0, BIAS_C2 = 1, BIAS_M1 = 4, BIAS_M2 = 5, BIAS_ROWS = 8 };
+
+// The model parameters one block reads outside its matvecs: its channels' filter rows and
+// biases, its readout units, the radial basis. Gathered once per model (`painn_cluster_pack`)
+// into one record per block, so that an evaluation copies them in one round of 16-byte loads:
+// gathered in the evaluation they were chains of dependent loads (the layer's pointers, then the
+// values), and read in the matvec epilogues they put an L2 round trip after a wait (perf-notes v27).
+struct alignas(16) OwnedParams {
+    float filter_w[TMAX][3][CB][NK];  // filter rows (s, R, v) of the owned channels
+    float filter_b[TMAX][3][CB];
+    float bias[TMAX][BIAS_ROWS][CB];  // c1, c2 (s, R, v), m1, m2 (s, R, v)
+    float ro_b1[HB], ro_w2[HB];       // readout hidden layer: owned units' biases and output weights
+    float rbf_offset[NK], rbf_coeff[NK];
+};
+static_assert(sizeof(OwnedParams) % 16 == 0, "copied 16 bytes at a time");
+
 struct ClusterShared {
     u64 phase_bar[NPHASE];          // one transaction barrier per phase, each used once per launch
 #ifdef KERNEL_CHECKS
@@ -65,7 +82,8 @@ struct ClusterShared {
     float4 pr[NMAX][NMAX];          // pair (i, slot): r (Å) and d
     float2 pcut[NMAX][NMAX];        // its cosine cutoff and the cutoff's derivative
     float4 pg[NMAX][NMAX];          // this block's (∂E/∂d, ∂E/∂r̂) per pair, its channels, all layers
-    float pphi[NMAX][NMAX][NK];     // radial basis per pair
+    alignas(16) float pphi[NMAX][NMAX][NK];   // radial basis per pair
+    alignas(16) float pdphi[NMAX][NMAX][NK];  // its derivative in d (Å⁻¹), for the backward pass
     int pj[NMAX][NMAX], prev[NMAX][NMAX], pcount[NMAX];
     // replicated (every channel, pushed by the owners)
     alignas(16) float ctx[NMAX][2 * NF];      // q | ‖V‖
@@ -79,9 +97,7 @@ struct ClusterShared {
     };
     // owned channels only
     LayerCache cache[TMAX];
-    float filter_w[TMAX][3][CB][NK];  // filter rows (s, R, v) of the owned channels
-    float filter_b[TMAX][3][CB];
-    float rbf_offset[NK], rbf_coeff[NK];
+    OwnedParams own;
     float vdotu[NMAX][CB];
     float gq[2][NMAX][CB];
     float gm[NMAX][3][CB];
@@ -89,7 +105,43 @@ struct ClusterShared {
     float scratch[STHREADS / 32 * CB * RB];  // matvec: per warp, its columns' partial sums
 };
 
-extern "C" __global__ void painn_cluster_shared_bytes(int* out) { *out = (int)sizeof(ClusterShared); }
+extern "C" __global__ void painn_cluster_shared_bytes(int* out) {
+    out[0] = (int)sizeof(ClusterShared);
+    out[1] = (int)sizeof(OwnedParams);
+}
+
+// A row of N floats from shared memory into registers, 16 bytes at a time where the row allows
+// (rows of NK floats start 16-byte aligned when NK % 4 == 0).
+template <int N>
+__device__ __forceinline__ void load_row(float (&dst)[N], const float* src) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int k = 0; k < N; k += 4) {
+            float4 v = *reinterpret_cast<const float4*>(src + k);
+            dst[k] = v.x;
+            dst[k + 1] = v.y;
+            dst[k + 2] = v.z;
+            dst[k + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k) dst[k] = src[k];
+    }
+}
+
+// Channel jc's filter rows (s, R, v) of one interaction, held in registers through a pair loop:
+// read from shared memory per pair they were most of the message phases' shared-memory loads
+// (perf-notes v27).
+struct OwnedFilter {
+    float ws[NK], wr[NK], wv[NK];
+    float3 bias;
+    __device__ __forceinline__ OwnedFilter(const ClusterShared& S, int layer, int jc) {
+        load_row(ws, S.own.filter_w[layer][0][jc]);
+        load_row(wr, S.own.filter_w[layer][1][jc]);
+        load_row(wv, S.own.filter_w[layer][2][jc]);
+        bias = make_float3(S.own.filter_b[layer][0][jc], S.own.filter_b[layer][1][jc], S.own.filter_b[layer][2][jc]);
+    }
+};
 
 namespace cl {
 
@@ -243,14 +295,45 @@ struct Matvec {
 
 }  // namespace cl
 
+// Gathers each block's OwnedParams (block `rank` of the grid writes out[rank]); run once per
+// model, SCL blocks.
+extern "C" __global__ void painn_cluster_pack(const ClusterLayer* __restrict__ layers, int t_count, Filter filter,
+                                              Readout ro, OwnedParams* __restrict__ out) {
+    OwnedParams& P = out[blockIdx.x];
+    const int c0 = (int)blockIdx.x * CB;
+    for (int k = threadIdx.x; k < t_count * 3 * CB * NK; k += blockDim.x) {
+        int l = k / (3 * CB * NK), g = (k / (CB * NK)) % 3, j = (k / NK) % CB, kk = k % NK;
+        int row = layers[l].filter_offset + g * NF + c0 + j;
+        P.filter_w[l][g][j][kk] = filter.weight[(size_t)row * NK + kk];
+        if (kk == 0) P.filter_b[l][g][j] = filter.bias[row];
+    }
+    for (int k = threadIdx.x; k < t_count * BIAS_ROWS * CB; k += blockDim.x) {
+        const int l = k / (BIAS_ROWS * CB), row = (k / CB) % BIAS_ROWS, j = k % CB;
+        const ClusterLayer& L = layers[l];
+        const float* b = row == BIAS_C1   ? L.c1b
+                         : row < BIAS_M1  ? L.c2b + (row - BIAS_C2) * NF
+                         : row == BIAS_M1 ? L.m1b
+                                          : L.m2b + (row - BIAS_M2) * NF;
+        P.bias[l][row][j] = b[c0 + j];
+    }
+    for (int k = threadIdx.x; k < HB; k += blockDim.x) {
+        P.ro_b1[k] = ro.b1[(int)blockIdx.x * HB + k];
+        P.ro_w2[k] = ro.w2[(int)blockIdx.x * HB + k];
+    }
+    for (int k = threadIdx.x; k < NK; k += blockDim.x) {
+        P.rbf_offset[k] = filter.offsets[k];
+        P.rbf_coeff[k] = filter.coeffs[k];
+    }
+}
+
 // Forces and per-atom energies of `n` atoms (open boundaries): launched as one cluster of SCL
 // blocks of STHREADS threads, with sizeof(ClusterShared) bytes of dynamic shared memory. `q0` and
 // `x0` are the embedding and the first context network's output (setup kernel `embed`).
 extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREADS, 1)
     painn_cluster(const ClusterLayer* __restrict__ layers, int t_count, Filter filter, Readout ro,
                   const double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
-                  float* __restrict__ forces, float* __restrict__ atom_energy, int n, float epsilon,
-                  unsigned long long* __restrict__ trace) {
+                  const OwnedParams* __restrict__ owned, float* __restrict__ forces, float* __restrict__ atom_energy,
+                  int n, float epsilon, unsigned long long* __restrict__ trace) {
     extern __shared__ float4 shared_raw[];
     ClusterShared& S = *reinterpret_cast<ClusterShared*>(shared_raw);
     // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) at the start of each phase.
@@ -268,19 +351,33 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     const int c0 = (int)cluster_rank() * CB;
     const float cutoff = filter.cutoff, cutoff2 = cutoff * cutoff;
 
-    // Radial basis and the owned channels' filter rows of every layer, once.
-    for (int k = t; k < NK; k += STHREADS) {
-        S.rbf_offset[k] = filter.offsets[k];
-        S.rbf_coeff[k] = filter.coeffs[k];
+    // This block's parameters (painn_cluster_pack), in the same round of loads as the inputs and
+    // the positions.
+    for (int k = t; k < (int)(sizeof(OwnedParams) / 16); k += STHREADS)
+        reinterpret_cast<float4*>(&S.own)[k] = reinterpret_cast<const float4*>(owned + cluster_rank())[k];
+    // Layer-0 inputs: q = embedding, μ = 0, x from the setup kernel.
+    for (int k = t; k < NMAX * NF; k += STHREADS) {
+        int a = k / NF, c = k % NF;
+        S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
+        S.ctx[a][NF + c] = 0.f;
+        S.hid[a][c] = 0.f;
+        for (int m = 0; m < 3; ++m) {
+            S.mu[a * 3 + m][c] = 0.f;
+            S.g3[a][m * NF + c] = 0.f;
+            S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
+        }
     }
-    for (int k = t; k < t_count * 3 * CB * NK; k += STHREADS) {
-        int l = k / (3 * CB * NK), g = (k / (CB * NK)) % 3, j = (k / NK) % CB, kk = k % NK;
-        int row = layers[l].filter_offset + g * NF + c0 + j;
-        S.filter_w[l][g][j][kk] = filter.weight[(size_t)row * NK + kk];
-        if (kk == 0) S.filter_b[l][g][j] = filter.bias[row];
+    for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;  // rows past n enter matvecs
+    for (int k = t; k < NMAX * 3 * CB; k += STHREADS) {
+        int a = k / (3 * CB), m = (k / CB) % 3, j = k % CB;
+        S.cache[0].x[a][m][j] = a < n ? x0[a * 3 * NF + m * NF + c0 + j] : 0.f;
     }
-    __syncthreads();
-    // Pair geometry (every block the same): warp per receiving atom, lane per candidate.
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) S.pg[k / NMAX][k % NMAX] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // Pair geometry (every block the same): warp per receiving atom, lane per candidate; the
+    // radial basis and its derivative once per pair, shared by every channel of both passes. The
+    // basis constants are read from global memory (L1), not from the copy above: no barrier
+    // between the set-up's loads.
+    const OwnedParams& rbf = owned[cluster_rank()];
     for (int i = warp; i < NMAX; i += STHREADS / 32) {
         bool inside = false;
         float3 r = make_float3(0.f, 0.f, 0.f);
@@ -301,50 +398,31 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             float fc, dfc;
             cosine_cutoff(d, cutoff, fc, dfc);
             S.pcut[i][s] = make_float2(fc, dfc);
+#pragma unroll
             for (int k = 0; k < NK; ++k) {
-                float u = d - S.rbf_offset[k];
-                S.pphi[i][s][k] = __expf(S.rbf_coeff[k] * u * u);
+                float u = d - rbf.rbf_offset[k];
+                float phi = __expf(rbf.rbf_coeff[k] * u * u);
+                S.pphi[i][s][k] = phi;
+                S.pdphi[i][s][k] = rbf_derivative(d, phi, rbf.rbf_coeff[k], rbf.rbf_offset[k]);
             }
-        }
-    }
-    // Layer-0 inputs: q = embedding, μ = 0, x from the setup kernel.
-    for (int k = t; k < NMAX * NF; k += STHREADS) {
-        int a = k / NF, c = k % NF;
-        S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
-        S.ctx[a][NF + c] = 0.f;
-        S.hid[a][c] = 0.f;
-        for (int m = 0; m < 3; ++m) {
-            S.mu[a * 3 + m][c] = 0.f;
-            S.g3[a][m * NF + c] = 0.f;
-            S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
-        }
-    }
-    for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;  // rows past n enter matvecs
-    for (int k = t; k < NMAX * 3 * CB; k += STHREADS) {
-        int a = k / (3 * CB), m = (k / CB) % 3, j = k % CB;
-        S.cache[0].x[a][m][j] = a < n ? x0[a * 3 * NF + m * NF + c0 + j] : 0.f;
-    }
-    for (int k = t; k < NMAX * NMAX; k += STHREADS) S.pg[k / NMAX][k % NMAX] = make_float4(0.f, 0.f, 0.f, 0.f);
-    __syncthreads();
-    for (int k = t; k < NMAX * NMAX; k += STHREADS) {
-        int i = k / NMAX, s = k % NMAX;
-        if (i < n && s < S.pcount[i]) {
-            int j = S.pj[i][s];
-            for (int s2 = 0; s2 < S.pcount[j]; ++s2)
-                if (S.pj[j][s2] == i) S.prev[i][s] = s2;
         }
     }
     // The phase plan: the bytes every block receives in each phase, in the order the phases run
     // below (each send() reaches all SCL blocks, so a block receives what the cluster sends).
-    if (t == 0) {
+    // Every lane of warp 0 walks the plan and initializes the barriers p ≡ lane (mod 32): one
+    // thread initializing all of them was a chain of ~60 barrier operations.
+    if (warp == 0) {
         int p = 0;
         const u32 f = 4u * (u32)(n * NF);  // one float per (atom, channel)
         auto plan = [&](u32 bytes) {
+            if (p % 32 == lane) {
 #ifdef KERNEL_CHECKS
-            S.planned[p] = bytes;
-            S.sent[p] = 0;
+                S.planned[p] = bytes;
+                S.sent[p] = 0;
 #endif
-            cl::phase_init(&S.phase_bar[p++], bytes);
+                cl::phase_init(&S.phase_bar[p], bytes);
+            }
+            ++p;
         };
         for (int l = 0; l < t_count; ++l) {
             plan(4 * f);          // messages: q and μ
@@ -364,9 +442,18 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             plan(f);      // context network: ∂E/∂hidden
         }
 #ifdef KERNEL_CHECKS
-        S.planned_phases = p;
+        if (lane == 0) S.planned_phases = p;
 #endif
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) {
+        int i = k / NMAX, s = k % NMAX;
+        if (i < n && s < S.pcount[i]) {
+            int j = S.pj[i][s];
+            for (int s2 = 0; s2 < S.pcount[j]; ++s2)
+                if (S.pj[j][s2] == i) S.prev[i][s] = s2;
+        }
     }
     // Every block has started and initialized its shared memory and its barriers before anyone
     // writes into it.
@@ -393,7 +480,10 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         stamp();
     };
 
-    // Thread roles in the channel-local phases: PSPLIT threads per (atom, owned channel).
+    // Thread roles in the channel-local phases: PSPLIT threads per (atom, owned channel). The
+    // item's values are sent by all of its threads, a share each: one sender per item left 3 of
+    // 4 lanes of every st.async idle, and a phase's cost follows its st.async instructions
+    // (perf-notes v27).
     const int ps = t % PSPLIT, jc = (t / PSPLIT) % CB, ia = t / (PSPLIT * CB);
     static_assert(PSPLIT >= 1 && PSPLIT <= 32 && (PSPLIT & (PSPLIT - 1)) == 0, "whole (atom, channel) groups per warp");
     const bool item = ia < n;
@@ -403,7 +493,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     // kept for the backward pass, σ(z) to every block. Its gradient: σ'(z) ⊙ v to every block.
     auto hidden_layer = [&](const float* bias, float (*pre)[CB]) {
         return [&, bias, pre](int a, int, int j, float v) {
-            float z = v + bias[c0 + j];
+            float z = v + bias[j];
             pre[a][j] = z;
             put(&S.hid[a][c0 + j], silu(z));
         };
@@ -421,15 +511,14 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         // Messages (channel-local): q += Σ_j φ_s x_j; μ += Σ_j (φ_r x_j r̂ + φ_v x_j μ_j).
         float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
         if (item) {
-            const float* ws = S.filter_w[layer][0][jc];
-            const float* wr = S.filter_w[layer][1][jc];
-            const float* wv = S.filter_w[layer][2][jc];
-            const float3 bias = make_float3(S.filter_b[layer][0][jc], S.filter_b[layer][1][jc], S.filter_b[layer][2][jc]);
+            const OwnedFilter w(S, layer, jc);
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
                 float4 r = S.pr[ia][s];
                 int j = S.pj[ia][s];
                 const float fc = S.pcut[ia][s].x;
-                float3 f = filter_at(ws, wr, wv, bias, S.pphi[ia][s]);
+                float phi[NK];
+                load_row(phi, S.pphi[ia][s]);
+                float3 f = filter_at(w.ws, w.wr, w.wv, w.bias, phi);
                 add_message(f, fc, r, C.x[j][0][jc], C.x[j][1][jc], C.x[j][2][jc], S.mu[j * 3][c], S.mu[j * 3 + 1][c],
                             S.mu[j * 3 + 2][c], dq, dm);
             }
@@ -440,12 +529,17 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             for (int k = 0; k < 3; ++k) dm[k] += __shfl_xor_sync(0xffffffffu, dm[k], offset);
         }
         __syncthreads();  // every read of this block's channels done before they are updated
-        if (item && ps == 0) {
-            put(&S.ctx[ia][c], S.ctx[ia][c] + dq);
-            for (int k = 0; k < 3; ++k) {
+        if (item) {
+            // The item's PSPLIT threads all hold the sums; each sends a share of the 4 values.
+            for (int v = ps; v < 4; v += PSPLIT) {
+                if (v == 0) {
+                    put(&S.ctx[ia][c], S.ctx[ia][c] + dq);
+                    continue;
+                }
+                const int k = v - 1;
                 float mu = S.mu[ia * 3 + k][c];
                 C.mu_in[ia][k][jc] = mu;
-                put(&S.mu[ia * 3 + k][c], mu + dm[k]);
+                put(&S.mu[ia * 3 + k][c], mu + (k == 0 ? dm[0] : k == 1 ? dm[1] : dm[2]));
             }
         }
         next_phase();
@@ -468,17 +562,22 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         cl::Matvec<2 * NF, 1, NF, CB> w_m1(L.m1t);
         next_phase();
         // hidden = σ(W1 [q, ‖V‖] + b1)
-        w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(L.m1b, C.pre_mix));
+        w_m1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(S.own.bias[layer][BIAS_M1], C.pre_mix));
         cl::Matvec<NF, 3, NF, CB> w_m2(L.m2t);
         next_phase();
         // (a_ss, a_vv, a_sv) = W2 hidden + b2, then the gated update, owned channels.
         w_m2.run(&S.hid[0][0], NF, n, S.scratch,
-                       [&](int a, int b, int j, float v) { C.a[a][b][j] = v + L.m2b[b * NF + c0 + j]; });
-        if (item && ps == 0) {
+                       [&](int a, int b, int j, float v) { C.a[a][b][j] = v + S.own.bias[layer][BIAS_M2 + b][j]; });
+        if (item) {
             float a_ss = C.a[ia][0][jc], a_vv = C.a[ia][1][jc], a_sv = C.a[ia][2][jc];
-            put(&S.ctx[ia][c], S.ctx[ia][c] + a_ss + a_sv * S.vdotu[ia][jc]);
-            for (int k = 0; k < 3; ++k)
+            for (int v = ps; v < 4; v += PSPLIT) {  // a share of the values per thread of the item
+                if (v == 0) {
+                    put(&S.ctx[ia][c], S.ctx[ia][c] + a_ss + a_sv * S.vdotu[ia][jc]);
+                    continue;
+                }
+                const int k = v - 1;
                 put(&S.mu[ia * 3 + k][c], S.mu[ia * 3 + k][c] + a_vv * C.vu[ia * 3 + k][1][jc]);
+            }
         }
         if (layer + 1 < t_count) {
             // The next interaction's context network: x = W2 σ(W1 q + b1) + b2.
@@ -486,11 +585,11 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             LayerCache& NC = S.cache[layer + 1];
             cl::Matvec<NF, 1, NF, CB> w_c1(nl.c1t);
             next_phase();
-            w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(nl.c1b, NC.pre_ctx));
+            w_c1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, hidden_layer(S.own.bias[layer + 1][BIAS_C1], NC.pre_ctx));
             cl::Matvec<NF, 3, NF, CB> w_c2(nl.c2t);
             next_phase();
             w_c2.run(&S.hid[0][0], NF, n, S.scratch,
-                           [&](int a, int b, int j, float v) { NC.x[a][b][j] = v + nl.c2b[b * NF + c0 + j]; });
+                           [&](int a, int b, int j, float v) { NC.x[a][b][j] = v + S.own.bias[layer + 1][BIAS_C2 + b][j]; });
             // The messages that follow read owned channels only: no cluster barrier needed.
         }
     }
@@ -500,9 +599,9 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     next_phase();
     w_r1.run(&S.ctx[0][0], 2 * NF, n, S.scratch, [&](int a, int, int j, float v) {
         int h = (int)cluster_rank() * HB + j;
-        float z = v + ro.b1[h];
-        S.ep[a][j] = ro.w2[h] * silu(z);
-        put(&S.gh[a][h], ro.scale * ro.w2[h] * silu_grad(z));
+        float z = v + S.own.ro_b1[j];
+        S.ep[a][j] = S.own.ro_w2[j] * silu(z);
+        put(&S.gh[a][h], ro.scale * S.own.ro_w2[j] * silu_grad(z));
     });
     cl::Matvec<NH, 1, NF, CB> w_r2(ro.w1);
     next_phase();
@@ -519,16 +618,15 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         LayerCache& C = S.cache[layer];
         cl::Matvec<3 * NF, 1, NF, CB> w_m2(L.m2);
         // Mixing backward, element-wise part: ∂E/∂a to every block.
-        if (item && ps == 0) {
+        if (item) {
             float gq = S.gq[cur][ia][jc], gmu = 0.f, vdotu = 0.f;
             for (int k = 0; k < 3; ++k) {
                 float V = C.vu[ia * 3 + k][0][jc], U = C.vu[ia * 3 + k][1][jc];
                 gmu += S.gm[ia][k][jc] * U;
                 vdotu += V * U;
             }
-            put(&S.g3[ia][c], gq);
-            put(&S.g3[ia][NF + c], gmu);
-            put(&S.g3[ia][2 * NF + c], gq * vdotu);
+            for (int v = ps; v < 3; v += PSPLIT)  // a share of the values per thread of the item
+                put(&S.g3[ia][v * NF + c], v == 0 ? gq : v == 1 ? gmu : gq * vdotu);
         }
         next_phase();
         // ∂E/∂z = σ'(z) ⊙ W2ᵀ ∂E/∂a
@@ -560,10 +658,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         // Messages backward (channel-local): per pair, a receives from b and a sends to b.
         float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
         if (item) {
-            const float* ws = S.filter_w[layer][0][jc];
-            const float* wr = S.filter_w[layer][1][jc];
-            const float* wv = S.filter_w[layer][2][jc];
-            const float3 bias = make_float3(S.filter_b[layer][0][jc], S.filter_b[layer][1][jc], S.filter_b[layer][2][jc]);
+            const OwnedFilter w(S, layer, jc);
             // This block's channel jc of atom i in this layer's backward pass.
             auto state = [&](int i) {
                 ChannelState st;
@@ -580,11 +675,10 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 float4 rv = S.pr[ia][s];
                 float inv_d = 1.0f / rv.w;
                 float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
-                const float* phi = S.pphi[ia][s];
-                float dphi[NK];
-#pragma unroll
-                for (int k = 0; k < NK; ++k) dphi[k] = rbf_derivative(rv.w, phi[k], S.rbf_coeff[k], S.rbf_offset[k]);
-                S.pstage[ia][s][jc] = pair_backward(u, phi, dphi, S.pcut[ia][s], ws, wr, wv, bias, self,
+                float phi[NK], dphi[NK];
+                load_row(phi, S.pphi[ia][s]);
+                load_row(dphi, S.pdphi[ia][s]);
+                S.pstage[ia][s][jc] = pair_backward(u, phi, dphi, S.pcut[ia][s], w.ws, w.wr, w.wv, w.bias, self,
                                                     state(S.pj[ia][s]), gx, gmu);
             }
         }
@@ -597,11 +691,11 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         }
         cl::Matvec<3 * NF, 1, NF, CB> w_c2(L.c2);
         __syncthreads();  // every read of ∂E/∂μ done before it moves to the layer input
-        if (item && ps == 0) {
+        if (item && ps == 0)
             for (int k = 0; k < 3; ++k) S.gm[ia][k][jc] += gmu[k];
-            if (layer > 0)
-                for (int k = 0; k < 3; ++k) put(&S.g3[ia][k * NF + c], gx[k]);
-        }
+        if (item && layer > 0)
+            for (int k = ps; k < 3; k += PSPLIT)  // a share of the values per thread of the item
+                put(&S.g3[ia][k * NF + c], k == 0 ? gx[0] : k == 1 ? gx[1] : gx[2]);
         for (int k = t; k < NMAX * NMAX; k += STHREADS) {
             int i = k / NMAX, s = k % NMAX;
             if (i < n && s < S.pcount[i]) {

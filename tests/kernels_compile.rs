@@ -125,7 +125,7 @@ fn every_kernel_compiles_with_nvrtc() {
         let text = ptx.to_src();
         // The one-cluster kernel exists exactly for the widths the host side runs it at.
         let cluster_built = supports_widths(sizes.features, sizes.readout_hidden);
-        let cluster_kernels = ["painn_cluster", "painn_cluster_shared_bytes"];
+        let cluster_kernels = ["painn_cluster", "painn_cluster_shared_bytes", "painn_cluster_pack"];
         if !cluster_built {
             for kernel in cluster_kernels {
                 assert!(

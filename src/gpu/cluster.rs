@@ -104,6 +104,9 @@ pub struct ClusterPainn {
     pub forces: Buffer<f32>,
     function: CudaFunction,
     shared_bytes: u32,
+    /// Each block's filter rows, biases and radial basis (`OwnedParams`), packed once by
+    /// `painn_cluster_pack` so that an evaluation loads them in one round.
+    owned: Buffer<f32>,
     /// MDRUN_CLUSTER_TRACE set: the kernel stamps the time after each cluster barrier, and every
     /// evaluation prints the timeline (a diagnostic: it waits for the device, so no graphs).
     trace: Option<Buffer<u64>>,
@@ -145,9 +148,10 @@ impl ClusterPainn {
             .collect();
         let layers = gpu.upload(&params)?;
         let function = gpu.function("painn_cluster")?;
-        // The kernel reports its shared-memory layout's size; the device must grant it.
+        // The kernel reports its shared-memory layout's size (the device must grant it) and
+        // that of one block's packed parameters.
         let probe = gpu.function("painn_cluster_shared_bytes")?;
-        let bytes: Buffer<i32> = gpu.zeros(1)?;
+        let bytes: Buffer<i32> = gpu.zeros(2)?;
         unsafe {
             gpu.stream
                 .launch_builder(&probe)
@@ -159,7 +163,26 @@ impl ClusterPainn {
                 })
                 .map_err(|e| anyhow!("painn_cluster_shared_bytes: {e:?}"))?;
         }
-        let shared_bytes = gpu.download(&bytes)?[0] as u32;
+        let sizes = gpu.download(&bytes)?;
+        let (shared_bytes, owned_bytes) = (sizes[0] as u32, sizes[1] as usize);
+        let owned: Buffer<f32> = gpu.zeros(CLUSTER_BLOCKS * owned_bytes / 4)?;
+        let pack = gpu.function("painn_cluster_pack")?;
+        let t_count = net.layers.len() as i32;
+        unsafe {
+            gpu.stream
+                .launch_builder(&pack)
+                .arg(&layers.ptr)
+                .arg(&t_count)
+                .arg(&net.filter(0))
+                .arg(&net.readout())
+                .arg(&owned.ptr)
+                .launch(LaunchConfig {
+                    grid_dim: (CLUSTER_BLOCKS as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(|e| anyhow!("painn_cluster_pack: {e:?}"))?;
+        }
         let attribute = |what: Attribute, value: i32| {
             function
                 .set_attribute(what, value)
@@ -177,6 +200,7 @@ impl ClusterPainn {
             forces: gpu.zeros(3 * n)?,
             function,
             shared_bytes,
+            owned,
             trace: match std::env::var_os("MDRUN_CLUSTER_TRACE") {
                 Some(_) => Some(gpu.zeros(TRACE_MARKS)?),
                 None => None,
@@ -206,7 +230,8 @@ impl ClusterPainn {
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>) -> Result<()> {
-        // Every layer's filter offset travels in `layers`; the kernel overrides this one's.
+        // Every layer's filter offset travels in `layers` (and the filter rows in `owned`); the
+        // kernel takes the cutoff from this.
         let filter = self.net.filter(0);
         let readout = self.net.readout();
         let t_count = self.net.layers.len() as i32;
@@ -221,6 +246,7 @@ impl ClusterPainn {
                 .arg(&positions.ptr)
                 .arg(&self.net.q[0].ptr)
                 .arg(&self.net.layers[0].x.ptr)
+                .arg(&self.owned.ptr)
                 .arg(&self.forces.ptr)
                 .arg(&self.atom_energy.ptr)
                 .arg(&n)
