@@ -18,41 +18,49 @@ __device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
 
 __device__ __forceinline__ double open_unit(u32 x) { return ((double)x + 1.0) / 4294967296.0; }
 
-// v += dt/2 · F/m · acc, then (Verlet) x += dt v, or (BAOAB) A(½) O A(½). `inv_mass` holds
-// acc/m, the conversion to Å/fs² included; `half_mass` is m/2 in eV·fs²/Å², so that
-// half_mass·v² is a kinetic energy in eV. `heat` accumulates, per atom, the kinetic energy the
-// thermostat added (E_tot − Σ heat is conserved).
-extern "C" __global__ void first_half(double* pos, double* vel, const float* force, const float* inv_mass,
-                                      const float* half_mass, double* heat, const u64* step_counter, float dt,
-                                      int langevin, float damping, float noise, const float* thermal_sigma, u64 seed,
-                                      int n_atoms) {
-    int a = blockIdx.x * blockDim.x + threadIdx.x;
-    if (a >= n_atoms) return;
-    double s = 0.5 * dt * inv_mass[a];
+// The integrator's parameters (Å, fs): the same struct on the host (src/gpu/md.rs).
+struct Integration {
+    const float* inv_mass;       // acc/m, the conversion to Å/fs² included
+    const float* half_mass;      // m/2 in eV·fs²/Å²: half_mass·v² is a kinetic energy in eV
+    const float* thermal_sigma;  // √(kT acc/m) (Å/fs): the thermal velocity of each atom
+    double* heat;                // per atom, the kinetic energy the thermostat added (eV)
+    u64 seed;
+    float dt, damping, noise;
+    int langevin;
+};
+
+// Atom a's first half of step `step` (1-based, as on the CPU): v += dt/2 · F/m, then (Verlet)
+// x += dt v, or (BAOAB) A(½) O A(½). E_tot − Σ heat is conserved. One function for the
+// integrator kernels and the one-cluster kernel's MD steps: the same arithmetic on both paths.
+// `heat` is in.heat or a copy of it.
+__device__ __forceinline__ void first_half_atom(int a, double* pos, double* vel, double* heat, const float* force,
+                                                const Integration& in, u64 step) {
+    const float dt = in.dt;
+    double s = 0.5 * dt * in.inv_mass[a];
     double v[3], r[3];
     for (int k = 0; k < 3; ++k) {
         v[k] = vel[3 * a + k] + s * force[3 * a + k];
         r[k] = pos[3 * a + k];
     }
-    if (!langevin) {
+    if (!in.langevin) {
         for (int k = 0; k < 3; ++k) r[k] += dt * v[k];
     } else {
-        u64 step = *step_counter + 1;  // the step being taken, 1-based as on the CPU
         for (int k = 0; k < 3; ++k) r[k] += 0.5 * dt * v[k];
-        uint4 bits = philox4x32_10(make_uint4((u32)step, (u32)(step >> 32), (u32)a, 0u), make_uint2((u32)seed, (u32)(seed >> 32)));
+        uint4 bits = philox4x32_10(make_uint4((u32)step, (u32)(step >> 32), (u32)a, 0u),
+                                   make_uint2((u32)in.seed, (u32)(in.seed >> 32)));
         double radius = sqrt(-2.0 * log(open_unit(bits.x)));
         double angle = 6.283185307179586 * open_unit(bits.y);
         double radius2 = sqrt(-2.0 * log(open_unit(bits.z)));
         double angle2 = 6.283185307179586 * open_unit(bits.w);
         double xi[3] = {radius * cos(angle), radius * sin(angle), radius2 * cos(angle2)};
-        double sigma = thermal_sigma[a];
+        double sigma = in.thermal_sigma[a];
         double before = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
         for (int k = 0; k < 3; ++k) {
-            v[k] = damping * v[k] + noise * sigma * xi[k];
+            v[k] = in.damping * v[k] + in.noise * sigma * xi[k];
             r[k] += 0.5 * dt * v[k];
         }
         double after = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-        heat[a] += half_mass[a] * (after - before);
+        heat[a] += in.half_mass[a] * (after - before);
     }
     for (int k = 0; k < 3; ++k) {
         vel[3 * a + k] = v[k];
@@ -60,14 +68,26 @@ extern "C" __global__ void first_half(double* pos, double* vel, const float* for
     }
 }
 
-// The closing half kick with the new forces; the last thread advances the step counter.
-extern "C" __global__ void second_half(double* vel, const float* force, const float* inv_mass, u64* step_counter,
-                                       float dt, int n_atoms) {
+// Atom a's closing half kick with the new forces.
+__device__ __forceinline__ void second_half_atom(int a, double* vel, const float* force, const Integration& in) {
+    double s = 0.5 * in.dt * in.inv_mass[a];
+    for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
+}
+
+extern "C" __global__ void first_half(double* pos, double* vel, const float* force, Integration in,
+                                      const u64* step_counter, int n_atoms) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms) return;
+    first_half_atom(a, pos, vel, in.heat, force, in, *step_counter + 1);  // the step being taken
+}
+
+// The closing half kick; the first thread advances the step counter.
+extern "C" __global__ void second_half(double* vel, const float* force, Integration in, u64* step_counter,
+                                       int n_atoms) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a == 0) *step_counter += 1;
     if (a >= n_atoms) return;
-    double s = 0.5 * dt * inv_mass[a];
-    for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
+    second_half_atom(a, vel, force, in);
 }
 
 // Potential energy, kinetic energy and thermostat heat (eV) in f64: one block of 256 threads,

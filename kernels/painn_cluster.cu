@@ -75,6 +75,8 @@ static_assert(sizeof(OwnedParams) % 16 == 0, "copied 16 bytes at a time");
 
 struct ClusterShared {
     u64 phase_bar[NPHASE];          // one transaction barrier per phase, each used once per launch
+    // The state at the start of the MD step, every atom (the first half runs in every block).
+    double spos[NMAX * 3], svel[NMAX * 3], sheat[NMAX];
 #ifdef KERNEL_CHECKS
     u32 planned[NPHASE], sent[NPHASE];  // bytes the plan expects per phase; this block's sends
     int planned_phases;
@@ -326,20 +328,36 @@ extern "C" __global__ void painn_cluster_pack(const ClusterLayer* __restrict__ l
     }
 }
 
+// The MD step fused into the evaluation (perf-notes v28): with `integrate` set, a launch is one
+// whole velocity-Verlet or BAOAB step. Every block runs the first half of every atom itself (the
+// same arithmetic on the same values: identical positions for its pair search, no cluster
+// barrier), evaluates the forces, and the block that owns atom a (a ≡ rank mod SCL, the thread
+// that computes its force) applies the closing half kick and writes the state back. The same
+// integrator functions as first_half/second_half (integrate.cu): the same trajectory as the
+// three launches per step. Without `integrate`: one evaluation at `pos`.
+struct ClusterMd {
+    Integration in;
+    double* vel;
+    u64* step_counter;  // steps done so far; the launch takes step *step_counter + 1
+    int integrate;
+};
+
+#define TRACE_MARKS 128  // MDRUN_CLUSTER_TRACE: time stamps kept (src/gpu/cluster.rs)
+
 // Forces and per-atom energies of `n` atoms (open boundaries): launched as one cluster of SCL
 // blocks of STHREADS threads, with sizeof(ClusterShared) bytes of dynamic shared memory. `q0` and
 // `x0` are the embedding and the first context network's output (setup kernel `embed`).
 extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREADS, 1)
     painn_cluster(const ClusterLayer* __restrict__ layers, int t_count, Filter filter, Readout ro,
-                  const double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
+                  double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
                   const OwnedParams* __restrict__ owned, float* __restrict__ forces, float* __restrict__ atom_energy,
-                  int n, float epsilon, unsigned long long* __restrict__ trace) {
+                  int n, float epsilon, ClusterMd md, unsigned long long* __restrict__ trace) {
     extern __shared__ float4 shared_raw[];
     ClusterShared& S = *reinterpret_cast<ClusterShared*>(shared_raw);
     // Optional timeline (MDRUN_CLUSTER_TRACE): block 0's clock (ns) at the start of each phase.
     int mark = 0;
     auto stamp = [&]() {
-        if (trace != nullptr && threadIdx.x == 0 && cluster_rank() == 0) {
+        if (trace != nullptr && mark < TRACE_MARKS && threadIdx.x == 0 && cluster_rank() == 0) {
             unsigned long long now;
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
             trace[mark] = now;
@@ -355,57 +373,9 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     // the positions.
     for (int k = t; k < (int)(sizeof(OwnedParams) / 16); k += STHREADS)
         reinterpret_cast<float4*>(&S.own)[k] = reinterpret_cast<const float4*>(owned + cluster_rank())[k];
-    // Layer-0 inputs: q = embedding, μ = 0, x from the setup kernel.
-    for (int k = t; k < NMAX * NF; k += STHREADS) {
-        int a = k / NF, c = k % NF;
-        S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
-        S.ctx[a][NF + c] = 0.f;
-        S.hid[a][c] = 0.f;
-        for (int m = 0; m < 3; ++m) {
-            S.mu[a * 3 + m][c] = 0.f;
-            S.g3[a][m * NF + c] = 0.f;
-            S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
-        }
-    }
-    for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;  // rows past n enter matvecs
     for (int k = t; k < NMAX * 3 * CB; k += STHREADS) {
         int a = k / (3 * CB), m = (k / CB) % 3, j = k % CB;
         S.cache[0].x[a][m][j] = a < n ? x0[a * 3 * NF + m * NF + c0 + j] : 0.f;
-    }
-    for (int k = t; k < NMAX * NMAX; k += STHREADS) S.pg[k / NMAX][k % NMAX] = make_float4(0.f, 0.f, 0.f, 0.f);
-    // Pair geometry (every block the same): warp per receiving atom, lane per candidate; the
-    // radial basis and its derivative once per pair, shared by every channel of both passes. The
-    // basis constants are read from global memory (L1), not from the copy above: no barrier
-    // between the set-up's loads.
-    const OwnedParams& rbf = owned[cluster_rank()];
-    for (int i = warp; i < NMAX; i += STHREADS / 32) {
-        bool inside = false;
-        float3 r = make_float3(0.f, 0.f, 0.f);
-        float d2 = 0.f;
-        if (i < n && lane < n && lane != i) {
-            r = make_float3((float)(pos[3 * lane] - pos[3 * i]), (float)(pos[3 * lane + 1] - pos[3 * i + 1]),
-                            (float)(pos[3 * lane + 2] - pos[3 * i + 2]));
-            d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-            inside = d2 < cutoff2;
-        }
-        u32 ballot = __ballot_sync(0xffffffffu, inside);
-        if (lane == 0) S.pcount[i] = __popc(ballot);
-        if (inside) {
-            int s = __popc(ballot & ((1u << lane) - 1u));
-            float d = sqrtf(d2);
-            S.pj[i][s] = lane;
-            S.pr[i][s] = make_float4(r.x, r.y, r.z, d);
-            float fc, dfc;
-            cosine_cutoff(d, cutoff, fc, dfc);
-            S.pcut[i][s] = make_float2(fc, dfc);
-#pragma unroll
-            for (int k = 0; k < NK; ++k) {
-                float u = d - rbf.rbf_offset[k];
-                float phi = __expf(rbf.rbf_coeff[k] * u * u);
-                S.pphi[i][s][k] = phi;
-                S.pdphi[i][s][k] = rbf_derivative(d, phi, rbf.rbf_coeff[k], rbf.rbf_offset[k]);
-            }
-        }
     }
     // The phase plan: the bytes every block receives in each phase, in the order the phases run
     // below (each send() reaches all SCL blocks, so a block receives what the cluster sends).
@@ -418,7 +388,6 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             if (p % 32 == lane) {
 #ifdef KERNEL_CHECKS
                 S.planned[p] = bytes;
-                S.sent[p] = 0;
 #endif
                 cl::phase_init(&S.phase_bar[p], bytes);
             }
@@ -445,6 +414,76 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         if (lane == 0) S.planned_phases = p;
 #endif
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    // Layer-0 inputs: q = embedding, μ = 0 (x, from the setup kernel, was loaded above), and the
+    // rows past n that enter matvecs at zero.
+    auto reset_inputs = [&]() {
+        for (int k = t; k < NMAX * NF; k += STHREADS) {
+            int a = k / NF, c = k % NF;
+            S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
+            S.ctx[a][NF + c] = 0.f;
+            S.hid[a][c] = 0.f;
+            for (int m = 0; m < 3; ++m) {
+                S.mu[a * 3 + m][c] = 0.f;
+                S.g3[a][m * NF + c] = 0.f;
+                S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
+            }
+        }
+        for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;
+    };
+    reset_inputs();
+    // The step being taken, when this launch integrates: every block reads the counter before
+    // block 0 advances it, after the last cluster barrier.
+    const u64 md_step = md.integrate ? *md.step_counter + 1 : 0;
+    // The state at the start of the step, every atom in every block; with `integrate` each
+    // block runs the first half of every atom itself (ClusterMd says why).
+    for (int k = t; k < 3 * n; k += STHREADS) {
+        S.spos[k] = pos[k];
+        if (md.integrate) S.svel[k] = md.vel[k];
+    }
+    if (md.integrate)
+        for (int k = t; k < n; k += STHREADS) S.sheat[k] = md.in.heat[k];
+    for (int k = t; k < NMAX * NMAX; k += STHREADS) S.pg[k / NMAX][k % NMAX] = make_float4(0.f, 0.f, 0.f, 0.f);
+#ifdef KERNEL_CHECKS
+    for (int p = t; p < NPHASE; p += STHREADS) S.sent[p] = 0;
+#endif
+    __syncthreads();
+    if (md.integrate && t < n) first_half_atom(t, S.spos, S.svel, S.sheat, forces, md.in, md_step);
+    __syncthreads();
+    // Pair geometry (every block the same): warp per receiving atom, lane per candidate; the
+    // radial basis and its derivative once per pair, shared by every channel of both passes. The
+    // basis constants are read from global memory (L1), not from the copy above: no barrier
+    // between the set-up's loads.
+    const OwnedParams& rbf = owned[cluster_rank()];
+    for (int i = warp; i < NMAX; i += STHREADS / 32) {
+        bool inside = false;
+        float3 r = make_float3(0.f, 0.f, 0.f);
+        float d2 = 0.f;
+        if (i < n && lane < n && lane != i) {
+            const double* p = S.spos;
+            r = make_float3((float)(p[3 * lane] - p[3 * i]), (float)(p[3 * lane + 1] - p[3 * i + 1]),
+                            (float)(p[3 * lane + 2] - p[3 * i + 2]));
+            d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+            inside = d2 < cutoff2;
+        }
+        u32 ballot = __ballot_sync(0xffffffffu, inside);
+        if (lane == 0) S.pcount[i] = __popc(ballot);
+        if (inside) {
+            int s = __popc(ballot & ((1u << lane) - 1u));
+            float d = sqrtf(d2);
+            S.pj[i][s] = lane;
+            S.pr[i][s] = make_float4(r.x, r.y, r.z, d);
+            float fc, dfc;
+            cosine_cutoff(d, cutoff, fc, dfc);
+            S.pcut[i][s] = make_float2(fc, dfc);
+#pragma unroll
+            for (int k = 0; k < NK; ++k) {
+                float u = d - rbf.rbf_offset[k];
+                float phi = __expf(rbf.rbf_coeff[k] * u * u);
+                S.pphi[i][s][k] = phi;
+                S.pdphi[i][s][k] = rbf_derivative(d, phi, rbf.rbf_coeff[k], rbf.rbf_offset[k]);
+            }
+        }
     }
     __syncthreads();
     for (int k = t; k < NMAX * NMAX; k += STHREADS) {
@@ -750,6 +789,14 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             forces[3 * i] = f.x;
             forces[3 * i + 1] = f.y;
             forces[3 * i + 2] = f.z;
+            if (md.integrate) {  // this block owns atom i: the closing half kick, the state back
+                second_half_atom(i, S.svel, forces, md.in);
+                for (int k = 0; k < 3; ++k) {
+                    pos[3 * i + k] = S.spos[3 * i + k];
+                    md.vel[3 * i + k] = S.svel[3 * i + k];
+                }
+                md.in.heat[i] = S.sheat[i];
+            }
         }
     }
     // Energies: readout contributions of every block, in rank order.
@@ -761,6 +808,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     }
     cluster_sync();  // no block leaves while others may still read its shared memory
     stamp();
+    if (md.integrate && t == 0 && cluster_rank() == 0) *md.step_counter = md_step;
 }
 
 #endif

@@ -11,7 +11,7 @@ use mdrun::cell::Cell;
 use mdrun::gpu::cluster::{AUTO_MAX_ATOMS, MAX_ATOMS};
 use mdrun::gpu::md::{evaluate_with, GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
-use mdrun::integrate::Integrator;
+use mdrun::integrate::{maxwell_boltzmann, Integrator};
 use mdrun::model::PainnModel;
 use mdrun::system::System;
 
@@ -82,6 +82,75 @@ fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
             again.1.iter().zip(&f_cl).all(|(a, b)| a == b),
             "{name}: forces not deterministic"
         );
+    }
+}
+
+/// The MD step fused into the one-cluster kernel against the same kernel between the integrator
+/// kernels: the same integrator functions and the same evaluation, so the trajectories must
+/// agree to rounding (they agree bit for bit on the H200), NVE and Langevin, replayed as graphs
+/// and launched plainly, over chunks of 1 to 31 steps.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn md_step_fused_into_the_kernel_follows_the_integrator_kernels() {
+    with_kernel_checks();
+    let model = random_model(full_config(), 21);
+    for (seed, n) in [(0u64, 3usize), (1, 9), (2, 16)] {
+        let (numbers, positions) = random_structure(n, 5.0, 0.9, None, 500 + seed);
+        let system = system_of(&numbers, positions, None);
+        let integrator = if seed == 1 {
+            Integrator::Langevin {
+                timestep_fs: 0.5,
+                temperature_k: 300.0,
+                friction_per_ps: 5.0,
+                seed: 77,
+            }
+        } else {
+            Integrator::VelocityVerlet { timestep_fs: 0.5 }
+        };
+        let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(n), seed);
+        let run = |integrate_in_kernel: bool, cuda_graph: bool| {
+            let options = GpuOptions {
+                kernels: KernelVariant::Cluster,
+                integrate_in_kernel,
+                cuda_graph,
+                ..GpuOptions::default()
+            };
+            let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 1.0, options).unwrap();
+            md.initialize().unwrap();
+            for chunk in [1, 7, 1, 31] {
+                md.advance(chunk).unwrap();
+            }
+            md.snapshot().unwrap()
+        };
+        let launched = run(false, true);
+        for (inside, how) in [(run(true, true), "graph"), (run(true, false), "plain launches")] {
+            assert_eq!(inside.step, 40);
+            let deviation = |a: &[[f64; 3]], b: &[[f64; 3]]| {
+                a.iter()
+                    .zip(b)
+                    .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
+                    .fold(0.0, f64::max)
+            };
+            let dr = deviation(&inside.positions, &launched.positions);
+            let dv = deviation(&inside.velocities, &launched.velocities);
+            let de = (inside.potential - launched.potential).abs();
+            let bitwise = dr == 0.0 && dv == 0.0 && de == 0.0;
+            eprintln!(
+                "{n} atoms, {how}: max |Δr| {dr:.1e} Å, max |Δv| {dv:.1e} Å/fs, |ΔE| {de:.1e} eV (bitwise: {bitwise})"
+            );
+            assert!(dr <= 1e-9, "{n} atoms: positions differ by {dr:e} Å after 40 steps");
+            assert!(dv <= 1e-10, "{n} atoms: velocities differ by {dv:e} Å/fs");
+            assert!(
+                de <= 1e-9 * launched.potential.abs().max(1.0),
+                "{n} atoms: energies {} vs {}",
+                inside.potential,
+                launched.potential
+            );
+            let dw = (inside.thermostat_work - launched.thermostat_work).abs();
+            assert!(dw <= 1e-9, "{n} atoms: thermostat work differs by {dw:e} eV");
+            // The trajectory moved: the comparison is not between two copies of the start.
+            assert!(deviation(&inside.positions, &system.positions) > 1e-4);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
         cuda_graph: false,
         neighbor_search,
         kernels: KernelVariant::Naive,
+        integrate_in_kernel: false,
     }
 }
 

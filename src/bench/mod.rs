@@ -103,6 +103,7 @@ impl Config {
             cuda_graph: false,
             neighbor_search: NeighborSearch::AllPairs,
             kernels: KernelVariant::Naive,
+            integrate_in_kernel: true,
         };
         match self {
             Config::Cpu => None,
@@ -198,6 +199,8 @@ pub struct Row {
     pub neighbor_search: Option<String>,
     pub kernels: Option<String>,
     pub cuda_graph: Option<bool>,
+    /// The one-cluster kernel ran the whole MD step, integration included.
+    pub integrate_in_kernel: Option<bool>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

@@ -11,6 +11,7 @@ use cudarc::driver::sys::CUfunction_attribute_enum as Attribute;
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::forces::{embed, DeviceModel};
+use super::params::{ClusterMdParams, IntegrationParams};
 use super::{Buffer, Gpu};
 use crate::model::PainnModel;
 
@@ -112,6 +113,7 @@ pub struct ClusterPainn {
     trace: Option<Buffer<u64>>,
 }
 
+/// `TRACE_MARKS` in the kernel.
 const TRACE_MARKS: usize = 128;
 
 impl ClusterPainn {
@@ -230,6 +232,30 @@ impl ClusterPainn {
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>) -> Result<()> {
+        let none = ClusterMdParams {
+            integration: IntegrationParams {
+                inv_mass: 0,
+                half_mass: 0,
+                thermal_sigma: 0,
+                heat: 0,
+                seed: 0,
+                dt: 0.0,
+                damping: 0.0,
+                noise: 0.0,
+                langevin: 0,
+            },
+            velocities: 0,
+            step_counter: 0,
+            integrate: 0,
+            pad: 0,
+        };
+        self.enqueue_with(gpu, positions, &none)
+    }
+
+    /// With `md.integrate`: one whole MD step (first half, evaluation, closing half kick;
+    /// positions, velocities and the step counter updated in place; `forces` must hold the
+    /// forces at `positions`). Else one evaluation, as [`ClusterPainn::enqueue`].
+    pub fn enqueue_with(&mut self, gpu: &Gpu, positions: &Buffer<f64>, md: &ClusterMdParams) -> Result<()> {
         // Every layer's filter offset travels in `layers` (and the filter rows in `owned`); the
         // kernel takes the cutoff from this.
         let filter = self.net.filter(0);
@@ -251,6 +277,7 @@ impl ClusterPainn {
                 .arg(&self.atom_energy.ptr)
                 .arg(&n)
                 .arg(&self.net.epsilon)
+                .arg(md)
                 .arg(&self.trace.as_ref().map_or(0, |b| b.ptr))
                 .launch(self.launch_config())
                 .map_err(|e| anyhow!("painn_cluster: {e:?}"))?;

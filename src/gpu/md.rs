@@ -2,12 +2,13 @@
 //! check, neighbor rebuild when needed, forces, integration) is captured once as a CUDA graph and
 //! replayed. The host copies back a few numbers at output steps only.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
 use super::forces::kernel_sizes;
 use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
+use super::params::{ClusterMdParams, IntegrationParams};
 use super::{grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::engine::Snapshot;
@@ -28,6 +29,10 @@ pub struct GpuOptions {
     /// Fused PaiNN kernels, or the plain unfused ones (the benchmark's `gpu-naive` baseline).
     #[serde(default)]
     pub kernels: KernelVariant,
+    /// Where the one-cluster kernel runs (small open molecules), it also integrates: one launch
+    /// per MD step instead of three (false: the integrator kernels around it).
+    #[serde(default = "default_true")]
+    pub integrate_in_kernel: bool,
 }
 
 fn default_true() -> bool {
@@ -40,6 +45,7 @@ impl Default for GpuOptions {
             cuda_graph: true,
             neighbor_search: NeighborSearch::Auto,
             kernels: KernelVariant::Auto,
+            integrate_in_kernel: true,
         }
     }
 }
@@ -93,6 +99,9 @@ pub struct GpuMd {
     /// Device memory in use (bytes) once the context and kernels were loaded, before any buffer.
     pub use_graph: bool,
     search: NeighborSearch,
+    /// The one-cluster kernel runs the whole MD step (`[gpu] integrate_in_kernel`, on by default
+    /// where that kernel runs).
+    integrate_in_kernel: bool,
     host_step: u64,
     neighbor_capacity_grown: u32,
 }
@@ -134,6 +143,7 @@ impl GpuMd {
             }
         };
         let kt = BOLTZMANN_EV_PER_K * temperature;
+        let integrate_in_kernel = options.integrate_in_kernel && matches!(painn, PainnKernels::Cluster(_));
         let md = GpuMd {
             painn,
             neighbors,
@@ -176,6 +186,7 @@ impl GpuMd {
             force_graph: None,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
+            integrate_in_kernel,
             host_step: 0,
             neighbor_capacity_grown: 0,
             gpu,
@@ -190,6 +201,11 @@ impl GpuMd {
     /// Which PaiNN kernels evaluate the forces.
     pub fn kernels(&self) -> KernelVariant {
         self.painn.variant()
+    }
+
+    /// Whether the one-cluster kernel runs the whole MD step, integration included.
+    pub fn integrate_in_kernel(&self) -> bool {
+        self.integrate_in_kernel
     }
 
     pub fn step(&self) -> u64 {
@@ -216,25 +232,45 @@ impl GpuMd {
         Ok(())
     }
 
+    fn integration(&self) -> IntegrationParams {
+        IntegrationParams {
+            inv_mass: self.inv_mass.ptr,
+            half_mass: self.half_mass.ptr,
+            thermal_sigma: self.thermal_sigma.ptr,
+            heat: self.heat.ptr,
+            seed: self.seed,
+            dt: self.timestep,
+            damping: self.damping,
+            noise: self.noise,
+            langevin: self.langevin,
+        }
+    }
+
     fn enqueue_step(&mut self) -> Result<()> {
         let n = self.n_atoms as i32;
         let s = self.gpu.stream.clone();
         let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
+        let integration = self.integration();
+        if self.integrate_in_kernel {
+            let PainnKernels::Cluster(cluster) = &mut self.painn else {
+                bail!("integration in the kernel needs the one-cluster kernel");
+            };
+            let md = ClusterMdParams {
+                integration,
+                velocities: self.velocities.ptr,
+                step_counter: self.step.ptr,
+                integrate: 1,
+                pad: 0,
+            };
+            return cluster.enqueue_with(&self.gpu, &self.positions, &md);
+        }
         unsafe {
             s.launch_builder(&self.first_half)
                 .arg(&self.positions.ptr)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
-                .arg(&self.inv_mass.ptr)
-                .arg(&self.half_mass.ptr)
-                .arg(&self.heat.ptr)
+                .arg(&integration)
                 .arg(&self.step.ptr)
-                .arg(&self.timestep)
-                .arg(&self.langevin)
-                .arg(&self.damping)
-                .arg(&self.noise)
-                .arg(&self.thermal_sigma.ptr)
-                .arg(&self.seed)
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 128))
                 .map_err(err)?;
@@ -247,9 +283,8 @@ impl GpuMd {
             s.launch_builder(&self.second_half)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
-                .arg(&self.inv_mass.ptr)
+                .arg(&integration)
                 .arg(&self.step.ptr)
-                .arg(&self.timestep)
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 128))
                 .map_err(err)?;

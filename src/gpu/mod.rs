@@ -27,9 +27,10 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
 pub const SOURCES: [(&str, &str); 5] = [
     ("painn.cu", include_str!("../../kernels/painn.cu")),
+    // Before painn_cluster.cu: the one-cluster kernel's MD steps use the integrator's functions.
+    ("integrate.cu", include_str!("../../kernels/integrate.cu")),
     ("painn_cluster.cu", include_str!("../../kernels/painn_cluster.cu")),
     ("neighbors.cu", include_str!("../../kernels/neighbors.cu")),
-    ("integrate.cu", include_str!("../../kernels/integrate.cu")),
     ("naive.cu", include_str!("../../kernels/naive.cu")),
 ];
 

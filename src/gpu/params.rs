@@ -114,7 +114,36 @@ pub struct Int3 {
     pub z: i32,
 }
 
+/// `Integration` (kernels/integrate.cu): the integrator's per-atom arrays and constants.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct IntegrationParams {
+    pub inv_mass: u64,
+    pub half_mass: u64,
+    pub thermal_sigma: u64,
+    pub heat: u64,
+    pub seed: u64,
+    pub dt: f32,
+    pub damping: f32,
+    pub noise: f32,
+    pub langevin: i32,
+}
+
+/// `ClusterMd` (kernels/painn_cluster.cu): the MD step fused into the one-cluster kernel
+/// (`integrate` 0: one evaluation, the pointers unused).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterMdParams {
+    pub integration: IntegrationParams,
+    pub velocities: u64,
+    pub step_counter: u64,
+    pub integrate: i32,
+    pub pad: i32,
+}
+
 // Safety: plain-old-data with the C layout of the kernels' structs.
+unsafe impl DeviceRepr for IntegrationParams {}
+unsafe impl DeviceRepr for ClusterMdParams {}
 unsafe impl DeviceRepr for CellParams {}
 unsafe impl DeviceRepr for FilterParams {}
 unsafe impl DeviceRepr for NeighborParams {}
