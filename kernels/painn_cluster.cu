@@ -417,21 +417,18 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     }
     // Layer-0 inputs: q = embedding, μ = 0 (x, from the setup kernel, was loaded above), and the
     // rows past n that enter matvecs at zero.
-    auto reset_inputs = [&]() {
-        for (int k = t; k < NMAX * NF; k += STHREADS) {
-            int a = k / NF, c = k % NF;
-            S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
-            S.ctx[a][NF + c] = 0.f;
-            S.hid[a][c] = 0.f;
-            for (int m = 0; m < 3; ++m) {
-                S.mu[a * 3 + m][c] = 0.f;
-                S.g3[a][m * NF + c] = 0.f;
-                S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
-            }
+    for (int k = t; k < NMAX * NF; k += STHREADS) {
+        int a = k / NF, c = k % NF;
+        S.ctx[a][c] = a < n ? q0[a * NF + c] : 0.f;
+        S.ctx[a][NF + c] = 0.f;
+        S.hid[a][c] = 0.f;
+        for (int m = 0; m < 3; ++m) {
+            S.mu[a * 3 + m][c] = 0.f;
+            S.g3[a][m * NF + c] = 0.f;
+            S.gvu[a * 3 + m][c] = S.gvu[a * 3 + m][NF + c] = 0.f;
         }
-        for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;
-    };
-    reset_inputs();
+    }
+    for (int k = t; k < NMAX * NH; k += STHREADS) S.gh[k / NH][k % NH] = 0.f;
     // The step being taken, when this launch integrates: every block reads the counter before
     // block 0 advances it, after the last cluster barrier.
     const u64 md_step = md.integrate ? *md.step_counter + 1 : 0;
