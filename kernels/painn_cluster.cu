@@ -75,7 +75,8 @@ static_assert(sizeof(OwnedParams) % 16 == 0, "copied 16 bytes at a time");
 
 struct ClusterShared {
     u64 phase_bar[NPHASE];          // one transaction barrier per phase, each used once per launch
-    // The state at the start of the MD step, every atom (the first half runs in every block).
+    // Positions, velocities and thermostat heat of every atom: at the start of the MD step, after
+    // the first half once it has run (in every block).
     double spos[NMAX * 3], svel[NMAX * 3], sheat[NMAX];
 #ifdef KERNEL_CHECKS
     u32 planned[NPHASE], sent[NPHASE];  // bytes the plan expects per phase; this block's sends
@@ -346,7 +347,9 @@ struct ClusterMd {
 
 // Forces and per-atom energies of `n` atoms (open boundaries): launched as one cluster of SCL
 // blocks of STHREADS threads, with sizeof(ClusterShared) bytes of dynamic shared memory. `q0` and
-// `x0` are the embedding and the first context network's output (setup kernel `embed`).
+// `x0` are the embedding and the first context network's output (setup kernel `embed`). With
+// md.integrate, `forces` is also an input (the forces at the start of the step, for the first
+// half), and `pos`, md.vel, the heat and the step counter are advanced in place.
 extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREADS, 1)
     painn_cluster(const ClusterLayer* __restrict__ layers, int t_count, Filter filter, Readout ro,
                   double* __restrict__ pos, const float* __restrict__ q0, const float* __restrict__ x0,
@@ -449,8 +452,8 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     __syncthreads();
     // Pair geometry (every block the same): warp per receiving atom, lane per candidate; the
     // radial basis and its derivative once per pair, shared by every channel of both passes. The
-    // basis constants are read from global memory (L1), not from the copy above: no barrier
-    // between the set-up's loads.
+    // basis constants are read through L1 from the packed record (a leftover of v27's barrier-free
+    // set-up; the shared copy would serve as well now that barriers precede this).
     const OwnedParams& rbf = owned[cluster_rank()];
     for (int i = warp; i < NMAX; i += STHREADS / 32) {
         bool inside = false;

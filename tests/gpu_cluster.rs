@@ -188,4 +188,22 @@ fn cluster_kernel_runs_where_it_applies_and_refuses_the_rest() {
     assert!(too_many.to_string().contains("atoms"), "{too_many}");
     let periodic = engine(8, Some(Cell::orthorhombic([12.0, 12.0, 12.0]).unwrap())).unwrap_err();
     assert!(periodic.to_string().contains("open boundaries"), "{periodic}");
+    // A radial basis too wide for the per-pair arrays in shared memory: a clear refusal.
+    let mut wide = full_config();
+    wide.n_rbf = 64;
+    let wide = random_model(wide, 9);
+    let (numbers, positions) = random_structure(8, 6.0, 0.9, None, 10);
+    let system = system_of(&numbers, positions, None);
+    let integrator = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    let refused = GpuMd::new(
+        &wide,
+        &system,
+        &[[0.0; 3]; 8],
+        &integrator,
+        1.0,
+        with(KernelVariant::Cluster),
+    )
+    .err()
+    .expect("n_rbf = 64 should not fit the one-cluster kernel's shared memory");
+    assert!(refused.to_string().contains("shared memory"), "{refused}");
 }

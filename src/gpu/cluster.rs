@@ -108,7 +108,7 @@ pub struct ClusterPainn {
     /// Each block's filter rows, biases and radial basis (`OwnedParams`), packed once by
     /// `painn_cluster_pack` so that an evaluation loads them in one round.
     owned: Buffer<f32>,
-    /// MDRUN_CLUSTER_TRACE set: the kernel stamps the time after each cluster barrier, and every
+    /// MDRUN_CLUSTER_TRACE set: the kernel stamps the time at the start of each phase, and every
     /// evaluation prints the timeline (a diagnostic: it waits for the device, so no graphs).
     trace: Option<Buffer<u64>>,
 }
@@ -167,6 +167,20 @@ impl ClusterPainn {
         }
         let sizes = gpu.download(&bytes)?;
         let (shared_bytes, owned_bytes) = (sizes[0] as u32, sizes[1] as usize);
+        // Every activation lives in shared memory, and the per-pair radial basis and its
+        // derivative grow with n_rbf: wide bases do not fit (the shipped model, n_rbf = 20, takes
+        // ~227 of the 227 KB a Hopper block may have).
+        let granted = gpu
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| anyhow!("painn_cluster: shared-memory limit query: {e:?}"))?;
+        if shared_bytes as i64 > granted as i64 {
+            bail!(
+                "[gpu] kernels = \"cluster\" does not apply here: this model (n_atom_basis {}, n_rbf {}) needs {shared_bytes} bytes of shared memory per block, the GPU grants {granted}",
+                model.config.n_atom_basis,
+                model.config.n_rbf
+            );
+        }
         let owned: Buffer<f32> = gpu.zeros(CLUSTER_BLOCKS * owned_bytes / 4)?;
         let pack = gpu.function("painn_cluster_pack")?;
         let t_count = net.layers.len() as i32;
