@@ -45,6 +45,25 @@ struct Neighbors {
     int capacity;
 };
 
+// A row of N floats from shared memory into registers, 16 bytes at a time where the row allows
+// (rows of NK floats start 16-byte aligned when NK % 4 == 0).
+template <int N>
+__device__ __forceinline__ void load_row(float (&dst)[N], const float* src) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int k = 0; k < N; k += 4) {
+            float4 v = *reinterpret_cast<const float4*>(src + k);
+            dst[k] = v.x;
+            dst[k + 1] = v.y;
+            dst[k + 2] = v.z;
+            dst[k + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k) dst[k] = src[k];
+    }
+}
+
 // Loads the three filter rows of channel c (s, R, v) for this interaction into registers.
 struct ChannelFilter {
     float ws[NK], wr[NK], wv[NK];
@@ -63,6 +82,16 @@ struct ChannelFilter {
         br = f.bias[f.offset + NF + c];
         bv = f.bias[f.offset + 2 * NF + c];
     }
+    // The same rows from a copy in shared memory (the one-cluster kernel's, rows 16-byte aligned).
+    __device__ __forceinline__ void load_shared(const float* s, const float* r, const float* v, float3 bias) {
+        load_row(ws, s);
+        load_row(wr, r);
+        load_row(wv, v);
+        bs = bias.x;
+        br = bias.y;
+        bv = bias.z;
+    }
+    __device__ __forceinline__ float3 bias() const { return make_float3(bs, br, bv); }
 };
 
 // Cosine cutoff and its derivative; d < cutoff is checked by the caller.
@@ -306,7 +335,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     w.load(filter, c);
     float cutoff2 = filter.cutoff * filter.cutoff;
     float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
-    const float3 bias = make_float3(w.bs, w.br, w.bv);
+    const float3 bias = w.bias();
     int begin = i * nb.capacity, end = begin + nb.count[i];
     for (int chunk = begin; chunk < end; chunk += FORWARD_CHUNK) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
@@ -613,7 +642,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
         self.mu[k] = mu_in[(size_t)a * 3 * NF + k * NF + c];
         self.x[k] = x[(size_t)a * 3 * NF + k * NF + c];
     }
-    const float3 bias = make_float3(w.bs, w.br, w.bv);
+    const float3 bias = w.bias();
     float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int chunk = begin; chunk < end; chunk += BACKWARD_CHUNK) {

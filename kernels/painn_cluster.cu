@@ -113,38 +113,15 @@ extern "C" __global__ void painn_cluster_shared_bytes(int* out) {
     out[1] = (int)sizeof(OwnedParams);
 }
 
-// A row of N floats from shared memory into registers, 16 bytes at a time where the row allows
-// (rows of NK floats start 16-byte aligned when NK % 4 == 0).
-template <int N>
-__device__ __forceinline__ void load_row(float (&dst)[N], const float* src) {
-    if constexpr (N % 4 == 0) {
-#pragma unroll
-        for (int k = 0; k < N; k += 4) {
-            float4 v = *reinterpret_cast<const float4*>(src + k);
-            dst[k] = v.x;
-            dst[k + 1] = v.y;
-            dst[k + 2] = v.z;
-            dst[k + 3] = v.w;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < N; ++k) dst[k] = src[k];
-    }
-}
-
 // Channel jc's filter rows (s, R, v) of one interaction, held in registers through a pair loop:
 // read from shared memory per pair they were most of the message phases' shared-memory loads
 // (perf-notes v27).
-struct OwnedFilter {
-    float ws[NK], wr[NK], wv[NK];
-    float3 bias;
-    __device__ __forceinline__ OwnedFilter(const ClusterShared& S, int layer, int jc) {
-        load_row(ws, S.own.filter_w[layer][0][jc]);
-        load_row(wr, S.own.filter_w[layer][1][jc]);
-        load_row(wv, S.own.filter_w[layer][2][jc]);
-        bias = make_float3(S.own.filter_b[layer][0][jc], S.own.filter_b[layer][1][jc], S.own.filter_b[layer][2][jc]);
-    }
-};
+__device__ __forceinline__ ChannelFilter owned_filter(const ClusterShared& S, int layer, int jc) {
+    ChannelFilter w;
+    w.load_shared(S.own.filter_w[layer][0][jc], S.own.filter_w[layer][1][jc], S.own.filter_w[layer][2][jc],
+                  make_float3(S.own.filter_b[layer][0][jc], S.own.filter_b[layer][1][jc], S.own.filter_b[layer][2][jc]));
+    return w;
+}
 
 namespace cl {
 
@@ -451,10 +428,8 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
     if (md.integrate && t < n) first_half_atom(t, S.spos, S.svel, S.sheat, forces, md.in, md_step);
     __syncthreads();
     // Pair geometry (every block the same): warp per receiving atom, lane per candidate; the
-    // radial basis and its derivative once per pair, shared by every channel of both passes. The
-    // basis constants are read through L1 from the packed record (a leftover of v27's barrier-free
-    // set-up; the shared copy would serve as well now that barriers precede this).
-    const OwnedParams& rbf = owned[cluster_rank()];
+    // radial basis and its derivative once per pair, shared by every channel of both passes.
+    const OwnedParams& rbf = S.own;
     for (int i = warp; i < NMAX; i += STHREADS / 32) {
         bool inside = false;
         float3 r = make_float3(0.f, 0.f, 0.f);
@@ -550,14 +525,14 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         // Messages (channel-local): q += Σ_j φ_s x_j; μ += Σ_j (φ_r x_j r̂ + φ_v x_j μ_j).
         float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
         if (item) {
-            const OwnedFilter w(S, layer, jc);
+            const ChannelFilter w = owned_filter(S, layer, jc);
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
                 float4 r = S.pr[ia][s];
                 int j = S.pj[ia][s];
                 const float fc = S.pcut[ia][s].x;
                 float phi[NK];
                 load_row(phi, S.pphi[ia][s]);
-                float3 f = filter_at(w.ws, w.wr, w.wv, w.bias, phi);
+                float3 f = filter_at(w.ws, w.wr, w.wv, w.bias(), phi);
                 add_message(f, fc, r, C.x[j][0][jc], C.x[j][1][jc], C.x[j][2][jc], S.mu[j * 3][c], S.mu[j * 3 + 1][c],
                             S.mu[j * 3 + 2][c], dq, dm);
             }
@@ -697,7 +672,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         // Messages backward (channel-local): per pair, a receives from b and a sends to b.
         float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
         if (item) {
-            const OwnedFilter w(S, layer, jc);
+            const ChannelFilter w = owned_filter(S, layer, jc);
             // This block's channel jc of atom i in this layer's backward pass.
             auto state = [&](int i) {
                 ChannelState st;
@@ -717,7 +692,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
                 float phi[NK], dphi[NK];
                 load_row(phi, S.pphi[ia][s]);
                 load_row(dphi, S.pdphi[ia][s]);
-                S.pstage[ia][s][jc] = pair_backward(u, phi, dphi, S.pcut[ia][s], w.ws, w.wr, w.wv, w.bias, self,
+                S.pstage[ia][s][jc] = pair_backward(u, phi, dphi, S.pcut[ia][s], w.ws, w.wr, w.wv, w.bias(), self,
                                                     state(S.pj[ia][s]), gx, gmu);
             }
         }

@@ -11,7 +11,7 @@ use cudarc::driver::sys::CUfunction_attribute_enum as Attribute;
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::forces::{embed, DeviceModel};
-use super::params::{ClusterMdParams, IntegrationParams};
+use super::params::ClusterMdParams;
 use super::{Buffer, Gpu};
 use crate::model::PainnModel;
 
@@ -246,24 +246,7 @@ impl ClusterPainn {
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>) -> Result<()> {
-        let none = ClusterMdParams {
-            integration: IntegrationParams {
-                inv_mass: 0,
-                half_mass: 0,
-                thermal_sigma: 0,
-                heat: 0,
-                seed: 0,
-                dt: 0.0,
-                damping: 0.0,
-                noise: 0.0,
-                langevin: 0,
-            },
-            velocities: 0,
-            step_counter: 0,
-            integrate: 0,
-            pad: 0,
-        };
-        self.enqueue_with(gpu, positions, &none)
+        self.enqueue_with(gpu, positions, &ClusterMdParams::default())
     }
 
     /// With `md.integrate`: one whole MD step (first half, evaluation, closing half kick;

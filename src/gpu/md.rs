@@ -2,7 +2,7 @@
 //! check, neighbor rebuild when needed, forces, integration) is captured once as a CUDA graph and
 //! replayed. The host copies back a few numbers at output steps only.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
 use super::forces::kernel_sizes;
@@ -85,11 +85,8 @@ pub struct GpuMd {
     thermal_sigma: Buffer<f32>,
     step: Buffer<u64>,
     sums: Buffer<f64>,
-    timestep: f32,
-    langevin: i32,
-    damping: f32,
-    noise: f32,
-    seed: u64,
+    /// The integrator's arrays and constants, as the kernels take them.
+    integration: IntegrationParams,
     first_half: CudaFunction,
     second_half: CudaFunction,
     energy_sums: CudaFunction,
@@ -144,7 +141,7 @@ impl GpuMd {
         };
         let kt = BOLTZMANN_EV_PER_K * temperature;
         let integrate_in_kernel = options.integrate_in_kernel && matches!(painn, PainnKernels::Cluster(_));
-        let md = GpuMd {
+        let mut md = GpuMd {
             painn,
             neighbors,
             n_atoms: n,
@@ -174,11 +171,6 @@ impl GpuMd {
             )?,
             step: gpu.zeros(1)?,
             sums: gpu.zeros(3)?,
-            timestep: integrator.timestep_fs() as f32,
-            langevin,
-            damping: damping as f32,
-            noise: noise as f32,
-            seed,
             first_half: gpu.function("first_half")?,
             second_half: gpu.function("second_half")?,
             energy_sums: gpu.function("energy_sums")?,
@@ -187,9 +179,22 @@ impl GpuMd {
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
             integrate_in_kernel,
+            integration: IntegrationParams::default(),
             host_step: 0,
             neighbor_capacity_grown: 0,
             gpu,
+        };
+        // Device pointers: the buffers above live (and stay put) as long as the engine.
+        md.integration = IntegrationParams {
+            inv_mass: md.inv_mass.ptr,
+            half_mass: md.half_mass.ptr,
+            thermal_sigma: md.thermal_sigma.ptr,
+            heat: md.heat.ptr,
+            seed,
+            dt: integrator.timestep_fs() as f32,
+            damping: damping as f32,
+            noise: noise as f32,
+            langevin,
         };
         Ok(md)
     }
@@ -232,29 +237,9 @@ impl GpuMd {
         Ok(())
     }
 
-    fn integration(&self) -> IntegrationParams {
-        IntegrationParams {
-            inv_mass: self.inv_mass.ptr,
-            half_mass: self.half_mass.ptr,
-            thermal_sigma: self.thermal_sigma.ptr,
-            heat: self.heat.ptr,
-            seed: self.seed,
-            dt: self.timestep,
-            damping: self.damping,
-            noise: self.noise,
-            langevin: self.langevin,
-        }
-    }
-
     fn enqueue_step(&mut self) -> Result<()> {
-        let n = self.n_atoms as i32;
-        let s = self.gpu.stream.clone();
-        let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
-        let integration = self.integration();
-        if self.integrate_in_kernel {
-            let PainnKernels::Cluster(cluster) = &mut self.painn else {
-                bail!("integration in the kernel needs the one-cluster kernel");
-            };
+        let integration = self.integration;
+        if let (true, PainnKernels::Cluster(cluster)) = (self.integrate_in_kernel, &mut self.painn) {
             let md = ClusterMdParams {
                 integration,
                 velocities: self.velocities.ptr,
@@ -264,6 +249,9 @@ impl GpuMd {
             };
             return cluster.enqueue_with(&self.gpu, &self.positions, &md);
         }
+        let n = self.n_atoms as i32;
+        let s = self.gpu.stream.clone();
+        let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
         unsafe {
             s.launch_builder(&self.first_half)
                 .arg(&self.positions.ptr)

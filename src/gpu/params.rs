@@ -116,7 +116,7 @@ pub struct Int3 {
 
 /// `Integration` (kernels/integrate.cu): the integrator's per-atom arrays and constants.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct IntegrationParams {
     pub inv_mass: u64,
     pub half_mass: u64,
@@ -132,7 +132,7 @@ pub struct IntegrationParams {
 /// `ClusterMd` (kernels/painn_cluster.cu): the MD step fused into the one-cluster kernel
 /// (`integrate` 0: one evaluation, the pointers unused).
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ClusterMdParams {
     pub integration: IntegrationParams,
     pub velocities: u64,
