@@ -141,17 +141,13 @@ __device__ __forceinline__ float rbf_derivative(float d, float phi, float coeff,
 
 // Backward of the two pairs between atoms a and b (same distance, so one filter serves), channel
 // c. Returns the term of pair a → b (a receives) in (∂E/∂d, ∂E/∂r̂); adds those of pair b → a (a
-// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; phi and dphi the pair's radial basis
-// and its derivative in d; cut its cosine cutoff and the cutoff's derivative (all computed once
-// per pair, not per channel).
-__device__ __forceinline__ float4 pair_backward(const float u[3], const float* phi, const float* dphi, float2 cut,
-                                                const float* ws, const float* wr, const float* wv, float3 bias,
+// sends) to ∂E/∂x_a (gx) and ∂E/∂μ_a (gmu). u = r̂ of a → b; f the channel's filter values
+// (s, R, v) at the pair and df their derivatives in d (without the cutoff); cut the pair's cosine
+// cutoff and the cutoff's derivative.
+__device__ __forceinline__ float4 pair_backward(const float u[3], float3 f, float3 df, float2 cut,
                                                 const ChannelState& a, const ChannelState& b, float gx[3],
                                                 float gmu[3]) {
     const float fc = cut.x, dfc = cut.y;
-    float3 f = filter_at(ws, wr, wv, bias, phi);
-    // ∂(filter − bias)/∂d, per filter part.
-    float3 df = filter_at(ws, wr, wv, make_float3(0.f, 0.f, 0.f), dphi);
     // Pair a → b: a receives.
     float g_r = a.gm[0] * u[0] + a.gm[1] * u[1] + a.gm[2] * u[2];
     float g_v = a.gm[0] * b.mu[0] + a.gm[1] * b.mu[1] + a.gm[2] * b.mu[2];
@@ -168,6 +164,18 @@ __device__ __forceinline__ float4 pair_backward(const float u[3], const float* p
     for (int k = 0; k < 3; ++k) gmu[k] += b.gm[k] * vector_w;
     return make_float4(fc * g_phi_dot + dfc * (gw_s * f.x + gw_r * f.y + gw_v * f.z), a.gm[0] * radial,
                        a.gm[1] * radial, a.gm[2] * radial);
+}
+
+// The same with the filter computed here from the channel's rows (ws, wr, wv, bias) and the
+// pair's radial basis phi and its derivative dphi (computed once per pair, not per channel).
+__device__ __forceinline__ float4 pair_backward(const float u[3], const float* phi, const float* dphi, float2 cut,
+                                                const float* ws, const float* wr, const float* wv, float3 bias,
+                                                const ChannelState& a, const ChannelState& b, float gx[3],
+                                                float gmu[3]) {
+    float3 f = filter_at(ws, wr, wv, bias, phi);
+    // ∂(filter − bias)/∂d, per filter part.
+    float3 df = filter_at(ws, wr, wv, make_float3(0.f, 0.f, 0.f), dphi);
+    return pair_backward(u, f, df, cut, a, b, gx, gmu);
 }
 
 // Force on atom a from its pair a → b and the reverse b → a: ∂E/∂r(a → b) − ∂E/∂r(b → a), with
@@ -238,13 +246,27 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
 // flight. Everything here depends on the pair alone and is shared by all channels; WITH_DPHI adds
 // the radial basis' derivative for the backward pass (per channel it cost two global loads and
 // four operations per radial function and pair: docs/perf-notes.md, v17).
-template <int CHUNK, bool WITH_DPHI>
-struct ChunkGeometry {
-    static_assert(CHUNK % 32 == 0 && CHUNK <= MSG_THREADS, "a chunk is whole warps of the block's threads");
+// What every message kernel keeps of a chunk's pairs: the neighbor, where the pair sits in the
+// chunk, its geometry and cutoff.
+template <int CHUNK>
+struct ChunkPairs {
     int j[CHUNK];
-    int slot[CHUNK];       // position of the pair in the chunk (its neighbor-row entry − chunk start)
-    float4 r[CHUNK];       // r (Å) and d
-    float2 cut[CHUNK];     // cosine cutoff and its derivative at d
+    int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
+    float4 r[CHUNK];    // r (Å) and d
+    float2 cut[CHUNK];  // cosine cutoff and its derivative at d
+    __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
+        j[k] = neighbor;
+        slot[k] = position;
+        r[k] = make_float4(v.x, v.y, v.z, d);
+        float fc, dfc;
+        cosine_cutoff(d, cutoff, fc, dfc);
+        cut[k] = make_float2(fc, dfc);
+    }
+};
+
+template <int CHUNK, bool WITH_DPHI>
+struct ChunkGeometry : ChunkPairs<CHUNK> {
+    static_assert(CHUNK % 32 == 0 && CHUNK <= MSG_THREADS, "a chunk is whole warps of the block's threads");
     float phi[CHUNK][NK];  // radial basis φ_k(d), computed once per pair for all channels
     float dphi[WITH_DPHI ? CHUNK : 1][NK];  // ∂φ_k/∂d (Å⁻¹)
     int warp_count[CHUNK / 32];
@@ -269,13 +291,17 @@ __host__ __device__ constexpr int message_chunk(bool backward) {
 #define FORWARD_CHUNK message_chunk(false)
 #define BACKWARD_CHUNK message_chunk(true)
 
-// Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + CHUNK) of row `i`
-// (row end `end`), in row order; returns how many. The block's first CHUNK threads do it; every
-// thread must call it. Ends with a barrier.
-template <int CHUNK, bool WITH_DPHI>
-__device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, const double* pos, const Cell& cell,
-                                          const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
-                                          float cutoff2) {
+// Compacts candidates [chunk, chunk + CHUNK) of row `i` (row end `end`) to the pairs within the
+// cutoff, in row order, so that the pair loops that follow have no branches: the thread of the
+// k-th pair inside calls store(k, j, slot, r, d) (slot: its position in the chunk), then thread k
+// calls pad(k) for k from the count up to the next multiple of PAD. The block's first CHUNK
+// threads take one candidate each; every thread must call it. Ends with a barrier; returns the
+// number of pairs inside.
+template <int CHUNK, int PAD, class Store, class Pad>
+__device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos, const Cell& cell,
+                                             const Neighbors& nb, int i, int chunk, int end, float cutoff2,
+                                             Store store, Pad pad) {
+    static_assert(CHUNK % 32 == 0 && CHUNK % PAD == 0, "a chunk is whole warps and whole pads");
     int t = threadIdx.x, p = chunk + t, lane = t & 31, warp = t >> 5;
     bool inside = false;
     int j = 0;
@@ -288,23 +314,29 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
         inside = d2 < cutoff2;
     }
     u32 ballot = __ballot_sync(0xffffffffu, inside);
-    if (lane == 0 && t < CHUNK) g.warp_count[warp] = __popc(ballot);
+    if (lane == 0 && t < CHUNK) warp_count[warp] = __popc(ballot);
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
     for (int w = 0; w < CHUNK / 32; ++w) {
-        offset += w < warp ? g.warp_count[w] : 0;
-        total += g.warp_count[w];
+        offset += w < warp ? warp_count[w] : 0;
+        total += warp_count[w];
     }
-    if (inside) {
-        int k = offset + __popc(ballot & ((1u << lane) - 1u));
-        float d = sqrtf(d2);
-        g.j[k] = j;
-        g.slot[k] = t;
-        g.r[k] = make_float4(r.x, r.y, r.z, d);
-        float fc, dfc;
-        cosine_cutoff(d, filter.cutoff, fc, dfc);
-        g.cut[k] = make_float2(fc, dfc);
+    if (inside) store(offset + __popc(ballot & ((1u << lane) - 1u)), j, t, r, sqrtf(d2));
+    if (PAD > 1 && t >= total && t < (total + PAD - 1) / PAD * PAD) pad(t);
+    __syncthreads();
+    return total;
+}
+
+// Fills `g` with the pairs within the cutoff among candidates [chunk, chunk + CHUNK) of row `i`
+// (row end `end`), in row order; returns how many. The block's first CHUNK threads do it; every
+// thread must call it. Ends with a barrier.
+template <int CHUNK, bool WITH_DPHI>
+__device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, const double* pos, const Cell& cell,
+                                          const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
+                                          float cutoff2) {
+    auto store = [&](int k, int j, int slot, float3 r, float d) {
+        g.store(k, j, slot, r, d, filter.cutoff);
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
             float u = d - filter.offsets[m];
@@ -312,9 +344,8 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
             g.phi[k][m] = phi;
             if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
         }
-    }
-    __syncthreads();
-    return total;
+    };
+    return compact_chunk<CHUNK, 1>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
@@ -611,6 +642,22 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
     }
 }
 
+// Adds a chunk's per-pair gradients to pair_grad: one thread per pair sums the pair's WARPS
+// channel-warp partials (warp_part[pair][warp]) in a fixed order. Starts and ends with a barrier.
+template <int WARPS>
+__device__ __forceinline__ void add_pair_gradients(const float4 (*warp_part)[WARPS], const int* slot, int n,
+                                                   int chunk, float4* pair_grad) {
+    __syncthreads();
+    if (threadIdx.x < n) {
+        const int q = threadIdx.x;
+        float4 total = warp_part[q][0];
+        for (int k = 1; k < WARPS; ++k) total = add4(total, warp_part[q][k]);
+        int p = chunk + slot[q];
+        pair_grad[p] = add4(pair_grad[p], total);
+    }
+    __syncthreads();
+}
+
 // Gradients through interaction t, gathered per atom a: for every neighbor b, the pair a→b
 // (a receives: per-pair ∂E/∂d and ∂E/∂r̂, accumulated over layers in pair_grad) and the pair
 // b→a (a sends: ∂E/∂x_a and ∂E/∂μ_a). Both pairs have the same distance, so one filter serves.
@@ -671,17 +718,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
             if ((lane & 3) == 0 && (which == 0 || q2 < n))
                 reinterpret_cast<float*>(&sh.warp_part[which ? q2 : q][warp])[component] = sum;
         }
-        __syncthreads();
-        // One thread per pair of the chunk sums its warps' partials in a fixed order (the pair's
-        // warps are those of split q mod PAIR_SPLIT; warp_part is indexed by the channel's warp).
-        if (threadIdx.x < n) {
-            const int q = threadIdx.x;
-            float4 total = sh.warp_part[q][0];
-            for (int k = 1; k < MSG_CHANNELS / 32; ++k) total = add4(total, sh.warp_part[q][k]);
-            int p = chunk + g.slot[q];
-            pair_grad[p] = add4(pair_grad[p], total);
-        }
-        __syncthreads();
+        add_pair_gradients<MSG_CHANNELS / 32>(sh.warp_part, g.slot, n, chunk, pair_grad);
     }
     if (PAIR_SPLIT > 1) {
         if (ps > 0)

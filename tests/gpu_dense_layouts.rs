@@ -12,44 +12,48 @@ use std::sync::Mutex;
 
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
-/// (tile, split, cluster, pair split, channel slices) shapes: the defaults below 64 atoms, from 64,
-/// from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (blocks owning 8 to 192 of a
-/// layer's outputs, some with idle warps), message
-/// kernels with 1, 2 and 4 threads per channel and 1, 2 and 4 blocks per atom, and both matvec
-/// paths for μ's Cartesian rows (one matvec over 3·tile rows where they fit in the accumulators,
-/// tiles 1 and 2; one per row, tiles 3 and 4).
-const LAYOUTS: [(&str, &str, &str, &str, &str); 12] = [
-    ("1", "4", "4", "4", "4"),
-    ("2", "4", "1", "4", "4"),
-    ("2", "4", "1", "2", "2"),
-    ("2", "4", "1", "1", "1"),
-    ("1", "4", "4", "2", "4"),
-    ("1", "4", "1", "4", "1"),
-    ("4", "4", "1", "1", "4"),
-    ("3", "2", "1", "2", "2"),
-    ("4", "4", "4", "1", "1"),
-    ("2", "2", "2", "2", "1"),
-    ("4", "4", "8", "2", "2"),
-    ("2", "4", "8", "1", "1"),
+/// (tile, split, cluster, pair split, channel slices, tensor-core messages) shapes: the defaults
+/// below 64 atoms, from 64, from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (blocks
+/// owning 8 to 192 of a layer's outputs, some with idle warps), message kernels with 1, 2 and 4
+/// threads (or warp groups) per channel and 1, 2 and 4 blocks per atom, with the filter products
+/// on tensor cores and in scalar f32 at each size band, and both matvec paths for μ's Cartesian
+/// rows (one matvec over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per
+/// row, tiles 3 and 4).
+const LAYOUTS: [(&str, &str, &str, &str, &str, &str); 14] = [
+    ("1", "4", "4", "4", "4", "1"),
+    ("1", "4", "4", "4", "4", "0"),
+    ("2", "4", "1", "4", "4", "1"),
+    ("2", "4", "1", "2", "2", "1"),
+    ("2", "4", "1", "2", "2", "0"),
+    ("2", "4", "1", "1", "1", "1"),
+    ("2", "4", "1", "1", "1", "0"),
+    ("1", "4", "4", "2", "4", "1"),
+    ("1", "4", "1", "4", "1", "0"),
+    ("4", "4", "1", "1", "4", "1"),
+    ("3", "2", "1", "2", "2", "0"),
+    ("4", "4", "4", "1", "1", "1"),
+    ("2", "2", "2", "2", "1", "1"),
+    ("4", "4", "8", "2", "2", "0"),
 ];
 
-const VARIABLES: [&str; 5] = [
+const VARIABLES: [&str; 6] = [
     "MDRUN_DENSE_TILE",
     "MDRUN_DENSE_SPLIT",
     "MDRUN_DENSE_CLUSTER",
     "MDRUN_PAIR_SPLIT",
     "MDRUN_CHANNEL_SLICES",
+    "MDRUN_MESSAGE_MMA",
 ];
 
 fn check_layouts(model: &PainnModel, system: &System, what: &str) {
     let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-    for layout @ (tile, split, cluster, pair_split, slices) in LAYOUTS {
-        for (name, value) in VARIABLES.iter().zip([tile, split, cluster, pair_split, slices]) {
+    for layout @ (tile, split, cluster, pair_split, slices, mma) in LAYOUTS {
+        for (name, value) in VARIABLES.iter().zip([tile, split, cluster, pair_split, slices, mma]) {
             std::env::set_var(name, value);
         }
         let (e, f) = compare_gpu_with_cpu(model, system);
         eprintln!(
-            "{what}: (tile, split, cluster, pair split, channel slices) {layout:?}: \
+            "{what}: (tile, split, cluster, pair split, channel slices, mma) {layout:?}: \
              energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
         );
         assert!(e <= 1e-5 && f <= 1e-4, "{what} {layout:?}: {e:e} {f:e}");

@@ -32,6 +32,7 @@ fn every_kernel_compiles_with_nvrtc() {
         cluster: 4,
         pair_split: 4,
         channel_slices: 1,
+        message_mma: false,
         cluster_matvec_products: 8,
         checks: false,
     };
@@ -103,8 +104,35 @@ fn every_kernel_compiles_with_nvrtc() {
             cluster: 1,
             pair_split: 1,
             channel_slices: 1,
+            message_mma: true,
             cluster_matvec_products: 8,
             checks: false,
+        },
+        // The tensor-core message kernels at the student's three size bands, with the largest
+        // basis they take (K = 32: no k8 tail) and a basis with one (K = 20 → 24).
+        KernelSizes {
+            pair_split: 4,
+            channel_slices: 4,
+            message_mma: true,
+            ..student
+        },
+        KernelSizes {
+            pair_split: 2,
+            channel_slices: 2,
+            message_mma: true,
+            ..student
+        },
+        KernelSizes {
+            pair_split: 1,
+            message_mma: true,
+            ..student
+        },
+        KernelSizes {
+            rbf: 32,
+            pair_split: 2,
+            channel_slices: 2,
+            message_mma: true,
+            ..student
         },
         // The one-cluster kernel's other matvec layouts (MDRUN_CLUSTER_MATVEC_W): the deepest
         // split (the layout before perf-notes v25) and the shallowest measured.
@@ -171,7 +199,11 @@ fn every_kernel_compiles_with_nvrtc() {
         ]
         .into_iter()
         .chain(cluster_kernels.into_iter().filter(|_| cluster_built))
-        {
+        .chain(
+            ["message_forward_mma", "message_backward_mma"]
+                .into_iter()
+                .filter(|_| sizes.message_mma),
+        ) {
             assert!(
                 text.contains(&format!(".entry {kernel}(")),
                 "{kernel} missing from the PTX for {sizes:?}"

@@ -201,6 +201,8 @@ pub struct Row {
     pub cuda_graph: Option<bool>,
     /// The one-cluster kernel ran the whole MD step, integration included.
     pub integrate_in_kernel: Option<bool>,
+    /// The message kernels' filter products ran on tensor cores (split half precision).
+    pub message_mma: Option<bool>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

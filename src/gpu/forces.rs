@@ -9,6 +9,9 @@ use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingPar
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
+/// Filter weights at or above this magnitude keep the message kernels off tensor cores.
+const MMA_WEIGHT_LIMIT: f64 = 6.0e4;
+
 pub(crate) fn f32s(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&v| v as f32).collect()
 }
@@ -238,7 +241,12 @@ pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
 
 impl GpuPainn {
     pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8], pair_capacity: usize) -> Result<GpuPainn> {
-        let sizes = gpu.sizes;
+        let mut sizes = gpu.sizes;
+        // The tensor-core kernels hold the filter weights in halves (largest finite 65,504); a
+        // model past that range takes the scalar kernels, which the same module holds.
+        if model.filter.weight.iter().any(|w| w.abs() >= MMA_WEIGHT_LIMIT) {
+            sizes.message_mma = false;
+        }
         let f = sizes.features;
         let n = numbers.len();
         let painn = GpuPainn {
@@ -250,10 +258,10 @@ impl GpuPainn {
             grad_x: gpu.zeros(n * 3 * f)?,
             pair_grad: gpu.zeros(4 * n * pair_capacity * sizes.channel_slices)?,
             forces: gpu.zeros(3 * n)?,
-            message_forward: gpu.function("message_forward")?,
+            message_forward: gpu.function(sizes.message_kernels().0)?,
             mixing_forward: gpu.function("mixing_forward")?,
             mixing_backward: gpu.function("mixing_backward")?,
-            message_backward: gpu.function("message_backward")?,
+            message_backward: gpu.function(sizes.message_kernels().1)?,
             context_backward: gpu.function("context_backward")?,
             pair_forces: gpu.function("pair_forces")?,
         };

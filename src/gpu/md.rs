@@ -208,6 +208,11 @@ impl GpuMd {
         self.painn.variant()
     }
 
+    /// Whether the message kernels take the filter products on tensor cores.
+    pub fn message_mma(&self) -> bool {
+        self.painn.message_mma()
+    }
+
     /// Whether the one-cluster kernel runs the whole MD step, integration included.
     pub fn integrate_in_kernel(&self) -> bool {
         self.integrate_in_kernel

@@ -25,14 +25,20 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 /// Kernel sources, embedded at build time. `common.cuh` is prepended to each.
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 6] = [
     ("painn.cu", include_str!("../../kernels/painn.cu")),
+    // After painn.cu: the tensor-core message kernels share its pair functions.
+    ("message_mma.cu", include_str!("../../kernels/message_mma.cu")),
     // Before painn_cluster.cu: the one-cluster kernel's MD steps use the integrator's functions.
     ("integrate.cu", include_str!("../../kernels/integrate.cu")),
     ("painn_cluster.cu", include_str!("../../kernels/painn_cluster.cu")),
     ("neighbors.cu", include_str!("../../kernels/neighbors.cu")),
     ("naive.cu", include_str!("../../kernels/naive.cu")),
 ];
+
+/// The largest radial basis the tensor-core message kernels take (their filter columns sit in
+/// registers: 3 parts × 2 rows × K / 8 × 2 words per lane).
+pub const MMA_MAX_RBF: usize = 32;
 
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,12 +53,16 @@ pub struct KernelSizes {
     /// Blocks of a thread-block cluster sharing one tile's dense layers (1: no clusters; they
     /// need compute capability 9.0).
     pub cluster: usize,
-    /// Threads per channel sharing an atom's pair loop in the message kernels (blocks of
-    /// `pair_split · F / channel_slices` threads).
+    /// Threads per channel (scalar message kernels) or warp groups (tensor-core ones) sharing an
+    /// atom's pair loop (blocks of `pair_split · F / channel_slices` threads, twice that with
+    /// tensor cores).
     pub pair_split: usize,
     /// Blocks per atom in the message kernels, each with `F / channel_slices` of the channels
     /// (a multiple of 32).
     pub channel_slices: usize,
+    /// The message kernels' filter products on tensor cores in split half precision
+    /// (kernels/message_mma.cu; compute capability 8.0 on, radial bases up to 32 functions).
+    pub message_mma: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
@@ -67,12 +77,16 @@ impl KernelSizes {
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
     /// without clusters from 128 on (v22).
-    /// The message kernels split each atom's pairs over 4 threads per channel and its channels
-    /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (more warps to hide the pair loop's
-    /// latency while there are few atoms; docs/perf-notes.md, v13 and v19).
+    /// The message kernels take the filter products on tensor cores where the radial basis fits
+    /// (up to 32 functions; v31) and split each atom's pair tiles over 2 warp groups and its
+    /// channels over 4 blocks below 128 atoms, 1 and 2 from 128 on. The scalar kernels (wider
+    /// bases, MDRUN_MESSAGE_MMA=0) split the pairs over 4 threads per channel and the channels
+    /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (v13, v19). More warps hide the
+    /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES and MDRUN_CLUSTER_MATVEC_W override, for experiments.
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA and MDRUN_CLUSTER_MATVEC_W override, for
+    /// experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
@@ -99,21 +113,29 @@ impl KernelSizes {
         {
             cluster = 1;
         }
-        // Pair split and channel slices follow the same size bands (perf-notes v13, v19).
-        let message_split = match n_atoms {
-            0..128 => 4,
-            128..512 => 2,
-            _ => 1,
+        // The message kernels' filter products on tensor cores where the basis fits their
+        // registers (perf-notes v31); pair split and channel slices by size band, measured for
+        // each kernel pair (scalar: perf-notes v13, v19; tensor cores: v31).
+        let mma_wanted = env("MDRUN_MESSAGE_MMA").unwrap_or(1) != 0 && rbf <= MMA_MAX_RBF;
+        let (split_band, slices_band) = match (mma_wanted, n_atoms) {
+            (true, 0..128) => (2, 4),
+            (true, _) => (1, 2),
+            (false, 0..128) => (4, 4),
+            (false, 128..512) => (2, 2),
+            (false, _) => (1, 1),
         };
-        let mut pair_split = env("MDRUN_PAIR_SPLIT").unwrap_or(message_split).clamp(1, 4);
-        let mut channel_slices = env("MDRUN_CHANNEL_SLICES").unwrap_or(message_split).clamp(1, 4);
+        let mut pair_split = env("MDRUN_PAIR_SPLIT").unwrap_or(split_band).clamp(1, 4);
+        let mut channel_slices = env("MDRUN_CHANNEL_SLICES").unwrap_or(slices_band).clamp(1, 4);
         while channel_slices > 1
             && !(features.is_multiple_of(channel_slices) && (features / channel_slices).is_multiple_of(32))
         {
             channel_slices -= 1;
         }
+        // The tensor-core kernels' blocks have a warp per 16 channels of the slice.
+        let message_mma = mma_wanted && 2 * features / channel_slices <= 1024;
         // A block has at most 1,024 threads.
-        while pair_split > 1 && pair_split * features / channel_slices > 1024 {
+        let lanes_per_channel = if message_mma { 2 } else { 1 };
+        while pair_split > 1 && lanes_per_channel * pair_split * features / channel_slices > 1024 {
             pair_split -= 1;
         }
         KernelSizes {
@@ -125,6 +147,7 @@ impl KernelSizes {
             cluster,
             pair_split,
             channel_slices,
+            message_mma,
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
@@ -140,7 +163,17 @@ impl KernelSizes {
     }
 
     pub fn message_threads(&self) -> u32 {
-        (self.pair_split * self.features / self.channel_slices) as u32
+        let lanes_per_channel = if self.message_mma { 2 } else { 1 };
+        (lanes_per_channel * self.pair_split * self.features / self.channel_slices) as u32
+    }
+
+    /// The message kernels' names (scalar or tensor-core filter products).
+    pub fn message_kernels(&self) -> (&'static str, &'static str) {
+        if self.message_mma {
+            ("message_forward_mma", "message_backward_mma")
+        } else {
+            ("message_forward", "message_backward")
+        }
     }
 
     /// Blocks of one message-kernel launch over `n_atoms`.
@@ -169,6 +202,11 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DCLUSTER={}", sizes.cluster),
             format!("-DPAIR_SPLIT={}", sizes.pair_split),
             format!("-DCHANNEL_SLICES={}", sizes.channel_slices),
+            // 0: the tensor-core message kernels are not built.
+            format!(
+                "-DMMA_PAIR_SPLIT={}",
+                if sizes.message_mma { sizes.pair_split } else { 0 }
+            ),
             format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
             "--std=c++17".into(),
         ]
@@ -268,6 +306,11 @@ impl Gpu {
         let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         if compute_capability.0 < 9 {
             sizes.cluster = 1;
+        }
+        // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
+        // split, capped for the tensor-core blocks, stays valid for the scalar ones).
+        if compute_capability.0 < 8 {
+            sizes.message_mma = false;
         }
         let arch: &'static str =
             Box::leak(format!("compute_{}{}", compute_capability.0, compute_capability.1).into_boxed_str());
@@ -393,19 +436,25 @@ pub fn block_per_item(items: usize, threads: u32) -> cudarc::driver::LaunchConfi
 mod tests {
     use super::KernelSizes;
 
-    /// (tile, cluster, pair split, channel slices) chosen for `n_atoms` with no overrides.
-    fn shape(features: usize, n_atoms: usize) -> (usize, usize, usize, usize) {
-        let s = KernelSizes::for_system(features, 20, 64.min(features), n_atoms);
-        (s.tile, s.cluster, s.pair_split, s.channel_slices)
+    /// (tile, cluster, pair split, channel slices, tensor-core messages) chosen for `n_atoms` and
+    /// a radial basis of `rbf` functions, with no overrides.
+    fn shape(features: usize, rbf: usize, n_atoms: usize) -> (usize, usize, usize, usize, bool) {
+        let s = KernelSizes::for_system(features, rbf, 64.min(features), n_atoms);
+        (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma)
     }
 
     #[test]
     fn launch_shapes_follow_the_measured_size_rules() {
-        // perf-notes v13, v18, v19, v22: the student's shapes at each size band.
-        assert_eq!(shape(128, 12), (1, 4, 4, 4));
-        assert_eq!(shape(128, 100), (2, 2, 4, 4));
-        assert_eq!(shape(128, 192), (2, 1, 2, 2));
-        assert_eq!(shape(128, 12_288), (2, 1, 1, 1));
+        // perf-notes v18, v22, v31: the student's shapes at each size band, tensor-core messages.
+        assert_eq!(shape(128, 20, 12), (1, 4, 2, 4, true));
+        assert_eq!(shape(128, 20, 100), (2, 2, 2, 4, true));
+        assert_eq!(shape(128, 20, 192), (2, 1, 1, 2, true));
+        assert_eq!(shape(128, 20, 12_288), (2, 1, 1, 2, true));
+        // A basis too wide for the tensor-core kernels' registers: the scalar bands (v13, v19).
+        assert_eq!(shape(128, 64, 12), (1, 4, 4, 4, false));
+        assert_eq!(shape(128, 64, 100), (2, 2, 4, 4, false));
+        assert_eq!(shape(128, 64, 192), (2, 1, 2, 2, false));
+        assert_eq!(shape(128, 64, 12_288), (2, 1, 1, 1, false));
     }
 
     #[test]
@@ -415,22 +464,26 @@ mod tests {
                 .into_iter()
                 .flat_map(|n| [(n, 64.min(features)), (n, features / 2)])
             {
-                let s = KernelSizes::for_system(features, 20, hidden, n_atoms);
-                let what = format!("F = {features}, {n_atoms} atoms: {s:?}");
-                // Message blocks: whole warps of channels, at most 1,024 threads.
-                assert!(features.is_multiple_of(s.channel_slices), "{what}");
-                assert!((features / s.channel_slices).is_multiple_of(32), "{what}");
-                assert!(s.message_threads() <= 1024, "{what}");
-                assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
-                // Dense blocks: at most 512 features × atoms (static shared memory).
-                assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
-                // Cluster blocks: a warp for every 32 of a layer's outputs they own.
-                for width in [features, 2 * features, 3 * features, hidden] {
-                    assert!(width.is_multiple_of(s.cluster), "{what}");
-                    assert!(
-                        (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
-                        "{what}"
-                    );
+                for rbf in [20, 64] {
+                    let s = KernelSizes::for_system(features, rbf, hidden, n_atoms);
+                    let what = format!("F = {features}, {n_atoms} atoms: {s:?}");
+                    // Message blocks: whole warps of channels, at most 1,024 threads.
+                    assert!(features.is_multiple_of(s.channel_slices), "{what}");
+                    assert!((features / s.channel_slices).is_multiple_of(32), "{what}");
+                    assert!(s.message_threads() <= 1024, "{what}");
+                    assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
+                    // Dense blocks: at most 512 features × atoms (static shared memory).
+                    assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
+                    // Cluster blocks: a warp for every 32 of a layer's outputs they own.
+                    for width in [features, 2 * features, 3 * features, hidden] {
+                        assert!(width.is_multiple_of(s.cluster), "{what}");
+                        assert!(
+                            (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
+                            "{what}"
+                        );
+                    }
+                    // Tensor-core messages only where their registers hold the basis.
+                    assert!(!s.message_mma || rbf <= super::MMA_MAX_RBF, "{what}");
                 }
             }
         }

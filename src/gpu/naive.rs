@@ -87,6 +87,11 @@ impl PainnKernels {
         }
     }
 
+    /// Whether the message kernels take the filter products on tensor cores (fused kernels only).
+    pub fn message_mma(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma)
+    }
+
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
     pub fn uses_neighbor_list(&self) -> bool {
         !matches!(self, PainnKernels::Cluster(_))

@@ -1,0 +1,433 @@
+// The message kernels with the filter products on tensor cores (sm_80 and later). Per chunk of
+// pairs, the filter network's product is the matrix product Φ [pairs × K] · Wᵀ [K × 3F]; here
+// it runs as mma.sync tiles of 16 pairs × 8 channels in split half precision: each operand
+// a = hi + lo with hi = fp16(a), lo = fp16(a − hi), and Φ·W ≈ lo·hi + hi·lo + hi·hi summed in f32
+// (22 significant bits, as f32's products are within the tolerances: docs/perf-notes.md, v23 and
+// v31). Everything after the filter (message, its backward, the sums) is the same device code as
+// the scalar kernels in painn.cu, in f32.
+//
+// Layout: one block per atom and channel slice (as in painn.cu); each warp owns 16 channels of the
+// slice and walks the chunk's 8-pair tiles, computing per filter part the product W [16 channels ×
+// K] · Φᵀ [K × 8 pairs] (the weights are the A operand, in registers for the whole kernel; the
+// basis the B operand, from shared memory); MMA_PAIR_SPLIT warp groups share an atom's tiles. Tile
+// rows g and g + 8 are channels c0 + 2g and c0 + 2g + 1, so that in the accumulator layout of
+// mma.m16n8k* lane (g = lane / 4, t = lane % 4) holds channels c0 + 2g, c0 + 2g + 1 of pairs 2t and
+// 2t + 1: its loads of a neighbor's features are float2, and a warp's load covers 64 contiguous
+// bytes of each of 4 pairs (docs/perf-notes.md, v31: with pairs as the rows, 32 bytes of 8 pairs,
+// and the gathers cost twice the L1 wavefronts). The sums over a lane's pairs run over the 4 lanes
+// of equal g at the end (fixed order: deterministic).
+
+#ifndef MMA_PAIR_SPLIT
+#define MMA_PAIR_SPLIT 0  // 0: the tensor-core message kernels are not built
+#endif
+
+// Radial basis padded to the mma's k granularity (8), as 32-bit words of two halves.
+#define KP ((NK + 7) / 8 * 8)
+#define K_WORDS (KP / 2)
+// B (and A) registers per 16-pair, 8-channel tile: two per k16 step, one for a k8 tail.
+#define K_REGS (KP / 8)
+#define K16_STEPS (KP / 16)
+#define K8_TAIL (KP % 16 != 0)
+// Row stride of the Φ tiles in shared memory (words): ≡ 4 (mod 8), so the 8 rows × 4 words of an
+// A-fragment load hit 32 different banks.
+#define A_STRIDE (K_WORDS % 8 == 0 ? K_WORDS + 4 : K_WORDS)
+
+#if MMA_PAIR_SPLIT > 0 && KP <= 32 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+
+#define MMA_WARPS (MSG_CHANNELS / 16)
+#define MMA_THREADS (MMA_PAIR_SPLIT * MMA_WARPS * 32)
+#if MMA_THREADS > 1024
+#error "tensor-core message blocks over 1,024 threads (the host caps MMA_PAIR_SPLIT)"
+#endif
+// Blocks per SM the register budget must allow: 16 warps (at most 128 registers per thread).
+#define MMA_MIN_BLOCKS ((512 + MMA_THREADS - 1) / MMA_THREADS)
+
+// Two floats as a word of two halves (lo in the low half: element k, k + 1 of a fragment).
+__device__ __forceinline__ u32 half2_of(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float2 float2_of(u32 h) {
+    float2 v;
+    asm("{\n\t.reg .f16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;\n\t}"
+        : "=f"(v.x), "=f"(v.y)
+        : "r"(h));
+    return v;
+}
+
+// The split of (a, b) into hi + lo halves, as two words.
+__device__ __forceinline__ void split_half2(float a, float b, u32& hi, u32& lo) {
+    hi = half2_of(a, b);
+    float2 h = float2_of(hi);
+    lo = half2_of(a - h.x, b - h.y);
+}
+
+__device__ __forceinline__ void mma_k16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_k8(float (&c)[4], u32 a0, u32 a1, u32 b0) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+}
+
+// Word index within a row of fragment register r of lane group t: k16 step s = r / 2 holds words
+// 8s + t (r even) and 8s + t + 4 (r odd); a k8 tail, words 8s + t. The same for the A rows and
+// the B columns of m16n8k16 and m16n8k8.
+__device__ __forceinline__ int fragment_word(int r, int t) { return 8 * (r >> 1) + 4 * (r & 1) + t; }
+
+// One row of a tile in halves: hi and lo words per fragment register.
+struct Halves {
+    u32 hi[K_REGS], lo[K_REGS];
+    // Row `row` of a tile stored as words of halves (hi and lo tiles of A_STRIDE words per row).
+    __device__ __forceinline__ void load(const u32 (*hi_rows)[A_STRIDE], const u32 (*lo_rows)[A_STRIDE], int row, int t) {
+#pragma unroll
+        for (int r = 0; r < K_REGS; ++r) {
+            hi[r] = hi_rows[row][fragment_word(r, t)];
+            lo[r] = lo_rows[row][fragment_word(r, t)];
+        }
+    }
+};
+
+// The A rows g and g + 8 of a 16-row operand.
+struct RowPair {
+    Halves g0, g8;
+};
+
+// c += a · b over the padded basis, with a (rows g, g + 8) and b one half each.
+__device__ __forceinline__ void mma_tile(float (&c)[4], const u32 (&a0)[K_REGS], const u32 (&a8)[K_REGS],
+                                         const u32 (&b)[K_REGS]) {
+#pragma unroll
+    for (int s = 0; s < K16_STEPS; ++s)
+        mma_k16(c, a0[2 * s], a8[2 * s], a0[2 * s + 1], a8[2 * s + 1], b[2 * s], b[2 * s + 1]);
+    if (K8_TAIL) mma_k8(c, a0[K_REGS - 1], a8[K_REGS - 1], b[K_REGS - 1]);
+}
+
+// c += a · b in split precision: the small products first.
+__device__ __forceinline__ void mma_split(float (&c)[4], const RowPair& a, const Halves& b) {
+    mma_tile(c, a.g0.lo, a.g8.lo, b.hi);
+    mma_tile(c, a.g0.hi, a.g8.hi, b.lo);
+    mma_tile(c, a.g0.hi, a.g8.hi, b.hi);
+}
+
+// The warp's filter rows as A fragments: part p (s, R, v), rows g and g + 8 = channels c, c + 1
+// (c = c0 + 2g), and the biases of those channels.
+struct WarpFilter {
+    RowPair part[3];
+    float2 bias[3];
+    __device__ void load(const Filter& f, int c, int t) {
+#pragma unroll
+        for (int p = 0; p < 3; ++p) {
+            const float* row = f.weight + (size_t)(f.offset + p * NF + c) * NK;
+#pragma unroll
+            for (int r = 0; r < K_REGS; ++r) {
+                const int k = 2 * fragment_word(r, t);
+                auto w = [&](int channel, int m) { return m < NK ? row[channel * NK + m] : 0.f; };
+                split_half2(w(0, k), w(0, k + 1), part[p].g0.hi[r], part[p].g0.lo[r]);
+                split_half2(w(1, k), w(1, k + 1), part[p].g8.hi[r], part[p].g8.lo[r]);
+            }
+            const float* b = f.bias + f.offset + p * NF + c;
+            bias[p] = make_float2(b[0], b[1]);
+        }
+    }
+};
+
+// A chunk's pairs as the tensor-core kernels read them: as in ChunkGeometry, with Φ (and ∂Φ/∂d)
+// in hi and lo halves, padded with zero rows (cutoff 0: no contribution) to whole 8-pair tiles.
+template <int CHUNK, bool BACKWARD>
+struct MmaChunk : ChunkPairs<CHUNK> {
+    __align__(16) u32 phi_hi[CHUNK][A_STRIDE];
+    __align__(16) u32 phi_lo[CHUNK][A_STRIDE];
+    __align__(16) u32 dphi_hi[BACKWARD ? CHUNK : 1][A_STRIDE];
+    __align__(16) u32 dphi_lo[BACKWARD ? CHUNK : 1][A_STRIDE];
+    int warp_count[CHUNK / 32];
+};
+
+__host__ __device__ constexpr int mma_shared_bytes(int chunk, bool backward) {
+    int per_pair = 4 + 4 + 16 + 8 + (backward ? 4 : 2) * A_STRIDE * 4;
+    int partial = (MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
+    int warp_part = backward ? chunk * MMA_WARPS * 16 : 0;
+    return chunk * per_pair + 4 * (chunk / 32) + 64 + (warp_part > partial ? warp_part : partial);
+}
+
+// Candidates per chunk: one per thread, at most 128, fewer (whole warps) to stay within 45 KB.
+__host__ __device__ constexpr int mma_chunk(bool backward) {
+    int chunk = MMA_THREADS < 128 ? MMA_THREADS : 128;
+    while (chunk > 32 && mma_shared_bytes(chunk, backward) > 45 * 1024) chunk -= 32;
+    return chunk;
+}
+
+// A row of words of halves, stored 16 bytes at a time (rows of A_STRIDE ≡ 4 (mod 8) words: a
+// quarter warp's 16-byte stores of 8 consecutive rows hit 32 different banks).
+__device__ __forceinline__ void store_row(u32* dst, const u32 (&words)[K_WORDS]) {
+#pragma unroll
+    for (int w = 0; w < K_WORDS; w += 4)
+        *reinterpret_cast<uint4*>(dst + w) = make_uint4(words[w], words[w + 1], words[w + 2], words[w + 3]);
+}
+
+template <int CHUNK, bool BACKWARD>
+__device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, const double* pos, const Cell& cell,
+                                              const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
+                                              float cutoff2) {
+    auto store = [&](int k, int j, int slot, float3 r, float d) {
+        g.store(k, j, slot, r, d, filter.cutoff);
+        u32 hi[K_WORDS], lo[K_WORDS], dhi[K_WORDS], dlo[K_WORDS];
+#pragma unroll
+        for (int w = 0; w < K_WORDS; ++w) {
+            float phi[2] = {0.f, 0.f}, dphi[2] = {0.f, 0.f};
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int m = 2 * w + e;
+                if (m < NK) {
+                    float u = d - filter.offsets[m];
+                    phi[e] = __expf(filter.coeffs[m] * u * u);
+                    dphi[e] = rbf_derivative(d, phi[e], filter.coeffs[m], filter.offsets[m]);
+                }
+            }
+            split_half2(phi[0], phi[1], hi[w], lo[w]);
+            if constexpr (BACKWARD) split_half2(dphi[0], dphi[1], dhi[w], dlo[w]);
+        }
+        store_row(g.phi_hi[k], hi);
+        store_row(g.phi_lo[k], lo);
+        if constexpr (BACKWARD) {
+            store_row(g.dphi_hi[k], dhi);
+            store_row(g.dphi_lo[k], dlo);
+        }
+    };
+    // A padding row: the receiving atom itself at zero cutoff weight, Φ = 0 (finite everywhere).
+    auto pad = [&](int k) {
+        g.j[k] = i;
+        g.slot[k] = 0;
+        g.r[k] = make_float4(0.f, 0.f, 0.f, 1.f);
+        g.cut[k] = make_float2(0.f, 0.f);
+        u32 zero[K_WORDS] = {};
+        store_row(g.phi_hi[k], zero);
+        store_row(g.phi_lo[k], zero);
+        if constexpr (BACKWARD) {
+            store_row(g.dphi_hi[k], zero);
+            store_row(g.dphi_lo[k], zero);
+        }
+    };
+    return compact_chunk<CHUNK, 8>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, pad);
+}
+
+// The filter parts (s, R, v) of channel c + ch (accumulator row g + 8·ch) at the lane's pair e
+// (column 2t + e).
+__device__ __forceinline__ float3 tile_filter(const float (&acc)[3][4], int ch, int e) {
+    return make_float3(acc[0][2 * ch + e], acc[1][2 * ch + e], acc[2][2 * ch + e]);
+}
+
+__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+
+// Sum over the lanes of equal g (the 4 lanes t, each with its own pairs): all end with the total.
+__device__ __forceinline__ float sum_over_pairs(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    return v;
+}
+
+// Filter accumulators of one tile: the biases of the lane's channels c (row g) and c + 1 (row g + 8).
+__device__ __forceinline__ void init_with_bias(float (&acc)[3][4], const WarpFilter& w) {
+#pragma unroll
+    for (int p = 0; p < 3; ++p) {
+        acc[p][0] = acc[p][1] = w.bias[p].x;
+        acc[p][2] = acc[p][3] = w.bias[p].y;
+    }
+}
+
+// message_forward (painn.cu) with the filter on tensor cores.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_forward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
+                        const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
+                        float* __restrict__ mu_out) {
+    constexpr int CHUNK = mma_chunk(false);
+    __shared__ MmaChunk<CHUNK, false> g;
+    __shared__ float partial[MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
+    static_assert(sizeof(g) + sizeof(partial) <= 48 * 1024, "message_forward_mma: static shared memory over 48 KB");
+    const int i = blockIdx.x / CHANNEL_SLICES, slice = blockIdx.x % CHANNEL_SLICES;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
+    const int cw = warp % MMA_WARPS, ps = warp / MMA_WARPS;
+    const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;  // the lane's channels c, c + 1
+    WarpFilter w;
+    w.load(filter, c, t);
+    const float cutoff2 = filter.cutoff * filter.cutoff;
+    float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
+    int begin = i * nb.capacity, end = begin + nb.count[i];
+    for (int chunk = begin; chunk < end; chunk += CHUNK) {
+        const int n = load_mma_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
+        for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
+            Halves phi;
+            phi.load(g.phi_hi, g.phi_lo, 8 * tile + gr, t);
+            float acc[3][4];
+            init_with_bias(acc, w);
+#pragma unroll
+            for (int p = 0; p < 3; ++p) mma_split(acc[p], w.part[p], phi);
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int q = 8 * tile + 2 * t + e;
+                const float4 r = g.r[q];
+                const float fc = g.cut[q].x;
+                const float* xj = x + (size_t)g.j[q] * 3 * NF + c;
+                const float* mj = mu_in + (size_t)g.j[q] * 3 * NF + c;
+                const float2 xs = load2(xj), xr = load2(xj + NF), xv = load2(xj + 2 * NF);
+                const float2 m0 = load2(mj), m1 = load2(mj + NF), m2 = load2(mj + 2 * NF);
+                add_message(tile_filter(acc, 0, e), fc, r, xs.x, xr.x, xv.x, m0.x, m1.x, m2.x, dq[0], dm[0]);
+                add_message(tile_filter(acc, 1, e), fc, r, xs.y, xr.y, xv.y, m0.y, m1.y, m2.y, dq[1], dm[1]);
+            }
+        }
+        __syncthreads();  // before the next chunk overwrites g
+    }
+#pragma unroll
+    for (int ch = 0; ch < 2; ++ch) {
+        dq[ch] = sum_over_pairs(dq[ch]);
+        for (int k = 0; k < 3; ++k) dm[ch][k] = sum_over_pairs(dm[ch][k]);
+    }
+    if (MMA_PAIR_SPLIT > 1) {
+        if (ps > 0 && t == 0)
+            for (int ch = 0; ch < 2; ++ch) {
+                partial[ps - 1][0][local + ch] = dq[ch];
+                for (int k = 0; k < 3; ++k) partial[ps - 1][k + 1][local + ch] = dm[ch][k];
+            }
+        __syncthreads();
+        if (ps > 0) return;
+        for (int s = 0; s < MMA_PAIR_SPLIT - 1; ++s)
+            for (int ch = 0; ch < 2; ++ch) {
+                dq[ch] += partial[s][0][local + ch];
+                for (int k = 0; k < 3; ++k) dm[ch][k] += partial[s][k + 1][local + ch];
+            }
+    }
+    if (t != 0) return;
+    const float2 qi = load2(q_in + (size_t)i * NF + c);
+    *reinterpret_cast<float2*>(q_out + (size_t)i * NF + c) = make_float2(qi.x + dq[0], qi.y + dq[1]);
+    for (int k = 0; k < 3; ++k) {
+        const size_t at = (size_t)i * 3 * NF + k * NF + c;
+        const float2 mi = load2(mu_in + at);
+        *reinterpret_cast<float2*>(mu_out + at) = make_float2(mi.x + dm[0][k], mi.y + dm[1][k]);
+    }
+}
+
+// What pair_backward needs of atom b at the lane's two channels c, c + 1.
+__device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b, int c, const float* grad_q,
+                                                  const float* grad_mu, const float* mu, const float* x) {
+    const float2 gq = load2(grad_q + b * NF + c);
+    s[0].gq = gq.x;
+    s[1].gq = gq.y;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const size_t at = b * 3 * NF + k * NF + c;
+        const float2 gm = load2(grad_mu + at), m = load2(mu + at), xv = load2(x + at);
+        s[0].gm[k] = gm.x;
+        s[1].gm[k] = gm.y;
+        s[0].mu[k] = m.x;
+        s[1].mu[k] = m.y;
+        s[0].x[k] = xv.x;
+        s[1].x[k] = xv.y;
+    }
+}
+
+// message_backward (painn.cu) with the filter and its d-derivative on tensor cores.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_backward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ mu_in,
+                         const float* __restrict__ x, const float* __restrict__ grad_q,
+                         const float* __restrict__ grad_mu, float* __restrict__ grad_x,
+                         float* __restrict__ grad_mu_in, float4* __restrict__ pair_grad) {
+    constexpr int CHUNK = mma_chunk(true);
+    __shared__ MmaChunk<CHUNK, true> g;
+    // Never live at the same time (the split partials come after the last chunk's barrier).
+    __shared__ union {
+        float4 warp_part[CHUNK][MMA_WARPS];  // per pair of the chunk, per channel warp: (∂E/∂d, ∂E/∂r̂)
+        float partial[MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1][6][MSG_CHANNELS];
+    } sh;
+    static_assert(sizeof(g) + sizeof(sh) <= 48 * 1024, "message_backward_mma: static shared memory over 48 KB");
+    const int a = blockIdx.x / CHANNEL_SLICES, slice = blockIdx.x % CHANNEL_SLICES;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
+    const int cw = warp % MMA_WARPS, ps = warp / MMA_WARPS;
+    const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;
+    pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
+    WarpFilter w;
+    w.load(filter, c, t);
+    const float cutoff2 = filter.cutoff * filter.cutoff;
+    ChannelState self[2];  // atom a, channels c and c + 1
+    load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);
+    float gx[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}}, gmu[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
+    int begin = a * nb.capacity, end = begin + nb.count[a];
+    for (int chunk = begin; chunk < end; chunk += CHUNK) {
+        const int n = load_mma_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
+        for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
+            float f[3][4], df[3][4];
+            {
+                Halves phi, dphi;
+                phi.load(g.phi_hi, g.phi_lo, 8 * tile + gr, t);
+                dphi.load(g.dphi_hi, g.dphi_lo, 8 * tile + gr, t);
+                init_with_bias(f, w);
+#pragma unroll
+                for (int p = 0; p < 3; ++p) {
+                    df[p][0] = df[p][1] = df[p][2] = df[p][3] = 0.f;
+                    mma_split(f[p], w.part[p], phi);
+                    mma_split(df[p], w.part[p], dphi);
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int q = 8 * tile + 2 * t + e;
+                const float4 rv = g.r[q];
+                const float inv_d = 1.0f / rv.w;
+                const float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
+                ChannelState other[2];
+                load_channel_pair(other, g.j[q], c, grad_q, grad_mu, mu_in, x);
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int ch = 0; ch < 2; ++ch)
+                    v = add4(v, pair_backward(u, tile_filter(f, ch, e), tile_filter(df, ch, e), g.cut[q], self[ch],
+                                              other[ch], gx[ch], gmu[ch]));
+                // The warp's 16 channels of pair q: over the 8 lanes of column t.
+#pragma unroll
+                for (int m = 4; m < 32; m <<= 1) {
+                    v.x += __shfl_xor_sync(0xffffffffu, v.x, m);
+                    v.y += __shfl_xor_sync(0xffffffffu, v.y, m);
+                    v.z += __shfl_xor_sync(0xffffffffu, v.z, m);
+                    v.w += __shfl_xor_sync(0xffffffffu, v.w, m);
+                }
+                if (gr == 0) sh.warp_part[q][cw] = v;
+            }
+        }
+        add_pair_gradients<MMA_WARPS>(sh.warp_part, g.slot, n, chunk, pair_grad);
+    }
+#pragma unroll
+    for (int ch = 0; ch < 2; ++ch)
+        for (int k = 0; k < 3; ++k) {
+            gx[ch][k] = sum_over_pairs(gx[ch][k]);
+            gmu[ch][k] = sum_over_pairs(gmu[ch][k]);
+        }
+    if (MMA_PAIR_SPLIT > 1) {
+        if (ps > 0 && t == 0)
+            for (int ch = 0; ch < 2; ++ch)
+                for (int k = 0; k < 3; ++k) {
+                    sh.partial[ps - 1][k][local + ch] = gx[ch][k];
+                    sh.partial[ps - 1][k + 3][local + ch] = gmu[ch][k];
+                }
+        __syncthreads();
+        if (ps > 0) return;
+        for (int s = 0; s < MMA_PAIR_SPLIT - 1; ++s)
+            for (int ch = 0; ch < 2; ++ch)
+                for (int k = 0; k < 3; ++k) {
+                    gx[ch][k] += sh.partial[s][k][local + ch];
+                    gmu[ch][k] += sh.partial[s][k + 3][local + ch];
+                }
+    }
+    if (t != 0) return;
+    for (int k = 0; k < 3; ++k) {
+        const size_t at = (size_t)a * 3 * NF + k * NF + c;
+        *reinterpret_cast<float2*>(grad_x + at) = make_float2(gx[0][k], gx[1][k]);
+        *reinterpret_cast<float2*>(grad_mu_in + at) =
+            make_float2(self[0].gm[k] + gmu[0][k], self[1].gm[k] + gmu[1][k]);
+    }
+}
+
+#endif
