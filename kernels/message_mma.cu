@@ -116,12 +116,16 @@ __device__ __forceinline__ void mma_split(float (&c)[4], const RowPair& a, const
     mma_tile(c, a.g0.hi, a.g8.hi, b.hi);
 }
 
+// 16-byte vectors of a lane's filter fragments (3 parts × 2 rows × hi, lo × K_REGS words).
+#define FRAGMENT_VECTORS (3 * K_REGS)
+
 // The warp's filter rows as A fragments: part p (s, R, v), rows g and g + 8 = channels c, c + 1
 // (c = c0 + 2g), and the biases of those channels.
 struct WarpFilter {
     RowPair part[3];
     float2 bias[3];
-    __device__ void load(const Filter& f, int c, int t) {
+    // From the filter network's rows (f32, row-major): what message_mma_pack does once per system.
+    __device__ void split_rows(const Filter& f, int c, int t) {
 #pragma unroll
         for (int p = 0; p < 3; ++p) {
             const float* row = f.weight + (size_t)(f.offset + p * NF + c) * NK;
@@ -132,11 +136,42 @@ struct WarpFilter {
                 split_half2(w(0, k), w(0, k + 1), part[p].g0.hi[r], part[p].g0.lo[r]);
                 split_half2(w(1, k), w(1, k + 1), part[p].g8.hi[r], part[p].g8.lo[r]);
             }
+        }
+    }
+    // From the packed fragments (f.fragments, see message_mma_pack): 16-byte loads, a warp's
+    // contiguous; the rows' scattered 4-byte loads were a third of the kernels' L1 traffic at
+    // 1,536 atoms (docs/perf-notes.md, v33).
+    __device__ void load(const Filter& f, int c, int lane) {
+        const uint4* src = f.fragments + (size_t)(c >> 4) * FRAGMENT_VECTORS * 32 + lane;
+        u32* words = reinterpret_cast<u32*>(part);
+#pragma unroll
+        for (int v = 0; v < FRAGMENT_VECTORS; ++v) {
+            const uint4 q = src[v * 32];
+            words[4 * v] = q.x;
+            words[4 * v + 1] = q.y;
+            words[4 * v + 2] = q.z;
+            words[4 * v + 3] = q.w;
+        }
+#pragma unroll
+        for (int p = 0; p < 3; ++p) {
             const float* b = f.bias + f.offset + p * NF + c;
             bias[p] = make_float2(b[0], b[1]);
         }
     }
 };
+
+static_assert(sizeof(RowPair[3]) == FRAGMENT_VECTORS * 16, "fragments are whole 16-byte vectors");
+
+// The filter fragments of interaction `filter.offset` for the tensor-core message kernels, once per
+// system: block = one 16-channel group, thread = lane; vector v of lane L of group G at
+// out[(G · FRAGMENT_VECTORS + v) · 32 + L].
+extern "C" __global__ void message_mma_pack(Filter filter, uint4* out) {
+    const int group = blockIdx.x, lane = threadIdx.x;
+    WarpFilter w;
+    w.split_rows(filter, 16 * group + 2 * (lane >> 2), lane & 3);
+    const uint4* words = reinterpret_cast<const uint4*>(w.part);
+    for (int v = 0; v < FRAGMENT_VECTORS; ++v) out[(group * FRAGMENT_VECTORS + v) * 32 + lane] = words[v];
+}
 
 // A chunk's pairs as the tensor-core kernels read them: as in ChunkGeometry, with Φ (and ∂Φ/∂d)
 // in hi and lo halves, padded with zero rows (cutoff 0: no contribution) to whole 8-pair tiles.
@@ -255,7 +290,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const int cw = warp % MMA_WARPS, ps = warp / MMA_WARPS;
     const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;  // the lane's channels c, c + 1
     WarpFilter w;
-    w.load(filter, c, t);
+    w.load(filter, c, lane);
     const float cutoff2 = filter.cutoff * filter.cutoff;
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
     int begin = i * nb.capacity, end = begin + nb.count[i];
@@ -351,7 +386,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     WarpFilter w;
-    w.load(filter, c, t);
+    w.load(filter, c, lane);
     const float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self[2];  // atom a, channels c and c + 1
     load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);

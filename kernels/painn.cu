@@ -35,6 +35,7 @@ struct Filter {
     const float* coeffs;   // [K] −0.5 / w_k²
     int offset;
     float cutoff;
+    const uint4* fragments;  // the tensor-core message kernels' copy (message_mma_pack), or null
 };
 
 struct Neighbors {

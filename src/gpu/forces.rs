@@ -153,6 +153,7 @@ impl DeviceModel {
             coeffs: self.rbf_coeffs.ptr,
             offset: self.filter_offset[t],
             cutoff: self.cutoff,
+            fragments: 0,
         }
     }
 
@@ -198,6 +199,31 @@ pub(crate) fn embed(gpu: &Gpu, model: &PainnModel, net: &DeviceModel) -> Result<
     gpu.synchronize()
 }
 
+/// Per interaction, the filter rows split into the half-precision fragments the tensor-core
+/// message kernels hold in registers (kernels/message_mma.cu, `message_mma_pack`), once per system.
+fn pack_filter_fragments(gpu: &Gpu, net: &DeviceModel) -> Result<Vec<Buffer<u32>>> {
+    let sizes = gpu.sizes;
+    let groups = sizes.features / 16;
+    // 3 parts × 2 rows × (hi, lo) × ⌈K / 8⌉ words per lane, 32 lanes per group.
+    let words = groups * 32 * 12 * sizes.rbf.div_ceil(8);
+    let pack = gpu.function("message_mma_pack")?;
+    (0..net.layers.len())
+        .map(|t| {
+            let fragments = gpu.zeros::<u32>(words)?;
+            let filter = net.filter(t);
+            unsafe {
+                gpu.stream
+                    .launch_builder(&pack)
+                    .arg(&filter)
+                    .arg(&fragments.ptr)
+                    .launch(block_per_item(groups, 32))
+                    .map_err(|e| anyhow::anyhow!("message_mma_pack: {e:?}"))?;
+            }
+            Ok(fragments)
+        })
+        .collect()
+}
+
 pub struct GpuPainn {
     pub sizes: KernelSizes,
     net: DeviceModel,
@@ -207,6 +233,9 @@ pub struct GpuPainn {
     grad_x: Buffer<f32>,
     pair_grad: Buffer<f32>,
     pub forces: Buffer<f32>,
+    /// Per interaction, the filter rows as the tensor-core message kernels' fragments (empty
+    /// for the scalar kernels).
+    filter_fragments: Vec<Buffer<u32>>,
     message_forward: CudaFunction,
     mixing_forward: CudaFunction,
     mixing_backward: CudaFunction,
@@ -249,7 +278,7 @@ impl GpuPainn {
         }
         let f = sizes.features;
         let n = numbers.len();
-        let painn = GpuPainn {
+        let mut painn = GpuPainn {
             sizes,
             net: DeviceModel::new(gpu, model, numbers)?,
             atom_energy: gpu.zeros(n)?,
@@ -258,6 +287,7 @@ impl GpuPainn {
             grad_x: gpu.zeros(n * 3 * f)?,
             pair_grad: gpu.zeros(4 * n * pair_capacity * sizes.channel_slices)?,
             forces: gpu.zeros(3 * n)?,
+            filter_fragments: Vec::new(),
             message_forward: gpu.function(sizes.message_kernels().0)?,
             mixing_forward: gpu.function("mixing_forward")?,
             mixing_backward: gpu.function("mixing_backward")?,
@@ -266,7 +296,18 @@ impl GpuPainn {
             pair_forces: gpu.function("pair_forces")?,
         };
         embed(gpu, model, &painn.net)?;
+        if sizes.message_mma {
+            painn.filter_fragments = pack_filter_fragments(gpu, &painn.net)?;
+        }
         Ok(painn)
+    }
+
+    /// The filter network at interaction `t`, with the fragments where the kernels take them.
+    fn filter(&self, t: usize) -> FilterParams {
+        FilterParams {
+            fragments: self.filter_fragments.get(t).map_or(0, |b| b.ptr),
+            ..self.net.filter(t)
+        }
     }
 
     /// Grows the per-pair buffer to a new neighbor capacity.
@@ -290,7 +331,7 @@ impl GpuPainn {
         let null = 0u64;
         for t in 0..t_count {
             let layer = &self.net.layers[t];
-            let filter = self.net.filter(t);
+            let filter = self.filter(t);
             unsafe {
                 s.launch_builder(&self.message_forward)
                     .arg(&positions.ptr)
@@ -370,7 +411,7 @@ impl GpuPainn {
                 pre: layer.pre_mix.ptr,
                 a: layer.a_mix.ptr,
             };
-            let filter = self.net.filter(t);
+            let filter = self.filter(t);
             unsafe {
                 // (∂q, ∂μ) at the mixing output [0] → at the interaction output [1].
                 s.launch_builder(&self.mixing_backward)

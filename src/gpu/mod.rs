@@ -40,6 +40,10 @@ pub const SOURCES: [(&str, &str); 6] = [
 /// registers: 3 parts × 2 rows × K / 8 × 2 words per lane).
 pub const MMA_MAX_RBF: usize = 32;
 
+/// Below this many atoms the scalar message kernels are as fast (benzene +3%, alanine dipeptide
+/// ±2% with tensor cores on the H200: perf-notes v31), so they stay the default there.
+pub const MMA_MIN_ATOMS: usize = 32;
+
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSizes {
@@ -77,9 +81,9 @@ impl KernelSizes {
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
     /// without clusters from 128 on (v22).
-    /// The message kernels take the filter products on tensor cores where the radial basis fits
-    /// (up to 32 functions; v31) and split each atom's pair tiles over 2 warp groups and its
-    /// channels over 4 blocks below 128 atoms, 1 and 2 from 128 on. The scalar kernels (wider
+    /// The message kernels take the filter products on tensor cores from 32 atoms on where the
+    /// radial basis fits (up to 32 functions; v31) and split each atom's pair tiles over 4 warp groups and its
+    /// channels over 4 blocks below 64 atoms, over 2 and 4 below 128, 1 and 2 from 128 on. The scalar kernels (wider
     /// bases, MDRUN_MESSAGE_MMA=0) split the pairs over 4 threads per channel and the channels
     /// over 4 blocks below 128 atoms, over 2 and 2 below 512 (v13, v19). More warps hide the
     /// pair loop's latency while there are few atoms.
@@ -116,9 +120,10 @@ impl KernelSizes {
         // The message kernels' filter products on tensor cores where the basis fits their
         // registers (perf-notes v31); pair split and channel slices by size band, measured for
         // each kernel pair (scalar: perf-notes v13, v19; tensor cores: v31).
-        let mma_wanted = env("MDRUN_MESSAGE_MMA").unwrap_or(1) != 0 && rbf <= MMA_MAX_RBF;
+        let mma_wanted = env("MDRUN_MESSAGE_MMA").map_or(n_atoms >= MMA_MIN_ATOMS, |v| v != 0) && rbf <= MMA_MAX_RBF;
         let (split_band, slices_band) = match (mma_wanted, n_atoms) {
-            (true, 0..128) => (2, 4),
+            (true, 0..64) => (4, 4),
+            (true, 64..128) => (2, 4),
             (true, _) => (1, 2),
             (false, 0..128) => (4, 4),
             (false, 128..512) => (2, 2),
@@ -446,7 +451,8 @@ mod tests {
     #[test]
     fn launch_shapes_follow_the_measured_size_rules() {
         // perf-notes v18, v22, v31: the student's shapes at each size band, tensor-core messages.
-        assert_eq!(shape(128, 20, 12), (1, 4, 2, 4, true));
+        assert_eq!(shape(128, 20, 12), (1, 4, 4, 4, false));
+        assert_eq!(shape(128, 20, 51), (1, 4, 4, 4, true));
         assert_eq!(shape(128, 20, 100), (2, 2, 2, 4, true));
         assert_eq!(shape(128, 20, 192), (2, 1, 1, 2, true));
         assert_eq!(shape(128, 20, 12_288), (2, 1, 1, 2, true));

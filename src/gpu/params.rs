@@ -44,6 +44,8 @@ pub struct FilterParams {
     pub coeffs: u64,
     pub offset: i32,
     pub cutoff: f32,
+    /// The filter rows as the tensor-core message kernels' fragments (`message_mma_pack`), or 0.
+    pub fragments: u64,
 }
 
 #[repr(C)]
