@@ -1,10 +1,10 @@
 // The message kernels with the filter products on tensor cores (sm_80 and later). Per chunk of
-// pairs, the filter network's product is the matrix product Φ [pairs × K] · Wᵀ [K × 3F]; here
-// it runs as mma.sync tiles of 16 pairs × 8 channels in split half precision: each operand
-// a = hi + lo with hi = fp16(a), lo = fp16(a − hi), and Φ·W ≈ lo·hi + hi·lo + hi·hi summed in f32
-// (22 significant bits, as f32's products are within the tolerances: docs/perf-notes.md, v23 and
-// v31). Everything after the filter (message, its backward, the sums) is the same device code as
-// the scalar kernels in painn.cu, in f32.
+// pairs, the filter network's product is the matrix product W [3F × K] · Φᵀ [K × pairs]; here it
+// runs as mma.sync tiles of 16 channels × 8 pairs in split half precision: each operand a = hi +
+// lo with hi = fp16(a), lo = fp16(a − hi), and W·Φᵀ ≈ lo·hi + hi·lo + hi·hi summed in f32 (22
+// significant bits where lo is a normal half, i.e. |a| ≥ 2⁻³; below, a fixed ~3e-8 absolute:
+// docs/perf-notes.md, v23, v31 and its review). Everything after the filter (message, its
+// backward, the sums) is the same device code as the scalar kernels in painn.cu, in f32.
 //
 // Layout: one block per atom and channel slice (as in painn.cu); each warp owns 16 channels of the
 // slice and walks the chunk's 8-pair tiles, computing per filter part the product W [16 channels ×
@@ -24,12 +24,13 @@
 // Radial basis padded to the mma's k granularity (8), as 32-bit words of two halves.
 #define KP ((NK + 7) / 8 * 8)
 #define K_WORDS (KP / 2)
-// B (and A) registers per 16-pair, 8-channel tile: two per k16 step, one for a k8 tail.
+// Registers per operand row (a filter row, or one pair's basis): two per k16 step, one for a k8
+// tail.
 #define K_REGS (KP / 8)
 #define K16_STEPS (KP / 16)
 #define K8_TAIL (KP % 16 != 0)
-// Row stride of the Φ tiles in shared memory (words): ≡ 4 (mod 8), so the 8 rows × 4 words of an
-// A-fragment load hit 32 different banks.
+// Row stride of the Φ tiles in shared memory (words): ≡ 4 (mod 8), so the 8 rows × 4 words of a
+// B-fragment load hit 32 different banks.
 #define A_STRIDE (K_WORDS % 8 == 0 ? K_WORDS + 4 : K_WORDS)
 
 #if MMA_PAIR_SPLIT > 0 && KP <= 32 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -122,7 +123,7 @@ __device__ __forceinline__ void mma_split(float (&c)[4], const RowPair& a, const
 // The warp's filter rows as A fragments: part p (s, R, v), rows g and g + 8 = channels c, c + 1
 // (c = c0 + 2g), and the biases of those channels.
 struct WarpFilter {
-    RowPair part[3];
+    __align__(16) RowPair part[3];  // read and written as 16-byte vectors
     float2 bias[3];
     // From the filter network's rows (f32, row-major): what message_mma_pack does once per system.
     __device__ void split_rows(const Filter& f, int c, int t) {

@@ -241,12 +241,6 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
     context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0, x0, a0, n_atoms);
 }
 
-// Geometry of up to CHUNK candidates of a row, computed by the block at once (one round of
-// global-load latency per chunk instead of one per pair) and compacted to the pairs within the
-// cutoff, so that the pair loops that follow have no branches and can keep several pairs' loads in
-// flight. Everything here depends on the pair alone and is shared by all channels; WITH_DPHI adds
-// the radial basis' derivative for the backward pass (per channel it cost two global loads and
-// four operations per radial function and pair: docs/perf-notes.md, v17).
 // What every message kernel keeps of a chunk's pairs: the neighbor, where the pair sits in the
 // chunk, its geometry and cutoff.
 template <int CHUNK>
@@ -265,6 +259,12 @@ struct ChunkPairs {
     }
 };
 
+// Geometry of up to CHUNK candidates of a row, computed by the block at once (one round of
+// global-load latency per chunk instead of one per pair) and compacted to the pairs within the
+// cutoff, so that the pair loops that follow have no branches and can keep several pairs' loads in
+// flight. Everything here depends on the pair alone and is shared by all channels; WITH_DPHI adds
+// the radial basis' derivative for the backward pass (per channel it cost two global loads and
+// four operations per radial function and pair: docs/perf-notes.md, v17).
 template <int CHUNK, bool WITH_DPHI>
 struct ChunkGeometry : ChunkPairs<CHUNK> {
     static_assert(CHUNK % 32 == 0 && CHUNK <= MSG_THREADS, "a chunk is whole warps of the block's threads");

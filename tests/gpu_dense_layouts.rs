@@ -1,11 +1,18 @@
 //! Every dense-layer launch shape (atoms per block, split dot products, thread-block clusters)
-//! and every pair split of the message kernels held against the f64 reference. The shape is chosen by system size and can be forced through
+//! and every pair split of the message kernels (scalar and tensor-core) held against the f64
+//! reference, always on the multi-kernel path (small molecules would otherwise take the
+//! one-cluster kernel and skip the message kernels). The shape is chosen by system size and can be forced through
 //! MDRUN_DENSE_* variables, which are process-wide: these tests live in their own test binary and
 //! run one after another, so that no other GPU test sees the variables. Needs a CUDA device.
 
 mod common;
 
 use common::*;
+use mdrun::cell::{Cell, Vec3};
+use mdrun::gpu::forces::kernel_sizes;
+use mdrun::gpu::md::GpuOptions;
+use mdrun::gpu::naive::KernelVariant;
+use mdrun::gpu::MMA_MAX_RBF;
 use mdrun::model::PainnModel;
 use mdrun::system::System;
 use std::sync::Mutex;
@@ -19,8 +26,9 @@ static ENVIRONMENT: Mutex<()> = Mutex::new(());
 /// on tensor cores and in scalar f32 at each size band, and both matvec paths for μ's Cartesian
 /// rows (one matvec over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per
 /// row, tiles 3 and 4).
-const LAYOUTS: [(&str, &str, &str, &str, &str, &str); 14] = [
+const LAYOUTS: [(&str, &str, &str, &str, &str, &str); 15] = [
     ("1", "4", "4", "4", "4", "1"),
+    ("2", "4", "1", "1", "2", "1"),
     ("1", "4", "4", "4", "4", "0"),
     ("2", "4", "1", "4", "4", "1"),
     ("2", "4", "1", "2", "2", "1"),
@@ -51,7 +59,19 @@ fn check_layouts(model: &PainnModel, system: &System, what: &str) {
         for (name, value) in VARIABLES.iter().zip([tile, split, cluster, pair_split, slices, mma]) {
             std::env::set_var(name, value);
         }
-        let (e, f) = compare_gpu_with_cpu(model, system);
+        // The layout asked for is the one that runs (tensor cores where the basis allows them).
+        let sizes = kernel_sizes(model, system.len()).unwrap();
+        assert_eq!(
+            sizes.message_mma,
+            mma == "1" && model.config.n_rbf <= MMA_MAX_RBF,
+            "{what} {layout:?}"
+        );
+        let fused = GpuOptions {
+            cuda_graph: false,
+            kernels: KernelVariant::Fused,
+            ..GpuOptions::default()
+        };
+        let (e, f) = compare_gpu_with_cpu_using(model, system, fused);
         eprintln!(
             "{what}: (tile, split, cluster, pair split, channel slices, mma) {layout:?}: \
              energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
@@ -89,4 +109,27 @@ fn every_dense_layout_matches_the_cpu_for_a_narrow_model_on_random_molecules() {
             &format!("F = 32, seed {seed}"),
         );
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn every_message_layout_matches_the_cpu_on_a_random_periodic_geometry() {
+    // The student's width on fresh random positions in a sheared cell smaller than two cutoffs
+    // (several images of a neighbor): the message kernels' pair tiles, channel groups and chunks
+    // at every split, scalar and on tensor cores.
+    let model = random_model(full_config(), 90);
+    let cell = Cell::new([[9.0, 0.0, 0.0], [1.5, 8.5, 0.0], [-1.0, 1.2, 8.8]]).unwrap();
+    let (numbers, frac) = random_structure(48, 1.0, 0.0, None, 91);
+    let positions: Vec<Vec3> = frac.iter().map(|s| cell.to_cartesian(s)).collect();
+    let pairs = mdrun::neighbors::brute_force_pairs(&positions, Some(&cell), 0.9);
+    let keep: Vec<usize> = (0..positions.len())
+        .filter(|&i| !(0..pairs.len()).any(|p| pairs.first[p] == i && pairs.second[p] < i))
+        .collect();
+    let numbers: Vec<u8> = keep.iter().map(|&i| numbers[i]).collect();
+    let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
+    check_layouts(
+        &model,
+        &system_of(&numbers, positions, Some(cell)),
+        "random periodic, F = 128",
+    );
 }

@@ -108,8 +108,9 @@ fn every_kernel_compiles_with_nvrtc() {
             cluster_matvec_products: 8,
             checks: false,
         },
-        // The tensor-core message kernels at the student's three size bands, with the largest
-        // basis they take (K = 32: no k8 tail) and a basis with one (K = 20 → 24).
+        // The tensor-core message kernels at the student's three size bands (4 × 4, 2 × 4,
+        // 1 × 2), one block per atom, and the largest basis they take (K = 32: no k8 tail; the
+        // student's K = 20 → 24 has one).
         KernelSizes {
             pair_split: 4,
             channel_slices: 4,
@@ -118,6 +119,12 @@ fn every_kernel_compiles_with_nvrtc() {
         },
         KernelSizes {
             pair_split: 2,
+            channel_slices: 4,
+            message_mma: true,
+            ..student
+        },
+        KernelSizes {
+            pair_split: 1,
             channel_slices: 2,
             message_mma: true,
             ..student

@@ -44,6 +44,10 @@ pub const MMA_MAX_RBF: usize = 32;
 /// ±2% with tensor cores on the H200: perf-notes v31), so they stay the default there.
 pub const MMA_MIN_ATOMS: usize = 32;
 
+/// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
+/// per SM, which at most 512 threads per block keep at 128 registers).
+pub const MMA_MAX_THREADS: usize = 512;
+
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSizes {
@@ -136,11 +140,11 @@ impl KernelSizes {
         {
             channel_slices -= 1;
         }
-        // The tensor-core kernels' blocks have a warp per 16 channels of the slice.
-        let message_mma = mma_wanted && 2 * features / channel_slices <= 1024;
-        // A block has at most 1,024 threads.
-        let lanes_per_channel = if message_mma { 2 } else { 1 };
-        while pair_split > 1 && lanes_per_channel * pair_split * features / channel_slices > 1024 {
+        // The tensor-core kernels' blocks have a warp per 16 channels of the slice, and at most
+        // 512 threads (their 128 registers per thread; larger blocks would get 64 and spill).
+        let message_mma = mma_wanted && 2 * features / channel_slices <= MMA_MAX_THREADS;
+        let (lanes_per_channel, max_threads) = if message_mma { (2, MMA_MAX_THREADS) } else { (1, 1024) };
+        while pair_split > 1 && lanes_per_channel * pair_split * features / channel_slices > max_threads {
             pair_split -= 1;
         }
         KernelSizes {
@@ -488,8 +492,10 @@ mod tests {
                             "{what}"
                         );
                     }
-                    // Tensor-core messages only where their registers hold the basis.
+                    // Tensor-core messages only where their registers hold the basis, in blocks
+                    // of at most 512 threads.
                     assert!(!s.message_mma || rbf <= super::MMA_MAX_RBF, "{what}");
+                    assert!(!s.message_mma || s.message_threads() <= 512, "{what}");
                 }
             }
         }

@@ -14,14 +14,7 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define CHECK(x)                                                                              \
-    do {                                                                                      \
-        cudaError_t e = (x);                                                                  \
-        if (e != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
+#include "check.cuh"
 
 __device__ __forceinline__ u32 rank_in_cluster() {
     u32 r;
