@@ -194,9 +194,8 @@ __host__ __device__ constexpr int mma_shared_bytes(int chunk, bool backward) {
 
 // Candidates per chunk: one per thread, at most 128, fewer (whole warps) to stay within 45 KB.
 __host__ __device__ constexpr int mma_chunk(bool backward) {
-    int chunk = MMA_THREADS < 128 ? MMA_THREADS : 128;
-    while (chunk > 32 && mma_shared_bytes(chunk, backward) > 45 * 1024) chunk -= 32;
-    return chunk;
+    return chunk_within_shared_memory(MMA_THREADS < 128 ? MMA_THREADS : 128,
+                                      [=](int chunk) { return mma_shared_bytes(chunk, backward); });
 }
 
 // A row of words of halves, stored 16 bytes at a time (rows of A_STRIDE ≡ 4 (mod 8) words: a
@@ -221,9 +220,8 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
             for (int e = 0; e < 2; ++e) {
                 const int m = 2 * w + e;
                 if (m < NK) {
-                    float u = d - filter.offsets[m];
-                    phi[e] = __expf(filter.coeffs[m] * u * u);
-                    dphi[e] = rbf_derivative(d, phi[e], filter.coeffs[m], filter.offsets[m]);
+                    phi[e] = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
+                    if constexpr (BACKWARD) dphi[e] = rbf_derivative(d, phi[e], filter.coeffs[m], filter.offsets[m]);
                 }
             }
             split_half2(phi[0], phi[1], hi[w], lo[w]);

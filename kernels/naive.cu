@@ -44,10 +44,7 @@ extern "C" __global__ void naive_pair_basis(const double* pos, Cell cell, NaiveN
     float sn, co;
     sincospif(d / cutoff, &sn, &co);
     cut[p] = make_float2(0.5f * (co + 1.0f), -0.5f * 3.14159265358979f / cutoff * sn);
-    for (int k = 0; k < NK; ++k) {
-        float u = d - offsets[k];
-        phi[p * NK + k] = __expf(coeffs[k] * u * u);
-    }
+    for (int k = 0; k < NK; ++k) phi[p * NK + k] = rbf_gaussian(d, offsets[k], coeffs[k]);
 }
 
 // Filter of interaction t per pair and output o < 3F (s, R, v blocks of F): filter[p, o] =

@@ -135,6 +135,12 @@ struct ChannelState {
     float gq, gm[3], mu[3], x[3];
 };
 
+// The Gaussian radial basis φ_k(d) = exp(coeff_k (d − offset_k)²), coeff_k = −1 / (2 w_k²).
+__device__ __forceinline__ float rbf_gaussian(float d, float offset, float coeff) {
+    const float u = d - offset;
+    return __expf(coeff * u * u);
+}
+
 // ∂φ_k/∂d of the Gaussian radial basis φ_k = exp(coeff_k (d − offset_k)²).
 __device__ __forceinline__ float rbf_derivative(float d, float phi, float coeff, float offset) {
     return 2.0f * coeff * (d - offset) * phi;
@@ -284,10 +290,18 @@ __host__ __device__ constexpr int message_shared_bytes(int chunk, bool backward)
     return geometry + (warp_part > partial ? warp_part : partial);
 }
 
-__host__ __device__ constexpr int message_chunk(bool backward) {
-    int chunk = MSG_THREADS < NF ? MSG_THREADS : NF;
-    while (chunk > 32 && message_shared_bytes(chunk, backward) > 45 * 1024) chunk -= 32;
+// The largest chunk, at most `limit` candidates and whole warps, whose kernel's static shared
+// memory bytes(chunk) stays within 45 KB of the 48 KB a block may have (both message kernel pairs).
+template <class Bytes>
+__host__ __device__ constexpr int chunk_within_shared_memory(int limit, Bytes bytes) {
+    int chunk = limit;
+    while (chunk > 32 && bytes(chunk) > 45 * 1024) chunk -= 32;
     return chunk;
+}
+
+__host__ __device__ constexpr int message_chunk(bool backward) {
+    return chunk_within_shared_memory(MSG_THREADS < NF ? MSG_THREADS : NF,
+                                      [=](int chunk) { return message_shared_bytes(chunk, backward); });
 }
 #define FORWARD_CHUNK message_chunk(false)
 #define BACKWARD_CHUNK message_chunk(true)
@@ -340,8 +354,7 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
         g.store(k, j, slot, r, d, filter.cutoff);
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
-            float u = d - filter.offsets[m];
-            float phi = __expf(filter.coeffs[m] * u * u);
+            const float phi = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
             g.phi[k][m] = phi;
             if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
         }

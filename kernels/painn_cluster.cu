@@ -453,8 +453,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             S.pcut[i][s] = make_float2(fc, dfc);
 #pragma unroll
             for (int k = 0; k < NK; ++k) {
-                float u = d - rbf.rbf_offset[k];
-                float phi = __expf(rbf.rbf_coeff[k] * u * u);
+                const float phi = rbf_gaussian(d, rbf.rbf_offset[k], rbf.rbf_coeff[k]);
                 S.pphi[i][s][k] = phi;
                 S.pdphi[i][s][k] = rbf_derivative(d, phi, rbf.rbf_coeff[k], rbf.rbf_offset[k]);
             }

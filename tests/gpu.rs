@@ -45,16 +45,8 @@ fn gpu_matches_cpu_on_random_periodic_geometries_with_several_images() {
         let mut config = full_config();
         config.cutoff = 5.0;
         let model = random_model(config, 40 + index as u64);
-        let (numbers, frac) = random_structure(12 + 4 * index, 1.0, 0.0, None, 50 + index as u64);
-        let positions: Vec<Vec3> = frac.iter().map(|s| cell.to_cartesian(s)).collect();
-        // Reject overlapping draws the simple way: skip atoms closer than 0.9 Å by minimum image.
-        let pairs = brute_force_pairs(&positions, Some(cell), 0.9);
-        let keep: Vec<usize> = (0..positions.len())
-            .filter(|&i| !(0..pairs.len()).any(|p| pairs.first[p] == i && pairs.second[p] < i))
-            .collect();
-        let numbers: Vec<u8> = keep.iter().map(|&i| numbers[i]).collect();
-        let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
-        let (e, f) = compare_gpu_with_cpu(&model, &system_of(&numbers, positions, Some(*cell)));
+        let system = random_periodic_system(12 + 4 * index, *cell, 50 + index as u64);
+        let (e, f) = compare_gpu_with_cpu(&model, &system);
         eprintln!("periodic cell {index}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å");
         assert!(e <= 1e-5, "energy relative error {e:e}");
         assert!(f <= 1e-4, "force max abs error {f:e}");

@@ -184,6 +184,20 @@ pub fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> Sy
     System::from_symbols(&symbols, positions, cell).unwrap()
 }
 
+/// `n` random atoms at uniform fractional positions of `cell`, less every atom within 0.9 Å
+/// (minimum image) of an earlier one: where the cell is small, a neighbor has several images.
+pub fn random_periodic_system(n: usize, cell: Cell, seed: u64) -> System {
+    let (numbers, frac) = random_structure(n, 1.0, 0.0, None, seed);
+    let positions: Vec<Vec3> = frac.iter().map(|s| cell.to_cartesian(s)).collect();
+    let pairs = brute_force_pairs(&positions, Some(&cell), 0.9);
+    let keep: Vec<usize> = (0..positions.len())
+        .filter(|&i| !(0..pairs.len()).any(|p| pairs.first[p] == i && pairs.second[p] < i))
+        .collect();
+    let numbers: Vec<u8> = keep.iter().map(|&i| numbers[i]).collect();
+    let positions: Vec<Vec3> = keep.iter().map(|&i| positions[i]).collect();
+    system_of(&numbers, positions, Some(cell))
+}
+
 /// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
 pub fn compare_gpu_with_cpu(model: &PainnModel, system: &System) -> (f64, f64) {
     let options = GpuOptions {
