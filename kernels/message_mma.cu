@@ -133,7 +133,7 @@ struct WarpFilter {
 #pragma unroll
             for (int r = 0; r < K_REGS; ++r) {
                 const int k = 2 * fragment_word(r, t);
-                auto w = [&](int channel, int m) { return m < NK ? row[channel * NK + m] : 0.f; };
+                auto w = [&](int channel, int m) { return m < NK ? row[channel * NK + m] * f.weight_scale : 0.f; };
                 split_half2(w(0, k), w(0, k + 1), part[p].g0.hi[r], part[p].g0.lo[r]);
                 split_half2(w(1, k), w(1, k + 1), part[p].g8.hi[r], part[p].g8.lo[r]);
             }
@@ -220,8 +220,10 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
             for (int e = 0; e < 2; ++e) {
                 const int m = 2 * w + e;
                 if (m < NK) {
-                    phi[e] = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
-                    if constexpr (BACKWARD) dphi[e] = rbf_derivative(d, phi[e], filter.coeffs[m], filter.offsets[m]);
+                    const float value = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
+                    phi[e] = value * filter.phi_scale;
+                    if constexpr (BACKWARD)
+                        dphi[e] = rbf_derivative(d, value, filter.coeffs[m], filter.offsets[m]) * filter.dphi_scale;
                 }
             }
             split_half2(phi[0], phi[1], hi[w], lo[w]);
@@ -252,9 +254,11 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
 }
 
 // The filter parts (s, R, v) of channel c + ch (accumulator row g + 8·ch) at the lane's pair e
-// (column 2t + e).
-__device__ __forceinline__ float3 tile_filter(const float (&acc)[3][4], int ch, int e) {
-    return make_float3(acc[0][2 * ch + e], acc[1][2 * ch + e], acc[2][2 * ch + e]);
+// (column 2t + e): the scaled product times `unscale`, plus `bias` (of channels c, c + 1).
+__device__ __forceinline__ float3 tile_filter(const float (&acc)[3][4], int ch, int e, float unscale,
+                                              const float2 (&bias)[3]) {
+    auto part = [&](int p) { return fmaf(acc[p][2 * ch + e], unscale, ch ? bias[p].y : bias[p].x); };
+    return make_float3(part(0), part(1), part(2));
 }
 
 __device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
@@ -266,13 +270,10 @@ __device__ __forceinline__ float sum_over_pairs(float v) {
     return v;
 }
 
-// Filter accumulators of one tile: the biases of the lane's channels c (row g) and c + 1 (row g + 8).
-__device__ __forceinline__ void init_with_bias(float (&acc)[3][4], const WarpFilter& w) {
+// Filter accumulators of one tile, at zero (the scaled products are added, the bias after).
+__device__ __forceinline__ void zero(float (&acc)[3][4]) {
 #pragma unroll
-    for (int p = 0; p < 3; ++p) {
-        acc[p][0] = acc[p][1] = w.bias[p].x;
-        acc[p][2] = acc[p][3] = w.bias[p].y;
-    }
+    for (int p = 0; p < 3; ++p) acc[p][0] = acc[p][1] = acc[p][2] = acc[p][3] = 0.f;
 }
 
 // message_forward (painn.cu) with the filter on tensor cores.
@@ -290,6 +291,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;  // the lane's channels c, c + 1
     WarpFilter w;
     w.load(filter, c, lane);
+    const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);  // exact: powers of two
     const float cutoff2 = filter.cutoff * filter.cutoff;
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
     int begin = i * nb.capacity, end = begin + nb.count[i];
@@ -299,7 +301,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
             Halves phi;
             phi.load(g.phi_hi, g.phi_lo, 8 * tile + gr, t);
             float acc[3][4];
-            init_with_bias(acc, w);
+            zero(acc);
 #pragma unroll
             for (int p = 0; p < 3; ++p) mma_split(acc[p], w.part[p], phi);
 #pragma unroll
@@ -311,8 +313,8 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                 const float* mj = mu_in + (size_t)g.j[q] * 3 * NF + c;
                 const float2 xs = load2(xj), xr = load2(xj + NF), xv = load2(xj + 2 * NF);
                 const float2 m0 = load2(mj), m1 = load2(mj + NF), m2 = load2(mj + 2 * NF);
-                add_message(tile_filter(acc, 0, e), fc, r, xs.x, xr.x, xv.x, m0.x, m1.x, m2.x, dq[0], dm[0]);
-                add_message(tile_filter(acc, 1, e), fc, r, xs.y, xr.y, xv.y, m0.y, m1.y, m2.y, dq[1], dm[1]);
+                add_message(tile_filter(acc, 0, e, unscale, w.bias), fc, r, xs.x, xr.x, xv.x, m0.x, m1.x, m2.x, dq[0], dm[0]);
+                add_message(tile_filter(acc, 1, e, unscale, w.bias), fc, r, xs.y, xr.y, xv.y, m0.y, m1.y, m2.y, dq[1], dm[1]);
             }
         }
         __syncthreads();  // before the next chunk overwrites g
@@ -386,6 +388,10 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     WarpFilter w;
     w.load(filter, c, lane);
+    // Exact: powers of two. ∂(filter)/∂d has no bias.
+    const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);
+    const float unscale_d = 1.0f / (filter.weight_scale * filter.dphi_scale);
+    const float2 no_bias[3] = {make_float2(0.f, 0.f), make_float2(0.f, 0.f), make_float2(0.f, 0.f)};
     const float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self[2];  // atom a, channels c and c + 1
     load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);
@@ -399,10 +405,10 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                 Halves phi, dphi;
                 phi.load(g.phi_hi, g.phi_lo, 8 * tile + gr, t);
                 dphi.load(g.dphi_hi, g.dphi_lo, 8 * tile + gr, t);
-                init_with_bias(f, w);
+                zero(f);
+                zero(df);
 #pragma unroll
                 for (int p = 0; p < 3; ++p) {
-                    df[p][0] = df[p][1] = df[p][2] = df[p][3] = 0.f;
                     mma_split(f[p], w.part[p], phi);
                     mma_split(df[p], w.part[p], dphi);
                 }
@@ -418,7 +424,8 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                 float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
                 for (int ch = 0; ch < 2; ++ch)
-                    v = add4(v, pair_backward(u, tile_filter(f, ch, e), tile_filter(df, ch, e), g.cut[q], self[ch],
+                    v = add4(v, pair_backward(u, tile_filter(f, ch, e, unscale, w.bias),
+                                              tile_filter(df, ch, e, unscale_d, no_bias), g.cut[q], self[ch],
                                               other[ch], gx[ch], gmu[ch]));
                 // The warp's 16 channels of pair q: over the 8 lanes of column t.
 #pragma unroll

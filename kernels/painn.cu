@@ -36,6 +36,9 @@ struct Filter {
     int offset;
     float cutoff;
     const uint4* fragments;  // the tensor-core message kernels' copy (message_mma_pack), or null
+    // Exact powers of two the tensor-core kernels scale the weights, the basis and its derivative
+    // by before splitting them into halves, so that both halves stay normal (message_mma.cu).
+    float weight_scale, phi_scale, dphi_scale;
 };
 
 struct Neighbors {

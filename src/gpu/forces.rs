@@ -9,8 +9,16 @@ use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingPar
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
-/// Filter weights at or above this magnitude keep the message kernels off tensor cores.
-const MMA_WEIGHT_LIMIT: f64 = 6.0e4;
+/// The power of two that brings `max`, the largest magnitude of an operand, to between 2¹³ and
+/// 2¹⁴: split into two halves (largest finite 65,504; normal from 2⁻¹⁴), such an operand keeps
+/// 22 significant bits down to values 2⁻¹³ of its largest (perf-notes, review of v31–v33).
+fn half_range_scale(max: f64) -> f32 {
+    if max > 0.0 && max.is_finite() {
+        2f64.powi((14.0 - max.log2()).floor() as i32) as f32
+    } else {
+        1.0
+    }
+}
 
 pub(crate) fn f32s(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&v| v as f32).collect()
@@ -92,6 +100,11 @@ pub(crate) struct DeviceModel {
     pub(crate) cutoff: f32,
     pub(crate) epsilon: f32,
     pub(crate) filter_offset: Vec<i32>,
+    /// Per interaction, the power of two the tensor-core kernels scale its filter rows by.
+    pub(crate) filter_weight_scale: Vec<f32>,
+    /// The same for the radial basis (≤ 1) and its derivative (≤ max_k 1/(w_k √e) in Å⁻¹).
+    pub(crate) phi_scale: f32,
+    pub(crate) dphi_scale: f32,
     pub(crate) filter_w: Buffer<f32>,
     pub(crate) filter_b: Buffer<f32>,
     pub(crate) rbf_offsets: Buffer<f32>,
@@ -125,6 +138,16 @@ impl DeviceModel {
             cutoff: model.cutoff() as f32,
             epsilon: model.epsilon as f32,
             filter_offset: (0..t_count).map(|t| model.filter_offset(t) as i32).collect(),
+            filter_weight_scale: (0..t_count)
+                .map(|t| half_range_scale(model.filter.weight.rows(model.filter_offset(t), 3 * f).amax()))
+                .collect(),
+            phi_scale: half_range_scale(1.0),
+            dphi_scale: half_range_scale(
+                widths
+                    .iter()
+                    .map(|w| 1.0 / (w * std::f64::consts::E.sqrt()))
+                    .fold(0.0, f64::max),
+            ),
             filter_w: gpu.upload(&f32s(model.filter.weight_t.as_slice()))?,
             filter_b: gpu.upload(&f32s(
                 model.filter.bias.as_ref().expect("filter_net has a bias").as_slice(),
@@ -154,6 +177,9 @@ impl DeviceModel {
             offset: self.filter_offset[t],
             cutoff: self.cutoff,
             fragments: 0,
+            weight_scale: self.filter_weight_scale[t],
+            phi_scale: self.phi_scale,
+            dphi_scale: self.dphi_scale,
         }
     }
 
@@ -270,12 +296,7 @@ pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
 
 impl GpuPainn {
     pub fn new(gpu: &Gpu, model: &PainnModel, numbers: &[u8], pair_capacity: usize) -> Result<GpuPainn> {
-        let mut sizes = gpu.sizes;
-        // The tensor-core kernels hold the filter weights in halves (largest finite 65,504); a
-        // model past that range takes the scalar kernels, which the same module holds.
-        if model.filter.weight.iter().any(|w| w.abs() >= MMA_WEIGHT_LIMIT) {
-            sizes.message_mma = false;
-        }
+        let sizes = gpu.sizes;
         let f = sizes.features;
         let n = numbers.len();
         let mut painn = GpuPainn {

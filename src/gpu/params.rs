@@ -46,6 +46,11 @@ pub struct FilterParams {
     pub cutoff: f32,
     /// The filter rows as the tensor-core message kernels' fragments (`message_mma_pack`), or 0.
     pub fragments: u64,
+    /// Exact powers of two applied to the weights, the basis and its derivative before the
+    /// tensor-core kernels split them into halves (largest magnitude near 2¹⁴: both halves normal).
+    pub weight_scale: f32,
+    pub phi_scale: f32,
+    pub dphi_scale: f32,
 }
 
 #[repr(C)]
