@@ -125,3 +125,23 @@ fn every_message_layout_matches_the_cpu_on_a_random_periodic_geometry() {
         "random periodic, F = 128",
     );
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn every_message_layout_matches_the_cpu_with_filter_weights_a_thousand_times_smaller() {
+    // The tensor-core kernels split the filter weights into half-precision hi and lo parts; with
+    // small weights the lo parts would fall below half precision's normal range without the
+    // power-of-two scale (perf-notes v34). Weights and biases of the filter ×1e-3.
+    let mut model = random_model(full_config(), 95);
+    model.filter.weight *= 1e-3;
+    model.filter.weight_t *= 1e-3;
+    if let Some(bias) = model.filter.bias.as_mut() {
+        *bias *= 1e-3;
+    }
+    let cell = Cell::new([[8.5, 0.0, 0.0], [0.0, 8.5, 0.0], [1.0, -0.5, 8.5]]).unwrap();
+    check_layouts(
+        &model,
+        &random_periodic_system(36, cell, 96),
+        "filter weights ×1e-3, F = 128",
+    );
+}
