@@ -37,6 +37,11 @@
 
 #define MMA_WARPS (MSG_CHANNELS / 16)
 #define MMA_THREADS (MMA_PAIR_SPLIT * MMA_WARPS * 32)
+// Row of message_backward_mma's per-pair partials: one float4 per channel warp, plus one. Unpadded,
+// a row of 2, 4 or 8 float4 puts the rows that a quarter-warp touches (the 8 pairs summed in
+// add_pair_gradients, the pairs 2 apart stored by a warp's 4 columns) in the same banks: 2- to
+// 8-way conflicts. A row of 3, 5 or 9 float4 spreads them over all 32 banks (perf-notes v36).
+#define WARP_PART_ROW (MMA_WARPS + 1)
 #if MMA_THREADS > 1024
 #error "tensor-core message blocks over 1,024 threads (the host caps MMA_PAIR_SPLIT)"
 #endif
@@ -188,7 +193,7 @@ struct MmaChunk : ChunkPairs<CHUNK> {
 __host__ __device__ constexpr int mma_shared_bytes(int chunk, bool backward) {
     int per_pair = 4 + 4 + 16 + 8 + (backward ? 4 : 2) * A_STRIDE * 4;
     int partial = (MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
-    int warp_part = backward ? chunk * MMA_WARPS * 16 : 0;
+    int warp_part = backward ? chunk * WARP_PART_ROW * 16 : 0;
     return chunk * per_pair + 4 * (chunk / 32) + 64 + (warp_part > partial ? warp_part : partial);
 }
 
@@ -377,7 +382,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     __shared__ MmaChunk<CHUNK, true> g;
     // Never live at the same time (the split partials come after the last chunk's barrier).
     __shared__ union {
-        float4 warp_part[CHUNK][MMA_WARPS];  // per pair of the chunk, per channel warp: (∂E/∂d, ∂E/∂r̂)
+        float4 warp_part[CHUNK][WARP_PART_ROW];  // per pair of the chunk, per channel warp: (∂E/∂d, ∂E/∂r̂)
         float partial[MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1][6][MSG_CHANNELS];
     } sh;
     static_assert(sizeof(g) + sizeof(sh) <= 48 * 1024, "message_backward_mma: static shared memory over 48 KB");

@@ -660,9 +660,11 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
 }
 
 // Adds a chunk's per-pair gradients to pair_grad: one thread per pair sums the pair's WARPS
-// channel-warp partials (warp_part[pair][warp]) in a fixed order. Starts and ends with a barrier.
-template <int WARPS>
-__device__ __forceinline__ void add_pair_gradients(const float4 (*warp_part)[WARPS], const int* slot, int n,
+// channel-warp partials (warp_part[pair][warp]; rows of ROW ≥ WARPS, padded where a row of WARPS
+// float4 would put the pairs that a quarter-warp reads in the same banks) in a fixed order.
+// Starts and ends with a barrier.
+template <int WARPS, int ROW>
+__device__ __forceinline__ void add_pair_gradients(const float4 (*warp_part)[ROW], const int* slot, int n,
                                                    int chunk, float4* pair_grad) {
     __syncthreads();
     if (threadIdx.x < n) {
