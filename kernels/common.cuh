@@ -20,6 +20,32 @@ struct Cell {
 // Component-wise sum (per-pair gradients are float4: ∂E/∂d, ∂E/∂r̂).
 __device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 
+// Programmatic dependent launch (compute capability 9.0 on; docs/perf-notes.md, v36). The MD
+// step's kernels are launched so that each may start while its predecessor still runs: a kernel
+// lets its successor launch at once (launch_next_kernel), may load what no kernel of the step
+// writes (weights), and then waits until every kernel before it has finished and its writes are
+// visible (wait_for_previous_kernels). Every kernel of the step waits, in every thread, before
+// it touches the step's buffers and before any early return: one that exited without waiting
+// could finish before its predecessor, and its successor's wait would no longer cover that
+// predecessor. Launched the ordinary way, both are no-ops.
+__device__ __forceinline__ void launch_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_previous_kernels() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Both, for kernels with nothing to load before the wait.
+__device__ __forceinline__ void follow_previous_kernels() {
+    launch_next_kernel();
+    wait_for_previous_kernels();
+}
+
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 __device__ __forceinline__ float silu_grad(float x) {
@@ -141,6 +167,7 @@ __shared__ u64 matvec_barrier;
 // Called first by every dense kernel: the barrier is initialized before any block of the cluster
 // can send to it.
 __device__ __forceinline__ void dense_kernel_start() {
+    follow_previous_kernels();
     if (threadIdx.x == 0) {
         barrier_init(&matvec_barrier, blockDim.x);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -182,7 +209,7 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, float valu
 #else
 #define DENSE_KERNEL extern "C" __global__ void
 #define DENSE_TILE_INDEX (blockIdx.x)
-__device__ __forceinline__ void dense_kernel_start() {}
+__device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels(); }
 #endif
 
 // Accumulators per thread in block_matvec: (row of x, column pass) pairs computed in one round of

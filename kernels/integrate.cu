@@ -76,6 +76,7 @@ __device__ __forceinline__ void second_half_atom(int a, double* vel, const float
 
 extern "C" __global__ void first_half(double* pos, double* vel, const float* force, Integration in,
                                       const u64* step_counter, int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
     first_half_atom(a, pos, vel, in.heat, force, in, *step_counter + 1);  // the step being taken
@@ -84,6 +85,7 @@ extern "C" __global__ void first_half(double* pos, double* vel, const float* for
 // The closing half kick; the first thread advances the step counter.
 extern "C" __global__ void second_half(double* vel, const float* force, Integration in, u64* step_counter,
                                        int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a == 0) *step_counter += 1;
     if (a >= n_atoms) return;
@@ -94,6 +96,7 @@ extern "C" __global__ void second_half(double* vel, const float* force, Integrat
 // fixed order (deterministic).
 extern "C" __global__ void energy_sums(const float* atom_energy, const double* vel, const float* half_mass,
                                        const double* heat, int n_atoms, double* out) {
+    follow_previous_kernels();
     __shared__ double sh[3][256];
     double e = 0.0, kin = 0.0, q = 0.0;
     for (int a = threadIdx.x; a < n_atoms; a += blockDim.x) {

@@ -285,7 +285,8 @@ __device__ __forceinline__ void zero(float (&acc)[3][4]) {
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     message_forward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
                         const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
-                        float* __restrict__ mu_out) {
+                        float* __restrict__ mu_out, float4* __restrict__ pair_grad_to_clear) {
+    launch_next_kernel();
     constexpr int CHUNK = mma_chunk(false);
     __shared__ MmaChunk<CHUNK, false> g;
     __shared__ float partial[MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
@@ -296,6 +297,8 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;  // the lane's channels c, c + 1
     WarpFilter w;
     w.load(filter, c, lane);
+    wait_for_previous_kernels();
+    clear_pair_gradients(pair_grad_to_clear, nb, i, slice);
     const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);  // exact: powers of two
     const float cutoff2 = filter.cutoff * filter.cutoff;
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
@@ -378,6 +381,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                          const float* __restrict__ x, const float* __restrict__ grad_q,
                          const float* __restrict__ grad_mu, float* __restrict__ grad_x,
                          float* __restrict__ grad_mu_in, float4* __restrict__ pair_grad) {
+    launch_next_kernel();
     constexpr int CHUNK = mma_chunk(true);
     __shared__ MmaChunk<CHUNK, true> g;
     // Never live at the same time (the split partials come after the last chunk's barrier).
@@ -393,6 +397,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     WarpFilter w;
     w.load(filter, c, lane);
+    wait_for_previous_kernels();
     // Exact: powers of two. ∂(filter)/∂d has no bias.
     const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);
     const float unscale_d = 1.0f / (filter.weight_scale * filter.dphi_scale);

@@ -14,6 +14,7 @@ __device__ __forceinline__ bool rebuilding(const Rebuild& rb) { return *rb.rebui
 // Requests a rebuild when any atom moved more than half the skin since the last one.
 extern "C" __global__ void check_displacement(const double* pos, const double* reference, float half_skin2, Rebuild rb,
                                               int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
     double dx = pos[3 * a] - reference[3 * a], dy = pos[3 * a + 1] - reference[3 * a + 1],
@@ -23,6 +24,7 @@ extern "C" __global__ void check_displacement(const double* pos, const double* r
 
 // Wraps positions into the cell and records the reference positions (rebuild steps only).
 extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell cell, Rebuild rb, int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms || !rebuilding(rb)) return;
     double r[3] = {pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]};
@@ -46,6 +48,7 @@ extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell c
 extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cell, int3 reach, float radius2, int* count,
                                                      int* nbr_j, int3* nbr_image, int capacity, Rebuild rb,
                                                      int n_atoms) {
+    follow_previous_kernels();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_atoms || !rebuilding(rb)) return;
     int n = 0;
@@ -76,6 +79,7 @@ extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cel
 // exists unless a row overflowed.
 extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, const int3* nbr_image, int* reverse,
                                          int capacity, Rebuild rb, int n_atoms) {
+    follow_previous_kernels();
     int i = blockIdx.x, slot = threadIdx.x;
     if (!rebuilding(rb)) return;
     for (; slot < count[i]; slot += blockDim.x) {
@@ -116,11 +120,13 @@ struct Bins {
 __device__ __forceinline__ int flat_bin(const Bins& b, int x, int y, int z) { return (x * b.n.y + y) * b.n.z + z; }
 
 extern "C" __global__ void bins_clear(Bins bins, Rebuild rb) {
+    follow_previous_kernels();
     int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k < bins.n.x * bins.n.y * bins.n.z && rebuilding(rb)) bins.count[k] = 0;
 }
 
 extern "C" __global__ void bins_assign(const double* pos, Cell cell, Bins bins, Rebuild rb, int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms || !rebuilding(rb)) return;
     int idx[3];
@@ -137,6 +143,7 @@ extern "C" __global__ void bins_assign(const double* pos, Cell cell, Bins bins, 
 
 // Exclusive scan of the counts into `start` (one block), then the counts become fill cursors.
 extern "C" __global__ void bins_scan(Bins bins, Rebuild rb) {
+    follow_previous_kernels();
     __shared__ int partial[1024];
     if (!rebuilding(rb)) return;
     int n_bins = bins.n.x * bins.n.y * bins.n.z;
@@ -165,6 +172,7 @@ extern "C" __global__ void bins_scan(Bins bins, Rebuild rb) {
 }
 
 extern "C" __global__ void bins_fill(Bins bins, Rebuild rb, int n_atoms) {
+    follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms || !rebuilding(rb)) return;
     int b = bins.atom_bin[a];
@@ -173,6 +181,7 @@ extern "C" __global__ void bins_fill(Bins bins, Rebuild rb, int n_atoms) {
 
 // Atoms within a bin by index (the fill order above is a race): deterministic rows.
 extern "C" __global__ void bins_sort(Bins bins, Rebuild rb) {
+    follow_previous_kernels();
     int b = blockIdx.x * blockDim.x + threadIdx.x;
     int n_bins = bins.n.x * bins.n.y * bins.n.z;
     if (b >= n_bins || !rebuilding(rb)) return;
@@ -190,6 +199,7 @@ extern "C" __global__ void bins_sort(Bins bins, Rebuild rb) {
 
 extern "C" __global__ void build_neighbors_cells(const double* pos, Cell cell, Bins bins, float radius2, int* count,
                                                  int* nbr_j, int3* nbr_image, int capacity, Rebuild rb, int n_atoms) {
+    follow_previous_kernels();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_atoms || !rebuilding(rb)) return;
     int home = bins.atom_bin[i];

@@ -365,6 +365,16 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
     return compact_chunk<CHUNK, 1>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
 }
 
+// The first interaction's message kernel zeroes the pair-gradient rows that the backward
+// message kernels then accumulate into (atom i's neighbors, in this block's channel slice), so
+// the step has no memset between its kernels (a memset node would cut the chain of programmatic
+// launches; perf-notes v36). Null: nothing to clear.
+__device__ __forceinline__ void clear_pair_gradients(float4* pair_grad, const Neighbors& nb, int i, int slice) {
+    if (pair_grad == nullptr) return;
+    float4* row = pair_grad + ((size_t)slice * (gridDim.x / CHANNEL_SLICES) + i) * nb.capacity;
+    for (int k = threadIdx.x; k < nb.count[i]; k += blockDim.x) row[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
 // atom i, fused; nothing per pair is written to memory. CHANNEL_SLICES blocks per atom, each with
 // MSG_CHANNELS of the channels and PAIR_SPLIT·MSG_CHANNELS threads: thread (ps, c) takes channel c
@@ -373,7 +383,8 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
 extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
                     const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
-                    float* __restrict__ mu_out) {
+                    float* __restrict__ mu_out, float4* __restrict__ pair_grad_to_clear) {
+    launch_next_kernel();
     __shared__ ChunkGeometry<FORWARD_CHUNK, false> g;
     __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
     static_assert(sizeof(g) + sizeof(partial) <= 48 * 1024, "message_forward: static shared memory over 48 KB");
@@ -381,6 +392,8 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     const int c = (blockIdx.x % CHANNEL_SLICES) * MSG_CHANNELS + local;
     ChannelFilter w;
     w.load(filter, c);
+    wait_for_previous_kernels();
+    clear_pair_gradients(pair_grad_to_clear, nb, i, blockIdx.x % CHANNEL_SLICES);
     float cutoff2 = filter.cutoff * filter.cutoff;
     float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
     const float3 bias = w.bias();
@@ -687,6 +700,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
                      const float* __restrict__ x, const float* __restrict__ grad_q,
                      const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
                      float4* __restrict__ pair_grad) {
+    launch_next_kernel();
     __shared__ ChunkGeometry<BACKWARD_CHUNK, true> g;
     // Never live at the same time (the split partials come after the last chunk's barrier).
     __shared__ union {
@@ -700,6 +714,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     ChannelFilter w;
     w.load(filter, c);
+    wait_for_previous_kernels();
     float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self;  // atom a, channel c
     self.gq = grad_q[a * NF + c];
@@ -792,6 +807,7 @@ DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre
 // instead of one per pair), summed in a fixed order.
 extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
                                        const float4* __restrict__ pair_grad, float* __restrict__ forces, int n_atoms) {
+    follow_previous_kernels();
     int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (a >= n_atoms) return;  // whole warps leave together
     float cutoff2 = cutoff * cutoff;

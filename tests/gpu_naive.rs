@@ -20,6 +20,7 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
         neighbor_search,
         kernels: KernelVariant::Naive,
         integrate_in_kernel: false,
+        programmatic_launch: false,
     }
 }
 

@@ -104,6 +104,7 @@ impl Config {
             neighbor_search: NeighborSearch::AllPairs,
             kernels: KernelVariant::Naive,
             integrate_in_kernel: true,
+            programmatic_launch: false,
         };
         match self {
             Config::Cpu => None,
@@ -201,6 +202,8 @@ pub struct Row {
     pub cuda_graph: Option<bool>,
     /// The one-cluster kernel ran the whole MD step, integration included.
     pub integrate_in_kernel: Option<bool>,
+    /// The step's kernels ran as programmatic dependent launches (Hopper on).
+    pub programmatic_launch: Option<bool>,
     /// The message kernels' filter products ran on tensor cores (split half precision).
     pub message_mma: Option<bool>,
     pub timestep_fs: Option<f64>,

@@ -204,6 +204,7 @@ fn measure_gpu(
     row.set_step(&samples, chunk * samples.len() as u64, options.timestep_fs);
     row.cuda_graph = Some(md.use_graph);
     row.integrate_in_kernel = Some(md.integrate_in_kernel());
+    row.programmatic_launch = Some(md.programmatic_launch());
     row.message_mma = Some(md.message_mma());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);
     Ok(())

@@ -339,7 +339,6 @@ impl GpuPainn {
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
-        let s = &gpu.stream;
         let n = self.net.n_atoms;
         let t_count = self.net.layers.len();
         let per_atom = block_per_item(self.sizes.message_blocks(n), self.sizes.message_threads());
@@ -354,7 +353,7 @@ impl GpuPainn {
             let layer = &self.net.layers[t];
             let filter = self.filter(t);
             unsafe {
-                s.launch_builder(&self.message_forward)
+                gpu.launch(&self.message_forward)
                     .arg(&positions.ptr)
                     .arg(&cell)
                     .arg(&nb)
@@ -364,6 +363,7 @@ impl GpuPainn {
                     .arg(&layer.x.ptr)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.mu_mid.ptr)
+                    .arg(if t == 0 { &self.pair_grad.ptr } else { &null })
                     .launch(per_atom)
                     .map_err(err("message_forward"))?;
             }
@@ -395,7 +395,7 @@ impl GpuPainn {
                 None => (null, null, null, null, null, null),
             };
             unsafe {
-                s.launch_builder(&self.mixing_forward)
+                gpu.launch(&self.mixing_forward)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.mu_mid.ptr)
                     .arg(&mixing)
@@ -418,7 +418,6 @@ impl GpuPainn {
                     .map_err(err("mixing_forward"))?;
             }
         }
-        s.memset_zeros(&mut self.pair_grad.slice).map_err(err("memset"))?;
         for t in (0..t_count).rev() {
             let layer = &self.net.layers[t];
             let back = MixingBackParams {
@@ -435,7 +434,7 @@ impl GpuPainn {
             let filter = self.filter(t);
             unsafe {
                 // (∂q, ∂μ) at the mixing output [0] → at the interaction output [1].
-                s.launch_builder(&self.mixing_backward)
+                gpu.launch(&self.mixing_backward)
                     .arg(&back)
                     .arg(&cache)
                     .arg(&self.grad_q[0].ptr)
@@ -446,7 +445,7 @@ impl GpuPainn {
                     .launch(per_atom_dense)
                     .map_err(err("mixing_backward"))?;
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
-                s.launch_builder(&self.message_backward)
+                gpu.launch(&self.message_backward)
                     .arg(&positions.ptr)
                     .arg(&cell)
                     .arg(&nb)
@@ -462,7 +461,7 @@ impl GpuPainn {
                     .map_err(err("message_backward"))?;
                 // The first layer's q is the embedding: no gradient needed past it.
                 if t > 0 {
-                    s.launch_builder(&self.context_backward)
+                    gpu.launch(&self.context_backward)
                         .arg(&layer.context1.w.ptr)
                         .arg(&layer.context2.w.ptr)
                         .arg(&layer.pre_context.ptr)
@@ -476,7 +475,7 @@ impl GpuPainn {
             }
         }
         unsafe {
-            s.launch_builder(&self.pair_forces)
+            gpu.launch(&self.pair_forces)
                 .arg(&positions.ptr)
                 .arg(&cell)
                 .arg(&nb)

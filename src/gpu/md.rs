@@ -33,6 +33,12 @@ pub struct GpuOptions {
     /// per MD step instead of three (false: the integrator kernels around it).
     #[serde(default = "default_true")]
     pub integrate_in_kernel: bool,
+    /// Launch the step's kernels as programmatic dependent launches where the GPU has them
+    /// (compute capability 9.0 on): each kernel starts while the one before it finishes and
+    /// waits in the kernel for its results (false: ordinary launches). MDRUN_PROGRAMMATIC_LAUNCH=0
+    /// or 1 overrides, for experiments.
+    #[serde(default = "default_true")]
+    pub programmatic_launch: bool,
 }
 
 fn default_true() -> bool {
@@ -46,6 +52,7 @@ impl Default for GpuOptions {
             neighbor_search: NeighborSearch::Auto,
             kernels: KernelVariant::Auto,
             integrate_in_kernel: true,
+            programmatic_launch: true,
         }
     }
 }
@@ -114,7 +121,11 @@ impl GpuMd {
         options: GpuOptions,
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
-        let gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
+        let mut gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
+        let programmatic = std::env::var("MDRUN_PROGRAMMATIC_LAUNCH")
+            .ok()
+            .map_or(options.programmatic_launch, |v| v != "0");
+        gpu.programmatic = programmatic && gpu.compute_capability.0 >= 9;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(
@@ -213,6 +224,11 @@ impl GpuMd {
         self.painn.message_mma()
     }
 
+    /// Whether the step's kernels run as programmatic dependent launches.
+    pub fn programmatic_launch(&self) -> bool {
+        self.gpu.programmatic
+    }
+
     /// Whether the one-cluster kernel runs the whole MD step, integration included.
     pub fn integrate_in_kernel(&self) -> bool {
         self.integrate_in_kernel
@@ -255,10 +271,9 @@ impl GpuMd {
             return cluster.enqueue_with(&self.gpu, &self.positions, &md);
         }
         let n = self.n_atoms as i32;
-        let s = self.gpu.stream.clone();
         let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
         unsafe {
-            s.launch_builder(&self.first_half)
+            self.gpu.launch(&self.first_half)
                 .arg(&self.positions.ptr)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
@@ -273,7 +288,7 @@ impl GpuMd {
         }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
         unsafe {
-            s.launch_builder(&self.second_half)
+            self.gpu.launch(&self.second_half)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
                 .arg(&integration)

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod forces;
+pub mod launch;
 pub mod md;
 pub mod naive;
 pub mod neighbors;
@@ -283,6 +284,9 @@ pub struct Gpu {
     pub sizes: KernelSizes,
     pub name: String,
     pub compute_capability: (i32, i32),
+    /// Launch the MD step's kernels as programmatic dependent launches (`launch.rs`; compute
+    /// capability 9.0 on, set by the engine from `[gpu] programmatic_launch`).
+    pub programmatic: bool,
     memory: Arc<MemoryCount>,
 }
 
@@ -335,6 +339,7 @@ impl Gpu {
             sizes,
             name,
             compute_capability,
+            programmatic: false,
             memory: Arc::default(),
         })
     }
@@ -350,6 +355,12 @@ impl Gpu {
         self.module
             .load_function(name)
             .map_err(|e| anyhow!("kernel `{name}` missing: {e:?}"))
+    }
+
+    /// A launch of one of the MD step's kernels on this GPU's stream (programmatic where the
+    /// engine turned that on).
+    pub fn launch<'a>(&'a self, function: &'a CudaFunction) -> launch::Launch<'a> {
+        launch::Launch::new(&self.stream, function, self.programmatic)
     }
 
     pub fn upload<T: DeviceRepr + Clone>(&self, data: &[T]) -> Result<Buffer<T>> {

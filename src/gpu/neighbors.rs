@@ -2,7 +2,7 @@
 //! displacement check asks for it; an overflow flag, never a silent truncation.
 
 use anyhow::Result;
-use cudarc::driver::{CudaFunction, PushKernelArg};
+use cudarc::driver::CudaFunction;
 
 use super::params::{BinsParams, CellParams, Int3, NeighborParams, RebuildParams};
 use super::{block_per_item, grid_for, Buffer, Gpu};
@@ -203,10 +203,9 @@ impl GpuNeighbors {
     pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f64>, step: &Buffer<u64>) -> Result<()> {
         let n = self.n_atoms as i32;
         let rb = self.rebuild_params(step);
-        let s = &gpu.stream;
         let launch = |e: cudarc::driver::DriverError| anyhow::anyhow!("neighbor kernels: {e:?}");
         unsafe {
-            s.launch_builder(&self.check)
+            gpu.launch(&self.check)
                 .arg(&positions.ptr)
                 .arg(&self.reference.ptr)
                 .arg(&self.half_skin2)
@@ -214,7 +213,7 @@ impl GpuNeighbors {
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 256))
                 .map_err(launch)?;
-            s.launch_builder(&self.wrap)
+            gpu.launch(&self.wrap)
                 .arg(&positions.ptr)
                 .arg(&self.reference.ptr)
                 .arg(&self.cell)
@@ -225,7 +224,7 @@ impl GpuNeighbors {
             let capacity = self.capacity as i32;
             match &self.bins {
                 None => {
-                    s.launch_builder(&self.build)
+                    gpu.launch(&self.build)
                         .arg(&positions.ptr)
                         .arg(&self.cell)
                         .arg(&self.reach)
@@ -241,12 +240,12 @@ impl GpuNeighbors {
                 }
                 Some(bins) => {
                     let p = &bins.params;
-                    s.launch_builder(&self.bins_clear)
+                    gpu.launch(&self.bins_clear)
                         .arg(p)
                         .arg(&rb)
                         .launch(grid_for(bins.n_bins, 256))
                         .map_err(launch)?;
-                    s.launch_builder(&self.bins_assign)
+                    gpu.launch(&self.bins_assign)
                         .arg(&positions.ptr)
                         .arg(&self.cell)
                         .arg(p)
@@ -254,23 +253,23 @@ impl GpuNeighbors {
                         .arg(&n)
                         .launch(grid_for(self.n_atoms, 256))
                         .map_err(launch)?;
-                    s.launch_builder(&self.bins_scan)
+                    gpu.launch(&self.bins_scan)
                         .arg(p)
                         .arg(&rb)
                         .launch(block_per_item(1, 1024))
                         .map_err(launch)?;
-                    s.launch_builder(&self.bins_fill)
+                    gpu.launch(&self.bins_fill)
                         .arg(p)
                         .arg(&rb)
                         .arg(&n)
                         .launch(grid_for(self.n_atoms, 256))
                         .map_err(launch)?;
-                    s.launch_builder(&self.bins_sort)
+                    gpu.launch(&self.bins_sort)
                         .arg(p)
                         .arg(&rb)
                         .launch(grid_for(bins.n_bins, 128))
                         .map_err(launch)?;
-                    s.launch_builder(&self.build_cells)
+                    gpu.launch(&self.build_cells)
                         .arg(&positions.ptr)
                         .arg(&self.cell)
                         .arg(p)
@@ -285,7 +284,7 @@ impl GpuNeighbors {
                         .map_err(launch)?;
                 }
             }
-            s.launch_builder(&self.reverse_pairs)
+            gpu.launch(&self.reverse_pairs)
                 .arg(&self.count.ptr)
                 .arg(&self.j.ptr)
                 .arg(&self.image.ptr)
