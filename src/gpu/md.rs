@@ -273,7 +273,8 @@ impl GpuMd {
         let n = self.n_atoms as i32;
         let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
         unsafe {
-            self.gpu.launch(&self.first_half)
+            self.gpu
+                .launch(&self.first_half)
                 .arg(&self.positions.ptr)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
@@ -288,7 +289,8 @@ impl GpuMd {
         }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
         unsafe {
-            self.gpu.launch(&self.second_half)
+            self.gpu
+                .launch(&self.second_half)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
                 .arg(&integration)
