@@ -22,14 +22,22 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(
 
 // Programmatic dependent launch (compute capability 9.0 on; docs/perf-notes.md, v36). The MD
 // step's kernels are launched so that each may start while its predecessor still runs: a kernel
-// lets its successor launch at once (launch_next_kernel), may load what no kernel of the step
-// writes (weights), and then waits until every kernel before it has finished and its writes are
-// visible (wait_for_previous_kernels). Every kernel of the step waits, in every thread, before
-// it touches the step's buffers and before any early return: one that exited without waiting
-// could finish before its predecessor, and its successor's wait would no longer cover that
-// predecessor. Launched the ordinary way, both are no-ops.
+// lets its successor launch (launch_next_kernel: at its start where PDL_EARLY_TRIGGER is 1,
+// otherwise when it completes), may load what no kernel of the step writes (weights), and then
+// waits until every kernel before it has finished and its writes are visible
+// (wait_for_previous_kernels). Every kernel of the step waits, in every thread, before it touches
+// the step's buffers and before any early return: one that exited without waiting could finish
+// before its predecessor, and its successor's wait would no longer cover that predecessor.
+// These kernels must not read the step's buffers through `const __restrict__` pointers: ptxas
+// treats such (non-coherent) loads as free to move above the wait, and did (message_backward_mma
+// read its own atom's gradients before them, stale: wrong forces). Weights may be read so.
+// Launched the ordinary way, both are no-ops.
+#ifndef PDL_EARLY_TRIGGER
+#define PDL_EARLY_TRIGGER 1
+#endif
+
 __device__ __forceinline__ void launch_next_kernel() {
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ >= 900 && PDL_EARLY_TRIGGER
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }

@@ -283,9 +283,9 @@ __device__ __forceinline__ void zero(float (&acc)[3][4]) {
 
 // message_forward (painn.cu) with the filter on tensor cores.
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_forward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
-                        const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
-                        float* __restrict__ mu_out, float4* __restrict__ pair_grad_to_clear) {
+    message_forward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
+                        const float* mu_in, const float* x, float* q_out,
+                        float* mu_out, float4* pair_grad_to_clear) {
     launch_next_kernel();
     constexpr int CHUNK = mma_chunk(false);
     __shared__ MmaChunk<CHUNK, false> g;
@@ -377,10 +377,10 @@ __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b
 
 // message_backward (painn.cu) with the filter and its d-derivative on tensor cores.
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_backward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ mu_in,
-                         const float* __restrict__ x, const float* __restrict__ grad_q,
-                         const float* __restrict__ grad_mu, float* __restrict__ grad_x,
-                         float* __restrict__ grad_mu_in, float4* __restrict__ pair_grad) {
+    message_backward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* mu_in,
+                         const float* x, const float* grad_q,
+                         const float* grad_mu, float* grad_x,
+                         float* grad_mu_in, float4* pair_grad) {
     launch_next_kernel();
     constexpr int CHUNK = mma_chunk(true);
     __shared__ MmaChunk<CHUNK, true> g;

@@ -381,9 +381,9 @@ __device__ __forceinline__ void clear_pair_gradients(float4* pair_grad, const Ne
 // of the pairs q ≡ ps (mod PAIR_SPLIT), and the PAIR_SPLIT partial sums are added in a fixed order.
 // Both splits put more warps on an atom while atoms are few (the pair loop is latency-bound).
 extern "C" __global__ void __launch_bounds__(MSG_THREADS)
-    message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ q_in,
-                    const float* __restrict__ mu_in, const float* __restrict__ x, float* __restrict__ q_out,
-                    float* __restrict__ mu_out, float4* __restrict__ pair_grad_to_clear) {
+    message_forward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
+                    const float* mu_in, const float* x, float* q_out,
+                    float* mu_out, float4* pair_grad_to_clear) {
     launch_next_kernel();
     __shared__ ChunkGeometry<FORWARD_CHUNK, false> g;
     __shared__ float partial[PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1][4][MSG_CHANNELS];
@@ -696,10 +696,10 @@ __device__ __forceinline__ void add_pair_gradients(const float4 (*warp_part)[ROW
 // Blocks, threads and splits as in message_forward. Each channel slice accumulates its own pair
 // gradients (pair_grad slice s at s · rows · capacity), summed in a fixed order by pair_forces.
 extern "C" __global__ void __launch_bounds__(MSG_THREADS)
-    message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* __restrict__ mu_in,
-                     const float* __restrict__ x, const float* __restrict__ grad_q,
-                     const float* __restrict__ grad_mu, float* __restrict__ grad_x, float* __restrict__ grad_mu_in,
-                     float4* __restrict__ pair_grad) {
+    message_backward(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* mu_in,
+                     const float* x, const float* grad_q,
+                     const float* grad_mu, float* grad_x, float* grad_mu_in,
+                     float4* pair_grad) {
     launch_next_kernel();
     __shared__ ChunkGeometry<BACKWARD_CHUNK, true> g;
     // Never live at the same time (the split partials come after the last chunk's barrier).
@@ -806,7 +806,7 @@ DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre
 // fixed order. One warp per atom, lanes over its pairs (one round of load latency per 32 pairs
 // instead of one per pair), summed in a fixed order.
 extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
-                                       const float4* __restrict__ pair_grad, float* __restrict__ forces, int n_atoms) {
+                                       const float4* pair_grad, float* forces, int n_atoms) {
     follow_previous_kernels();
     int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (a >= n_atoms) return;  // whole warps leave together

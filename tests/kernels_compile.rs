@@ -34,6 +34,7 @@ fn every_kernel_compiles_with_nvrtc() {
         channel_slices: 1,
         message_mma: false,
         cluster_matvec_products: 8,
+        pdl_early_trigger: true,
         checks: false,
     };
     for sizes in [
@@ -106,6 +107,7 @@ fn every_kernel_compiles_with_nvrtc() {
             channel_slices: 1,
             message_mma: true,
             cluster_matvec_products: 8,
+            pdl_early_trigger: false,
             checks: false,
         },
         // The tensor-core message kernels at the student's three size bands (4 × 4, 2 × 4,
@@ -216,5 +218,33 @@ fn every_kernel_compiles_with_nvrtc() {
                 "{kernel} missing from the PTX for {sizes:?}"
             );
         }
+        // Under programmatic dependent launch the kernels that read the step's buffers must not
+        // read them through non-coherent loads, which ptxas moves above griddepcontrol.wait
+        // (kernels/common.cuh; perf-notes v36). These kernels read only the step's buffers and the
+        // filter weights, which they load plainly.
+        for kernel in ["message_forward", "message_backward", "pair_forces"]
+            .into_iter()
+            .chain(
+                ["message_forward_mma", "message_backward_mma"]
+                    .into_iter()
+                    .filter(|_| sizes.message_mma),
+            )
+        {
+            let body = entry_body(&text, kernel);
+            assert!(body.contains("griddepcontrol.wait"), "{kernel}: no griddepcontrol.wait");
+            assert!(
+                !body.contains("ld.global.nc"),
+                "{kernel} reads through non-coherent loads, which may run before its griddepcontrol.wait ({sizes:?})"
+            );
+        }
     }
+}
+
+/// The PTX of one kernel: from its `.entry` to the next one.
+fn entry_body<'a>(ptx: &'a str, kernel: &str) -> &'a str {
+    let start = ptx
+        .find(&format!(".entry {kernel}("))
+        .unwrap_or_else(|| panic!("{kernel} missing"));
+    let rest = &ptx[start + 1..];
+    &ptx[start..start + 1 + rest.find(".entry ").unwrap_or(rest.len())]
 }

@@ -75,6 +75,9 @@ pub struct KernelSizes {
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
+    /// Under programmatic dependent launch, each kernel lets the next one launch as it starts
+    /// (true) or only as it completes (false); kernels/common.cuh, perf-notes v36.
+    pub pdl_early_trigger: bool,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
     pub checks: bool,
@@ -159,6 +162,7 @@ impl KernelSizes {
             channel_slices,
             message_mma,
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
+            pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").map_or(n_atoms < 64, |v| v != 0),
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
@@ -218,6 +222,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
                 if sizes.message_mma { sizes.pair_split } else { 0 }
             ),
             format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
+            format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
             "--std=c++17".into(),
         ]
         .into_iter()
