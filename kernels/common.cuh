@@ -33,7 +33,7 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(
 // read its own atom's gradients before them, stale: wrong forces). Weights may be read so.
 // Launched the ordinary way, both are no-ops.
 #ifndef PDL_EARLY_TRIGGER
-#define PDL_EARLY_TRIGGER 1
+#define PDL_EARLY_TRIGGER 0
 #endif
 
 __device__ __forceinline__ void launch_next_kernel() {

@@ -76,7 +76,9 @@ pub struct KernelSizes {
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
     /// Under programmatic dependent launch, each kernel lets the next one launch as it starts
-    /// (true) or only as it completes (false); kernels/common.cuh, perf-notes v36.
+    /// (true) or only as it completes (false, the default: starting early, the next kernels'
+    /// blocks crowd the SMs that the running one leaves free, +8–21% at 99–192 atoms;
+    /// kernels/common.cuh, perf-notes v36). MDRUN_PDL_EARLY_TRIGGER=1, for experiments.
     pub pdl_early_trigger: bool,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
@@ -97,7 +99,7 @@ impl KernelSizes {
     /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA and MDRUN_CLUSTER_MATVEC_W override, for
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_CLUSTER_MATVEC_W and MDRUN_PDL_EARLY_TRIGGER override, for
     /// experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
@@ -162,7 +164,7 @@ impl KernelSizes {
             channel_slices,
             message_mma,
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
-            pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").map_or(n_atoms < 64, |v| v != 0),
+            pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
