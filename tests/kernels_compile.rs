@@ -218,6 +218,30 @@ fn every_kernel_compiles_with_nvrtc() {
                 "{kernel} missing from the PTX for {sizes:?}"
             );
         }
+        // Every kernel of the MD step (launched programmatically on Hopper) waits for its
+        // predecessors (kernels/common.cuh).
+        for kernel in [
+            "first_half",
+            "second_half",
+            "check_displacement",
+            "wrap_positions",
+            "build_neighbors_all_pairs",
+            "bins_clear",
+            "bins_assign",
+            "bins_scan",
+            "bins_fill",
+            "bins_sort",
+            "build_neighbors_cells",
+            "reverse_pairs",
+            "mixing_forward",
+            "mixing_backward",
+            "context_backward",
+        ] {
+            assert!(
+                entry_body(&text, kernel).contains("griddepcontrol.wait"),
+                "{kernel}: no griddepcontrol.wait ({sizes:?})"
+            );
+        }
         // Under programmatic dependent launch the kernels that read the step's buffers must not
         // read them through non-coherent loads, which ptxas moves above griddepcontrol.wait
         // (kernels/common.cuh; perf-notes v36). These kernels read only the step's buffers and the
