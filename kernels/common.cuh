@@ -226,10 +226,10 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, float valu
 #else
 #define DENSE_KERNEL extern "C" __global__ void
 #define DENSE_TILE_INDEX (blockIdx.x)
-// `first` (the first matvec's prefetch) runs before the wait: weights only.
+// `first` (the first matvec's prefetch) is not run without clusters (see block_matvec).
 template <class First = NoPrefetch>
 __device__ __forceinline__ void dense_kernel_start(First first = First()) {
-    first();
+    (void)first;
     follow_previous_kernels();
 }
 #endif
@@ -252,8 +252,8 @@ __device__ __forceinline__ void prefetch_line_l1(const float* line) {
 // ROWS rows. Results land in shared `out` (of every block of the cluster). `scratch` holds
 // MATVEC_SCRATCH floats. Every thread of the block must call it; it ends with a barrier. `next`
 // (prefetch_matvec of the next matvec's weights, perf-notes v37) runs while this one is under
-// way: at its start, or in the cluster version after its cluster barrier, whose acquire
-// invalidates L1 (CCTL.IVALL) and would drop lines asked for before it.
+// way, in the cluster version only, after its cluster barrier (whose acquire invalidates L1,
+// CCTL.IVALL, and would drop lines asked for before it).
 #if CLUSTER == 1
 // Thread (c, s) owns output columns c, c + NF, ... and the s-th of SPLIT slices of the dot
 // products. The column passes of a round are loaded together: the kernels that call this are
@@ -262,7 +262,10 @@ template <int ROWS, int IN, int OUT, class Next = NoPrefetch>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
                                              int ld_out, float* scratch, Next next = Next()) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
-    next();
+    // No prefetch here: without clusters every block reads whole matrices and several blocks
+    // share an SM's L1, where the next matrix's lines (up to 192 KB at F = 128) would evict the
+    // current one's that the others still read.
+    (void)next;
     constexpr int PASSES = (OUT + NF - 1) / NF;
     constexpr int GROUP = MATVEC_ACC / ROWS < PASSES ? MATVEC_ACC / ROWS : PASSES;  // passes per round
     constexpr int CHUNK = (IN + SPLIT - 1) / SPLIT;
