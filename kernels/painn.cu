@@ -588,6 +588,17 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
 // ---------------------------------------------------------------------------------------------
 // Backward
 
+// The next interaction's context-network backward, fused into mixing_backward (perf-notes v38):
+// ∂E/∂q at this mixing's output is grad_q + W1ᵀ(σ'(pre) ⊙ W2ᵀ grad_x) of interaction t + 1,
+// all per atom. w1 == nullptr: not fused (∂E/∂q is read from grad_q_out).
+struct ContextBack {
+    const float* w1;      // interatomic_context_net.0 of interaction t + 1 [F, F]
+    const float* w2;      // interatomic_context_net.1 [3F, F]
+    const float* pre;     // its pre-activations [N, F]
+    const float* grad_x;  // ∂E/∂x of interaction t + 1 [N, 3F]
+    const float* grad_q;  // ∂E/∂q at interaction t + 1's output [N, F]
+};
+
 struct MixingBackWeights {
     const float* mix;  // mu_channel_mix [2F, F]
     const float* a1;   // intraatomic_context_net.0 [F, 2F]
@@ -596,16 +607,41 @@ struct MixingBackWeights {
 
 // Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
 // blockDim = SPLIT·NF, TILE atoms per block.
-DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float* grad_q_out,
-                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
-                                           int n_atoms) {
+DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack next_context,
+                                           const float* grad_q_out, const float* grad_mu_out, float* grad_q_in,
+                                           float* grad_mu_in, int n_atoms) {
+    const bool fused = next_context.w1 != nullptr;
     // Each matvec's weights are asked into L1 while the one before it runs (perf-notes v37).
-    dense_kernel_start([&] { prefetch_matvec<3 * NF, NF>(m.a2); });
+    dense_kernel_start([&] {
+        if (fused)
+            prefetch_matvec<3 * NF, NF>(next_context.w2);
+        else
+            prefetch_matvec<3 * NF, NF>(m.a2);
+    });
     // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
     constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
         out[(MIX_ROWS ? 3 : 1) * TILE * NF], scratch[MATVEC_SCRATCH];
-    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    if (fused) {
+        // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds ∂E/∂x until the mixing
+        // overwrites it), σ', then W1ᵀ into the first F columns of gctx, read below.
+        for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
+            int a = k / (3 * NF);
+            ga[k] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
+        }
+        __syncthreads();
+        block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch,
+                                       [&] { prefetch_matvec<NF, NF>(next_context.w1); });
+        if (s == 0) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_context.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
+        }
+        __syncthreads();
+        block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch,
+                                   [&] { prefetch_matvec<3 * NF, NF>(m.a2); });
+    }
     float gq[TILE], gm[TILE][3], V[TILE][3];
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
@@ -619,7 +655,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, const float
             continue;
         }
         size_t atom = a0 + a;
-        gq[a] = grad_q_out[atom * NF + c];
+        gq[a] = fused ? next_context.grad_q[atom * NF + c] + gctx[a * 2 * NF + c] : grad_q_out[atom * NF + c];
         float U[3];
         const float* vu = cache.vu + atom * 6 * NF;
 #pragma unroll
@@ -786,33 +822,6 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     for (int k = 0; k < 3; ++k) {
         grad_x[(size_t)a * 3 * NF + k * NF + c] = gx[k];
         grad_mu_in[(size_t)a * 3 * NF + k * NF + c] = self.gm[k] + gmu[k];
-    }
-}
-
-// ∂E/∂q through the context network of interaction t: grad_q_in = grad_q + W1ᵀ(σ'(z) ⊙ W2ᵀ gx).
-// blockDim = SPLIT·NF, TILE atoms per block.
-DENSE_KERNEL context_backward(const float* w1, const float* w2, const float* pre, const float* grad_x,
-                                            const float* grad_q, float* grad_q_in, int n_atoms) {
-    dense_kernel_start([&] { prefetch_matvec<3 * NF, NF>(w2); });  // w1 during the first matvec (v37)
-    __shared__ float gx[TILE * 3 * NF], gz[TILE * NF], out[TILE * NF], scratch[MATVEC_SCRATCH];
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
-    for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
-        int a = k / (3 * NF);
-        gx[k] = a0 + a < n_atoms ? grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
-    }
-    __syncthreads();
-    block_matvec<TILE, 3 * NF, NF>(w2, gx, 3 * NF, gz, NF, scratch, [&] { prefetch_matvec<NF, NF>(w1); });
-    if (s == 0) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[(size_t)(a0 + a) * NF + c]) : 0.f;
-    }
-    __syncthreads();
-    block_matvec<TILE, NF, NF>(w1, gz, NF, out, NF, scratch);
-    if (s == 0) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            if (a0 + a < n_atoms) grad_q_in[(size_t)(a0 + a) * NF + c] = grad_q[(size_t)(a0 + a) * NF + c] + out[a * NF + c];
     }
 }
 

@@ -177,7 +177,6 @@ fn every_kernel_compiles_with_nvrtc() {
             "mixing_forward",
             "mixing_backward",
             "message_backward",
-            "context_backward",
             "pair_forces",
             "check_displacement",
             "wrap_positions",
@@ -235,7 +234,6 @@ fn every_kernel_compiles_with_nvrtc() {
             "reverse_pairs",
             "mixing_forward",
             "mixing_backward",
-            "context_backward",
         ] {
             assert!(
                 entry_body(&text, kernel).contains("griddepcontrol.wait"),

@@ -5,7 +5,9 @@ use anyhow::{bail, Result};
 use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::neighbors::GpuNeighbors;
-use super::params::{FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams};
+use super::params::{
+    ContextBackParams, FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams,
+};
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
 
@@ -266,7 +268,6 @@ pub struct GpuPainn {
     mixing_forward: CudaFunction,
     mixing_backward: CudaFunction,
     message_backward: CudaFunction,
-    context_backward: CudaFunction,
     pair_forces: CudaFunction,
 }
 
@@ -313,7 +314,6 @@ impl GpuPainn {
             mixing_forward: gpu.function("mixing_forward")?,
             mixing_backward: gpu.function("mixing_backward")?,
             message_backward: gpu.function(sizes.message_kernels().1)?,
-            context_backward: gpu.function("context_backward")?,
             pair_forces: gpu.function("pair_forces")?,
         };
         embed(gpu, model, &painn.net)?;
@@ -432,14 +432,32 @@ impl GpuPainn {
                 a: layer.a_mix.ptr,
             };
             let filter = self.filter(t);
+            // ∂E/∂q at the interaction output alternates between the two buffers: the fused
+            // mixing_backward reads the next interaction's and must not write over it (the blocks
+            // of a cluster write the same atoms).
+            let q_out = |t: usize| &self.grad_q[(t_count - t) % 2];
+            // Below the last interaction, the next one's context-network backward runs first in
+            // the same kernel (perf-notes v38).
+            let next_context = match self.net.layers.get(t + 1) {
+                Some(next) => ContextBackParams {
+                    w1: next.context1.w.ptr,
+                    w2: next.context2.w.ptr,
+                    pre: next.pre_context.ptr,
+                    grad_x: self.grad_x.ptr,
+                    grad_q: q_out(t + 1).ptr,
+                },
+                None => ContextBackParams::default(),
+            };
             unsafe {
-                // (∂q, ∂μ) at the mixing output [0] → at the interaction output [1].
+                // (∂q, ∂μ) at the mixing output (readout: grad_q[0]; below: the next
+                // interaction's input, through its context network) → at the interaction output.
                 gpu.launch(&self.mixing_backward)
                     .arg(&back)
                     .arg(&cache)
+                    .arg(&next_context)
                     .arg(&self.grad_q[0].ptr)
                     .arg(&self.grad_mu[0].ptr)
-                    .arg(&self.grad_q[1].ptr)
+                    .arg(&q_out(t).ptr)
                     .arg(&self.grad_mu[1].ptr)
                     .arg(&n_atoms)
                     .launch(per_atom_dense)
@@ -452,26 +470,14 @@ impl GpuPainn {
                     .arg(&filter)
                     .arg(&self.net.mu[t].ptr)
                     .arg(&layer.x.ptr)
-                    .arg(&self.grad_q[1].ptr)
+                    .arg(&q_out(t).ptr)
                     .arg(&self.grad_mu[1].ptr)
                     .arg(&self.grad_x.ptr)
                     .arg(&self.grad_mu[0].ptr)
                     .arg(&self.pair_grad.ptr)
                     .launch(per_atom)
                     .map_err(err("message_backward"))?;
-                // The first layer's q is the embedding: no gradient needed past it.
-                if t > 0 {
-                    gpu.launch(&self.context_backward)
-                        .arg(&layer.context1.w.ptr)
-                        .arg(&layer.context2.w.ptr)
-                        .arg(&layer.pre_context.ptr)
-                        .arg(&self.grad_x.ptr)
-                        .arg(&self.grad_q[1].ptr)
-                        .arg(&self.grad_q[0].ptr)
-                        .arg(&n_atoms)
-                        .launch(per_atom_dense)
-                        .map_err(err("context_backward"))?;
-                }
+                // The first layer's q is the embedding: no context backward below it.
             }
         }
         unsafe {

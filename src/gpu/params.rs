@@ -105,6 +105,18 @@ pub struct MixingBackParams {
     pub a2: u64,
 }
 
+/// The next interaction's context-network backward, fused into mixing_backward (kernels/painn.cu
+/// `ContextBack`); all zero: not fused.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContextBackParams {
+    pub w1: u64,
+    pub w2: u64,
+    pub pre: u64,
+    pub grad_x: u64,
+    pub grad_q: u64,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RebuildParams {
@@ -158,6 +170,7 @@ unsafe impl DeviceRepr for MixingParams {}
 unsafe impl DeviceRepr for MixingCacheParams {}
 unsafe impl DeviceRepr for ReadoutParams {}
 unsafe impl DeviceRepr for MixingBackParams {}
+unsafe impl DeviceRepr for ContextBackParams {}
 unsafe impl DeviceRepr for RebuildParams {}
 unsafe impl DeviceRepr for Int3 {}
 unsafe impl cudarc::driver::ValidAsZeroBits for Int3 {}
