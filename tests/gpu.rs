@@ -103,13 +103,6 @@ fn cpu_trajectory(
     positions
 }
 
-fn max_deviation(a: &[Vec3], b: &[Vec3]) -> f64 {
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 #[ignore = "needs a CUDA device"]
 fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {

@@ -67,11 +67,7 @@ fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
         let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
         let (e_cl, f_cl) = evaluate_with(&model, &system, with(KernelVariant::Cluster)).unwrap();
         let (e_fu, f_fu) = evaluate_with(&model, &system, with(KernelVariant::Fused)).unwrap();
-        let df = f_cl
-            .iter()
-            .zip(&f_fu)
-            .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
-            .fold(0.0, f64::max);
+        let df = max_deviation(&f_cl, &f_fu);
         eprintln!("{name}: |ΔE| {:.2e} eV, max |ΔF| {df:.2e} eV/Å", (e_cl - e_fu).abs());
         assert!((e_cl - e_fu).abs() <= 1e-5 * e_fu.abs(), "{name}: {e_cl} vs {e_fu}");
         assert!(df <= 1e-4, "{name}: max force difference {df:e}");
@@ -125,14 +121,8 @@ fn md_step_fused_into_the_kernel_follows_the_integrator_kernels() {
         let launched = run(false, true);
         for (inside, how) in [(run(true, true), "graph"), (run(true, false), "plain launches")] {
             assert_eq!(inside.step, 40);
-            let deviation = |a: &[[f64; 3]], b: &[[f64; 3]]| {
-                a.iter()
-                    .zip(b)
-                    .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
-                    .fold(0.0, f64::max)
-            };
-            let dr = deviation(&inside.positions, &launched.positions);
-            let dv = deviation(&inside.velocities, &launched.velocities);
+            let dr = max_deviation(&inside.positions, &launched.positions);
+            let dv = max_deviation(&inside.velocities, &launched.velocities);
             let de = (inside.potential - launched.potential).abs();
             let bitwise = dr == 0.0 && dv == 0.0 && de == 0.0;
             eprintln!(
@@ -149,7 +139,7 @@ fn md_step_fused_into_the_kernel_follows_the_integrator_kernels() {
             let dw = (inside.thermostat_work - launched.thermostat_work).abs();
             assert!(dw <= 1e-9, "{n} atoms: thermostat work differs by {dw:e} eV");
             // The trajectory moved: the comparison is not between two copies of the start.
-            assert!(deviation(&inside.positions, &system.positions) > 1e-4);
+            assert!(max_deviation(&inside.positions, &system.positions) > 1e-4);
         }
     }
 }

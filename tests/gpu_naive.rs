@@ -24,13 +24,6 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
     }
 }
 
-fn max_deviation(a: &[Vec3], b: &[Vec3]) -> f64 {
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 #[ignore = "needs a CUDA device"]
 fn naive_kernels_match_cpu_on_random_open_geometries() {

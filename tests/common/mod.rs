@@ -181,6 +181,14 @@ pub fn read_energy_csv(path: &std::path::Path) -> std::collections::HashMap<Stri
 
 pub const SYMBOLS: [&str; 9] = ["", "H", "", "", "", "", "C", "N", "O"];
 
+/// The largest |a − b| over the Cartesian components of two lists of vectors.
+pub fn max_deviation(a: &[Vec3], b: &[Vec3]) -> f64 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
+        .fold(0.0, f64::max)
+}
+
 pub fn system_of(numbers: &[u8], positions: Vec<Vec3>, cell: Option<Cell>) -> System {
     let symbols: Vec<&str> = numbers.iter().map(|&z| SYMBOLS[z as usize]).collect();
     System::from_symbols(&symbols, positions, cell).unwrap()
@@ -215,11 +223,7 @@ pub fn compare_gpu_with_cpu_using(model: &PainnModel, system: &System, options: 
     let reference = evaluate(model, &system.numbers, &pairs);
     let (energy, forces) = evaluate_with(model, system, options).unwrap();
     let e_err = (energy - reference.energy).abs() / reference.energy.abs().max(1e-12);
-    let f_err = forces
-        .iter()
-        .zip(&reference.forces)
-        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
-        .fold(0.0, f64::max);
+    let f_err = max_deviation(&forces, &reference.forces);
     assert!(forces.iter().flatten().all(|x| x.is_finite()));
     (e_err, f_err)
 }
@@ -281,12 +285,7 @@ pub fn assert_programmatic_launches_follow_ordinary_launches() {
             );
             assert_eq!(programmatic.forces, ordinary.forces, "{what}, graph {cuda_graph}");
             assert_eq!(programmatic.potential, ordinary.potential, "{what}, graph {cuda_graph}");
-            let moved = programmatic
-                .positions
-                .iter()
-                .zip(&system.positions)
-                .flat_map(|(x, y)| (0..3).map(move |k| (x[k] - y[k]).abs()))
-                .fold(0.0, f64::max);
+            let moved = max_deviation(&programmatic.positions, &system.positions);
             assert!(moved > 1e-3, "{what}: the trajectory moved ({moved:e} Å)");
             eprintln!("{what}, graph {cuda_graph}: bit for bit after 40 steps (max displacement {moved:.2e} Å)");
         }
