@@ -161,12 +161,6 @@ __device__ __forceinline__ void wait_or_trap(TryWait done) {
 }
 #endif
 
-// What a dense kernel or block_matvec may do while it waits: by default nothing; the kernels pass
-// prefetch_matvec of their next weights (perf-notes v37).
-struct NoPrefetch {
-    __device__ void operator()() const {}
-};
-
 #if CLUSTER > 1
 // Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
 #define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
@@ -179,17 +173,14 @@ struct NoPrefetch {
 __shared__ u64 matvec_barrier;
 
 // Called first by every dense kernel: the barrier is initialized before any block of the cluster
-// can send to it. `first` (the first matvec's prefetch) runs after the cluster barrier, whose
-// acquire invalidates L1.
-template <class First = NoPrefetch>
-__device__ __forceinline__ void dense_kernel_start(First first = First()) {
+// can send to it.
+__device__ __forceinline__ void dense_kernel_start() {
     follow_previous_kernels();
     if (threadIdx.x == 0) {
         barrier_init(&matvec_barrier, blockDim.x);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();
-    first();
 }
 
 // Every thread arrives on the barrier's current phase (thread 0 also announces `bytes`); the
@@ -226,19 +217,8 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, float valu
 #else
 #define DENSE_KERNEL extern "C" __global__ void
 #define DENSE_TILE_INDEX (blockIdx.x)
-// `first` (the first matvec's prefetch) is not run without clusters (see block_matvec).
-template <class First = NoPrefetch>
-__device__ __forceinline__ void dense_kernel_start(First first = First()) {
-    (void)first;
-    follow_previous_kernels();
-}
+__device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels(); }
 #endif
-
-// Asks for the 128-byte line at `line` in this SM's L1 (weights only: no kernel of the step writes
-// them, so this may run before wait_for_previous_kernels).
-__device__ __forceinline__ void prefetch_line_l1(const float* line) {
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
-}
 
 // Accumulators per thread in block_matvec: (row of x, column pass) pairs computed in one round of
 // weight loads. The scratch array of a kernel that calls block_matvec holds MATVEC_SCRATCH floats.
@@ -250,22 +230,15 @@ __device__ __forceinline__ void prefetch_line_l1(const float* line) {
 // atom-Cartesian rows where one matrix acts on each Cartesian component). Forward layers pass Wᵀ
 // ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for all
 // ROWS rows. Results land in shared `out` (of every block of the cluster). `scratch` holds
-// MATVEC_SCRATCH floats. Every thread of the block must call it; it ends with a barrier. `next`
-// (prefetch_matvec of the next matvec's weights, perf-notes v37) runs while this one is under
-// way, in the cluster version only, after its cluster barrier (whose acquire invalidates L1,
-// CCTL.IVALL, and would drop lines asked for before it).
+// MATVEC_SCRATCH floats. Every thread of the block must call it; it ends with a barrier.
 #if CLUSTER == 1
 // Thread (c, s) owns output columns c, c + NF, ... and the s-th of SPLIT slices of the dot
 // products. The column passes of a round are loaded together: the kernels that call this are
 // bound by rounds of dependent L2 loads below ~1,000 atoms, not by bandwidth (perf-notes, v18).
-template <int ROWS, int IN, int OUT, class Next = NoPrefetch>
+template <int ROWS, int IN, int OUT>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, float* scratch, Next next = Next()) {
+                                             int ld_out, float* scratch) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
-    // No prefetch here: without clusters every block reads whole matrices and several blocks
-    // share an SM's L1, where the next matrix's lines (up to 192 KB at F = 128) would evict the
-    // current one's that the others still read.
-    (void)next;
     constexpr int PASSES = (OUT + NF - 1) / NF;
     constexpr int GROUP = MATVEC_ACC / ROWS < PASSES ? MATVEC_ACC / ROWS : PASSES;  // passes per round
     constexpr int CHUNK = (IN + SPLIT - 1) / SPLIT;
@@ -322,32 +295,15 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
         __syncthreads();
     }
 }
-
-// This thread's share of the weight lines that block_matvec<ROWS, IN, OUT>(m, ...) will load,
-// into L1 ahead of it (a warp loads one 128-byte line per input row and column pass; its lanes
-// ask for different rows). As the previous matvec's `next`, the matvec's loads hit L1 instead of
-// waiting a round of L2 latency (perf-notes v37).
-template <int IN, int OUT>
-__device__ __forceinline__ void prefetch_matvec(const float* m) {
-    constexpr int PASSES = (OUT + NF - 1) / NF;
-    constexpr int CHUNK = (IN + SPLIT - 1) / SPLIT;
-    const int c = threadIdx.x % NF, s = threadIdx.x / NF, lane = threadIdx.x & 31;
-    const int begin = s * CHUNK, end = min(IN, begin + CHUNK);
-#pragma unroll
-    for (int p = 0; p < PASSES; ++p) {
-        const int column = min(p * NF + (c & ~31), OUT - 1);
-        for (int i = begin + lane; i < end; i += 32) prefetch_line_l1(m + i * OUT + column);
-    }
-}
 #else
 // Cluster version: block `rank` owns the PER = OUT / CLUSTER outputs [rank·PER, (rank + 1)·PER)
 // of every row, in groups of 32 (a warp reads 128 contiguous bytes of a weight row). Each group's
 // dot products are split over SPLITS warps, and every warp issues all of its weight loads in one
 // round (the old version walked the groups one after another, a round of L2 latency each);
 // partial sums are reduced in a fixed order and pushed into every block of the cluster.
-template <int ROWS, int IN, int OUT, class Next = NoPrefetch>
+template <int ROWS, int IN, int OUT>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, float* scratch, Next next = Next()) {
+                                             int ld_out, float* scratch) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
     static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
     constexpr int WARPS = SPLIT * NF / 32;
@@ -389,7 +345,6 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     // whose value is used only after it.
     const u64 phase = matvec_arrive(ROWS * OUT * sizeof(float));
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
-    next();
     if (active) {
 #pragma unroll
         for (int a = 0; a < ROWS; ++a) scratch[(slice * ROWS + a) * (GROUPS * 32) + column] = acc[a];
@@ -403,27 +358,6 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
         for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&out[a * ld_out + first + o], r, total);
     }
     matvec_wait(phase);
-}
-
-// This thread's share of the weight lines that block_matvec<ROWS, IN, OUT>(m, ...) will load in
-// this block, into L1 ahead of it (each warp loads one 128-byte line per input of its slice; its
-// lanes ask for different inputs). As the previous matvec's `next`, the matvec's loads hit L1
-// instead of waiting a round of L2 latency (perf-notes v37).
-template <int IN, int OUT>
-__device__ __forceinline__ void prefetch_matvec(const float* m) {
-    constexpr int WARPS = SPLIT * NF / 32;
-    constexpr int PER = OUT / CLUSTER;
-    constexpr int GROUPS = (PER + 31) / 32;
-    constexpr int SPLITS = WARPS / GROUPS;
-    constexpr int CHUNK = (IN + SPLITS - 1) / SPLITS;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = warp % GROUPS, slice = warp / GROUPS;
-    if (slice >= SPLITS) return;
-    const float* w = m + cluster_rank() * PER + group * 32;
-    for (int k = lane; k < CHUNK; k += 32) {
-        const int i = slice * CHUNK + k;
-        if (i < IN) prefetch_line_l1(w + i * OUT);
-    }
 }
 #endif
 

@@ -211,7 +211,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
                             const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out, int a0,
                             int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec<TILE, NF, NF>(w1t, q_sh, ld_q, hidden, NF, scratch, [&] { prefetch_matvec<NF, 3 * NF>(w2t); });
+    block_matvec<TILE, NF, NF>(w1t, q_sh, ld_q, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -465,8 +465,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
-    // Each matvec's weights are asked into L1 while the one before it runs (perf-notes v37).
-    dense_kernel_start([&] { prefetch_matvec<NF, 2 * NF>(m.mix_t); });
+    dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], scratch[MATVEC_SCRATCH], red[64];
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
@@ -483,17 +482,11 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     __syncthreads();
     // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
     if constexpr (3 * TILE <= MATVEC_ACC) {
-        block_matvec<3 * TILE, NF, 2 * NF>(m.mix_t, mu_sh, NF, vu, 2 * NF, scratch,
-                                           [&] { prefetch_matvec<2 * NF, NF>(m.a1t); });
+        block_matvec<3 * TILE, NF, 2 * NF>(m.mix_t, mu_sh, NF, vu, 2 * NF, scratch);
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k)
-            block_matvec<TILE, NF, 2 * NF>(m.mix_t, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch, [&] {
-                if (k < 2)
-                    prefetch_matvec<NF, 2 * NF>(m.mix_t);
-                else
-                    prefetch_matvec<2 * NF, NF>(m.a1t);
-            });
+            block_matvec<TILE, NF, 2 * NF>(m.mix_t, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     }
     if (s == 0) {
 #pragma unroll
@@ -512,7 +505,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch, [&] { prefetch_matvec<NF, 3 * NF>(m.a2t); });
+    block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -522,12 +515,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec<TILE, NF, 3 * NF>(m.a2t, hidden, NF, out3, 3 * NF, scratch, [&] {
-        if (last)
-            prefetch_matvec<NF, NH>(ro.w1t);
-        else
-            prefetch_matvec<NF, NF>(n_w1t);
-    });
+    block_matvec<TILE, NF, 3 * NF>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -554,7 +542,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         return;
     }
     // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
-    block_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch, [&] { prefetch_matvec<NH, NF>(ro.w1); });
+    block_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
     float contribution[4] = {0.f, 0.f, 0.f, 0.f};
     if (s == 0 && c < NH) {
 #pragma unroll
@@ -611,13 +599,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
                                            const float* grad_q_out, const float* grad_mu_out, float* grad_q_in,
                                            float* grad_mu_in, int n_atoms) {
     const bool fused = next_context.w1 != nullptr;
-    // Each matvec's weights are asked into L1 while the one before it runs (perf-notes v37).
-    dense_kernel_start([&] {
-        if (fused)
-            prefetch_matvec<3 * NF, NF>(next_context.w2);
-        else
-            prefetch_matvec<3 * NF, NF>(m.a2);
-    });
+    dense_kernel_start();
     // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
     constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
@@ -631,16 +613,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
             ga[k] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
         }
         __syncthreads();
-        block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch,
-                                       [&] { prefetch_matvec<NF, NF>(next_context.w1); });
+        block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
         if (s == 0) {
 #pragma unroll
             for (int a = 0; a < TILE; ++a)
                 gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_context.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
         }
         __syncthreads();
-        block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch,
-                                   [&] { prefetch_matvec<3 * NF, NF>(m.a2); });
+        block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
     }
     float gq[TILE], gm[TILE][3], V[TILE][3];
 #pragma unroll
@@ -678,14 +658,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
         }
     }
     __syncthreads();
-    block_matvec<TILE, 3 * NF, NF>(m.a2, ga, 3 * NF, gz, NF, scratch, [&] { prefetch_matvec<NF, 2 * NF>(m.a1); });
+    block_matvec<TILE, 3 * NF, NF>(m.a2, ga, 3 * NF, gz, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
             gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(cache.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
     }
     __syncthreads();
-    block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch, [&] { prefetch_matvec<2 * NF, NF>(m.mix); });
+    block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -711,9 +691,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch, [&] {
-                if (k < 2) prefetch_matvec<2 * NF, NF>(m.mix);
-            });
+            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
             if (s == 0) {
 #pragma unroll
                 for (int a = 0; a < TILE; ++a)
