@@ -166,28 +166,33 @@ __device__ __forceinline__ void wait_or_trap(TryWait done) {
 #define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
 #define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
 
-// Each cluster matvec completes on this block's transaction barrier: it expects the bytes of all
-// the matvec's outputs (every block of the cluster sends its share to every block, st.async
-// counting them), so no release fence has to drain the senders' stores (a cluster barrier's
-// release is a GPU-wide MEMBAR: docs/perf-notes.md, v22).
-__shared__ u64 matvec_barrier;
+// Each cluster matvec completes on one of this block's two transaction barriers, alternately: it
+// expects the bytes of all the matvec's outputs (every block of the cluster sends its share to
+// every block, st.async counting them), so no release fence has to drain the senders' stores (a
+// cluster barrier's release is a GPU-wide MEMBAR: docs/perf-notes.md, v22). Two barriers, so that
+// a block may send the next matvec's outputs while a slower block still waits for this one's
+// (perf-notes v39): the next matvec's bytes count on the other barrier.
+__shared__ u64 matvec_barrier[2];
 
-// Called first by every dense kernel: the barrier is initialized before any block of the cluster
-// can send to it.
+// Called first by every dense kernel: the barriers are initialized before any block of the
+// cluster can send to them.
 __device__ __forceinline__ void dense_kernel_start() {
     follow_previous_kernels();
     if (threadIdx.x == 0) {
-        barrier_init(&matvec_barrier, blockDim.x);
+        barrier_init(&matvec_barrier[0], blockDim.x);
+        barrier_init(&matvec_barrier[1], blockDim.x);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();
 }
 
-// Every thread arrives on the barrier's current phase (thread 0 also announces `bytes`); the
-// returned state identifies the phase for matvec_wait.
-__device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
+// Every thread arrives on the current phase of barrier `which` (thread 0 also announces
+// `bytes`); the returned state identifies the phase for matvec_wait. Senders' bytes may land
+// before the announcement: the transaction count may go below zero, and the phase cannot complete
+// before every thread, thread 0 included, has arrived.
+__device__ __forceinline__ u64 matvec_arrive(u32 which, u32 bytes) {
     u64 state;
-    const u32 bar = shared_address(&matvec_barrier);
+    const u32 bar = shared_address(&matvec_barrier[which]);
     if (threadIdx.x == 0)
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;" : "=l"(state) : "r"(bar), "r"(bytes) : "memory");
     else
@@ -197,8 +202,8 @@ __device__ __forceinline__ u64 matvec_arrive(u32 bytes) {
 
 // Waits until every thread has arrived and every announced byte has landed (CTA-scope acquire,
 // see the transaction barriers above).
-__device__ __forceinline__ void matvec_wait(u64 state) {
-    const u32 bar = shared_address(&matvec_barrier);
+__device__ __forceinline__ void matvec_wait(u32 which, u64 state) {
+    const u32 bar = shared_address(&matvec_barrier[which]);
     wait_or_trap([&] {
         u32 done;
         asm volatile("{ .reg .pred p; mbarrier.try_wait.acquire.cta.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
@@ -210,9 +215,9 @@ __device__ __forceinline__ void matvec_wait(u64 state) {
 }
 
 // Stores `value` at the place of `local` (this block's shared memory) in block `rank`'s and
-// counts its 4 bytes on that block's matvec barrier.
-__device__ __forceinline__ void send_to_block(float* local, u32 rank, float value) {
-    store_counted(remote_address(local, rank), value, remote_address(&matvec_barrier, rank));
+// counts its 4 bytes on that block's matvec barrier `which`.
+__device__ __forceinline__ void send_to_block(float* local, u32 rank, u32 which, float value) {
+    store_counted(remote_address(local, rank), value, remote_address(&matvec_barrier[which], rank));
 }
 #else
 #define DENSE_KERNEL extern "C" __global__ void
@@ -224,6 +229,14 @@ __device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels()
 // weight loads. The scratch array of a kernel that calls block_matvec holds MATVEC_SCRATCH floats.
 #define MATVEC_ACC (SPLIT * TILE <= 8 ? 6 : TILE)
 #define MATVEC_SCRATCH (SPLIT * MATVEC_ACC * NF)
+
+// block_matvec's working state in a kernel: the partial sums' shared array (MATVEC_SCRATCH
+// floats) and, with clusters, how many matvecs the kernel has run (which transaction barrier the
+// next one completes on). One per kernel, passed to every block_matvec in order.
+struct MatvecScratch {
+    float* values;
+    u32 calls;
+};
 
 // For each row a < ROWS of x: out[a·ld_out + o] = Σ_i m[i·OUT + o] · x[a·ld_x + i], o < OUT, with
 // m row-major [IN, OUT] in global memory and x in shared memory (ROWS is TILE atoms, or 3·TILE
@@ -237,7 +250,7 @@ __device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels()
 // bound by rounds of dependent L2 loads below ~1,000 atoms, not by bandwidth (perf-notes, v18).
 template <int ROWS, int IN, int OUT>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, float* scratch) {
+                                             int ld_out, MatvecScratch& scratch) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
     constexpr int PASSES = (OUT + NF - 1) / NF;
     constexpr int GROUP = MATVEC_ACC / ROWS < PASSES ? MATVEC_ACC / ROWS : PASSES;  // passes per round
@@ -274,7 +287,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
         for (int p = 0; p < GROUP; ++p) {
             if (p >= passes) break;
 #pragma unroll
-            for (int a = 0; a < ROWS; ++a) scratch[((s * GROUP + p) * ROWS + a) * NF + c] = acc[p][a];
+            for (int a = 0; a < ROWS; ++a) scratch.values[((s * GROUP + p) * ROWS + a) * NF + c] = acc[p][a];
         }
         __syncthreads();
         // The passes × ROWS outputs of each column are summed over the SPLIT slices in a fixed
@@ -288,7 +301,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
                 if ((p * ROWS + a) % SPLIT != s || o >= OUT) continue;
                 float total = 0.f;
 #pragma unroll
-                for (int k = 0; k < SPLIT; ++k) total += scratch[((k * GROUP + p) * ROWS + a) * NF + c];
+                for (int k = 0; k < SPLIT; ++k) total += scratch.values[((k * GROUP + p) * ROWS + a) * NF + c];
                 out[a * ld_out + o] = total;
             }
         }
@@ -303,7 +316,7 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
 // partial sums are reduced in a fixed order and pushed into every block of the cluster.
 template <int ROWS, int IN, int OUT>
 __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, float* scratch) {
+                                             int ld_out, MatvecScratch& scratch) {
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
     static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
     constexpr int WARPS = SPLIT * NF / 32;
@@ -334,30 +347,29 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
             }
         }
     }
-    // Before anyone sends: every block has arrived on this matvec's phase of its barrier (so has
-    // finished waiting for the previous one) and is past its reads of the previous phases'
-    // outputs. Execution order is all this needs: a relaxed barrier, no release fence. The weight
-    // loads above are already in flight. Formally (PTX memory model) a relaxed arrive orders no
-    // earlier load; what makes it safe is that every shared-memory value a block reads before it
-    // (the inputs here, the elementwise code's reads of earlier outputs) is consumed before the
-    // arrive, and the "memory" clobber keeps the compiler from sinking loads past it. Code added
-    // between matvecs must keep that: no shared load of a buffer that the next matvec overwrites
-    // whose value is used only after it.
-    const u64 phase = matvec_arrive(ROWS * OUT * sizeof(float));
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+    // No cluster barrier before the sends (perf-notes v39): a block that has received all of the
+    // previous matvec's outputs sends this one's at once. That is safe because (1) its bytes count
+    // on the other barrier than the previous matvec's, and the next matvec's on this one's again
+    // only after every block has sent this one's, i.e. has finished waiting for the previous one;
+    // (2) every block reads its inputs and its earlier outputs before it sends, so the kernels
+    // only have to keep a matvec's output buffer apart from the buffers that the code between
+    // the previous matvec and this one reads or writes (the previous output among them).
+    const u32 which = scratch.calls++ & 1;
     if (active) {
 #pragma unroll
-        for (int a = 0; a < ROWS; ++a) scratch[(slice * ROWS + a) * (GROUPS * 32) + column] = acc[a];
+        for (int a = 0; a < ROWS; ++a) scratch.values[(slice * ROWS + a) * (GROUPS * 32) + column] = acc[a];
     }
     __syncthreads();
     for (int e = threadIdx.x; e < ROWS * PER; e += blockDim.x) {
         const int a = e / PER, o = e % PER;
         float total = 0.f;
-        for (int k = 0; k < SPLITS; ++k) total += scratch[(k * ROWS + a) * (GROUPS * 32) + o];  // fixed order
+        for (int k = 0; k < SPLITS; ++k) total += scratch.values[(k * ROWS + a) * (GROUPS * 32) + o];  // fixed order
 #pragma unroll
-        for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&out[a * ld_out + first + o], r, total);
+        for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&out[a * ld_out + first + o], r, which, total);
     }
-    matvec_wait(phase);
+    // Arriving after the sums, the wait is also the block barrier that keeps the next matvec's
+    // partial sums out of scratch until every thread has read this one's.
+    matvec_wait(which, matvec_arrive(which, ROWS * OUT * sizeof(float)));
 }
 #endif
 

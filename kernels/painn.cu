@@ -207,7 +207,7 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
 // (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
 // pre-activation for the backward pass.
-__device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, float* scratch, const float* w1t,
+__device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch, const float* w1t,
                             const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out, int a0,
                             int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
@@ -236,7 +236,8 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     dense_kernel_start();
-    __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], scratch[MATVEC_SCRATCH];
+    __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], partials[MATVEC_SCRATCH];
+    MatvecScratch scratch{partials, 0};
     int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
     if (s == 0) {
 #pragma unroll
@@ -467,7 +468,8 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
     dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
-        out3[TILE * 3 * NF], scratch[MATVEC_SCRATCH], red[64];
+        out3[TILE * 3 * NF], partials[MATVEC_SCRATCH], red[64];
+    MatvecScratch scratch{partials, 0};
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
@@ -558,13 +560,15 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         for (int a = 0; a < TILE && a0 + a < n_atoms; ++a)
             atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a0 + a]];
     }
-    block_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, hidden, NF, scratch);
+    // Into vu, not hidden: with clusters a faster block may send these outputs while this one
+    // still reads hidden above (block_matvec, perf-notes v39).
+    block_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, vu, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
             size_t atom = a0 + a;
-            grad_q[atom * NF + c] = hidden[a * NF + c];
+            grad_q[atom * NF + c] = vu[a * NF + c];
             float* gm = grad_mu + atom * 3 * NF;
             gm[c] = 0.f;
             gm[NF + c] = 0.f;
@@ -603,7 +607,8 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
     constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
-        out[(MIX_ROWS ? 3 : 1) * TILE * NF], scratch[MATVEC_SCRATCH];
+        out[(MIX_ROWS ? 3 : 2) * TILE * NF], partials[MATVEC_SCRATCH];
+    MatvecScratch scratch{partials, 0};
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     if (fused) {
         // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds ∂E/∂x until the mixing
@@ -691,11 +696,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            // Alternate halves of `out`: with clusters a faster block may send row k + 1 while
+            // this one still reads row k (block_matvec, perf-notes v39).
+            float* row = out + (k % 2) * TILE * NF;
+            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, row, NF, scratch);
             if (s == 0) {
 #pragma unroll
                 for (int a = 0; a < TILE; ++a)
-                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[a * NF + c];
+                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + row[a * NF + c];
             }
         }
     }
