@@ -225,6 +225,14 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, u32 which,
 __device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels(); }
 #endif
 
+// Whether the dense kernels read their biases and what earlier kernels wrote per atom at their
+// start (with clusters: one block per SM, bound by rounds of latency, where each such read after a
+// matvec cost a round on the critical path) or where they use them (without clusters several
+// blocks share an SM, and registers held through the matvecs would cost that occupancy; tiles
+// of 4 atoms, never chosen by default, would pass the 128 registers of 512 threads).
+// perf-notes v40.
+#define DENSE_EARLY_READS (CLUSTER > 1 && TILE <= 2)
+
 // Accumulators per thread in block_matvec: (row of x, column pass) pairs computed in one round of
 // weight loads. The scratch array of a kernel that calls block_matvec holds MATVEC_SCRATCH floats.
 #define MATVEC_ACC (SPLIT * TILE <= 8 ? 6 : TILE)

@@ -204,18 +204,28 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// Channel c's biases of a context network (b1 [F], b2 [3F]). Weights only: no kernel of the step
+// writes them, so the reads may come before wait_for_previous_kernels (DENSE_EARLY_READS).
+struct ContextBias {
+    float b1, b2[3];
+};
+
+__device__ __forceinline__ ContextBias context_bias(const float* b1, const float* b2) {
+    const int c = threadIdx.x % NF;
+    return ContextBias{b1[c], {b2[c], b2[NF + c], b2[2 * NF + c]}};
+}
+
 // x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
 // (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
 // pre-activation for the backward pass.
 __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch, const float* w1t,
-                            const float* b1, const float* w2t, const float* b2, float* pre_out, float* x_out, int a0,
-                            int n_atoms) {
+                            const float* w2t, ContextBias bias, float* pre_out, float* x_out, int a0, int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
     block_matvec<TILE, NF, NF>(w1t, q_sh, ld_q, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + b1[c];
+            float z = hidden[a * NF + c] + bias.b1;
             if (a0 + a < n_atoms) pre_out[(size_t)(a0 + a) * NF + c] = z;
             hidden[a * NF + c] = silu(z);
         }
@@ -227,7 +237,8 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
             float* x = x_out + (size_t)(a0 + a) * 3 * NF;
-            for (int m = 0; m < 3; ++m) x[m * NF + c] = x_sh[a * 3 * NF + m * NF + c] + b2[m * NF + c];
+#pragma unroll
+            for (int m = 0; m < 3; ++m) x[m * NF + c] = x_sh[a * 3 * NF + m * NF + c] + bias.b2[m];
         }
     }
 }
@@ -235,6 +246,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 // Embedding and the first interaction's context: depend on the elements only, run once.
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
+    const ContextBias bias = context_bias(b1, b2);
     dense_kernel_start();
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
@@ -248,7 +260,7 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
         }
     }
     __syncthreads();
-    context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, b1, w2t, b2, pre0, x0, a0, n_atoms);
+    context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, w2t, bias, pre0, x0, a0, n_atoms);
 }
 
 // What every message kernel keeps of a chunk's pairs: the neighbor, where the pair sits in the
@@ -466,11 +478,30 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
+    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    // Biases, the readout's second layer and the atoms' reference energies (weights and elements
+    // only: before the wait where DENSE_EARLY_READS).
+    ContextBias update_bias, next_bias{};
+    float readout_b1 = 0.f, readout_w2 = 0.f, atomref[TILE];
+    auto read_update_bias = [&] { update_bias = context_bias(m.b1, m.b2); };
+    auto read_next_bias = [&] {
+        if (!last) next_bias = context_bias(n_b1, n_b2);
+        if (last && c < NH) {
+            readout_b1 = ro.b1[c];
+            readout_w2 = ro.w2[c];
+        }
+#pragma unroll
+        for (int a = 0; a < TILE; ++a)
+            atomref[a] = last && t == 0 && a0 + a < n_atoms ? ro.atomref[ro.numbers[a0 + a]] : 0.f;
+    };
+    if constexpr (DENSE_EARLY_READS) {
+        read_update_bias();
+        read_next_bias();
+    }
     dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], partials[MATVEC_SCRATCH], red[64];
     MatvecScratch scratch{partials, 0};
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
     for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
         int a = k / (3 * NF);
         mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
@@ -508,10 +539,11 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     }
     __syncthreads();
     block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
+    if constexpr (!DENSE_EARLY_READS) read_update_bias();
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + m.b1[c];
+            float z = hidden[a * NF + c] + update_bias.b1;
             if (a0 + a < n_atoms) cache.pre[(size_t)(a0 + a) * NF + c] = z;
             hidden[a * NF + c] = silu(z);
         }
@@ -522,7 +554,8 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             const float* o = out3 + a * 3 * NF;
-            float a_ss = o[c] + m.b2[c], a_vv = o[NF + c] + m.b2[NF + c], a_sv = o[2 * NF + c] + m.b2[2 * NF + c];
+            float a_ss = o[c] + update_bias.b2[0], a_vv = o[NF + c] + update_bias.b2[1],
+                  a_sv = o[2 * NF + c] + update_bias.b2[2];
             float q_new = q[a] + a_ss + a_sv * vdotu[a];
             ctx[a * 2 * NF + c] = q_new;
             if (a0 + a >= n_atoms) continue;
@@ -539,8 +572,9 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
+    if constexpr (!DENSE_EARLY_READS) read_next_bias();
     if (!last) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, n_w1t, n_b1, n_w2t, n_b2, n_pre, n_x, a0, n_atoms);
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, n_w1t, n_w2t, next_bias, n_pre, n_x, a0, n_atoms);
         return;
     }
     // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
@@ -549,16 +583,17 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     if (s == 0 && c < NH) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float zr = hidden[a * NF + c] + ro.b1[c];
-            contribution[a] = ro.w2[c] * silu(zr);
-            out3[a * 3 * NF + c] = ro.scale * ro.w2[c] * silu_grad(zr);
+            float zr = hidden[a * NF + c] + readout_b1;
+            contribution[a] = readout_w2 * silu(zr);
+            out3[a * 3 * NF + c] = ro.scale * readout_w2 * silu_grad(zr);
         }
     }
     float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
     if (t == 0) {
         float sums[4] = {total.x, total.y, total.z, total.w};
-        for (int a = 0; a < TILE && a0 + a < n_atoms; ++a)
-            atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + ro.atomref[ro.numbers[a0 + a]];
+#pragma unroll
+        for (int a = 0; a < TILE; ++a)
+            if (a0 + a < n_atoms) atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + atomref[a];
     }
     // Into vu, not hidden: with clusters a faster block may send these outputs while this one
     // still reads hidden above (block_matvec, perf-notes v39).
@@ -610,6 +645,42 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
         out[(MIX_ROWS ? 3 : 2) * TILE * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
     int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    // What this kernel reads of earlier kernels' per-atom outputs (threads of split 0): where
+    // DENSE_EARLY_READS, all of it right after the wait, ahead of the context backward's matvecs;
+    // otherwise just before the mixing backward, as one round.
+    float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE],
+        next_pre[TILE];
+    auto read_inputs = [&] {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            gq[a] = a_vv[a] = a_sv[a] = pre[a] = norm[a] = 0.f;
+#pragma unroll
+            for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = U[a][k] = 0.f;
+            if (s != 0 || a0 + a >= n_atoms) continue;
+            const size_t atom = a0 + a;
+            gq[a] = fused ? next_context.grad_q[atom * NF + c] : grad_q_out[atom * NF + c];
+            const float* vu = cache.vu + atom * 6 * NF;
+#pragma unroll
+            for (int k = 0; k < 3; ++k) {
+                gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
+                V[a][k] = vu[k * 2 * NF + c];
+                U[a][k] = vu[k * 2 * NF + NF + c];
+            }
+            a_vv[a] = cache.a[atom * 3 * NF + NF + c];
+            a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
+            pre[a] = cache.pre[atom * NF + c];
+            norm[a] = cache.norm[atom * NF + c];
+        }
+    };
+    auto read_next_pre = [&] {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a)
+            next_pre[a] = fused && s == 0 && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + c] : 0.f;
+    };
+    if constexpr (DENSE_EARLY_READS) {
+        read_inputs();
+        read_next_pre();
+    }
     if (fused) {
         // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds ∂E/∂x until the mixing
         // overwrites it), σ', then W1ᵀ into the first F columns of gctx, read below.
@@ -619,19 +690,17 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
         }
         __syncthreads();
         block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
+        if constexpr (!DENSE_EARLY_READS) read_next_pre();
         if (s == 0) {
 #pragma unroll
-            for (int a = 0; a < TILE; ++a)
-                gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_context.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
+            for (int a = 0; a < TILE; ++a) gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f;
         }
         __syncthreads();
         block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
     }
-    float gq[TILE], gm[TILE][3], V[TILE][3];
+    if constexpr (!DENSE_EARLY_READS) read_inputs();
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
-        gq[a] = 0.f;
-        for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = 0.f;
         if (s != 0 || a0 + a >= n_atoms) {
             if (s == 0) {
                 for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
@@ -639,27 +708,16 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
             }
             continue;
         }
-        size_t atom = a0 + a;
-        gq[a] = fused ? next_context.grad_q[atom * NF + c] + gctx[a * 2 * NF + c] : grad_q_out[atom * NF + c];
-        float U[3];
-        const float* vu = cache.vu + atom * 6 * NF;
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
-            V[a][k] = vu[k * 2 * NF + c];
-            U[k] = vu[k * 2 * NF + NF + c];
-        }
-        const float* ca = cache.a + atom * 3 * NF;
-        float a_vv = ca[NF + c], a_sv = ca[2 * NF + c];
-        float vdotu = V[a][0] * U[0] + V[a][1] * U[1] + V[a][2] * U[2];
+        if (fused) gq[a] += gctx[a * 2 * NF + c];
+        float vdotu = V[a][0] * U[a][0] + V[a][1] * U[a][1] + V[a][2] * U[a][2];
         ga[a * 3 * NF + c] = gq[a];
-        ga[a * 3 * NF + NF + c] = gm[a][0] * U[0] + gm[a][1] * U[1] + gm[a][2] * U[2];
+        ga[a * 3 * NF + NF + c] = gm[a][0] * U[a][0] + gm[a][1] * U[a][1] + gm[a][2] * U[a][2];
         ga[a * 3 * NF + 2 * NF + c] = gq[a] * vdotu;
-        float g_vdotu = gq[a] * a_sv;
+        float g_vdotu = gq[a] * a_sv[a];
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * U[k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] = gm[a][k] * a_vv + g_vdotu * V[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * U[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = gm[a][k] * a_vv[a] + g_vdotu * V[a][k];
         }
     }
     __syncthreads();
@@ -667,7 +725,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
-            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(cache.pre[(size_t)(a0 + a) * NF + c]) : 0.f;
+            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[a]) : 0.f;
     }
     __syncthreads();
     block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch);
@@ -677,9 +735,8 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
             if (a0 + a >= n_atoms) continue;
             size_t atom = a0 + a;
             grad_q_in[atom * NF + c] = gq[a] + gctx[a * 2 * NF + c];
-            float norm = cache.norm[atom * NF + c];
 #pragma unroll
-            for (int k = 0; k < 3; ++k) gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * V[a][k] / norm;
+            for (int k = 0; k < 3; ++k) gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * V[a][k] / norm[a];
         }
     }
     __syncthreads();
