@@ -74,12 +74,27 @@ __device__ __forceinline__ void second_half_atom(int a, double* vel, const float
     for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
 }
 
+// The Verlet list's displacement check (the same struct on the host, src/gpu/params.rs), done by
+// first_half on the positions it has just written instead of by a kernel of its own (perf-notes
+// v41): a rebuild is requested for this step when any atom moved more than half the skin since
+// the last one. reference == nullptr: no list to check.
+struct DisplacementCheck {
+    const double* reference;  // positions at the last rebuild
+    u64* rebuild_step;        // stamped with the step counter to request a rebuild (neighbors.cu)
+    float half_skin2;         // (skin / 2)² (Å²)
+};
+
 extern "C" __global__ void first_half(double* pos, double* vel, const float* force, Integration in,
-                                      const u64* step_counter, int n_atoms) {
+                                      const u64* step_counter, DisplacementCheck check, int n_atoms) {
     follow_previous_kernels();
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
-    first_half_atom(a, pos, vel, in.heat, force, in, *step_counter + 1);  // the step being taken
+    const u64 step = *step_counter;
+    first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
+    if (check.reference == nullptr) return;
+    double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
+           dz = pos[3 * a + 2] - check.reference[3 * a + 2];
+    if (dx * dx + dy * dy + dz * dz > check.half_skin2) *check.rebuild_step = step;
 }
 
 // The closing half kick; the first thread advances the step counter.

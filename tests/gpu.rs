@@ -151,6 +151,46 @@ fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {
     }
 }
 
+// The displacement check runs inside the first integrator half (perf-notes v41). With a skin of
+// 0.05 Å the list must be rebuilt every few steps; were the check lost, pairs that move inside
+// the cutoff after a build would be missing from the GPU's forces and the trajectory would leave
+// the CPU's (whose list is its own, with a 1 Å skin).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_tiny_skin_follows_the_cpu_trajectory_through_many_rebuilds() {
+    let model = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let system = System::read(
+        std::path::Path::new(&project_file("systems/water_cluster_17.xyz")),
+        None,
+    )
+    .unwrap();
+    let integrator = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    let velocities = maxwell_boltzmann(&system.masses, 300.0, 71, 4);
+    let cpu = cpu_trajectory(&model, &system, &velocities, &integrator, 100);
+    for use_graph in [false, true] {
+        let mut md = GpuMd::new(
+            &model,
+            &system,
+            &velocities,
+            &integrator,
+            0.05,
+            GpuOptions {
+                cuda_graph: use_graph,
+                ..GpuOptions::default()
+            },
+        )
+        .unwrap();
+        md.initialize().unwrap();
+        md.advance(100).unwrap();
+        let dev = max_deviation(&md.snapshot().unwrap().positions, &cpu);
+        eprintln!("graph {use_graph}: max |Δr| GPU (skin 0.05 Å) vs CPU after 100 steps = {dev:.2e} Å");
+        assert!(dev <= 1e-4, "{dev:e}");
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn neighbor_overflow_grows_the_rows_and_redoes_the_steps() {

@@ -8,7 +8,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 use super::forces::kernel_sizes;
 use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
-use super::params::{ClusterMdParams, IntegrationParams};
+use super::params::{ClusterMdParams, DisplacementCheckParams, IntegrationParams};
 use super::{grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::engine::Snapshot;
@@ -272,6 +272,13 @@ impl GpuMd {
         }
         let n = self.n_atoms as i32;
         let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
+        // The first half also runs the neighbor list's displacement check (perf-notes v41).
+        let uses_list = self.painn.uses_neighbor_list();
+        let check = if uses_list {
+            self.neighbors.displacement_check()
+        } else {
+            DisplacementCheckParams::default()
+        };
         unsafe {
             self.gpu
                 .launch(&self.first_half)
@@ -280,12 +287,13 @@ impl GpuMd {
                 .arg(&self.painn.forces().ptr)
                 .arg(&integration)
                 .arg(&self.step.ptr)
+                .arg(&check)
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 128))
                 .map_err(err)?;
         }
-        if self.painn.uses_neighbor_list() {
-            self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+        if uses_list {
+            self.neighbors.enqueue_rebuild(&self.gpu, &self.positions, &self.step)?;
         }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
         unsafe {

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use cudarc::driver::CudaFunction;
 
-use super::params::{BinsParams, CellParams, Int3, NeighborParams, RebuildParams};
+use super::params::{BinsParams, CellParams, DisplacementCheckParams, Int3, NeighborParams, RebuildParams};
 use super::{block_per_item, grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::neighbors::cell_list_candidates;
@@ -199,11 +199,21 @@ impl GpuNeighbors {
             .map_err(|e| anyhow::anyhow!("{e:?}"))
     }
 
+    /// The displacement check as the MD step's first integrator half runs it (perf-notes v41):
+    /// that kernel has just written the positions, so the check costs no kernel of its own.
+    pub fn displacement_check(&self) -> DisplacementCheckParams {
+        DisplacementCheckParams {
+            reference: self.reference.ptr,
+            rebuild_step: self.rebuild_step.ptr,
+            half_skin2: self.half_skin2,
+            pad: 0,
+        }
+    }
+
     /// Displacement check, then (on rebuild steps only) wrap, search and reverse index.
     pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f64>, step: &Buffer<u64>) -> Result<()> {
         let n = self.n_atoms as i32;
         let rb = self.rebuild_params(step);
-        let launch = |e: cudarc::driver::DriverError| anyhow::anyhow!("neighbor kernels: {e:?}");
         unsafe {
             gpu.launch(&self.check)
                 .arg(&positions.ptr)
@@ -212,7 +222,18 @@ impl GpuNeighbors {
                 .arg(&rb)
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 256))
-                .map_err(launch)?;
+                .map_err(|e| anyhow::anyhow!("neighbor kernels: {e:?}"))?;
+        }
+        self.enqueue_rebuild(gpu, positions, step)
+    }
+
+    /// On rebuild steps only (the displacement check, or a request, stamped this step): wrap,
+    /// search and reverse index. The kernels run every step and return at once otherwise.
+    pub fn enqueue_rebuild(&self, gpu: &Gpu, positions: &Buffer<f64>, step: &Buffer<u64>) -> Result<()> {
+        let n = self.n_atoms as i32;
+        let rb = self.rebuild_params(step);
+        let launch = |e: cudarc::driver::DriverError| anyhow::anyhow!("neighbor kernels: {e:?}");
+        unsafe {
             gpu.launch(&self.wrap)
                 .arg(&positions.ptr)
                 .arg(&self.reference.ptr)

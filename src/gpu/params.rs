@@ -125,6 +125,17 @@ pub struct RebuildParams {
     pub overflow: u64,
 }
 
+/// `DisplacementCheck` (kernels/integrate.cu): the Verlet list's displacement check, done by
+/// the first integrator half (`reference` 0: no list).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DisplacementCheckParams {
+    pub reference: u64,
+    pub rebuild_step: u64,
+    pub half_skin2: f32,
+    pub pad: i32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Int3 {
@@ -172,6 +183,7 @@ unsafe impl DeviceRepr for ReadoutParams {}
 unsafe impl DeviceRepr for MixingBackParams {}
 unsafe impl DeviceRepr for ContextBackParams {}
 unsafe impl DeviceRepr for RebuildParams {}
+unsafe impl DeviceRepr for DisplacementCheckParams {}
 unsafe impl DeviceRepr for Int3 {}
 unsafe impl cudarc::driver::ValidAsZeroBits for Int3 {}
 
