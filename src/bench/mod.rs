@@ -57,7 +57,7 @@ pub enum Config {
     /// The fused kernels (cell list where periodic, all pairs for open systems).
     Fused,
     /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun` for
-    /// periodic systems and for molecules of more than 10 atoms).
+    /// periodic systems and for molecules of more than 6 atoms).
     CudaGraph,
     /// `[gpu] kernels = "cluster"`: small open molecules evaluate their forces in one launch of
     /// one thread-block cluster, inside the step's graph (the default of `mdrun` for them).

@@ -30,11 +30,11 @@ pub fn unsupported_on(gpu: &Gpu, model: &PainnModel, n_atoms: usize, periodic: b
 pub const CLUSTER_BLOCKS: usize = 16;
 /// Most atoms the kernel holds (`NMAX`): every activation of every atom lives in shared memory.
 pub const MAX_ATOMS: usize = 16;
-/// Most atoms for which `kernels = "auto"` picks this kernel: on the H100 it beats the fused
-/// kernels at 3 and 9 atoms (66 against 88 µs, 87 against 91 µs per MD step) and loses at 12
-/// (103 against 95 µs) since their cluster matvecs complete on transaction barriers
-/// (docs/perf-notes.md, v22).
-pub const AUTO_MAX_ATOMS: usize = 10;
+/// Most atoms for which `kernels = "auto"` picks this kernel. On the H200 after perf-notes v41 it
+/// beats the multi-kernel graph at 3 atoms (59.5 against 71.6 µs per MD step) and loses at 9
+/// (79.6 against 74.8) and 12 (93.2 against 78.0); by linear interpolation the two cross near
+/// 7 atoms (up to v37 the kernel won at 9 atoms too: docs/perf-notes.md, v22, v42).
+pub const AUTO_MAX_ATOMS: usize = 6;
 /// Most interactions (`TMAX`): what the backward pass needs of each stays in shared memory.
 pub const MAX_INTERACTIONS: usize = 3;
 const THREADS: u32 = 512;

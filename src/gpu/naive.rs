@@ -19,7 +19,7 @@ use crate::model::PainnModel;
 #[serde(rename_all = "kebab-case")]
 pub enum KernelVariant {
     /// `cluster` where it applies and is the faster (open systems of at most
-    /// [`AUTO_MAX_ATOMS`](super::cluster::AUTO_MAX_ATOMS) = 10 atoms on Hopper or newer), else
+    /// [`AUTO_MAX_ATOMS`](super::cluster::AUTO_MAX_ATOMS) = 6 atoms on Hopper or newer), else
     /// `fused`.
     #[default]
     Auto,
