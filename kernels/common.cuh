@@ -378,6 +378,13 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     // Arriving after the sums, the wait is also the block barrier that keeps the next matvec's
     // partial sums out of scratch until every thread has read this one's.
     matvec_wait(which, matvec_arrive(which, ROWS * OUT * sizeof(float)));
+#ifdef KERNEL_CHECKS
+    // Tests (MDRUN_KERNEL_CHECKS=1): after each matvec one block of every cluster more than the
+    // last lingers (a different one each time, 0–2(CLUSTER−1) µs), so that the others run ahead
+    // into the next matvec and send into it while it has yet to read what the code between the
+    // two matvecs reads: a kernel that broke the rule above would compute wrong values.
+    __nanosleep(2000u * ((cluster_rank() + scratch.calls) % CLUSTER));
+#endif
 }
 #endif
 
