@@ -1,7 +1,8 @@
-// Verlet neighbor list on the GPU: displacement check, wrapping, candidate search (all pairs
-// within cutoff + skin, periodic images included) into fixed-capacity rows, and the index of each
-// pair's reverse. Rebuild kernels run every step inside the CUDA graph but return at once unless
-// the displacement check stamped `rebuild_step` with the current step.
+// Verlet neighbor list on the GPU: wrapping, candidate search (all pairs within cutoff + skin,
+// periodic images included) into fixed-capacity rows, and the index of each pair's reverse.
+// Rebuild kernels run every step inside the CUDA graph but return at once unless the
+// displacement check (in first_half, integrate.cu) or the host stamped `rebuild_step` with the
+// current step.
 
 struct Rebuild {
     const u64* step;    // current step (device)
@@ -10,17 +11,6 @@ struct Rebuild {
 };
 
 __device__ __forceinline__ bool rebuilding(const Rebuild& rb) { return *rb.rebuild_step == *rb.step; }
-
-// Requests a rebuild when any atom moved more than half the skin since the last one.
-extern "C" __global__ void check_displacement(const double* pos, const double* reference, float half_skin2, Rebuild rb,
-                                              int n_atoms) {
-    follow_previous_kernels();
-    int a = blockIdx.x * blockDim.x + threadIdx.x;
-    if (a >= n_atoms) return;
-    double dx = pos[3 * a] - reference[3 * a], dy = pos[3 * a + 1] - reference[3 * a + 1],
-           dz = pos[3 * a + 2] - reference[3 * a + 2];
-    if (dx * dx + dy * dy + dz * dz > half_skin2) *rb.rebuild_step = *rb.step;
-}
 
 // Wraps positions into the cell and records the reference positions (rebuild steps only).
 extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell cell, Rebuild rb, int n_atoms) {

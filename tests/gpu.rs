@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use mdrun::cell::{Cell, Vec3};
+use mdrun::engine::Snapshot;
 use mdrun::forcefield::cpu::evaluate;
 use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
@@ -103,6 +104,28 @@ fn cpu_trajectory(
     positions
 }
 
+/// The GPU's state after `steps` MD steps from `velocities` with a `skin` (Å) Verlet list,
+/// replaying a captured graph or with plain launches.
+fn gpu_trajectory(
+    model: &PainnModel,
+    system: &System,
+    velocities: &[Vec3],
+    integrator: &Integrator,
+    skin: f64,
+    use_graph: bool,
+    steps: u64,
+) -> Snapshot {
+    let options = GpuOptions {
+        cuda_graph: use_graph,
+        ..GpuOptions::default()
+    };
+    let mut md = GpuMd::new(model, system, velocities, integrator, skin, options).unwrap();
+    md.initialize().unwrap();
+    md.advance(steps).unwrap();
+    assert_eq!(md.use_graph, use_graph, "graph capture must not have fallen back");
+    md.snapshot().unwrap()
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {
@@ -122,25 +145,9 @@ fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {
     ] {
         let velocities = maxwell_boltzmann(&system.masses, 300.0, 33, 4);
         let cpu = cpu_trajectory(&model, &system, &velocities, &integrator, 100);
-        let mut results = Vec::new();
-        for use_graph in [false, true] {
-            let mut md = GpuMd::new(
-                &model,
-                &system,
-                &velocities,
-                &integrator,
-                1.0,
-                GpuOptions {
-                    cuda_graph: use_graph,
-                    ..GpuOptions::default()
-                },
-            )
-            .unwrap();
-            md.initialize().unwrap();
-            md.advance(100).unwrap();
-            assert_eq!(md.use_graph, use_graph, "graph capture must not have fallen back");
-            results.push(md.snapshot().unwrap());
-        }
+        let results: Vec<_> = [false, true]
+            .map(|use_graph| gpu_trajectory(&model, &system, &velocities, &integrator, 1.0, use_graph, 100))
+            .into();
         let dev = max_deviation(&results[1].positions, &cpu);
         eprintln!("{integrator:?}: max |Δr| GPU vs CPU after 100 steps = {dev:.2e} Å");
         assert!(dev <= 1e-4, "{dev:e}");
@@ -171,21 +178,8 @@ fn a_tiny_skin_follows_the_cpu_trajectory_through_many_rebuilds() {
     let velocities = maxwell_boltzmann(&system.masses, 300.0, 71, 4);
     let cpu = cpu_trajectory(&model, &system, &velocities, &integrator, 100);
     for use_graph in [false, true] {
-        let mut md = GpuMd::new(
-            &model,
-            &system,
-            &velocities,
-            &integrator,
-            0.05,
-            GpuOptions {
-                cuda_graph: use_graph,
-                ..GpuOptions::default()
-            },
-        )
-        .unwrap();
-        md.initialize().unwrap();
-        md.advance(100).unwrap();
-        let dev = max_deviation(&md.snapshot().unwrap().positions, &cpu);
+        let gpu = gpu_trajectory(&model, &system, &velocities, &integrator, 0.05, use_graph, 100);
+        let dev = max_deviation(&gpu.positions, &cpu);
         eprintln!("graph {use_graph}: max |Δr| GPU (skin 0.05 Å) vs CPU after 100 steps = {dev:.2e} Å");
         assert!(dev <= 1e-4, "{dev:e}");
     }

@@ -178,7 +178,6 @@ fn every_kernel_compiles_with_nvrtc() {
             "mixing_backward",
             "message_backward",
             "pair_forces",
-            "check_displacement",
             "wrap_positions",
             "build_neighbors_all_pairs",
             "reverse_pairs",
@@ -222,7 +221,6 @@ fn every_kernel_compiles_with_nvrtc() {
         for kernel in [
             "first_half",
             "second_half",
-            "check_displacement",
             "wrap_positions",
             "build_neighbors_all_pairs",
             "bins_clear",

@@ -246,7 +246,7 @@ impl GpuMd {
     pub fn initialize(&mut self) -> Result<()> {
         loop {
             self.neighbors.request_rebuild(&self.gpu, self.host_step)?;
-            self.neighbors.enqueue_update(&self.gpu, &self.positions, &self.step)?;
+            self.neighbors.enqueue_rebuild(&self.gpu, &self.positions, &self.step)?;
             self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
             self.gpu.synchronize()?;
             if !self.neighbors.overflowed(&self.gpu)? {

@@ -85,7 +85,6 @@ pub struct GpuNeighbors {
     reach: Int3,
     radius2: f32,
     half_skin2: f32,
-    check: CudaFunction,
     wrap: CudaFunction,
     build: CudaFunction,
     reverse_pairs: CudaFunction,
@@ -161,7 +160,6 @@ impl GpuNeighbors {
             reach,
             radius2: (radius * radius) as f32,
             half_skin2: (0.25 * skin * skin) as f32,
-            check: gpu.function("check_displacement")?,
             wrap: gpu.function("wrap_positions")?,
             build: gpu.function("build_neighbors_all_pairs")?,
             reverse_pairs: gpu.function("reverse_pairs")?,
@@ -208,23 +206,6 @@ impl GpuNeighbors {
             half_skin2: self.half_skin2,
             pad: 0,
         }
-    }
-
-    /// Displacement check, then (on rebuild steps only) wrap, search and reverse index.
-    pub fn enqueue_update(&self, gpu: &Gpu, positions: &Buffer<f64>, step: &Buffer<u64>) -> Result<()> {
-        let n = self.n_atoms as i32;
-        let rb = self.rebuild_params(step);
-        unsafe {
-            gpu.launch(&self.check)
-                .arg(&positions.ptr)
-                .arg(&self.reference.ptr)
-                .arg(&self.half_skin2)
-                .arg(&rb)
-                .arg(&n)
-                .launch(grid_for(self.n_atoms, 256))
-                .map_err(|e| anyhow::anyhow!("neighbor kernels: {e:?}"))?;
-        }
-        self.enqueue_rebuild(gpu, positions, step)
     }
 
     /// On rebuild steps only (the displacement check, or a request, stamped this step): wrap,
