@@ -79,7 +79,7 @@ __device__ __forceinline__ void second_half_atom(int a, double* vel, const float
 // v41): a rebuild is requested for this step when any atom moved more than half the skin since
 // the last one. reference == nullptr: no list to check.
 struct DisplacementCheck {
-    const double* reference;  // positions at the last rebuild
+    double* reference;        // positions at the last rebuild (written by it)
     u64* rebuild_step;        // stamped with the step counter to request a rebuild (neighbors.cu)
     float half_skin2;         // (skin / 2)² (Å²)
 };

@@ -12,11 +12,8 @@ struct Rebuild {
 
 __device__ __forceinline__ bool rebuilding(const Rebuild& rb) { return *rb.rebuild_step == *rb.step; }
 
-// Wraps positions into the cell and records the reference positions (rebuild steps only).
-extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell cell, Rebuild rb, int n_atoms) {
-    follow_previous_kernels();
-    int a = blockIdx.x * blockDim.x + threadIdx.x;
-    if (a >= n_atoms || !rebuilding(rb)) return;
+// Wraps atom a into the cell and records its reference position.
+__device__ __forceinline__ void wrap_atom(int a, double* pos, double* reference, const Cell& cell) {
     double r[3] = {pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]};
     if (cell.periodic) {
         double s[3];
@@ -33,14 +30,18 @@ extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell c
     }
 }
 
-// All-pairs candidate search: one thread per atom i over every j and every image in reach.
-// O(N²): the simple search, exact for any cell.
-extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cell, int3 reach, float radius2, int* count,
-                                                     int* nbr_j, int3* nbr_image, int capacity, Rebuild rb,
-                                                     int n_atoms) {
+// Wraps positions into the cell and records the reference positions (rebuild steps only).
+extern "C" __global__ void wrap_positions(double* pos, double* reference, Cell cell, Rebuild rb, int n_atoms) {
     follow_previous_kernels();
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_atoms || !rebuilding(rb)) return;
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_atoms || !rebuilding(rb)) return;
+    wrap_atom(a, pos, reference, cell);
+}
+
+// Row i of the all-pairs candidate search: every j and every image in reach. O(N) per row.
+__device__ __forceinline__ void build_row_all_pairs(int i, const double* pos, const Cell& cell, int3 reach,
+                                                    float radius2, int* count, int* nbr_j, int3* nbr_image,
+                                                    int capacity, int* overflow, int n_atoms) {
     int n = 0;
     for (int j = 0; j < n_atoms; ++j) {
         for (int na = -reach.x; na <= reach.x; ++na)
@@ -59,36 +60,84 @@ extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cel
                 }
     }
     if (n > capacity) {
-        *rb.overflow = 1;
+        *overflow = 1;
         n = capacity;
     }
     count[i] = n;
 }
 
-// Index of the reverse of every pair: (i → j, n) ↔ (j → i, −n). The lists are symmetric, so it
-// exists unless a row overflowed.
+// All-pairs candidate search: one thread per atom i over every j and every image in reach.
+// O(N²): the simple search, exact for any cell.
+extern "C" __global__ void build_neighbors_all_pairs(const double* pos, Cell cell, int3 reach, float radius2, int* count,
+                                                     int* nbr_j, int3* nbr_image, int capacity, Rebuild rb,
+                                                     int n_atoms) {
+    follow_previous_kernels();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_atoms || !rebuilding(rb)) return;
+    build_row_all_pairs(i, pos, cell, reach, radius2, count, nbr_j, nbr_image, capacity, rb.overflow, n_atoms);
+}
+
+// The index of the reverse of pair (i, slot): (i → j, n) ↔ (j → i, −n). The lists are symmetric,
+// so it exists unless a row overflowed.
+__device__ __forceinline__ void reverse_pair(int i, int slot, const int* count, const int* nbr_j, const int3* nbr_image,
+                                             int* reverse, int capacity, int* overflow) {
+    int p = i * capacity + slot;
+    int j = nbr_j[p];
+    int3 n = nbr_image[p];
+    int found = -1;
+    for (int q = j * capacity; q < j * capacity + count[j]; ++q) {
+        int3 m = nbr_image[q];
+        if (nbr_j[q] == i && m.x == -n.x && m.y == -n.y && m.z == -n.z) {
+            found = q;
+            break;
+        }
+    }
+    if (found < 0) {
+        *overflow = 1;
+        found = p;
+    }
+    reverse[p] = found;
+}
+
 extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, const int3* nbr_image, int* reverse,
                                          int capacity, Rebuild rb, int n_atoms) {
     follow_previous_kernels();
-    int i = blockIdx.x, slot = threadIdx.x;
+    int i = blockIdx.x;
     if (!rebuilding(rb)) return;
-    for (; slot < count[i]; slot += blockDim.x) {
-        int p = i * capacity + slot;
-        int j = nbr_j[p];
-        int3 n = nbr_image[p];
-        int found = -1;
-        for (int q = j * capacity; q < j * capacity + count[j]; ++q) {
-            int3 m = nbr_image[q];
-            if (nbr_j[q] == i && m.x == -n.x && m.y == -n.y && m.z == -n.z) {
-                found = q;
-                break;
-            }
-        }
-        if (found < 0) {
-            *rb.overflow = 1;
-            found = p;
-        }
-        reverse[p] = found;
+    for (int slot = threadIdx.x; slot < count[i]; slot += blockDim.x)
+        reverse_pair(i, slot, count, nbr_j, nbr_image, reverse, capacity, rb.overflow);
+}
+
+// Systems of at most one block of atoms with the all-pairs search (perf-notes v43): the MD step's
+// first integrator half, the displacement check and, on rebuild steps, the wrap, the search and
+// the reverse index in one kernel, where they took four (first_half, wrap_positions,
+// build_neighbors_all_pairs, reverse_pairs; the last three returned at once on most steps). One
+// block, so __syncthreads orders the phases; the same device functions as those kernels, in the
+// same order on the same values: the same rows.
+extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, const float* force, Integration in,
+                                                  const u64* step_counter, DisplacementCheck check, Cell cell,
+                                                  int3 reach, float radius2, int* count, int* nbr_j, int3* nbr_image,
+                                                  int* reverse, int capacity, int* overflow, int n_atoms) {
+    follow_previous_kernels();
+    const int a = threadIdx.x;
+    const u64 step = *step_counter;
+    const bool requested = *check.rebuild_step == step;  // by the host (a forced rebuild)
+    bool moved = false;
+    if (a < n_atoms) {
+        first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
+        double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
+               dz = pos[3 * a + 2] - check.reference[3 * a + 2];
+        moved = dx * dx + dy * dy + dz * dz > check.half_skin2;
+    }
+    if (!__syncthreads_or(moved) && !requested) return;
+    if (a == 0) *check.rebuild_step = step;
+    if (a < n_atoms) wrap_atom(a, pos, check.reference, cell);
+    __syncthreads();
+    if (a < n_atoms) build_row_all_pairs(a, pos, cell, reach, radius2, count, nbr_j, nbr_image, capacity, overflow, n_atoms);
+    __syncthreads();
+    for (int k = a; k < n_atoms * capacity; k += blockDim.x) {
+        const int i = k / capacity, slot = k % capacity;
+        if (slot < count[i]) reverse_pair(i, slot, count, nbr_j, nbr_image, reverse, capacity, overflow);
     }
 }
 

@@ -274,7 +274,10 @@ fn gpu_kernels_is_an_input_option() {
     };
     let path = root.join("bench-input.toml");
     let parsed = Input::parse(
-        &input("kernels = \"naive\"\nneighbor_search = \"all-pairs\"\ncuda_graph = false\nprogrammatic_launch = false"),
+        &input(
+            "kernels = \"naive\"\nneighbor_search = \"all-pairs\"\ncuda_graph = false\nprogrammatic_launch = false\n\
+             one_block_rebuild = false",
+        ),
         &path,
     )
     .unwrap();

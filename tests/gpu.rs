@@ -185,6 +185,62 @@ fn a_tiny_skin_follows_the_cpu_trajectory_through_many_rebuilds() {
     }
 }
 
+// Small systems with the all-pairs search run the first integrator half, the displacement check
+// and the rebuild in one kernel of one block (perf-notes v43): the same device functions on the
+// same values as the four separate kernels, so the same trajectory bit for bit, through rebuilds
+// (a 0.05 Å skin) and with a forced rebuild (initialize) before them.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn one_block_rebuild_follows_the_separate_kernels_bit_for_bit() {
+    let random = random_model(full_config(), 81);
+    let (numbers, positions) = random_structure(40, 7.0, 0.9, None, 82);
+    let molecule = system_of(&numbers, positions, None);
+    let trained = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
+    let langevin = Integrator::Langevin {
+        timestep_fs: 0.5,
+        temperature_k: 300.0,
+        friction_per_ps: 5.0,
+        seed: 83,
+    };
+    let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    for (model, system, integrator, what) in [
+        (&random, &molecule, &nve, "random molecule of 40 atoms, NVE"),
+        (&trained, &benzene, &langevin, "benzene, Langevin"),
+    ] {
+        let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 84);
+        let run = |one_block_rebuild: bool, cuda_graph: bool| {
+            let options = GpuOptions {
+                kernels: KernelVariant::Fused,
+                one_block_rebuild,
+                cuda_graph,
+                ..GpuOptions::default()
+            };
+            let mut md = GpuMd::new(model, system, &velocities, integrator, 0.05, options).unwrap();
+            md.initialize().unwrap();
+            for chunk in [1, 9, 50] {
+                md.advance(chunk).unwrap();
+            }
+            assert_eq!(md.use_graph, cuda_graph, "{what}: graph capture");
+            md.snapshot().unwrap()
+        };
+        let separate = run(false, true);
+        for cuda_graph in [true, false] {
+            let fused = run(true, cuda_graph);
+            assert_eq!(fused.step, 60);
+            assert_eq!(fused.positions, separate.positions, "{what}, graph {cuda_graph}");
+            assert_eq!(fused.velocities, separate.velocities, "{what}, graph {cuda_graph}");
+            assert_eq!(fused.forces, separate.forces, "{what}, graph {cuda_graph}");
+            let moved = max_deviation(&fused.positions, &system.positions);
+            assert!(moved > 0.05, "{what}: atoms moved past the skin ({moved:e} Å)");
+            eprintln!("{what}, graph {cuda_graph}: bit for bit after 60 steps (max displacement {moved:.2e} Å)");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn neighbor_overflow_grows_the_rows_and_redoes_the_steps() {

@@ -21,6 +21,7 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
         kernels: KernelVariant::Naive,
         integrate_in_kernel: false,
         programmatic_launch: false,
+        one_block_rebuild: false,
     }
 }
 

@@ -182,6 +182,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "build_neighbors_all_pairs",
             "reverse_pairs",
             "first_half",
+            "first_half_and_rebuild",
             "second_half",
             "energy_sums",
             // The unfused path (kernels/naive.cu).
@@ -220,6 +221,7 @@ fn every_kernel_compiles_with_nvrtc() {
         // predecessors (kernels/common.cuh).
         for kernel in [
             "first_half",
+            "first_half_and_rebuild",
             "second_half",
             "wrap_positions",
             "build_neighbors_all_pairs",

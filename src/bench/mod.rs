@@ -105,6 +105,7 @@ impl Config {
             kernels: KernelVariant::Naive,
             integrate_in_kernel: true,
             programmatic_launch: false,
+            one_block_rebuild: false,
         };
         match self {
             Config::Cpu => None,

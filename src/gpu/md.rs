@@ -39,6 +39,12 @@ pub struct GpuOptions {
     /// or 1 overrides, for experiments.
     #[serde(default = "default_true")]
     pub programmatic_launch: bool,
+    /// For systems of at most 64 atoms with the all-pairs neighbor search, the first integrator
+    /// half also runs the displacement check and the whole rebuild, in one kernel of one block
+    /// where they took four (perf-notes v43; false: the separate kernels). MDRUN_ONE_BLOCK_REBUILD=0
+    /// or 1 overrides, for experiments.
+    #[serde(default = "default_true")]
+    pub one_block_rebuild: bool,
 }
 
 fn default_true() -> bool {
@@ -53,6 +59,7 @@ impl Default for GpuOptions {
             kernels: KernelVariant::Auto,
             integrate_in_kernel: true,
             programmatic_launch: true,
+            one_block_rebuild: true,
         }
     }
 }
@@ -106,6 +113,9 @@ pub struct GpuMd {
     /// The one-cluster kernel runs the whole MD step (`[gpu] integrate_in_kernel`, on by default
     /// where that kernel runs).
     integrate_in_kernel: bool,
+    /// The first integrator half runs the whole all-pairs rebuild where it applies
+    /// (`[gpu] one_block_rebuild`, perf-notes v43).
+    one_block_rebuild: bool,
     host_step: u64,
     neighbor_capacity_grown: u32,
 }
@@ -190,6 +200,9 @@ impl GpuMd {
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
             integrate_in_kernel,
+            one_block_rebuild: std::env::var("MDRUN_ONE_BLOCK_REBUILD")
+                .ok()
+                .map_or(options.one_block_rebuild, |v| v != "0"),
             integration: IntegrationParams::default(),
             host_step: 0,
             neighbor_capacity_grown: 0,
@@ -272,8 +285,21 @@ impl GpuMd {
         }
         let n = self.n_atoms as i32;
         let err = |e: cudarc::driver::DriverError| anyhow!("integrator kernels: {e:?}");
-        // The first half also runs the neighbor list's displacement check (perf-notes v41).
+        // The first half also runs the neighbor list's displacement check (perf-notes v41), and
+        // for small systems with the all-pairs search the whole rebuild (v43).
         let uses_list = self.painn.uses_neighbor_list();
+        if uses_list && self.neighbors.rebuilds_in_first_half() && self.one_block_rebuild {
+            self.neighbors.enqueue_first_half_and_rebuild(
+                &self.gpu,
+                &self.positions,
+                &self.velocities,
+                self.painn.forces(),
+                &integration,
+                &self.step,
+            )?;
+            self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
+            return self.enqueue_second_half(&integration);
+        }
         let check = if uses_list {
             self.neighbors.displacement_check()
         } else {
@@ -296,16 +322,22 @@ impl GpuMd {
             self.neighbors.enqueue_rebuild(&self.gpu, &self.positions, &self.step)?;
         }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
+        self.enqueue_second_half(&integration)
+    }
+
+    /// The closing half kick with the new forces; advances the step counter.
+    fn enqueue_second_half(&self, integration: &IntegrationParams) -> Result<()> {
+        let n = self.n_atoms as i32;
         unsafe {
             self.gpu
                 .launch(&self.second_half)
                 .arg(&self.velocities.ptr)
                 .arg(&self.painn.forces().ptr)
-                .arg(&integration)
+                .arg(integration)
                 .arg(&self.step.ptr)
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 128))
-                .map_err(err)?;
+                .map_err(|e| anyhow!("integrator kernels: {e:?}"))?;
         }
         Ok(())
     }

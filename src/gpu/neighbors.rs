@@ -4,7 +4,9 @@
 use anyhow::Result;
 use cudarc::driver::CudaFunction;
 
-use super::params::{BinsParams, CellParams, DisplacementCheckParams, Int3, NeighborParams, RebuildParams};
+use super::params::{
+    BinsParams, CellParams, DisplacementCheckParams, Int3, IntegrationParams, NeighborParams, RebuildParams,
+};
 use super::{block_per_item, grid_for, Buffer, Gpu};
 use crate::cell::{Cell, Vec3};
 use crate::neighbors::cell_list_candidates;
@@ -69,6 +71,12 @@ impl CellBins {
     }
 }
 
+/// Most atoms for which the MD step's first integrator half also runs the displacement check and
+/// the whole all-pairs rebuild, in one block of [`ONE_BLOCK_THREADS`] threads (perf-notes v43).
+/// Past it the rebuild's reverse index, one thread per 4+ pair slots, would slow the rebuild steps.
+pub const ONE_BLOCK_MAX_ATOMS: usize = 64;
+const ONE_BLOCK_THREADS: u32 = 256;
+
 pub struct GpuNeighbors {
     pub capacity: usize,
     bins: Option<CellBins>,
@@ -88,6 +96,7 @@ pub struct GpuNeighbors {
     wrap: CudaFunction,
     build: CudaFunction,
     reverse_pairs: CudaFunction,
+    first_half_and_rebuild: CudaFunction,
     bins_clear: CudaFunction,
     bins_assign: CudaFunction,
     bins_scan: CudaFunction,
@@ -163,6 +172,7 @@ impl GpuNeighbors {
             wrap: gpu.function("wrap_positions")?,
             build: gpu.function("build_neighbors_all_pairs")?,
             reverse_pairs: gpu.function("reverse_pairs")?,
+            first_half_and_rebuild: gpu.function("first_half_and_rebuild")?,
             bins_clear: gpu.function("bins_clear")?,
             bins_assign: gpu.function("bins_assign")?,
             bins_scan: gpu.function("bins_scan")?,
@@ -206,6 +216,52 @@ impl GpuNeighbors {
             half_skin2: self.half_skin2,
             pad: 0,
         }
+    }
+
+    /// Whether [`Self::enqueue_first_half_and_rebuild`] applies: the all-pairs search, at most
+    /// [`ONE_BLOCK_MAX_ATOMS`] atoms.
+    pub fn rebuilds_in_first_half(&self) -> bool {
+        self.bins.is_none() && self.n_atoms <= ONE_BLOCK_MAX_ATOMS
+    }
+
+    /// The MD step's first integrator half, the displacement check and (on rebuild steps) the
+    /// wrap, the all-pairs search and the reverse index, in one kernel of one block (perf-notes
+    /// v43): what `first_half` and [`Self::enqueue_rebuild`] do in four.
+    pub fn enqueue_first_half_and_rebuild(
+        &self,
+        gpu: &Gpu,
+        positions: &Buffer<f64>,
+        velocities: &Buffer<f64>,
+        forces: &Buffer<f32>,
+        integration: &IntegrationParams,
+        step: &Buffer<u64>,
+    ) -> Result<()> {
+        debug_assert!(self.rebuilds_in_first_half());
+        let n = self.n_atoms as i32;
+        let capacity = self.capacity as i32;
+        let check = self.displacement_check();
+        unsafe {
+            gpu.launch(&self.first_half_and_rebuild)
+                .arg(&positions.ptr)
+                .arg(&velocities.ptr)
+                .arg(&forces.ptr)
+                .arg(integration)
+                .arg(&step.ptr)
+                .arg(&check)
+                .arg(&self.cell)
+                .arg(&self.reach)
+                .arg(&self.radius2)
+                .arg(&self.count.ptr)
+                .arg(&self.j.ptr)
+                .arg(&self.image.ptr)
+                .arg(&self.reverse.ptr)
+                .arg(&capacity)
+                .arg(&self.overflow.ptr)
+                .arg(&n)
+                .launch(block_per_item(1, ONE_BLOCK_THREADS))
+                .map_err(|e| anyhow::anyhow!("first_half_and_rebuild: {e:?}"))?;
+        }
+        Ok(())
     }
 
     /// On rebuild steps only (the displacement check, or a request, stamped this step): wrap,
