@@ -205,6 +205,8 @@ pub struct Row {
     pub integrate_in_kernel: Option<bool>,
     /// The step's kernels ran as programmatic dependent launches (Hopper on).
     pub programmatic_launch: Option<bool>,
+    /// The first integrator half ran the whole all-pairs rebuild (perf-notes v43).
+    pub one_block_rebuild: Option<bool>,
     /// The message kernels' filter products ran on tensor cores (split half precision).
     pub message_mma: Option<bool>,
     pub timestep_fs: Option<f64>,

@@ -205,6 +205,7 @@ fn measure_gpu(
     row.cuda_graph = Some(md.use_graph);
     row.integrate_in_kernel = Some(md.integrate_in_kernel());
     row.programmatic_launch = Some(md.programmatic_launch());
+    row.one_block_rebuild = Some(md.one_block_rebuild());
     row.message_mma = Some(md.message_mma());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);
     Ok(())

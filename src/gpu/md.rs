@@ -238,6 +238,11 @@ impl GpuMd {
     }
 
     /// Whether the step's kernels run as programmatic dependent launches.
+    /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).
+    pub fn one_block_rebuild(&self) -> bool {
+        self.one_block_rebuild && self.painn.uses_neighbor_list() && self.neighbors.rebuilds_in_first_half()
+    }
+
     pub fn programmatic_launch(&self) -> bool {
         self.gpu.programmatic
     }
@@ -288,7 +293,7 @@ impl GpuMd {
         // The first half also runs the neighbor list's displacement check (perf-notes v41), and
         // for small systems with the all-pairs search the whole rebuild (v43).
         let uses_list = self.painn.uses_neighbor_list();
-        if uses_list && self.neighbors.rebuilds_in_first_half() && self.one_block_rebuild {
+        if self.one_block_rebuild() {
             self.neighbors.enqueue_first_half_and_rebuild(
                 &self.gpu,
                 &self.positions,

@@ -76,6 +76,8 @@ impl CellBins {
 /// Past it the rebuild's reverse index, one thread per 4+ pair slots, would slow the rebuild steps.
 pub const ONE_BLOCK_MAX_ATOMS: usize = 64;
 const ONE_BLOCK_THREADS: u32 = 256;
+// The kernel takes one thread per atom, without a loop.
+const _: () = assert!(ONE_BLOCK_MAX_ATOMS <= ONE_BLOCK_THREADS as usize);
 
 pub struct GpuNeighbors {
     pub capacity: usize,
