@@ -84,6 +84,13 @@ struct DisplacementCheck {
     float half_skin2;         // (skin / 2)² (Å²)
 };
 
+// Whether atom a has moved more than half the skin since the last rebuild (check.reference set).
+__device__ __forceinline__ bool moved_past_half_skin(int a, const double* pos, const DisplacementCheck& check) {
+    double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
+           dz = pos[3 * a + 2] - check.reference[3 * a + 2];
+    return dx * dx + dy * dy + dz * dz > check.half_skin2;
+}
+
 extern "C" __global__ void first_half(double* pos, double* vel, const float* force, Integration in,
                                       const u64* step_counter, DisplacementCheck check, int n_atoms) {
     follow_previous_kernels();
@@ -91,10 +98,7 @@ extern "C" __global__ void first_half(double* pos, double* vel, const float* for
     if (a >= n_atoms) return;
     const u64 step = *step_counter;
     first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
-    if (check.reference == nullptr) return;
-    double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
-           dz = pos[3 * a + 2] - check.reference[3 * a + 2];
-    if (dx * dx + dy * dy + dz * dz > check.half_skin2) *check.rebuild_step = step;
+    if (check.reference != nullptr && moved_past_half_skin(a, pos, check)) *check.rebuild_step = step;
 }
 
 // The closing half kick; the first thread advances the step counter.

@@ -125,9 +125,7 @@ extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, cons
     bool moved = false;
     if (a < n_atoms) {
         first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
-        double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
-               dz = pos[3 * a + 2] - check.reference[3 * a + 2];
-        moved = dx * dx + dy * dy + dz * dz > check.half_skin2;
+        moved = moved_past_half_skin(a, pos, check);
     }
     if (!__syncthreads_or(moved) && !requested) return;
     if (a == 0) *check.rebuild_step = step;
