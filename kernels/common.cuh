@@ -317,6 +317,9 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     }
 }
 #else
+// The largest number of slices, at most `most`, that splits `n` inputs evenly.
+__host__ __device__ constexpr int even_slices(int n, int most) { return most <= 1 || n % most == 0 ? (most < 1 ? 1 : most) : even_slices(n, most - 1); }
+
 // Cluster version: block `rank` owns the PER = OUT / CLUSTER outputs [rank·PER, (rank + 1)·PER)
 // of every row, in groups of 32 (a warp reads 128 contiguous bytes of a weight row). Each group's
 // dot products are split over SPLITS warps, and every warp issues all of its weight loads in one
@@ -331,8 +334,11 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     constexpr int PER = OUT / CLUSTER;
     constexpr int GROUPS = (PER + 31) / 32;
     static_assert(GROUPS <= WARPS, "a cluster block's outputs need a warp per 32");
-    constexpr int SPLITS = WARPS / GROUPS;                 // warps per group: slices of the dot products
-    constexpr int CHUNK = (IN + SPLITS - 1) / SPLITS;      // inputs per slice
+    // Warps per group: slices of the dot products, as many as divide IN evenly. A bound check
+    // per load (128 inputs over 5 slices) made ptxas issue the loads two at a time, each pair
+    // after the previous pair's products: 13 rounds of L2 latency instead of one (perf-notes v44).
+    constexpr int SPLITS = even_slices(IN, WARPS / GROUPS);
+    constexpr int CHUNK = IN / SPLITS;  // inputs per slice
     static_assert(SPLITS * ROWS * GROUPS * 32 <= MATVEC_SCRATCH, "matvec scratch too small");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp % GROUPS, slice = warp / GROUPS;
@@ -344,15 +350,15 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     if (active && column < PER) {
         const int begin = slice * CHUNK;
         const float* w = m + first + column;
-        // No early exit: a branch between them would keep the loads from being issued together.
-#pragma unroll 16
-        for (int k = 0; k < CHUNK; ++k) {
-            const int i = begin + k;
-            if (IN % SPLITS == 0 || i < IN) {
-                float wi = w[i * OUT];
+        // All of the slice's weights first, then the products: loads interleaved with products
+        // go out in a second round once the first product has waited for its weight.
+        float wi[CHUNK];
 #pragma unroll
-                for (int a = 0; a < ROWS; ++a) acc[a] += wi * x[a * ld_x + i];
-            }
+        for (int k = 0; k < CHUNK; ++k) wi[k] = w[(begin + k) * OUT];
+#pragma unroll
+        for (int k = 0; k < CHUNK; ++k) {
+#pragma unroll
+            for (int a = 0; a < ROWS; ++a) acc[a] += wi[k] * x[a * ld_x + begin + k];
         }
     }
     // No cluster barrier before the sends (perf-notes v39): a block that has received all of the
