@@ -332,6 +332,20 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
         __syncthreads();
     }
 }
+
+// Without clusters a kernel's first matvec loads its weights where it runs: several blocks share
+// an SM, and registers held from the start would cost that occupancy (perf-notes v46).
+template <int IN, int OUT>
+struct MatvecWeights {
+    const float* m;
+    __device__ explicit MatvecWeights(const float* __restrict__ m) : m(m) {}
+};
+
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT>& weights, const float* x, int ld_x, float* out,
+                                             int ld_out, MatvecScratch& scratch) {
+    block_matvec<ROWS, IN, OUT>(weights.m, x, ld_x, out, ld_out, scratch);
+}
 #else
 // The largest number of slices, at most `most`, that splits `n` inputs evenly.
 __host__ __device__ constexpr int even_slices(int n, int most) { return most <= 1 || n % most == 0 ? (most < 1 ? 1 : most) : even_slices(n, most - 1); }
@@ -341,20 +355,30 @@ __host__ __device__ constexpr int even_slices(int n, int most) { return most <= 
 // dot products are split over SPLITS warps, and every warp issues all of its weight loads in one
 // round (the old version walked the groups one after another, a round of L2 latency each);
 // partial sums are reduced in a fixed order and pushed into every block of the cluster.
-template <int ROWS, int IN, int OUT>
-__device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, MatvecScratch& scratch) {
-    static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
+template <int IN, int OUT>
+struct MatvecLayout {
     static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
-    constexpr int WARPS = SPLIT * NF / 32;
-    constexpr int PER = OUT / CLUSTER;
-    constexpr int GROUPS = (PER + 31) / 32;
+    static constexpr int WARPS = SPLIT * NF / 32;
+    static constexpr int PER = OUT / CLUSTER;
+    static constexpr int GROUPS = (PER + 31) / 32;
     static_assert(GROUPS <= WARPS, "a cluster block's outputs need a warp per 32");
     // Warps per group: slices of the dot products, as many as divide IN evenly. A bound check
     // per load (128 inputs over 5 slices) made ptxas issue the loads two at a time, each pair
     // after the previous pair's products: 13 rounds of L2 latency instead of one (perf-notes v44).
-    constexpr int SPLITS = even_slices(IN, WARPS / GROUPS);
-    constexpr int CHUNK = IN / SPLITS;  // inputs per slice
+    static constexpr int SPLITS = even_slices(IN, WARPS / GROUPS);
+    static constexpr int CHUNK = IN / SPLITS;  // inputs per slice
+    // Whether a kernel may hold a thread's weights in registers from before its wait for the
+    // previous kernel (MatvecWeights): one atom per block and up to 32 weights per thread.
+    static constexpr bool HELD = TILE == 1 && CHUNK <= 32;
+};
+
+// The matvec with the thread's weights from `load(wi, first input, column)`.
+template <int ROWS, int IN, int OUT, class Load>
+__device__ __forceinline__ void cluster_matvec(Load load, const float* x, int ld_x, float* out, int ld_out,
+                                               MatvecScratch& scratch) {
+    using Layout = MatvecLayout<IN, OUT>;
+    constexpr int PER = Layout::PER, GROUPS = Layout::GROUPS, SPLITS = Layout::SPLITS, CHUNK = Layout::CHUNK;
+    static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
     static_assert(SPLITS * ROWS * GROUPS * 32 <= MATVEC_SCRATCH, "matvec scratch too small");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp % GROUPS, slice = warp / GROUPS;
@@ -365,12 +389,8 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     for (int a = 0; a < ROWS; ++a) acc[a] = 0.f;
     if (active && column < PER) {
         const int begin = slice * CHUNK;
-        const float* w = m + first + column;
-        // All of the slice's weights first, then the products: loads interleaved with products
-        // go out in a second round once the first product has waited for its weight.
         float wi[CHUNK];
-#pragma unroll
-        for (int k = 0; k < CHUNK; ++k) wi[k] = w[(begin + k) * OUT];
+        load(wi, begin, first + column);
 #pragma unroll
         for (int k = 0; k < CHUNK; ++k) {
 #pragma unroll
@@ -407,6 +427,60 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
     // two matvecs reads: a kernel that broke the rule above would compute wrong values.
     __nanosleep(2000u * ((cluster_rank() + scratch.calls) % CLUSTER));
 #endif
+}
+
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
+                                             int ld_out, MatvecScratch& scratch) {
+    // All of the slice's weights first, then the products: loads interleaved with products go
+    // out in a second round once the first product has waited for its weight.
+    cluster_matvec<ROWS, IN, OUT>(
+        [&](float (&wi)[MatvecLayout<IN, OUT>::CHUNK], int begin, int column) {
+#pragma unroll
+            for (int k = 0; k < MatvecLayout<IN, OUT>::CHUNK; ++k) wi[k] = m[(begin + k) * OUT + column];
+        },
+        x, ld_x, out, ld_out, scratch);
+}
+
+// A kernel's first cluster matvec's weights for this thread, loaded when constructed, before the
+// kernel waits for the previous one (weights only: no kernel of the step writes them), so that
+// their L2 latency passes during the wait (perf-notes v46). Held in registers only where
+// MatvecLayout::HELD; otherwise the matvec loads them where it runs.
+template <int IN, int OUT, bool HELD = MatvecLayout<IN, OUT>::HELD>
+struct MatvecWeights {
+    using Layout = MatvecLayout<IN, OUT>;
+    float w[Layout::CHUNK];
+    __device__ explicit MatvecWeights(const float* __restrict__ m) {
+        const int warp = threadIdx.x >> 5, slice = warp / Layout::GROUPS;
+        const int column = (warp % Layout::GROUPS) * 32 + (threadIdx.x & 31);
+        const bool used = m != nullptr && slice < Layout::SPLITS && column < Layout::PER;
+        const float* col = m + cluster_rank() * Layout::PER + column;
+#pragma unroll
+        for (int k = 0; k < Layout::CHUNK; ++k) w[k] = used ? col[(slice * Layout::CHUNK + k) * OUT] : 0.f;
+    }
+};
+
+template <int IN, int OUT>
+struct MatvecWeights<IN, OUT, false> {
+    const float* m;
+    __device__ explicit MatvecWeights(const float* __restrict__ m) : m(m) {}
+};
+
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT, true>& weights, const float* x, int ld_x,
+                                             float* out, int ld_out, MatvecScratch& scratch) {
+    cluster_matvec<ROWS, IN, OUT>(
+        [&](float (&wi)[MatvecLayout<IN, OUT>::CHUNK], int, int) {
+#pragma unroll
+            for (int k = 0; k < MatvecLayout<IN, OUT>::CHUNK; ++k) wi[k] = weights.w[k];
+        },
+        x, ld_x, out, ld_out, scratch);
+}
+
+template <int ROWS, int IN, int OUT>
+__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT, false>& weights, const float* x, int ld_x,
+                                             float* out, int ld_out, MatvecScratch& scratch) {
+    block_matvec<ROWS, IN, OUT>(weights.m, x, ld_x, out, ld_out, scratch);
 }
 #endif
 

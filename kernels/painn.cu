@@ -218,10 +218,11 @@ __device__ __forceinline__ ContextBias context_bias(const float* b1, const float
 // x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
 // (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
 // pre-activation for the backward pass.
-__device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch, const float* w1t,
-                            const float* w2t, ContextBias bias, float* pre_out, float* x_out, int a0, int n_atoms) {
+__device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch,
+                            const MatvecWeights<NF, NF>& w1, const float* w2t, ContextBias bias, float* pre_out,
+                            float* x_out, int a0, int n_atoms) {
     int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec<TILE, NF, NF>(w1t, q_sh, ld_q, hidden, NF, scratch);
+    block_matvec<TILE>(w1, q_sh, ld_q, hidden, NF, scratch);
     if (s == 0) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -247,6 +248,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     const ContextBias bias = context_bias(b1, b2);
+    const MatvecWeights<NF, NF> w1(w1t);  // before the wait (perf-notes v46)
     dense_kernel_start();
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
@@ -260,7 +262,7 @@ DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t,
         }
     }
     __syncthreads();
-    context_mlp(q_sh, NF, hidden, x_sh, scratch, w1t, w2t, bias, pre0, x0, a0, n_atoms);
+    context_mlp(q_sh, NF, hidden, x_sh, scratch, w1, w2t, bias, pre0, x0, a0, n_atoms);
 }
 
 // What every message kernel keeps of a chunk's pairs: the neighbor, where the pair sits in the
@@ -498,6 +500,8 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         read_update_bias();
         read_next_bias();
     }
+    // The first matvec's weights before the wait (perf-notes v46).
+    const MatvecWeights<NF, 2 * NF> w_mix(m.mix_t);
     dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], partials[MATVEC_SCRATCH], red[64];
@@ -515,11 +519,11 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     __syncthreads();
     // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
     if constexpr (3 * TILE <= MATVEC_ACC) {
-        block_matvec<3 * TILE, NF, 2 * NF>(m.mix_t, mu_sh, NF, vu, 2 * NF, scratch);
+        block_matvec<3 * TILE>(w_mix, mu_sh, NF, vu, 2 * NF, scratch);
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k)
-            block_matvec<TILE, NF, 2 * NF>(m.mix_t, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
+            block_matvec<TILE>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     }
     if (s == 0) {
 #pragma unroll
@@ -574,7 +578,8 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     __syncthreads();
     if constexpr (!DENSE_EARLY_READS) read_next_bias();
     if (!last) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, n_w1t, n_w2t, next_bias, n_pre, n_x, a0, n_atoms);
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF>(n_w1t), n_w2t, next_bias, n_pre, n_x, a0,
+                    n_atoms);
         return;
     }
     // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
