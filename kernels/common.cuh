@@ -352,9 +352,10 @@ __host__ __device__ constexpr int even_slices(int n, int most) { return most <= 
 
 // Cluster version: block `rank` owns the PER = OUT / CLUSTER outputs [rank·PER, (rank + 1)·PER)
 // of every row, in groups of 32 (a warp reads 128 contiguous bytes of a weight row). Each group's
-// dot products are split over SPLITS warps, and every warp issues all of its weight loads in one
-// round (the old version walked the groups one after another, a round of L2 latency each);
-// partial sums are reduced in a fixed order and pushed into every block of the cluster.
+// dot products are split over SPLITS warps, and every warp issues its weight loads ahead of its
+// products (ptxas sends them in one to three rounds, perf-notes v44; the old version walked the
+// groups one after another, a round of L2 latency each); partial sums are reduced in a fixed
+// order and pushed into every block of the cluster.
 template <int IN, int OUT>
 struct MatvecLayout {
     static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
@@ -368,7 +369,8 @@ struct MatvecLayout {
     static constexpr int SPLITS = even_slices(IN, WARPS / GROUPS);
     static constexpr int CHUNK = IN / SPLITS;  // inputs per slice
     // Whether a kernel may hold a thread's weights in registers from before its wait for the
-    // previous kernel (MatvecWeights): one atom per block and up to 32 weights per thread.
+    // previous kernel (MatvecWeights): one atom per block and up to 32 weights per thread, the
+    // layouts where it was measured (perf-notes v46); elsewhere the matvec loads where it runs.
     static constexpr bool HELD = TILE == 1 && CHUNK <= 32;
 };
 
