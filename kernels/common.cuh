@@ -281,30 +281,18 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
             for (int a = 0; a < ROWS; ++a) acc[p][a] = 0.f;
         }
         constexpr int UNROLL = 16;  // 16 · GROUP loads in flight per thread
-        if (IN % SPLIT == 0) {
-            // A trip count known at compile time: no remainder loop between the unrolled rounds
-            // (perf-notes v44).
+        // A trip count known at compile time where the slices divide the inputs (every layer):
+        // no remainder loop between the unrolled rounds (perf-notes v44).
+        const int count = IN % SPLIT == 0 ? CHUNK : end - begin;
 #pragma unroll UNROLL
-            for (int k = 0; k < CHUNK; ++k) {
-                const int i = begin + k;
+        for (int k = 0; k < count; ++k) {
+            const int i = begin + k;
 #pragma unroll
-                for (int p = 0; p < GROUP; ++p) {
-                    if (p >= passes) break;
-                    float w = m[i * OUT + column[p]];
+            for (int p = 0; p < GROUP; ++p) {
+                if (p >= passes) break;
+                float w = m[i * OUT + column[p]];
 #pragma unroll
-                    for (int a = 0; a < ROWS; ++a) acc[p][a] += w * x[a * ld_x + i];
-                }
-            }
-        } else {
-#pragma unroll UNROLL
-            for (int i = begin; i < end; ++i) {
-#pragma unroll
-                for (int p = 0; p < GROUP; ++p) {
-                    if (p >= passes) break;
-                    float w = m[i * OUT + column[p]];
-#pragma unroll
-                    for (int a = 0; a < ROWS; ++a) acc[p][a] += w * x[a * ld_x + i];
-                }
+                for (int a = 0; a < ROWS; ++a) acc[p][a] += w * x[a * ld_x + i];
             }
         }
 #pragma unroll

@@ -119,9 +119,7 @@ fn gpu_trajectory(
         cuda_graph: use_graph,
         ..GpuOptions::default()
     };
-    let mut md = GpuMd::new(model, system, velocities, integrator, skin, options).unwrap();
-    md.initialize().unwrap();
-    md.advance(steps).unwrap();
+    let md = advanced_gpu_md(model, system, velocities, integrator, skin, options, &[steps]);
     assert_eq!(md.use_graph, use_graph, "graph capture must not have fallen back");
     md.snapshot().unwrap()
 }
@@ -196,10 +194,7 @@ fn one_block_rebuild_follows_the_separate_kernels_bit_for_bit() {
     let random = random_model(full_config(), 81);
     let (numbers, positions) = random_structure(40, 7.0, 0.9, None, 82);
     let molecule = system_of(&numbers, positions, None);
-    let trained = PainnModel::load(std::path::Path::new(&project_file(
-        "models/painn-hcno-f128.safetensors",
-    )))
-    .unwrap();
+    let trained = trained_model();
     let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
     let langevin = Integrator::Langevin {
         timestep_fs: 0.5,
@@ -220,12 +215,8 @@ fn one_block_rebuild_follows_the_separate_kernels_bit_for_bit() {
                 cuda_graph,
                 ..GpuOptions::default()
             };
-            let mut md = GpuMd::new(model, system, &velocities, integrator, 0.05, options).unwrap();
+            let md = advanced_gpu_md(model, system, &velocities, integrator, 0.05, options, &[1, 9, 50]);
             assert_eq!(md.one_block_rebuild(), one_block_rebuild, "{what}: the path asked for");
-            md.initialize().unwrap();
-            for chunk in [1, 9, 50] {
-                md.advance(chunk).unwrap();
-            }
             assert_eq!(md.use_graph, cuda_graph, "{what}: graph capture");
             md.snapshot().unwrap()
         };

@@ -12,7 +12,6 @@ use mdrun::gpu::cluster::{AUTO_MAX_ATOMS, MAX_ATOMS};
 use mdrun::gpu::md::{evaluate_with, GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::integrate::{maxwell_boltzmann, Integrator};
-use mdrun::model::PainnModel;
 use mdrun::system::System;
 
 static CHECKS: std::sync::Once = std::sync::Once::new();
@@ -59,10 +58,7 @@ fn one_cluster_kernel_matches_cpu_on_random_molecules() {
 #[ignore = "needs a CUDA device"]
 fn one_cluster_kernel_agrees_with_the_fused_kernels_on_shipped_molecules() {
     with_kernel_checks();
-    let model = PainnModel::load(std::path::Path::new(&project_file(
-        "models/painn-hcno-f128.safetensors",
-    )))
-    .unwrap();
+    let model = trained_model();
     for name in ["water.xyz", "ethanol.xyz", "benzene.xyz"] {
         let system = System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap();
         let (e_cl, f_cl) = evaluate_with(&model, &system, with(KernelVariant::Cluster)).unwrap();
@@ -111,12 +107,9 @@ fn md_step_fused_into_the_kernel_follows_the_integrator_kernels() {
                 cuda_graph,
                 ..GpuOptions::default()
             };
-            let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 1.0, options).unwrap();
-            md.initialize().unwrap();
-            for chunk in [1, 7, 1, 31] {
-                md.advance(chunk).unwrap();
-            }
-            md.snapshot().unwrap()
+            advanced_gpu_md(&model, &system, &velocities, &integrator, 1.0, options, &[1, 7, 1, 31])
+                .snapshot()
+                .unwrap()
         };
         let launched = run(false, true);
         for (inside, how) in [(run(true, true), "graph"), (run(true, false), "plain launches")] {

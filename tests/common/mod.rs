@@ -209,6 +209,32 @@ pub fn random_periodic_system(n: usize, cell: Cell, seed: u64) -> System {
 }
 
 /// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
+/// The shipped trained student (models/painn-hcno-f128.safetensors).
+pub fn trained_model() -> PainnModel {
+    PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-hcno-f128.safetensors",
+    )))
+    .unwrap()
+}
+
+/// A GPU MD engine with `options`, initialized, then advanced by each of `chunks` steps in turn.
+pub fn advanced_gpu_md(
+    model: &PainnModel,
+    system: &System,
+    velocities: &[Vec3],
+    integrator: &Integrator,
+    skin: f64,
+    options: GpuOptions,
+    chunks: &[u64],
+) -> GpuMd {
+    let mut md = GpuMd::new(model, system, velocities, integrator, skin, options).unwrap();
+    md.initialize().unwrap();
+    for &chunk in chunks {
+        md.advance(chunk).unwrap();
+    }
+    md
+}
+
 pub fn compare_gpu_with_cpu(model: &PainnModel, system: &System) -> (f64, f64) {
     let options = GpuOptions {
         cuda_graph: false,
@@ -233,10 +259,7 @@ pub fn compare_gpu_with_cpu_using(model: &PainnModel, system: &System, options: 
 /// molecule (all-pairs search, scalar messages, clusters of dense blocks) under NVE, with a skin
 /// small enough that the neighbor rows are rebuilt inside the run. Needs a CUDA device.
 pub fn assert_programmatic_launches_follow_ordinary_launches() {
-    let trained = PainnModel::load(std::path::Path::new(&project_file(
-        "models/painn-hcno-f128.safetensors",
-    )))
-    .unwrap();
+    let trained = trained_model();
     let water = System::read(std::path::Path::new(&project_file("systems/waterbox_64_eq.xyz")), None).unwrap();
     let random = random_model(full_config(), 61);
     let (numbers, positions) = random_structure(20, 6.0, 0.9, None, 62);
@@ -260,11 +283,7 @@ pub fn assert_programmatic_launches_follow_ordinary_launches() {
                 cuda_graph,
                 ..GpuOptions::default()
             };
-            let mut md = GpuMd::new(model, system, &velocities, integrator, 0.05, options).unwrap();
-            md.initialize().unwrap();
-            for chunk in [1, 7, 1, 31] {
-                md.advance(chunk).unwrap();
-            }
+            let md = advanced_gpu_md(model, system, &velocities, integrator, 0.05, options, &[1, 7, 1, 31]);
             // A failed capture falls back to plain launches: the graph case must be a graph.
             assert_eq!(md.use_graph, cuda_graph, "{what}: graph capture");
             (md.programmatic_launch(), md.snapshot().unwrap())
