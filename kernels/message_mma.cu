@@ -427,7 +427,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
             for (int e = 0; e < 2; ++e) {
                 const int q = 8 * tile + 2 * t + e;
                 const float4 rv = g.r[q];
-                const float inv_d = 1.0f / rv.w;
+                const float inv_d = rv.w;
                 const float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
                 ChannelState other[2];
                 load_channel_pair(other, g.j[q], c, grad_q, grad_mu, mu_in, x);

@@ -120,11 +120,11 @@ __device__ __forceinline__ float3 filter_at(const float* ws, const float* wr, co
     return f;
 }
 
-// One pair's message to channel c of the receiver (filter f, cutoff fc, r = (r_ij, d)): the
+// One pair's message to channel c of the receiver (filter f, cutoff fc, r = (r_ij, 1/d)): the
 // scalar part onto dq, the vector part φ_R x_R r̂ + φ_v x_v μ_j onto dm.
 __device__ __forceinline__ void add_message(float3 f, float fc, float4 r, float xs, float xr, float xv, float mu0,
                                             float mu1, float mu2, float& dq, float dm[3]) {
-    float inv_d = 1.0f / r.w;
+    const float inv_d = r.w;
     dq += f.x * fc * xs;
     float radial = f.y * fc * xr * inv_d, vector = f.z * fc * xv;
     dm[0] += radial * r.x + vector * mu0;
@@ -271,12 +271,12 @@ template <int CHUNK>
 struct ChunkPairs {
     int j[CHUNK];
     int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
-    float4 r[CHUNK];    // r (Å) and d
+    float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹): one division per pair, not one per pair and channel
     float2 cut[CHUNK];  // cosine cutoff and its derivative at d
     __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
         j[k] = neighbor;
         slot[k] = position;
-        r[k] = make_float4(v.x, v.y, v.z, d);
+        r[k] = make_float4(v.x, v.y, v.z, 1.0f / d);
         float fc, dfc;
         cosine_cutoff(d, cutoff, fc, dfc);
         cut[k] = make_float2(fc, dfc);
@@ -830,7 +830,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
         // Pair q of the chunk; returns its (∂E/∂d, ∂E/∂r̂) term of this thread's channel.
         auto pair = [&](int q) {
             float4 rv = g.r[q];
-            float inv_d = 1.0f / rv.w;
+            float inv_d = rv.w;
             float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
             size_t b = g.j[q];
             ChannelState other;
