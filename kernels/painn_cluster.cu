@@ -526,7 +526,10 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
         if (item) {
             const ChannelFilter w = owned_filter(S, layer, jc);
             for (int s = ps; s < S.pcount[ia]; s += PSPLIT) {
-                float4 r = S.pr[ia][s];
+                // add_message takes (r, 1/d); this kernel's pair table keeps d (its backward and
+                // pair forces read it).
+                const float4 rd = S.pr[ia][s];
+                const float4 r = make_float4(rd.x, rd.y, rd.z, 1.0f / rd.w);
                 int j = S.pj[ia][s];
                 const float fc = S.pcut[ia][s].x;
                 float phi[NK];
