@@ -69,10 +69,14 @@ __device__ __forceinline__ double3 image_shift(const Cell& cell, int3 n) {
 }
 
 // r_ij = R_j − R_i + shift, formed in f64 and rounded once.
-__device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, const Cell& cell, int3 image) {
+__device__ __forceinline__ float3 pair_vector(double3 pos_i, const double* pos, int j, const Cell& cell, int3 image) {
     double3 s = image_shift(cell, image);
-    return make_float3((float)(pos[3 * j] - pos[3 * i] + s.x), (float)(pos[3 * j + 1] - pos[3 * i + 1] + s.y),
-                       (float)(pos[3 * j + 2] - pos[3 * i + 2] + s.z));
+    return make_float3((float)(pos[3 * j] - pos_i.x + s.x), (float)(pos[3 * j + 1] - pos_i.y + s.y),
+                       (float)(pos[3 * j + 2] - pos_i.z + s.z));
+}
+
+__device__ __forceinline__ float3 pair_vector(const double* pos, int i, int j, const Cell& cell, int3 image) {
+    return pair_vector(make_double3(pos[3 * i], pos[3 * i + 1], pos[3 * i + 2]), pos, j, cell, image);
 }
 
 // Threads per output in the per-atom dense layers: a block of SPLIT·NF threads computes NF outputs

@@ -258,6 +258,11 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
     return compact_chunk<CHUNK, 8>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, pad);
 }
 
+// 1/x for x an exact power of two with a normal reciprocal (the filter's scales): the exponent
+// negated in the bits, exact and without the branch of an IEEE division, whose slow path kept the
+// loads after it from going out with those before (perf-notes v48).
+__device__ __forceinline__ float power_of_two_reciprocal(float x) { return __int_as_float((254 << 23) - __float_as_int(x)); }
+
 // The filter parts (s, R, v) of channel c + ch (accumulator row g + 8·ch) at the lane's pair e
 // (column 2t + e): the scaled product times `unscale`, plus `bias` (of channels c, c + 1).
 __device__ __forceinline__ float3 tile_filter(const float (&acc)[3][4], int ch, int e, float unscale,
@@ -298,12 +303,16 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     WarpFilter w;
     w.load(filter, c, lane);
     wait_for_previous_kernels();
-    clear_pair_gradients(pair_grad_to_clear, nb, i, slice);
-    const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);  // exact: powers of two
+    const int count = nb.count[i];
+    // Atom i's own features, read with the row (as in message_forward).
+    const float2 qi = load2(q_in + (size_t)i * NF + c);
+    float2 mi[3];
+    for (int k = 0; k < 3; ++k) mi[k] = load2(mu_in + (size_t)i * 3 * NF + k * NF + c);
+    const float unscale = power_of_two_reciprocal(filter.weight_scale * filter.phi_scale);
     const float cutoff2 = filter.cutoff * filter.cutoff;
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
-    int begin = i * nb.capacity, end = begin + nb.count[i];
-    for (int chunk = begin; chunk < end; chunk += CHUNK) {
+    int begin = i * nb.capacity, end = begin + count;
+    for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK) {  // as in message_forward
         const int n = load_mma_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
         for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
             Halves phi;
@@ -327,6 +336,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
         }
         __syncthreads();  // before the next chunk overwrites g
     }
+    clear_pair_gradients(pair_grad_to_clear, nb, i, slice, count);
 #pragma unroll
     for (int ch = 0; ch < 2; ++ch) {
         dq[ch] = sum_over_pairs(dq[ch]);
@@ -347,12 +357,10 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
             }
     }
     if (t != 0) return;
-    const float2 qi = load2(q_in + (size_t)i * NF + c);
     *reinterpret_cast<float2*>(q_out + (size_t)i * NF + c) = make_float2(qi.x + dq[0], qi.y + dq[1]);
     for (int k = 0; k < 3; ++k) {
         const size_t at = (size_t)i * 3 * NF + k * NF + c;
-        const float2 mi = load2(mu_in + at);
-        *reinterpret_cast<float2*>(mu_out + at) = make_float2(mi.x + dm[0][k], mi.y + dm[1][k]);
+        *reinterpret_cast<float2*>(mu_out + at) = make_float2(mi[k].x + dm[0][k], mi[k].y + dm[1][k]);
     }
 }
 
@@ -399,15 +407,15 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     w.load(filter, c, lane);
     wait_for_previous_kernels();
     // Exact: powers of two. ∂(filter)/∂d has no bias.
-    const float unscale = 1.0f / (filter.weight_scale * filter.phi_scale);
-    const float unscale_d = 1.0f / (filter.weight_scale * filter.dphi_scale);
+    const float unscale = power_of_two_reciprocal(filter.weight_scale * filter.phi_scale);
+    const float unscale_d = power_of_two_reciprocal(filter.weight_scale * filter.dphi_scale);
     const float2 no_bias[3] = {make_float2(0.f, 0.f), make_float2(0.f, 0.f), make_float2(0.f, 0.f)};
     const float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self[2];  // atom a, channels c and c + 1
     load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);
     float gx[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}}, gmu[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
     int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int chunk = begin; chunk < end; chunk += CHUNK) {
+    for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK) {  // as in message_forward
         const int n = load_mma_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
         for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
             float f[3][4], df[3][4];

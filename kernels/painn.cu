@@ -329,7 +329,10 @@ __host__ __device__ constexpr int message_chunk(bool backward) {
 // k-th pair inside calls store(k, j, slot, r, d) (slot: its position in the chunk), then thread k
 // calls pad(k) for k from the count up to the next multiple of PAD. The block's first CHUNK
 // threads take one candidate each; every thread must call it. Ends with a barrier; returns the
-// number of pairs inside.
+// number of pairs inside. The candidate's neighbor index and image, and atom i's position, are
+// read before the row's count is needed: a row holds nb.capacity entries, so those reads stay in
+// bounds, and they go out in the same round of latency as the count's, not one after it
+// (perf-notes v48); entries past `end` are not used.
 template <int CHUNK, int PAD, class Store, class Pad>
 __device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos, const Cell& cell,
                                              const Neighbors& nb, int i, int chunk, int end, float cutoff2,
@@ -338,11 +341,16 @@ __device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos,
     int t = threadIdx.x, p = chunk + t, lane = t & 31, warp = t >> 5;
     bool inside = false;
     int j = 0;
+    int3 image = make_int3(0, 0, 0);
+    if (t < CHUNK && p < (i + 1) * nb.capacity) {
+        j = nb.j[p];
+        image = nb.image[p];
+    }
+    const double3 pos_i = make_double3(pos[3 * i], pos[3 * i + 1], pos[3 * i + 2]);
     float3 r = make_float3(0.f, 0.f, 0.f);
     float d2 = 0.f;
     if (t < CHUNK && p < end) {
-        j = nb.j[p];
-        r = pair_vector(pos, i, j, cell, nb.image[p]);
+        r = pair_vector(pos_i, pos, j, cell, image);
         d2 = r.x * r.x + r.y * r.y + r.z * r.z;
         inside = d2 < cutoff2;
     }
@@ -381,13 +389,16 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
 }
 
 // The first interaction's message kernel zeroes the pair-gradient rows that the backward
-// message kernels then accumulate into (atom i's neighbors, in this block's channel slice), so
-// the step has no memset between its kernels (a memset node would cut the chain of programmatic
-// launches; perf-notes v36). Null: nothing to clear.
-__device__ __forceinline__ void clear_pair_gradients(float4* pair_grad, const Neighbors& nb, int i, int slice) {
+// message kernels then accumulate into (atom i's `count` neighbors, in this block's channel
+// slice), so the step has no memset between its kernels (a memset node would cut the chain of
+// programmatic launches; perf-notes v36). Null: nothing to clear. Called after the pair loop:
+// before it, its stores (which might alias the neighbor rows, for all the compiler knows) kept
+// the row's loads from going out early (perf-notes v48).
+__device__ __forceinline__ void clear_pair_gradients(float4* pair_grad, const Neighbors& nb, int i, int slice,
+                                                     int count) {
     if (pair_grad == nullptr) return;
     float4* row = pair_grad + ((size_t)slice * (gridDim.x / CHANNEL_SLICES) + i) * nb.capacity;
-    for (int k = threadIdx.x; k < nb.count[i]; k += blockDim.x) row[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k = threadIdx.x; k < count; k += blockDim.x) row[k] = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
 // Interaction: radial basis, cutoff, filter, message and aggregation over the neighbors of
@@ -408,12 +419,18 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     ChannelFilter w;
     w.load(filter, c);
     wait_for_previous_kernels();
-    clear_pair_gradients(pair_grad_to_clear, nb, i, blockIdx.x % CHANNEL_SLICES);
+    const int count = nb.count[i];
+    // Atom i's own features, read with the row (not after the pair loop, a round of their own).
+    const float q_old = q_in[i * NF + c];
+    float mu_old[3];
+    for (int k = 0; k < 3; ++k) mu_old[k] = mu_in[(size_t)i * 3 * NF + k * NF + c];
     float cutoff2 = filter.cutoff * filter.cutoff;
     float dq = 0.f, dm[3] = {0.f, 0.f, 0.f};
     const float3 bias = w.bias();
-    int begin = i * nb.capacity, end = begin + nb.count[i];
-    for (int chunk = begin; chunk < end; chunk += FORWARD_CHUNK) {
+    int begin = i * nb.capacity, end = begin + count;
+    // The first chunk runs whatever the count (an empty row has no pairs inside), so that its
+    // loads need not wait for the count (compact_chunk).
+    for (int chunk = begin; chunk == begin || chunk < end; chunk += FORWARD_CHUNK) {
         int n = load_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
 #pragma unroll 4
         for (int q = ps; q < n; q += PAIR_SPLIT) {
@@ -426,6 +443,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
         }
         __syncthreads();  // before the next chunk overwrites g
     }
+    clear_pair_gradients(pair_grad_to_clear, nb, i, blockIdx.x % CHANNEL_SLICES, count);
     if (PAIR_SPLIT > 1) {
         if (ps > 0) {
             partial[ps - 1][0][local] = dq;
@@ -438,10 +456,9 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
             for (int k = 0; k < 3; ++k) dm[k] += partial[s][k + 1][local];
         }
     }
-    q_out[i * NF + c] = q_in[i * NF + c] + dq;
-    const float* mi = mu_in + (size_t)i * 3 * NF;
+    q_out[i * NF + c] = q_old + dq;
     float* mo = mu_out + (size_t)i * 3 * NF;
-    for (int k = 0; k < 3; ++k) mo[k * NF + c] = mi[k * NF + c] + dm[k];
+    for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_old[k] + dm[k];
 }
 
 struct MixingWeights {
@@ -825,7 +842,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     const float3 bias = w.bias();
     float gx[3] = {0.f, 0.f, 0.f}, gmu[3] = {0.f, 0.f, 0.f};
     int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int chunk = begin; chunk < end; chunk += BACKWARD_CHUNK) {
+    for (int chunk = begin; chunk == begin || chunk < end; chunk += BACKWARD_CHUNK) {  // as in message_forward
         int n = load_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
         // Pair q of the chunk; returns its (∂E/∂d, ∂E/∂r̂) term of this thread's channel.
         auto pair = [&](int q) {
