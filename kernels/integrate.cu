@@ -69,9 +69,17 @@ __device__ __forceinline__ void first_half_atom(int a, double* pos, double* vel,
 }
 
 // Atom a's closing half kick with the new forces.
+// v += dt/2 · F/m on one atom's velocity in registers (inv_mass: acc/m).
+__device__ __forceinline__ void half_kick(double (&v)[3], const float (&force)[3], float dt, float inv_mass) {
+    double s = 0.5 * dt * inv_mass;
+    for (int k = 0; k < 3; ++k) v[k] += s * force[k];
+}
+
 __device__ __forceinline__ void second_half_atom(int a, double* vel, const float* force, const Integration& in) {
-    double s = 0.5 * in.dt * in.inv_mass[a];
-    for (int k = 0; k < 3; ++k) vel[3 * a + k] += s * force[3 * a + k];
+    double v[3] = {vel[3 * a], vel[3 * a + 1], vel[3 * a + 2]};
+    const float f[3] = {force[3 * a], force[3 * a + 1], force[3 * a + 2]};
+    half_kick(v, f, in.dt, in.inv_mass[a]);
+    for (int k = 0; k < 3; ++k) vel[3 * a + k] = v[k];
 }
 
 // The Verlet list's displacement check (the same struct on the host, src/gpu/params.rs), done by
@@ -109,6 +117,32 @@ extern "C" __global__ void second_half(double* vel, const float* force, Integrat
     if (a == 0) *step_counter += 1;
     if (a >= n_atoms) return;
     second_half_atom(a, vel, force, in);
+}
+
+// An MD step's last kernel where the forces come from the fused kernels: pair_forces and the
+// closing half kick in one launch (one kernel fewer per step, perf-notes v49). The same
+// arithmetic as pair_forces then second_half: the kick reads the force this thread has just
+// stored.
+extern "C" __global__ void pair_forces_and_second_half(const double* pos, Cell cell, Neighbors nb, float cutoff,
+                                                       const float4* pair_grad, float* forces, int n_atoms,
+                                                       double* vel, Integration in, u64* step_counter) {
+    follow_previous_kernels();
+    int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (a >= n_atoms) return;  // whole warps leave together
+    // The kick's inputs that do not depend on the force, read before the pair loop.
+    const float inv_mass = in.inv_mass[a];
+    double v[3];
+    for (int k = 0; k < 3; ++k) v[k] = vel[3 * a + k];
+    const float3 f = force_from_pairs(a, lane, pos, cell, nb, cutoff, pair_grad, n_atoms);
+    if (lane == 0) {
+        const float force[3] = {f.x, f.y, f.z};
+        half_kick(v, force, in.dt, inv_mass);
+        for (int k = 0; k < 3; ++k) {
+            forces[3 * a + k] = force[k];
+            vel[3 * a + k] = v[k];
+        }
+        if (a == 0) *step_counter += 1;
+    }
 }
 
 // Potential energy, kinetic energy and thermostat heat (eV) in f64: one block of 256 threads,

@@ -894,11 +894,12 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
 // ∂E/∂r = g_d r̂ + (g_u − (g_u·r̂) r̂)/d, each gradient the sum of the CHANNEL_SLICES slices in a
 // fixed order. One warp per atom, lanes over its pairs (one round of load latency per 32 pairs
 // instead of one per pair), summed in a fixed order.
-extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
-                                       const float4* pair_grad, float* forces, int n_atoms) {
-    follow_previous_kernels();
-    int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (a >= n_atoms) return;  // whole warps leave together
+// Atom a's force from its pairs' gradients (the pair and its reverse, over the channel slices):
+// one warp per atom, the total in lane 0. Shared by pair_forces and, in an MD step, the kernel that
+// also gives the closing half kick (integrate.cu).
+__device__ __forceinline__ float3 force_from_pairs(int a, int lane, const double* pos, const Cell& cell,
+                                                   const Neighbors& nb, float cutoff, const float4* pair_grad,
+                                                   int n_atoms) {
     float cutoff2 = cutoff * cutoff;
     float fx = 0.f, fy = 0.f, fz = 0.f;
     int begin = a * nb.capacity, end = begin + nb.count[a];
@@ -925,9 +926,18 @@ extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors n
         fy += __shfl_down_sync(0xffffffffu, fy, offset);
         fz += __shfl_down_sync(0xffffffffu, fz, offset);
     }
+    return make_float3(fx, fy, fz);
+}
+
+extern "C" __global__ void pair_forces(const double* pos, Cell cell, Neighbors nb, float cutoff,
+                                       const float4* pair_grad, float* forces, int n_atoms) {
+    follow_previous_kernels();
+    int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (a >= n_atoms) return;  // whole warps leave together
+    const float3 f = force_from_pairs(a, lane, pos, cell, nb, cutoff, pair_grad, n_atoms);
     if (lane == 0) {
-        forces[3 * a] = fx;
-        forces[3 * a + 1] = fy;
-        forces[3 * a + 2] = fz;
+        forces[3 * a] = f.x;
+        forces[3 * a + 1] = f.y;
+        forces[3 * a + 2] = f.z;
     }
 }

@@ -6,7 +6,8 @@ use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::neighbors::GpuNeighbors;
 use super::params::{
-    ContextBackParams, FilterParams, MixingBackParams, MixingCacheParams, MixingParams, ReadoutParams,
+    ContextBackParams, FilterParams, IntegrationParams, MixingBackParams, MixingCacheParams, MixingParams,
+    ReadoutParams,
 };
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
@@ -269,6 +270,16 @@ pub struct GpuPainn {
     mixing_backward: CudaFunction,
     message_backward: CudaFunction,
     pair_forces: CudaFunction,
+    pair_forces_and_second_half: CudaFunction,
+}
+
+/// What an MD step's closing half kick needs, where the fused kernels give it in their last
+/// launch (`pair_forces_and_second_half`, perf-notes v49): the velocities (Å/fs), the integrator
+/// and the step counter it advances.
+pub struct ClosingKick<'a> {
+    pub velocities: &'a Buffer<f64>,
+    pub integration: &'a IntegrationParams,
+    pub step: &'a Buffer<u64>,
 }
 
 /// The kernel sizes a model needs, or why the GPU path cannot run it.
@@ -315,6 +326,7 @@ impl GpuPainn {
             mixing_backward: gpu.function("mixing_backward")?,
             message_backward: gpu.function(sizes.message_kernels().1)?,
             pair_forces: gpu.function("pair_forces")?,
+            pair_forces_and_second_half: gpu.function("pair_forces_and_second_half")?,
         };
         embed(gpu, model, &painn.net)?;
         if sizes.message_mma {
@@ -339,6 +351,17 @@ impl GpuPainn {
 
     /// Launches the whole evaluation: per-atom energies into `atom_energy`, forces into `forces`.
     pub fn enqueue(&mut self, gpu: &Gpu, positions: &Buffer<f64>, neighbors: &GpuNeighbors) -> Result<()> {
+        self.enqueue_with(gpu, positions, neighbors, None)
+    }
+
+    /// The evaluation, then with `kick` the MD step's closing half kick in the same last launch.
+    pub fn enqueue_with(
+        &mut self,
+        gpu: &Gpu,
+        positions: &Buffer<f64>,
+        neighbors: &GpuNeighbors,
+        kick: Option<&ClosingKick>,
+    ) -> Result<()> {
         let n = self.net.n_atoms;
         let t_count = self.net.layers.len();
         let per_atom = block_per_item(self.sizes.message_blocks(n), self.sizes.message_threads());
@@ -480,18 +503,28 @@ impl GpuPainn {
                 // The first layer's q is the embedding: no context backward below it.
             }
         }
-        unsafe {
-            gpu.launch(&self.pair_forces)
-                .arg(&positions.ptr)
-                .arg(&cell)
-                .arg(&nb)
-                .arg(&self.net.cutoff)
-                .arg(&self.pair_grad.ptr)
-                .arg(&self.forces.ptr)
-                .arg(&n_atoms)
-                .launch(grid_for(32 * n, 128))
-                .map_err(err("pair_forces"))?;
-        }
+        let kernel = if kick.is_some() {
+            &self.pair_forces_and_second_half
+        } else {
+            &self.pair_forces
+        };
+        let launch = gpu
+            .launch(kernel)
+            .arg(&positions.ptr)
+            .arg(&cell)
+            .arg(&nb)
+            .arg(&self.net.cutoff)
+            .arg(&self.pair_grad.ptr)
+            .arg(&self.forces.ptr)
+            .arg(&n_atoms);
+        let launch = match kick {
+            Some(kick) => launch
+                .arg(&kick.velocities.ptr)
+                .arg(kick.integration)
+                .arg(&kick.step.ptr),
+            None => launch,
+        };
+        unsafe { launch.launch(grid_for(32 * n, 128)) }.map_err(err("pair_forces"))?;
         Ok(())
     }
 }

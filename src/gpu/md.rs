@@ -5,7 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
-use super::forces::kernel_sizes;
+use super::forces::{kernel_sizes, ClosingKick};
 use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::params::{ClusterMdParams, DisplacementCheckParams, IntegrationParams};
@@ -302,8 +302,7 @@ impl GpuMd {
                 &integration,
                 &self.step,
             )?;
-            self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
-            return self.enqueue_second_half(&integration);
+            return self.enqueue_forces_and_second_half(&integration);
         }
         let check = if uses_list {
             self.neighbors.displacement_check()
@@ -326,8 +325,22 @@ impl GpuMd {
         if uses_list {
             self.neighbors.enqueue_rebuild(&self.gpu, &self.positions, &self.step)?;
         }
+        self.enqueue_forces_and_second_half(&integration)
+    }
+
+    /// The forces at the new positions, then the closing half kick: with the fused kernels in
+    /// their last launch (one kernel fewer per step, perf-notes v49), otherwise a kernel of its own.
+    fn enqueue_forces_and_second_half(&mut self, integration: &IntegrationParams) -> Result<()> {
+        if let PainnKernels::Fused(painn) = &mut self.painn {
+            let kick = ClosingKick {
+                velocities: &self.velocities,
+                integration,
+                step: &self.step,
+            };
+            return painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick));
+        }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
-        self.enqueue_second_half(&integration)
+        self.enqueue_second_half(integration)
     }
 
     /// The closing half kick with the new forces; advances the step counter.
