@@ -271,7 +271,7 @@ template <int CHUNK>
 struct ChunkPairs {
     int j[CHUNK];
     int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
-    float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹): one division per pair, not one per pair and channel
+    float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹; d in the tensor-core backward kernel): one division per pair, not per pair and channel
     float2 cut[CHUNK];  // cosine cutoff and its derivative at d
     __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
         j[k] = neighbor;
