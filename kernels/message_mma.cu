@@ -17,6 +17,9 @@
 // and the gathers cost twice the L1 wavefronts). The sums over a lane's pairs run over the 4 lanes
 // of equal g at the end (fixed order: deterministic).
 
+#ifndef MMA_BACKWARD_DIVIDES
+#define MMA_BACKWARD_DIVIDES 0  // 1: the backward kernel's chunk keeps d, not 1/d (from 512 atoms)
+#endif
 #ifndef MMA_PAIR_SPLIT
 #define MMA_PAIR_SPLIT 0  // 0: the tensor-core message kernels are not built
 #endif
@@ -217,10 +220,9 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
                                               float cutoff2) {
     auto store = [&](int k, int j, int slot, float3 r, float d) {
         g.store(k, j, slot, r, d, filter.cutoff);
-        // The backward kernel keeps d and divides per pair (perf-notes v50): with 1/d read from
-        // shared memory, ptxas hoisted more of the pair loop's loads and spilled 104 B (16 before),
-        // which cost 1.5% at 1,536 atoms.
-        if constexpr (BACKWARD) g.r[k].w = d;
+        // From 512 atoms the backward kernel keeps d and divides per pair (MMA_BACKWARD_DIVIDES,
+        // perf-notes v50: reading 1/d, ptxas issues more loads early and spills 104 B).
+        if constexpr (BACKWARD && MMA_BACKWARD_DIVIDES) g.r[k].w = d;
         u32 hi[K_WORDS], lo[K_WORDS], dhi[K_WORDS], dlo[K_WORDS];
 #pragma unroll
         for (int w = 0; w < K_WORDS; ++w) {
@@ -439,7 +441,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
             for (int e = 0; e < 2; ++e) {
                 const int q = 8 * tile + 2 * t + e;
                 const float4 rv = g.r[q];
-                const float inv_d = 1.0f / rv.w;
+                const float inv_d = MMA_BACKWARD_DIVIDES ? 1.0f / rv.w : rv.w;
                 const float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
                 ChannelState other[2];
                 load_channel_pair(other, g.j[q], c, grad_q, grad_mu, mu_in, x);

@@ -20,38 +20,41 @@ use std::sync::Mutex;
 
 static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
-/// (tile, split, cluster, pair split, channel slices, tensor-core messages) shapes: the defaults
-/// below 64 atoms, from 64, from 128 and from 512, odd tiles, clusters of 2, 4 and 8 blocks (blocks
-/// owning 8 to 192 of a layer's outputs, some with idle warps), message kernels with 1, 2 and 4
+/// (tile, split, cluster, pair split, channel slices, tensor-core messages, tensor-core backward
+/// dividing by d) shapes: the defaults below 64 atoms, from 64, from 128 and from 512, odd tiles,
+/// clusters of 2, 4 and 8 blocks (blocks owning 8 to 192 of a layer's outputs, some with idle
+/// warps), the tensor-core backward with 1/d and with d, message kernels with 1, 2 and 4
 /// threads (or warp groups) per channel and 1, 2 and 4 blocks per atom, with the filter products
 /// on tensor cores and in scalar f32 at each size band, and both matvec paths for μ's Cartesian
 /// rows (one matvec over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per
 /// row, tiles 3 and 4).
-const LAYOUTS: [(&str, &str, &str, &str, &str, &str); 15] = [
-    ("1", "4", "4", "4", "4", "1"),
-    ("2", "4", "1", "1", "2", "1"),
-    ("1", "4", "4", "4", "4", "0"),
-    ("2", "4", "1", "4", "4", "1"),
-    ("2", "4", "1", "2", "2", "1"),
-    ("2", "4", "1", "2", "2", "0"),
-    ("2", "4", "1", "1", "1", "1"),
-    ("2", "4", "1", "1", "1", "0"),
-    ("1", "4", "4", "2", "4", "1"),
-    ("1", "4", "1", "4", "1", "0"),
-    ("4", "4", "1", "1", "4", "1"),
-    ("3", "2", "1", "2", "2", "0"),
-    ("4", "4", "4", "1", "1", "1"),
-    ("2", "2", "2", "2", "1", "1"),
-    ("4", "4", "8", "2", "2", "0"),
+type Layout = [&'static str; 7];
+const LAYOUTS: [Layout; 15] = [
+    ["1", "4", "4", "4", "4", "1", "0"],
+    ["2", "4", "1", "1", "2", "1", "1"],
+    ["1", "4", "4", "4", "4", "0", "0"],
+    ["2", "4", "1", "4", "4", "1", "0"],
+    ["2", "4", "1", "2", "2", "1", "0"],
+    ["2", "4", "1", "2", "2", "0", "0"],
+    ["2", "4", "1", "1", "1", "1", "0"],
+    ["2", "4", "1", "1", "1", "0", "0"],
+    ["1", "4", "4", "2", "4", "1", "0"],
+    ["1", "4", "1", "4", "1", "0", "0"],
+    ["4", "4", "1", "1", "4", "1", "0"],
+    ["3", "2", "1", "2", "2", "0", "0"],
+    ["4", "4", "4", "1", "1", "1", "1"],
+    ["2", "2", "2", "2", "1", "1", "0"],
+    ["4", "4", "8", "2", "2", "0", "0"],
 ];
 
-const VARIABLES: [&str; 6] = [
+const VARIABLES: [&str; 7] = [
     "MDRUN_DENSE_TILE",
     "MDRUN_DENSE_SPLIT",
     "MDRUN_DENSE_CLUSTER",
     "MDRUN_PAIR_SPLIT",
     "MDRUN_CHANNEL_SLICES",
     "MDRUN_MESSAGE_MMA",
+    "MDRUN_MMA_BACKWARD_DIVIDES",
 ];
 
 fn check_layouts(model: &PainnModel, system: &System, what: &str) {
@@ -65,15 +68,10 @@ fn check_layouts_within(model: &PainnModel, system: &System, what: &str, force_t
 }
 
 /// The layouts that `keep` accepts, the caller holding ENVIRONMENT.
-fn run_layouts(
-    model: &PainnModel,
-    system: &System,
-    what: &str,
-    force_tolerance: f64,
-    keep: impl Fn(&(&str, &str, &str, &str, &str, &str)) -> bool,
-) {
-    for layout @ (tile, split, cluster, pair_split, slices, mma) in LAYOUTS.into_iter().filter(|l| keep(l)) {
-        for (name, value) in VARIABLES.iter().zip([tile, split, cluster, pair_split, slices, mma]) {
+fn run_layouts(model: &PainnModel, system: &System, what: &str, force_tolerance: f64, keep: impl Fn(&Layout) -> bool) {
+    for layout in LAYOUTS.into_iter().filter(|l| keep(l)) {
+        let [.., mma, divides] = layout;
+        for (name, value) in VARIABLES.iter().zip(layout) {
             std::env::set_var(name, value);
         }
         // The layout asked for is the one that runs (tensor cores where the basis allows them).
@@ -83,6 +81,7 @@ fn run_layouts(
             mma == "1" && model.config.n_rbf <= MMA_MAX_RBF,
             "{what} {layout:?}"
         );
+        assert_eq!(sizes.mma_backward_divides, divides == "1", "{what} {layout:?}");
         let fused = GpuOptions {
             cuda_graph: false,
             kernels: KernelVariant::Fused,
@@ -90,7 +89,7 @@ fn run_layouts(
         };
         let (e, f) = compare_gpu_with_cpu_using(model, system, fused);
         eprintln!(
-            "{what}: (tile, split, cluster, pair split, channel slices, mma) {layout:?}: \
+            "{what}: (tile, split, cluster, pair split, channel slices, mma, divides) {layout:?}: \
              energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å"
         );
         assert!(e <= 1e-5 && f <= force_tolerance, "{what} {layout:?}: {e:e} {f:e}");
@@ -132,7 +131,7 @@ fn every_cluster_layout_matches_the_cpu_with_blocks_held_back_after_each_matvec(
             &system_of(&numbers, positions, None),
             &format!("blocks held back, F = 128, seed {seed}"),
             1e-4,
-            |&(_, _, cluster, ..)| cluster != "1",
+            |&[_, _, cluster, ..]| cluster != "1",
         );
     }
     std::env::remove_var("MDRUN_KERNEL_CHECKS");

@@ -33,6 +33,7 @@ fn every_kernel_compiles_with_nvrtc() {
         pair_split: 4,
         channel_slices: 1,
         message_mma: false,
+        mma_backward_divides: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         checks: false,
@@ -106,6 +107,7 @@ fn every_kernel_compiles_with_nvrtc() {
             pair_split: 1,
             channel_slices: 1,
             message_mma: true,
+            mma_backward_divides: false,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
             checks: false,
@@ -129,6 +131,13 @@ fn every_kernel_compiles_with_nvrtc() {
             pair_split: 1,
             channel_slices: 2,
             message_mma: true,
+            ..student
+        },
+        KernelSizes {
+            pair_split: 1,
+            channel_slices: 2,
+            message_mma: true,
+            mma_backward_divides: true,
             ..student
         },
         KernelSizes {

@@ -45,6 +45,13 @@ pub const MMA_MAX_RBF: usize = 32;
 /// ±2% with tensor cores on the H200: perf-notes v31), so they stay the default there.
 pub const MMA_MIN_ATOMS: usize = 32;
 
+/// From this many atoms the tensor-core backward kernel divides by d per pair instead of reading
+/// 1/d (perf-notes v50): reading it lets ptxas issue more of the pair loop's loads early, which
+/// wins while one wave of blocks covers the system (99 atoms −2.0 µs, 192 atoms −3.1 on the H200)
+/// but spills 104 B per thread (16 B dividing), which loses once there are many waves (1,536
+/// atoms +20 µs, 12,288 atoms +45).
+pub const MMA_BACKWARD_DIVIDES_FROM_ATOMS: usize = 512;
+
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
@@ -72,6 +79,9 @@ pub struct KernelSizes {
     /// The message kernels' filter products on tensor cores in split half precision
     /// (kernels/message_mma.cu; compute capability 8.0 on, radial bases up to 32 functions).
     pub message_mma: bool,
+    /// The tensor-core backward kernel keeps d per pair and divides (true) or reads 1/d (false):
+    /// MMA_BACKWARD_DIVIDES_FROM_ATOMS.
+    pub mma_backward_divides: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
@@ -99,7 +109,8 @@ impl KernelSizes {
     /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_CLUSTER_MATVEC_W and MDRUN_PDL_EARLY_TRIGGER override, for
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W and
+    /// MDRUN_PDL_EARLY_TRIGGER override, for
     /// experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
@@ -163,6 +174,8 @@ impl KernelSizes {
             pair_split,
             channel_slices,
             message_mma,
+            mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES")
+                .map_or(n_atoms >= MMA_BACKWARD_DIVIDES_FROM_ATOMS, |v| v != 0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
@@ -223,6 +236,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
                 "-DMMA_PAIR_SPLIT={}",
                 if sizes.message_mma { sizes.pair_split } else { 0 }
             ),
+            format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
             format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
             format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
             "--std=c++17".into(),
