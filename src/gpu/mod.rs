@@ -500,6 +500,14 @@ mod tests {
     }
 
     #[test]
+    fn the_tensor_core_backward_divides_from_512_atoms() {
+        // perf-notes v50: 1/d read while one wave covers the system, d divided from 512 atoms on.
+        let divides = |n_atoms| KernelSizes::for_system(128, 20, 64, n_atoms).mma_backward_divides;
+        assert!(!divides(51) && !divides(192) && !divides(511));
+        assert!(divides(512) && divides(1_536) && divides(12_288));
+    }
+
+    #[test]
     fn launch_shapes_respect_the_kernels_limits_at_every_width() {
         for features in (32..=512).step_by(32) {
             for (n_atoms, hidden) in [1, 12, 63, 64, 127, 128, 511, 512, 100_000]
