@@ -1,5 +1,6 @@
 //! Every kernel compiles with NVRTC, for the student size and for a small model, for the H100's
-//! architecture, within its per-kernel resource limits. Needs only the NVRTC library, no GPU: CI installs it (`.ci/run`) and sets
+//! architecture, within its per-kernel resource limits, and for the older architectures the GPU
+//! path runs on (sm_75, sm_80, sm_89). Needs only the NVRTC library, no GPU: CI installs it (`.ci/run`) and sets
 //! MDRUN_REQUIRE_NVRTC=1, which turns a missing library into a failure instead of a skip.
 
 use mdrun::gpu::cluster::supports_widths;
@@ -267,6 +268,29 @@ fn every_kernel_compiles_with_nvrtc() {
                 !body.contains("ld.global.nc"),
                 "{kernel} reads through non-coherent loads, which may run before its griddepcontrol.wait ({sizes:?})"
             );
+        }
+    }
+    // The older architectures the GPU path also opens (Gpu::open: thread-block clusters from 9.0,
+    // tensor-core messages from 8.0): code under `__CUDA_ARCH__ >= 800` must not call what only
+    // the sm_90 block of common.cuh defines (a helper's review found one such call, perf-notes v52).
+    for (arch, message_mma) in [("compute_75", false), ("compute_80", true), ("compute_89", true)] {
+        for sizes in [
+            KernelSizes {
+                cluster: 1,
+                message_mma,
+                ..student
+            },
+            KernelSizes {
+                tile: 2,
+                cluster: 1,
+                pair_split: 1,
+                channel_slices: 2,
+                message_mma,
+                mma_backward_divides: true,
+                ..student
+            },
+        ] {
+            compile(sizes, arch).unwrap_or_else(|e| panic!("{sizes:?}, {arch}: {e}"));
         }
     }
 }
