@@ -209,6 +209,9 @@ pub struct Row {
     pub one_block_rebuild: Option<bool>,
     /// The message kernels' filter products ran on tensor cores (split half precision).
     pub message_mma: Option<bool>,
+    /// The tensor-core backward kernel divided by each pair's distance instead of reading 1/d
+    /// (perf-notes v50: from 512 atoms, MDRUN_MMA_BACKWARD_DIVIDES).
+    pub mma_backward_divides: Option<bool>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

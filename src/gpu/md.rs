@@ -237,6 +237,11 @@ impl GpuMd {
         self.painn.message_mma()
     }
 
+    /// Whether the tensor-core backward kernel divides by each pair's distance (perf-notes v50).
+    pub fn mma_backward_divides(&self) -> bool {
+        self.painn.mma_backward_divides()
+    }
+
     /// Whether the step's kernels run as programmatic dependent launches.
     /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).
     pub fn one_block_rebuild(&self) -> bool {

@@ -92,6 +92,11 @@ impl PainnKernels {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma)
     }
 
+    /// Whether the tensor-core backward kernel divides by d instead of reading 1/d (perf-notes v50).
+    pub fn mma_backward_divides(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma && painn.sizes.mma_backward_divides)
+    }
+
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
     pub fn uses_neighbor_list(&self) -> bool {
         !matches!(self, PainnKernels::Cluster(_))
