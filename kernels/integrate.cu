@@ -121,8 +121,7 @@ extern "C" __global__ void second_half(double* vel, const float* force, Integrat
 
 // An MD step's last kernel where the forces come from the fused kernels: pair_forces and the
 // closing half kick in one launch (one kernel fewer per step, perf-notes v49). The same
-// arithmetic as pair_forces then second_half: the kick reads the force this thread has just
-// stored.
+// arithmetic as pair_forces then second_half, the force kept in registers for the kick.
 extern "C" __global__ void pair_forces_and_second_half(const double* pos, Cell cell, Neighbors nb, float cutoff,
                                                        const float4* pair_grad, float* forces, int n_atoms,
                                                        double* vel, Integration in, u64* step_counter) {

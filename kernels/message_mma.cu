@@ -219,10 +219,9 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
                                               const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
                                               float cutoff2) {
     auto store = [&](int k, int j, int slot, float3 r, float d) {
-        g.store(k, j, slot, r, d, filter.cutoff);
         // From 512 atoms the backward kernel keeps d and divides per pair (MMA_BACKWARD_DIVIDES,
         // perf-notes v50: reading 1/d, ptxas issues more loads early and spills 104 B).
-        if constexpr (BACKWARD && MMA_BACKWARD_DIVIDES) g.r[k].w = d;
+        g.template store<!(BACKWARD && MMA_BACKWARD_DIVIDES)>(k, j, slot, r, d, filter.cutoff);
         u32 hi[K_WORDS], lo[K_WORDS], dhi[K_WORDS], dlo[K_WORDS];
 #pragma unroll
         for (int w = 0; w < K_WORDS; ++w) {

@@ -271,12 +271,13 @@ template <int CHUNK>
 struct ChunkPairs {
     int j[CHUNK];
     int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
-    float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹; d in the tensor-core backward kernel): one division per pair, not per pair and channel
+    float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹; d where RECIPROCAL is false): one division per pair, not per pair and channel
     float2 cut[CHUNK];  // cosine cutoff and its derivative at d
+    template <bool RECIPROCAL = true>
     __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
         j[k] = neighbor;
         slot[k] = position;
-        r[k] = make_float4(v.x, v.y, v.z, 1.0f / d);
+        r[k] = make_float4(v.x, v.y, v.z, RECIPROCAL ? 1.0f / d : d);
         float fc, dfc;
         cosine_cutoff(d, cutoff, fc, dfc);
         cut[k] = make_float2(fc, dfc);

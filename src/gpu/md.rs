@@ -242,12 +242,12 @@ impl GpuMd {
         self.painn.mma_backward_divides()
     }
 
-    /// Whether the step's kernels run as programmatic dependent launches.
     /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).
     pub fn one_block_rebuild(&self) -> bool {
         self.one_block_rebuild && self.painn.uses_neighbor_list() && self.neighbors.rebuilds_in_first_half()
     }
 
+    /// Whether the step's kernels run as programmatic dependent launches.
     pub fn programmatic_launch(&self) -> bool {
         self.gpu.programmatic
     }

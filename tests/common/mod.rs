@@ -208,7 +208,6 @@ pub fn random_periodic_system(n: usize, cell: Cell, seed: u64) -> System {
     system_of(&numbers, positions, Some(cell))
 }
 
-/// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
 /// The shipped trained student (models/painn-hcno-f128.safetensors).
 pub fn trained_model() -> PainnModel {
     PainnModel::load(std::path::Path::new(&project_file(
@@ -235,6 +234,7 @@ pub fn advanced_gpu_md(
     md
 }
 
+/// (relative energy error, max abs force error in eV/Å) of the GPU against the CPU reference.
 pub fn compare_gpu_with_cpu(model: &PainnModel, system: &System) -> (f64, f64) {
     let options = GpuOptions {
         cuda_graph: false,
