@@ -204,36 +204,44 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// Channel c's biases of a context network (b1 [F], b2 [3F]). Weights only: no kernel of the step
-// writes them, so the reads may come before wait_for_previous_kernels (DENSE_EARLY_READS).
+// A context network's biases as the threads use them: b1 [F] of hidden unit t mod F, b2 [3F] of
+// this block's channel (the threads of the element-wise steps: t < OWNED). Weights only: no kernel
+// of the step writes them, so the reads may come before wait_for_previous_kernels
+// (DENSE_EARLY_READS).
 struct ContextBias {
     float b1, b2[3];
 };
 
 __device__ __forceinline__ ContextBias context_bias(const float* b1, const float* b2) {
-    const int c = threadIdx.x % NF;
-    return ContextBias{b1[c], {b2[c], b2[NF + c], b2[2 * NF + c]}};
+    const int h = threadIdx.x % NF, c = owned_first() + threadIdx.x % OWNED;
+    return ContextBias{b1[h], {b2[c], b2[NF + c], b2[2 * NF + c]}};
 }
 
-// x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
-// (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
-// pre-activation for the backward pass.
+// Whether channel (or hidden unit) c is this block's to write: every block of a cluster computes
+// the full hidden layers, one block writes each value.
+__device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first()) < (unsigned)OWNED; }
+
+// x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh` (row
+// stride ld_q; this block's channels are enough); `hidden` [TILE][F] and `x_sh` [TILE][3F] are
+// shared scratch. Saves the pre-activation for the backward pass. W1 is split over the
+// cluster by inputs and W2 by outputs: one exchange (Slice).
 __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch,
-                            const MatvecWeights<NF, NF>& w1, const float* w2t, ContextBias bias, float* pre_out,
-                            float* x_out, int a0, int n_atoms) {
-    int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec<TILE>(w1, q_sh, ld_q, hidden, NF, scratch);
-    if (s == 0) {
+                            const MatvecWeights<NF, NF, Slice::Reduced>& w1, const float* w2t, ContextBias bias,
+                            float* pre_out, float* x_out, int a0, int n_atoms) {
+    const int t = threadIdx.x;
+    const Reduced z1 = reduced_matvec<TILE, NF, NF>(w1, q_sh, ld_q, hidden, NF, scratch);
+    if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + bias.b1;
-            if (a0 + a < n_atoms) pre_out[(size_t)(a0 + a) * NF + c] = z;
-            hidden[a * NF + c] = silu(z);
+            float z = z1(a, t) + bias.b1;
+            if (a0 + a < n_atoms && owns(t)) pre_out[(size_t)(a0 + a) * NF + t] = z;
+            hidden[a * NF + t] = silu(z);
         }
     }
     __syncthreads();
-    block_matvec<TILE, NF, 3 * NF>(w2t, hidden, NF, x_sh, 3 * NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NF, 3 * NF, 3>(w2t, hidden, NF, x_sh, 3 * NF, scratch);
+    if (t < OWNED) {
+        const int c = owned_first() + t;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
@@ -248,12 +256,13 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     const ContextBias bias = context_bias(b1, b2);
-    const MatvecWeights<NF, NF> w1(w1t);  // before the wait (perf-notes v46)
+    const MatvecWeights<NF, NF, Slice::Reduced> w1(w1t);  // before the wait (perf-notes v46)
     dense_kernel_start();
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
-    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
-    if (s == 0) {
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x;
+    if (t < OWNED) {
+        const int c = owned_first() + t;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             float q = a0 + a < n_atoms ? embedding[numbers[a0 + a] * NF + c] : 0.f;
@@ -490,7 +499,11 @@ struct Readout {
 
 // Mixing, fused with what follows on the same atoms: the next interaction's context network, or
 // (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
-// blockDim = SPLIT·NF, TILE atoms per block; element-wise work is done by the threads of split 0.
+// blockDim = SPLIT·NF, TILE atoms per block. The element-wise work on channels is done by the
+// threads t < OWNED, for channel owned_first() + t; on hidden units by the threads t < F (H), in
+// every block of a cluster. Three exchanges per layer became one (Slice, perf-notes v54): V and U,
+// and the update network's second layer, are Owned (this block's channels only: what its
+// element-wise steps need); the update network's first layer is Reduced.
 DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
                                           float* q_out, float* mu_out, int last,
                                           // next interaction (last == 0)
@@ -498,7 +511,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
                                           float* n_pre, float* n_x,
                                           // readout (last == 1)
                                           Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, first = owned_first(), c = first + t % OWNED;
     // Biases, the readout's second layer and the atoms' reference energies (weights and elements
     // only: before the wait where DENSE_EARLY_READS).
     ContextBias update_bias, next_bias{};
@@ -506,9 +519,9 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     auto read_update_bias = [&] { update_bias = context_bias(m.b1, m.b2); };
     auto read_next_bias = [&] {
         if (!last) next_bias = context_bias(n_b1, n_b2);
-        if (last && c < NH) {
-            readout_b1 = ro.b1[c];
-            readout_w2 = ro.w2[c];
+        if (last && t < NH) {
+            readout_b1 = ro.b1[t];
+            readout_w2 = ro.w2[t];
         }
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
@@ -519,7 +532,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         read_next_bias();
     }
     // The first matvec's weights before the wait (perf-notes v46).
-    const MatvecWeights<NF, 2 * NF> w_mix(m.mix_t);
+    const MatvecWeights<NF, 2 * NF, Slice::Owned, 2> w_mix(m.mix_t);
     dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], partials[MATVEC_SCRATCH], red[64];
@@ -532,18 +545,19 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
         q[a] = a0 + a < n_atoms ? q_in[(size_t)(a0 + a) * NF + c] : 0.f;
-        if (s == 0) ctx[a * 2 * NF + c] = q[a];
+        if (t < OWNED) ctx[a * 2 * NF + c] = q[a];
     }
     __syncthreads();
-    // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
+    // V and U of this block's channels for every (atom, Cartesian) row: row 3a + k of μ is at
+    // (3a + k)·NF, of vu at (3a + k)·2NF.
     if constexpr (3 * TILE <= MATVEC_ACC) {
-        block_matvec<3 * TILE>(w_mix, mu_sh, NF, vu, 2 * NF, scratch);
+        owned_matvec<3 * TILE, NF, 2 * NF, 2>(w_mix, mu_sh, NF, vu, 2 * NF, scratch);
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k)
-            block_matvec<TILE>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
+            owned_matvec<TILE, NF, 2 * NF, 2>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     }
-    if (s == 0) {
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             const float* v = vu + a * 6 * NF;
@@ -560,19 +574,19 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
+    const Reduced z1 = reduced_matvec<TILE, 2 * NF, NF, 2>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
     if constexpr (!DENSE_EARLY_READS) read_update_bias();
-    if (s == 0) {
+    if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + update_bias.b1;
-            if (a0 + a < n_atoms) cache.pre[(size_t)(a0 + a) * NF + c] = z;
-            hidden[a * NF + c] = silu(z);
+            float z = z1(a, t) + update_bias.b1;
+            if (a0 + a < n_atoms && owns(t)) cache.pre[(size_t)(a0 + a) * NF + t] = z;
+            hidden[a * NF + t] = silu(z);
         }
     }
     __syncthreads();
-    block_matvec<TILE, NF, 3 * NF>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NF, 3 * NF, 3>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             const float* o = out3 + a * 3 * NF;
@@ -596,32 +610,31 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     __syncthreads();
     if constexpr (!DENSE_EARLY_READS) read_next_bias();
     if (!last) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF>(n_w1t), n_w2t, next_bias, n_pre, n_x, a0,
-                    n_atoms);
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF, Slice::Reduced>(n_w1t), n_w2t, next_bias,
+                    n_pre, n_x, a0, n_atoms);
         return;
     }
-    // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
-    block_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
+    // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)): W1 by
+    // inputs, W1ᵀ by outputs, one exchange.
+    const Reduced zr = reduced_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
     float contribution[4] = {0.f, 0.f, 0.f, 0.f};
-    if (s == 0 && c < NH) {
+    if (t < NH) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float zr = hidden[a * NF + c] + readout_b1;
-            contribution[a] = readout_w2 * silu(zr);
-            out3[a * 3 * NF + c] = ro.scale * readout_w2 * silu_grad(zr);
+            float z = zr(a, t) + readout_b1;
+            contribution[a] = readout_w2 * silu(z);
+            out3[a * 3 * NF + t] = ro.scale * readout_w2 * silu_grad(z);
         }
     }
     float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
-    if (t == 0) {
+    if (t == 0 && first == 0) {
         float sums[4] = {total.x, total.y, total.z, total.w};
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
             if (a0 + a < n_atoms) atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + atomref[a];
     }
-    // Into vu, not hidden: with clusters a faster block may send these outputs while this one
-    // still reads hidden above (block_matvec, perf-notes v39).
-    block_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, vu, NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, vu, NF, scratch);
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
@@ -656,7 +669,11 @@ struct MixingBackWeights {
 };
 
 // Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
-// blockDim = SPLIT·NF, TILE atoms per block.
+// blockDim = SPLIT·NF, TILE atoms per block; the threads split the element-wise work as in
+// mixing_forward. Five exchanges became three, two without the context backward (Slice,
+// perf-notes v54): each network's backward mirrors its forward (a layer split by outputs there is
+// split by inputs here, and the other way round), and mixᵀ sends each block only the sums of the
+// channels it owns (Scattered).
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack next_context,
                                            const float* grad_q_out, const float* grad_mu_out, float* grad_q_in,
                                            float* grad_mu_in, int n_atoms) {
@@ -665,12 +682,13 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
     constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
-        out[(MIX_ROWS ? 3 : 2) * TILE * NF], partials[MATVEC_SCRATCH];
+        out[(MIX_ROWS ? 3 : 1) * TILE * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
-    // What this kernel reads of earlier kernels' per-atom outputs (threads of split 0): where
-    // DENSE_EARLY_READS, all of it right after the wait, ahead of the context backward's matvecs;
-    // otherwise just before the mixing backward, as one round.
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, first = owned_first(), c = first + t % OWNED;
+    // What this kernel reads of earlier kernels' per-atom outputs: of channel c (threads
+    // t < OWNED), and the pre-activations of hidden unit t (t < F). Where DENSE_EARLY_READS, all of
+    // it right after the wait, ahead of the context backward's matvecs; otherwise just before the
+    // mixing backward, as one round.
     float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE],
         next_pre[TILE];
     auto read_inputs = [&] {
@@ -679,8 +697,10 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
             gq[a] = a_vv[a] = a_sv[a] = pre[a] = norm[a] = 0.f;
 #pragma unroll
             for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = U[a][k] = 0.f;
-            if (s != 0 || a0 + a >= n_atoms) continue;
+            if (t >= NF || a0 + a >= n_atoms) continue;
             const size_t atom = a0 + a;
+            pre[a] = cache.pre[atom * NF + t];
+            if (t >= OWNED) continue;
             gq[a] = fused ? next_context.grad_q[atom * NF + c] : grad_q_out[atom * NF + c];
             const float* vu = cache.vu + atom * 6 * NF;
 #pragma unroll
@@ -691,41 +711,42 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
             }
             a_vv[a] = cache.a[atom * 3 * NF + NF + c];
             a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
-            pre[a] = cache.pre[atom * NF + c];
             norm[a] = cache.norm[atom * NF + c];
         }
     };
     auto read_next_pre = [&] {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
-            next_pre[a] = fused && s == 0 && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + c] : 0.f;
+            next_pre[a] = fused && t < NF && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + t] : 0.f;
     };
     if constexpr (DENSE_EARLY_READS) {
         read_inputs();
         read_next_pre();
     }
     if (fused) {
-        // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds ∂E/∂x until the mixing
-        // overwrites it), σ', then W1ᵀ into the first F columns of gctx, read below.
-        for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
-            int a = k / (3 * NF);
-            ga[k] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
+        // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds this block's channels of
+        // ∂E/∂x until the mixing overwrites it), σ', then W1ᵀ into the first F columns of gctx,
+        // read below.
+        for (int k = t; k < TILE * 3 * OWNED; k += blockDim.x) {
+            const int a = k / (3 * OWNED), part = k % (3 * OWNED) / OWNED;
+            const int at = a * 3 * NF + part * NF + first + k % OWNED;
+            ga[at] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + at] : 0.f;
         }
         __syncthreads();
-        block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
+        const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
         if constexpr (!DENSE_EARLY_READS) read_next_pre();
-        if (s == 0) {
+        if (t < NF) {
 #pragma unroll
-            for (int a = 0; a < TILE; ++a) gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f;
+            for (int a = 0; a < TILE; ++a) gz[a * NF + t] = gx(a, t) * (a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f);
         }
         __syncthreads();
-        block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
+        owned_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
     }
     if constexpr (!DENSE_EARLY_READS) read_inputs();
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
-        if (s != 0 || a0 + a >= n_atoms) {
-            if (s == 0) {
+        if (t >= OWNED || a0 + a >= n_atoms) {
+            if (t < OWNED) {
                 for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
                 for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
             }
@@ -744,15 +765,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
         }
     }
     __syncthreads();
-    block_matvec<TILE, 3 * NF, NF>(m.a2, ga, 3 * NF, gz, NF, scratch);
-    if (s == 0) {
+    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(m.a2, ga, 3 * NF, gz, NF, scratch);
+    if (t < NF) {
 #pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[a]) : 0.f;
+        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = ha(a, t) * (a0 + a < n_atoms ? silu_grad(pre[a]) : 0.f);
     }
     __syncthreads();
-    block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NF, 2 * NF, 2>(m.a1, gz, NF, gctx, 2 * NF, scratch);
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
@@ -765,25 +785,22 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     __syncthreads();
     // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
     if constexpr (MIX_ROWS) {
-        block_matvec<3 * TILE, 2 * NF, NF>(m.mix, gvu, 2 * NF, out, NF, scratch);
-        if (s == 0) {
+        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(m.mix, gvu, 2 * NF, out, NF, scratch);
+        if (t < OWNED) {
 #pragma unroll
             for (int a = 0; a < TILE; ++a)
                 if (a0 + a < n_atoms)
                     for (int k = 0; k < 3; ++k)
-                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[(3 * a + k) * NF + c];
+                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + gmix(3 * a + k, c);
         }
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            // Alternate halves of `out`: with clusters a faster block may send row k + 1 while
-            // this one still reads row k (block_matvec, perf-notes v39).
-            float* row = out + (k % 2) * TILE * NF;
-            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, row, NF, scratch);
-            if (s == 0) {
+            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            if (t < OWNED) {
 #pragma unroll
                 for (int a = 0; a < TILE; ++a)
-                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + row[a * NF + c];
+                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + gmix(a, c);
             }
         }
     }

@@ -55,12 +55,19 @@ fn every_kernel_compiles_with_nvrtc() {
             checks: true,
             ..student
         },
-        // The largest clusters (8 blocks, each owning 8 to 48 outputs of a layer).
+        // The largest clusters (8 blocks, each owning 16 channels of every layer) at the largest
+        // tile whose partial sums fit the 48 KB of static shared memory (dense_shared_bytes).
         KernelSizes {
-            tile: 4,
+            tile: 2,
             cluster: 8,
             pair_split: 2,
             channel_slices: 2,
+            ..student
+        },
+        // Clusters with an odd tile whose μ rows take one matvec each (3 · TILE > MATVEC_ACC).
+        KernelSizes {
+            tile: 3,
+            cluster: 2,
             ..student
         },
         KernelSizes { rbf: 64, ..student },

@@ -121,23 +121,17 @@ impl KernelSizes {
             .clamp(1, 4)
             .min((512 / features).max(1));
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
-        let mut cluster = env("MDRUN_DENSE_CLUSTER")
+        let wanted_cluster = env("MDRUN_DENSE_CLUSTER")
             .unwrap_or(match n_atoms {
                 0..64 => 4,
                 64..128 => 2,
                 _ => 1,
             })
             .clamp(1, 8);
-        // Each block of a cluster owns cols / cluster outputs of every layer, with a warp for
-        // every 32 of them (kernels/common.cuh, the cluster block_matvec).
-        let widths = [features, 2 * features, 3 * features, readout_hidden];
-        let warps = split * features / 32;
-        if widths
-            .iter()
-            .any(|&w| !w.is_multiple_of(cluster) || (w / cluster).div_ceil(32) > warps)
-        {
-            cluster = 1;
-        }
+        let cluster = (1..=wanted_cluster)
+            .rev()
+            .find(|&c| dense_cluster_fits(features, readout_hidden, split, tile, c))
+            .unwrap_or(1);
         // The message kernels' filter products on tensor cores where the basis fits their
         // registers (perf-notes v31); pair split and channel slices by size band, measured for
         // each kernel pair (scalar: perf-notes v13, v19; tensor cores: v31).
@@ -209,6 +203,37 @@ impl KernelSizes {
     pub fn message_blocks(&self, n_atoms: usize) -> usize {
         n_atoms * self.channel_slices
     }
+}
+
+/// Whether the dense kernels build with clusters of `cluster` blocks: each block owns
+/// features / cluster channels of every layer and computes either its channels of a layer's
+/// outputs or every output over its channels of the inputs, with a warp for every 32 outputs
+/// (kernels/common.cuh, Slice), and the kernels' static shared memory stays within 48 KB.
+fn dense_cluster_fits(features: usize, readout_hidden: usize, split: usize, tile: usize, cluster: usize) -> bool {
+    if cluster == 1 {
+        return true;
+    }
+    let warps = split * features / 32;
+    let owned_widths = [features, 2 * features, 3 * features];
+    let full_widths = [features, readout_hidden];
+    features.is_multiple_of(cluster)
+        && owned_widths.iter().all(|&w| (w / cluster).div_ceil(32) <= warps)
+        && full_widths.iter().all(|&w| w.div_ceil(32) <= warps)
+        && dense_shared_bytes(features, readout_hidden, split, tile, cluster) <= 48 * 1024
+}
+
+/// Static shared memory of the largest dense kernel, mixing_forward (kernels/painn.cu): 15 F
+/// floats per tile atom, the matvec scratch (MATVEC_SCRATCH), 64 floats for its block sums, and
+/// with clusters the two halves of reduce_buffer (REDUCE_FLOATS each) and two barriers.
+pub fn dense_shared_bytes(features: usize, readout_hidden: usize, split: usize, tile: usize, cluster: usize) -> usize {
+    let accumulators = if split * tile <= 8 { 6 } else { tile };
+    let scratch = split * accumulators * features;
+    let reduce = if cluster > 1 {
+        2 * (cluster * tile * features.max(readout_hidden)).max(3 * tile * features)
+    } else {
+        0
+    };
+    4 * (15 * features * tile + scratch + 64 + reduce) + if cluster > 1 { 16 } else { 0 }
 }
 
 fn full_source() -> String {
@@ -524,13 +549,18 @@ mod tests {
                     assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
                     // Dense blocks: at most 512 features × atoms (static shared memory).
                     assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
-                    // Cluster blocks: a warp for every 32 of a layer's outputs they own.
-                    for width in [features, 2 * features, 3 * features, hidden] {
-                        assert!(width.is_multiple_of(s.cluster), "{what}");
-                        assert!(
-                            (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
-                            "{what}"
-                        );
+                    // Cluster blocks: a warp for every 32 outputs of a layer they compute (their
+                    // channels of it, or all of an F- or H-wide one), their shared memory
+                    // within 48 KB.
+                    let warps = s.dense_threads() as usize / 32;
+                    assert!(features.is_multiple_of(s.cluster), "{what}");
+                    for width in [features, 2 * features, 3 * features] {
+                        assert!((width / s.cluster).div_ceil(32) <= warps, "{what}");
+                    }
+                    if s.cluster > 1 {
+                        assert!(features.div_ceil(32) <= warps && hidden.div_ceil(32) <= warps, "{what}");
+                        let bytes = super::dense_shared_bytes(features, hidden, s.split, s.tile, s.cluster);
+                        assert!(bytes <= 48 * 1024, "{what}");
                     }
                     // Tensor-core messages only where their registers hold the basis, in blocks
                     // of at most 512 threads.

@@ -92,6 +92,9 @@ def compile_cubin(nvrtc_path, defines):
         m = re.search(r"Used (\d+) registers", line)
         if m and kernel:
             usage.setdefault(kernel, []).append(f"{m.group(1)} registers")
+        m = re.search(r"(\d+) bytes smem", line)
+        if m and kernel:
+            usage.setdefault(kernel, []).append(f"{m.group(1)} B shared")
         m = re.search(r"(\d+) bytes spill stores", line)
         if m and kernel and m.group(1) != "0":
             usage.setdefault(kernel, []).append(f"{m.group(1)} B spilled")
@@ -182,6 +185,7 @@ def main():
     ap.add_argument("--trace", help="one kernel: its loads and waits up to its first barrier")
     ap.add_argument("--nvrtc", help="path of libnvrtc.so.13")
     ap.add_argument("--nvdisasm", help="path of nvdisasm")
+    ap.add_argument("--dump", help="directory: write each selected kernel's instructions to <kernel>.sass (for diffs)")
     args = ap.parse_args()
     defines = dict(DEFAULTS)
     for d in args.define:
@@ -201,9 +205,14 @@ def main():
         trace(code[args.trace])
         return
     pattern = re.compile(args.kernels)
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
     for name in sorted(code):
         if pattern.search(name):
             print(f"{name} ({', '.join(usage.get(name, []))}): {rounds(code[name])}")
+            if args.dump:
+                with open(os.path.join(args.dump, f"{name}.sass"), "w") as out:
+                    out.write("\n".join(code[name]) + "\n")
 
 
 if __name__ == "__main__":
