@@ -480,13 +480,6 @@ struct MixingWeights {
     float epsilon;
 };
 
-struct MixingCache {
-    float* vu;    // [N, 3, 2F]: V (first F) and U per Cartesian row
-    float* norm;  // [N, F]
-    float* pre;   // [N, F]
-    float* a;     // [N, 3F]
-};
-
 struct Readout {
     const float* w1t;  // [F, H]
     const float* b1;   // [H]
@@ -497,20 +490,137 @@ struct Readout {
     const int* numbers;
 };
 
-// Mixing, fused with what follows on the same atoms: the next interaction's context network, or
-// (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
-// blockDim = SPLIT·NF, TILE atoms per block. The element-wise work on channels is done by the
-// threads t < OWNED, for channel owned_first() + t; on hidden units by the threads t < F (H), in
-// every block of a cluster. Three exchanges per layer became one (Slice, perf-notes v54): V and U,
-// and the update network's second layer, are Owned (this block's channels only: what its
-// element-wise steps need); the update network's first layer is Reduced.
-DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
-                                          float* q_out, float* mu_out, int last,
-                                          // next interaction (last == 0)
-                                          const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
-                                          float* n_pre, float* n_x,
-                                          // readout (last == 1)
-                                          Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
+struct MixingCache {
+    float* vu;    // [N, 3, 2F]: V (first F) and U per Cartesian row
+    float* norm;  // [N, F]
+    float* pre;   // [N, F]
+    float* a;     // [N, 3F]
+};
+
+// The mixing backward below the per-atom inputs, shared by mixing_backward and (last layer)
+// mixing_forward_last: from ∂E/∂q, ∂E/∂μ at mixing t's output to its input. The threads split
+// the element-wise work as in the forward: channel c = owned_first() + t for t < OWNED, hidden
+// unit t for t < F. Each network's backward mirrors its forward (a layer split by outputs there
+// is split by inputs here, and the other way round), and mixᵀ sends each block only the sums of
+// the channels it owns (Scattered): two exchanges (Slice, perf-notes v54).
+struct MixingBackWeights {
+    const float* mix;  // mu_channel_mix [2F, F]
+    const float* a1;   // intraatomic_context_net.0 [F, 2F]
+    const float* a2;   // intraatomic_context_net.1 [3F, F]
+};
+
+// One thread's per-atom inputs: of its channel (gq: ∂E/∂q and gm: ∂E/∂μ at the mixing output,
+// V and U, a_vv and a_sv of the update network, the norm ‖V‖), and the update network's
+// pre-activation of its hidden unit.
+struct MixingBackInputs {
+    float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE];
+};
+
+// One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
+#define MIX_ROWS (3 * TILE <= MATVEC_ACC)
+
+// Shared arrays: ga [TILE·3F], gz [TILE·F], gctx [TILE·2F], gvu [TILE·6F], out [TILE·F, 3× that
+// where MIX_ROWS]. Its first step writes ga and gvu: the caller's reads of those (and of gz,
+// gctx and out) must be behind a barrier.
+__device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in, const MixingBackWeights& m,
+                                                     float* ga, float* gz, float* gctx, float* gvu, float* out,
+                                                     MatvecScratch& scratch, float* grad_q_in, float* grad_mu_in,
+                                                     int a0, int n_atoms) {
+    const int t = threadIdx.x, c = owned_first() + t % OWNED;
+#pragma unroll
+    for (int a = 0; a < TILE; ++a) {
+        if (t >= OWNED || a0 + a >= n_atoms) {
+            if (t < OWNED) {
+                for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
+                for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
+            }
+            continue;
+        }
+        const float gq = in.gq[a];
+        float vdotu = in.V[a][0] * in.U[a][0] + in.V[a][1] * in.U[a][1] + in.V[a][2] * in.U[a][2];
+        ga[a * 3 * NF + c] = gq;
+        ga[a * 3 * NF + NF + c] = in.gm[a][0] * in.U[a][0] + in.gm[a][1] * in.U[a][1] + in.gm[a][2] * in.U[a][2];
+        ga[a * 3 * NF + 2 * NF + c] = gq * vdotu;
+        float g_vdotu = gq * in.a_sv[a];
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * in.U[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
+        }
+    }
+    __syncthreads();
+    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(m.a2, ga, 3 * NF, gz, NF, scratch);
+    if (t < NF) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = ha(a, t) * (a0 + a < n_atoms ? silu_grad(in.pre[a]) : 0.f);
+    }
+    __syncthreads();
+    owned_matvec<TILE, NF, 2 * NF, 2>(m.a1, gz, NF, gctx, 2 * NF, scratch);
+    if (t < OWNED) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            if (a0 + a >= n_atoms) continue;
+            size_t atom = a0 + a;
+            grad_q_in[atom * NF + c] = in.gq[a] + gctx[a * 2 * NF + c];
+#pragma unroll
+            for (int k = 0; k < 3; ++k)
+                gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * in.V[a][k] / in.norm[a];
+        }
+    }
+    __syncthreads();
+    // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
+    if constexpr (MIX_ROWS) {
+        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(m.mix, gvu, 2 * NF, out, NF, scratch);
+        if (t < OWNED) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                if (a0 + a < n_atoms)
+                    for (int k = 0; k < 3; ++k)
+                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = in.gm[a][k] + gmix(3 * a + k, c);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            if (t < OWNED) {
+#pragma unroll
+                for (int a = 0; a < TILE; ++a)
+                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = in.gm[a][k] + gmix(a, c);
+            }
+        }
+    }
+}
+
+// What the last layer's mixing kernel does after the mixing: the atomwise readout, the atoms'
+// energies, and the whole mixing backward (∂E/∂μ at the output is 0), so that the step needs no
+// mixing_backward launch for the last layer (perf-notes v55).
+struct LastLayer {
+    Readout ro;
+    float* atom_energy;  // [N]
+    MixingBackWeights back;
+    float* grad_q_in;   // ∂E/∂q at the last mixing's input [N, F]
+    float* grad_mu_in;  // ∂E/∂μ there [N, 3F]
+};
+
+// What a mixing kernel of a layer below the last does after the mixing: the next interaction's
+// context network, and the cache that this layer's mixing_backward reads.
+struct NextLayer {
+    const float* w1t, *b1, *w2t, *b2;  // interatomic_context_net.{0,1} of interaction t + 1
+    float* pre;                         // its pre-activations [N, F]
+    float* x;                           // its context x [N, 3F]
+    float* q_out;                       // q and μ after the mixing [N, F], [N, 3F]
+    float* mu_out;
+};
+
+// Mixing, fused with what follows on the same atoms (NextLayer or LastLayer). blockDim = SPLIT·NF,
+// TILE atoms per block. The element-wise work on channels is done by the threads t < OWNED, for
+// channel owned_first() + t; on hidden units by the threads t < F (H), in every block of a
+// cluster. Three exchanges per layer became one (Slice, perf-notes v54): V and U, and the update
+// network's second layer, are Owned (this block's channels only: what its element-wise steps
+// need); the update network's first layer is Reduced.
+template <bool LAST, class After>
+__device__ __forceinline__ void mixing_forward_body(const float* q_in, const float* mu_in, const MixingWeights& m,
+                                                    const MixingCache& cache, const After& after, int n_atoms) {
     const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, first = owned_first(), c = first + t % OWNED;
     // Biases, the readout's second layer and the atoms' reference energies (weights and elements
     // only: before the wait where DENSE_EARLY_READS).
@@ -518,14 +628,17 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     float readout_b1 = 0.f, readout_w2 = 0.f, atomref[TILE];
     auto read_update_bias = [&] { update_bias = context_bias(m.b1, m.b2); };
     auto read_next_bias = [&] {
-        if (!last) next_bias = context_bias(n_b1, n_b2);
-        if (last && t < NH) {
-            readout_b1 = ro.b1[t];
-            readout_w2 = ro.w2[t];
-        }
+        if constexpr (LAST) {
+            if (t < NH) {
+                readout_b1 = after.ro.b1[t];
+                readout_w2 = after.ro.w2[t];
+            }
 #pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            atomref[a] = last && t == 0 && a0 + a < n_atoms ? ro.atomref[ro.numbers[a0 + a]] : 0.f;
+            for (int a = 0; a < TILE; ++a)
+                atomref[a] = t == 0 && a0 + a < n_atoms ? after.ro.atomref[after.ro.numbers[a0 + a]] : 0.f;
+        } else {
+            next_bias = context_bias(after.b1, after.b2);
+        }
     };
     if constexpr (DENSE_EARLY_READS) {
         read_update_bias();
@@ -541,9 +654,10 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         int a = k / (3 * NF);
         mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
     }
-    float q[TILE], vdotu[TILE];
+    float q[TILE], vdotu[TILE], pre[TILE];
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
+        pre[a] = 0.f;
         q[a] = a0 + a < n_atoms ? q_in[(size_t)(a0 + a) * NF + c] : 0.f;
         if (t < OWNED) ctx[a * 2 * NF + c] = q[a];
     }
@@ -566,7 +680,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
             float norm = sqrtf(V0 * V0 + V1 * V1 + V2 * V2 + m.epsilon);
             ctx[a * 2 * NF + NF + c] = norm;
             vdotu[a] = V0 * U0 + V1 * U1 + V2 * U2;
-            if (a0 + a < n_atoms) {
+            if (!LAST && a0 + a < n_atoms) {
                 float* cv = cache.vu + (size_t)(a0 + a) * 6 * NF;
                 for (int k = 0; k < 6; ++k) cv[k * NF + c] = v[k * NF + c];
                 cache.norm[(size_t)(a0 + a) * NF + c] = norm;
@@ -579,9 +693,9 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = z1(a, t) + update_bias.b1;
-            if (a0 + a < n_atoms && owns(t)) cache.pre[(size_t)(a0 + a) * NF + t] = z;
-            hidden[a * NF + t] = silu(z);
+            pre[a] = z1(a, t) + update_bias.b1;
+            if (!LAST && a0 + a < n_atoms && owns(t)) cache.pre[(size_t)(a0 + a) * NF + t] = pre[a];
+            hidden[a * NF + t] = silu(pre[a]);
         }
     }
     __syncthreads();
@@ -589,63 +703,91 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
     if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            const float* o = out3 + a * 3 * NF;
+            float* o = out3 + a * 3 * NF;
             float a_ss = o[c] + update_bias.b2[0], a_vv = o[NF + c] + update_bias.b2[1],
                   a_sv = o[2 * NF + c] + update_bias.b2[2];
             float q_new = q[a] + a_ss + a_sv * vdotu[a];
             ctx[a * 2 * NF + c] = q_new;
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            float* ca = cache.a + atom * 3 * NF;
-            ca[c] = a_ss;
-            ca[NF + c] = a_vv;
-            ca[2 * NF + c] = a_sv;
-            q_out[atom * NF + c] = q_new;
-            const float* v = vu + a * 6 * NF;
-            float* mo = mu_out + atom * 3 * NF;
+            if constexpr (LAST) {
+                // Kept for the backward below (the readout writes only the first H columns).
+                o[NF + c] = a_vv;
+                o[2 * NF + c] = a_sv;
+            }
+            if constexpr (!LAST) {
+                if (a0 + a >= n_atoms) continue;
+                size_t atom = a0 + a;
+                float* ca = cache.a + atom * 3 * NF;
+                ca[c] = a_ss;
+                ca[NF + c] = a_vv;
+                ca[2 * NF + c] = a_sv;
+                after.q_out[atom * NF + c] = q_new;
+                const float* v = vu + a * 6 * NF;
+                float* mo = after.mu_out + atom * 3 * NF;
 #pragma unroll
-            for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[a * 3 * NF + k * NF + c] + a_vv * v[k * 2 * NF + NF + c];
+                for (int k = 0; k < 3; ++k)
+                    mo[k * NF + c] = mu_sh[a * 3 * NF + k * NF + c] + a_vv * v[k * 2 * NF + NF + c];
+            }
         }
     }
     __syncthreads();
     if constexpr (!DENSE_EARLY_READS) read_next_bias();
-    if (!last) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF, Slice::Reduced>(n_w1t), n_w2t, next_bias,
-                    n_pre, n_x, a0, n_atoms);
-        return;
-    }
-    // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)): W1 by
-    // inputs, W1ᵀ by outputs, one exchange.
-    const Reduced zr = reduced_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
-    float contribution[4] = {0.f, 0.f, 0.f, 0.f};
-    if (t < NH) {
+    if constexpr (!LAST) {
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF, Slice::Reduced>(after.w1t), after.w2t,
+                    next_bias, after.pre, after.x, a0, n_atoms);
+    } else {
+        // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)): W1
+        // by inputs, W1ᵀ by outputs, one exchange.
+        const Reduced zr = reduced_matvec<TILE, NF, NH>(after.ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
+        float contribution[4] = {0.f, 0.f, 0.f, 0.f};
+        if (t < NH) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a) {
+                float z = zr(a, t) + readout_b1;
+                contribution[a] = readout_w2 * silu(z);
+                out3[a * 3 * NF + t] = after.ro.scale * readout_w2 * silu_grad(z);
+            }
+        }
+        float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
+        if (t == 0 && first == 0) {
+            float sums[4] = {total.x, total.y, total.z, total.w};
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                if (a0 + a < n_atoms)
+                    after.atom_energy[a0 + a] = after.ro.scale * (sums[a] + after.ro.b2) + after.ro.mean_per_atom + atomref[a];
+        }
+        // ∂E/∂q at the mixing output into hidden (the Reduced sums above, read before
+        // block_sum4's barriers).
+        owned_matvec<TILE, NH, NF>(after.ro.w1, out3, 3 * NF, hidden, NF, scratch);
+        // The backward's inputs from shared memory (∂E/∂μ at the output is 0), then its arrays
+        // over the forward's: every read above happens before the barrier.
+        MixingBackInputs in;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = zr(a, t) + readout_b1;
-            contribution[a] = readout_w2 * silu(z);
-            out3[a * 3 * NF + t] = ro.scale * readout_w2 * silu_grad(z);
-        }
-    }
-    float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
-    if (t == 0 && first == 0) {
-        float sums[4] = {total.x, total.y, total.z, total.w};
+            in.pre[a] = pre[a];
+            in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
+            in.a_vv[a] = out3[a * 3 * NF + NF + c];
+            in.a_sv[a] = out3[a * 3 * NF + 2 * NF + c];
+            in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            if (a0 + a < n_atoms) atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + atomref[a];
-    }
-    owned_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, vu, NF, scratch);
-    if (t < OWNED) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a) {
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            grad_q[atom * NF + c] = vu[a * NF + c];
-            float* gm = grad_mu + atom * 3 * NF;
-            gm[c] = 0.f;
-            gm[NF + c] = 0.f;
-            gm[2 * NF + c] = 0.f;
+            for (int k = 0; k < 3; ++k) {
+                in.gm[a][k] = 0.f;
+                in.V[a][k] = vu[a * 6 * NF + k * 2 * NF + c];
+                in.U[a][k] = vu[a * 6 * NF + k * 2 * NF + NF + c];
+            }
         }
+        __syncthreads();
+        mixing_backward_tail(in, after.back, mu_sh, hidden, ctx, vu, out3, scratch, after.grad_q_in, after.grad_mu_in,
+                             a0, n_atoms);
     }
+}
+
+DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache, NextLayer next,
+                            int n_atoms) {
+    mixing_forward_body<false>(q_in, mu_in, m, cache, next, n_atoms);
+}
+
+DENSE_KERNEL mixing_forward_last(const float* q_in, const float* mu_in, MixingWeights m, LastLayer last, int n_atoms) {
+    mixing_forward_body<true>(q_in, mu_in, m, MixingCache{}, last, n_atoms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,7 +795,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
 
 // The next interaction's context-network backward, fused into mixing_backward (perf-notes v38):
 // ∂E/∂q at this mixing's output is grad_q + W1ᵀ(σ'(pre) ⊙ W2ᵀ grad_x) of interaction t + 1,
-// all per atom. w1 == nullptr: not fused (∂E/∂q is read from grad_q_out).
+// all per atom.
 struct ContextBack {
     const float* w1;      // interatomic_context_net.0 of interaction t + 1 [F, F]
     const float* w2;      // interatomic_context_net.1 [3F, F]
@@ -662,25 +804,12 @@ struct ContextBack {
     const float* grad_q;  // ∂E/∂q at interaction t + 1's output [N, F]
 };
 
-struct MixingBackWeights {
-    const float* mix;  // mu_channel_mix [2F, F]
-    const float* a1;   // intraatomic_context_net.0 [F, 2F]
-    const float* a2;   // intraatomic_context_net.1 [3F, F]
-};
-
-// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
-// blockDim = SPLIT·NF, TILE atoms per block; the threads split the element-wise work as in
-// mixing_forward. Five exchanges became three, two without the context backward (Slice,
-// perf-notes v54): each network's backward mirrors its forward (a layer split by outputs there is
-// split by inputs here, and the other way round), and mixᵀ sends each block only the sums of the
-// channels it owns (Scattered).
+// Gradients through mixing t < T − 1 (the last layer's run in mixing_forward_last), with the
+// next interaction's context backward first: three exchanges (perf-notes v54).
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack next_context,
-                                           const float* grad_q_out, const float* grad_mu_out, float* grad_q_in,
-                                           float* grad_mu_in, int n_atoms) {
-    const bool fused = next_context.w1 != nullptr;
+                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
+                                           int n_atoms) {
     dense_kernel_start();
-    // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
-    constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
         out[(MIX_ROWS ? 3 : 1) * TILE * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
@@ -689,121 +818,62 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     // t < OWNED), and the pre-activations of hidden unit t (t < F). Where DENSE_EARLY_READS, all of
     // it right after the wait, ahead of the context backward's matvecs; otherwise just before the
     // mixing backward, as one round.
-    float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE],
-        next_pre[TILE];
+    MixingBackInputs in;
+    float next_pre[TILE];
     auto read_inputs = [&] {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            gq[a] = a_vv[a] = a_sv[a] = pre[a] = norm[a] = 0.f;
+            in.gq[a] = in.a_vv[a] = in.a_sv[a] = in.pre[a] = in.norm[a] = 0.f;
 #pragma unroll
-            for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = U[a][k] = 0.f;
+            for (int k = 0; k < 3; ++k) in.gm[a][k] = in.V[a][k] = in.U[a][k] = 0.f;
             if (t >= NF || a0 + a >= n_atoms) continue;
             const size_t atom = a0 + a;
-            pre[a] = cache.pre[atom * NF + t];
+            in.pre[a] = cache.pre[atom * NF + t];
             if (t >= OWNED) continue;
-            gq[a] = fused ? next_context.grad_q[atom * NF + c] : grad_q_out[atom * NF + c];
+            in.gq[a] = next_context.grad_q[atom * NF + c];
             const float* vu = cache.vu + atom * 6 * NF;
 #pragma unroll
             for (int k = 0; k < 3; ++k) {
-                gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
-                V[a][k] = vu[k * 2 * NF + c];
-                U[a][k] = vu[k * 2 * NF + NF + c];
+                in.gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
+                in.V[a][k] = vu[k * 2 * NF + c];
+                in.U[a][k] = vu[k * 2 * NF + NF + c];
             }
-            a_vv[a] = cache.a[atom * 3 * NF + NF + c];
-            a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
-            norm[a] = cache.norm[atom * NF + c];
+            in.a_vv[a] = cache.a[atom * 3 * NF + NF + c];
+            in.a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
+            in.norm[a] = cache.norm[atom * NF + c];
         }
     };
     auto read_next_pre = [&] {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
-            next_pre[a] = fused && t < NF && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + t] : 0.f;
+            next_pre[a] = t < NF && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + t] : 0.f;
     };
     if constexpr (DENSE_EARLY_READS) {
         read_inputs();
         read_next_pre();
     }
-    if (fused) {
-        // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds this block's channels of
-        // ∂E/∂x until the mixing overwrites it), σ', then W1ᵀ into the first F columns of gctx,
-        // read below.
-        for (int k = t; k < TILE * 3 * OWNED; k += blockDim.x) {
-            const int a = k / (3 * OWNED), part = k % (3 * OWNED) / OWNED;
-            const int at = a * 3 * NF + part * NF + first + k % OWNED;
-            ga[at] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + at] : 0.f;
-        }
-        __syncthreads();
-        const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
-        if constexpr (!DENSE_EARLY_READS) read_next_pre();
-        if (t < NF) {
-#pragma unroll
-            for (int a = 0; a < TILE; ++a) gz[a * NF + t] = gx(a, t) * (a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f);
-        }
-        __syncthreads();
-        owned_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
-    }
-    if constexpr (!DENSE_EARLY_READS) read_inputs();
-#pragma unroll
-    for (int a = 0; a < TILE; ++a) {
-        if (t >= OWNED || a0 + a >= n_atoms) {
-            if (t < OWNED) {
-                for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
-                for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
-            }
-            continue;
-        }
-        if (fused) gq[a] += gctx[a * 2 * NF + c];
-        float vdotu = V[a][0] * U[a][0] + V[a][1] * U[a][1] + V[a][2] * U[a][2];
-        ga[a * 3 * NF + c] = gq[a];
-        ga[a * 3 * NF + NF + c] = gm[a][0] * U[a][0] + gm[a][1] * U[a][1] + gm[a][2] * U[a][2];
-        ga[a * 3 * NF + 2 * NF + c] = gq[a] * vdotu;
-        float g_vdotu = gq[a] * a_sv[a];
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * U[a][k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] = gm[a][k] * a_vv[a] + g_vdotu * V[a][k];
-        }
+    // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds this block's channels of ∂E/∂x
+    // until the mixing overwrites it), σ', then W1ᵀ into the first F columns of gctx.
+    for (int k = t; k < TILE * 3 * OWNED; k += blockDim.x) {
+        const int a = k / (3 * OWNED), part = k % (3 * OWNED) / OWNED;
+        const int at = a * 3 * NF + part * NF + first + k % OWNED;
+        ga[at] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + at] : 0.f;
     }
     __syncthreads();
-    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(m.a2, ga, 3 * NF, gz, NF, scratch);
+    const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
+    if constexpr (!DENSE_EARLY_READS) read_next_pre();
     if (t < NF) {
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = ha(a, t) * (a0 + a < n_atoms ? silu_grad(pre[a]) : 0.f);
+        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = gx(a, t) * (a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f);
     }
     __syncthreads();
-    owned_matvec<TILE, NF, 2 * NF, 2>(m.a1, gz, NF, gctx, 2 * NF, scratch);
+    owned_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
+    if constexpr (!DENSE_EARLY_READS) read_inputs();
     if (t < OWNED) {
 #pragma unroll
-        for (int a = 0; a < TILE; ++a) {
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            grad_q_in[atom * NF + c] = gq[a] + gctx[a * 2 * NF + c];
-#pragma unroll
-            for (int k = 0; k < 3; ++k) gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * V[a][k] / norm[a];
-        }
+        for (int a = 0; a < TILE; ++a) in.gq[a] += gctx[a * 2 * NF + c];
     }
-    __syncthreads();
-    // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
-    if constexpr (MIX_ROWS) {
-        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(m.mix, gvu, 2 * NF, out, NF, scratch);
-        if (t < OWNED) {
-#pragma unroll
-            for (int a = 0; a < TILE; ++a)
-                if (a0 + a < n_atoms)
-                    for (int k = 0; k < 3; ++k)
-                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + gmix(3 * a + k, c);
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
-            if (t < OWNED) {
-#pragma unroll
-                for (int a = 0; a < TILE; ++a)
-                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + gmix(a, c);
-            }
-        }
-    }
+    mixing_backward_tail(in, m, ga, gz, gctx, gvu, out, scratch, grad_q_in, grad_mu_in, a0, n_atoms);
 }
 
 // Adds a chunk's per-pair gradients to pair_grad: one thread per pair sums the pair's WARPS

@@ -192,6 +192,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "embed",
             "message_forward",
             "mixing_forward",
+            "mixing_forward_last",
             "mixing_backward",
             "message_backward",
             "pair_forces",
@@ -250,6 +251,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "build_neighbors_cells",
             "reverse_pairs",
             "mixing_forward",
+            "mixing_forward_last",
             "mixing_backward",
         ] {
             assert!(
