@@ -398,7 +398,11 @@ template <int IN, int OUT, Slice KIND, int PARTS>
 struct MatvecLayout {
     static constexpr bool BY_INPUT = KIND != Slice::Owned;
     static_assert((BY_INPUT ? IN : OUT) % (PARTS * CLUSTER) == 0, "each part splits evenly over the cluster");
-    static_assert(KIND != Slice::Scattered || OUT % CLUSTER == 0, "a scattered matvec's outputs split over the cluster");
+    // The block's inputs (by input) or outputs (Owned) are its channels of F-wide parts, as
+    // owned_first() says; a Scattered matvec's outputs are one F-wide vector, each channel's
+    // partial sums sent to its owner.
+    static_assert((BY_INPUT ? IN : OUT) == PARTS * NF, "a split side is PARTS vectors of F channels");
+    static_assert(KIND != Slice::Scattered || OUT == NF, "a scattered matvec's outputs are F channels");
     static constexpr int NB = BY_INPUT ? OUT : OUT / CLUSTER;
     static constexpr int KB = BY_INPUT ? IN / CLUSTER : IN;
     // Owned outputs (and, by input, rows) come in runs of RUN consecutive columns, one per part.
