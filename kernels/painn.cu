@@ -204,6 +204,24 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// A later matvec's weights, read as soon as the matvec before it ends (perf-notes v53, v56), so
+// that their latency passes during the element-wise step between the two, never during an
+// exchange (v45): held in registers where MatvecWeights would hold a kernel's first matvec's and
+// the model is at most 128 wide (wider, holding them took mixing_forward past 64 registers: one
+// block of 512 threads per SM instead of two); otherwise read where the matvec runs.
+#ifndef AHEAD_CHUNK
+#define AHEAD_CHUNK 16
+#endif
+#if CLUSTER > 1
+template <int IN, int OUT, Slice KIND, int PARTS = 1>
+using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS,
+                                   NF <= 128 && MatvecLayout<IN, OUT, KIND, PARTS>::HELD &&
+                                       MatvecLayout<IN, OUT, KIND, PARTS>::CHUNK <= AHEAD_CHUNK>;
+#else
+template <int IN, int OUT, Slice KIND, int PARTS = 1>
+using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS>;
+#endif
+
 // A context network's biases as the threads use them: b1 [F] of hidden unit t mod F, b2 [3F] of
 // this block's channel (the threads of the element-wise steps: t < OWNED). Weights only: no kernel
 // of the step writes them, so the reads may come before wait_for_previous_kernels
@@ -225,11 +243,13 @@ __device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first(
 // stride ld_q; this block's channels are enough); `hidden` [TILE][F] and `x_sh` [TILE][3F] are
 // shared scratch. Saves the pre-activation for the backward pass. W1 is split over the
 // cluster by inputs and W2 by outputs: one exchange (Slice).
+template <class FirstWeights>
 __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch,
-                            const MatvecWeights<NF, NF, Slice::Reduced>& w1, const float* w2t, ContextBias bias,
-                            float* pre_out, float* x_out, int a0, int n_atoms) {
+                            const FirstWeights& w1, const float* w2t, ContextBias bias, float* pre_out, float* x_out,
+                            int a0, int n_atoms) {
     const int t = threadIdx.x;
     const Reduced z1 = reduced_matvec<TILE, NF, NF>(w1, q_sh, ld_q, hidden, NF, scratch);
+    const AheadWeights<NF, 3 * NF, Slice::Owned, 3> w2(w2t);
     if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -239,7 +259,7 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
         }
     }
     __syncthreads();
-    owned_matvec<TILE, NF, 3 * NF, 3>(w2t, hidden, NF, x_sh, 3 * NF, scratch);
+    owned_matvec<TILE, NF, 3 * NF, 3>(w2, hidden, NF, x_sh, 3 * NF, scratch);
     if (t < OWNED) {
         const int c = owned_first() + t;
 #pragma unroll
@@ -527,6 +547,7 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
                                                      MatvecScratch& scratch, float* grad_q_in, float* grad_mu_in,
                                                      int a0, int n_atoms) {
     const int t = threadIdx.x, c = owned_first() + t % OWNED;
+    const AheadWeights<3 * NF, NF, Slice::Reduced, 3> w_a2(m.a2);
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
         if (t >= OWNED || a0 + a >= n_atoms) {
@@ -549,13 +570,15 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
         }
     }
     __syncthreads();
-    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(m.a2, ga, 3 * NF, gz, NF, scratch);
+    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(w_a2, ga, 3 * NF, gz, NF, scratch);
+    const AheadWeights<NF, 2 * NF, Slice::Owned, 2> w_a1(m.a1);
     if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) gz[a * NF + t] = ha(a, t) * (a0 + a < n_atoms ? silu_grad(in.pre[a]) : 0.f);
     }
     __syncthreads();
-    owned_matvec<TILE, NF, 2 * NF, 2>(m.a1, gz, NF, gctx, 2 * NF, scratch);
+    owned_matvec<TILE, NF, 2 * NF, 2>(w_a1, gz, NF, gctx, 2 * NF, scratch);
+    const AheadWeights<2 * NF, NF, Slice::Scattered, 2> w_mix(m.mix);
     if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -570,7 +593,7 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
     __syncthreads();
     // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
     if constexpr (MIX_ROWS) {
-        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(m.mix, gvu, 2 * NF, out, NF, scratch);
+        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(w_mix, gvu, 2 * NF, out, NF, scratch);
         if (t < OWNED) {
 #pragma unroll
             for (int a = 0; a < TILE; ++a)
@@ -581,7 +604,7 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
-            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(m.mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(w_mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
             if (t < OWNED) {
 #pragma unroll
                 for (int a = 0; a < TILE; ++a)
@@ -600,6 +623,7 @@ struct LastLayer {
     MixingBackWeights back;
     float* grad_q_in;   // ∂E/∂q at the last mixing's input [N, F]
     float* grad_mu_in;  // ∂E/∂μ there [N, 3F]
+    __device__ const float* first_weights() const { return ro.w1t; }  // of what follows the mixing
 };
 
 // What a mixing kernel of a layer below the last does after the mixing: the next interaction's
@@ -610,6 +634,7 @@ struct NextLayer {
     float* x;                           // its context x [N, 3F]
     float* q_out;                       // q and μ after the mixing [N, F], [N, 3F]
     float* mu_out;
+    __device__ const float* first_weights() const { return w1t; }  // of what follows the mixing
 };
 
 // Mixing, fused with what follows on the same atoms (NextLayer or LastLayer). blockDim = SPLIT·NF,
@@ -671,6 +696,7 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         for (int k = 0; k < 3; ++k)
             owned_matvec<TILE, NF, 2 * NF, 2>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     }
+    const AheadWeights<2 * NF, NF, Slice::Reduced, 2> w_a1(m.a1t);
     if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -688,7 +714,8 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         }
     }
     __syncthreads();
-    const Reduced z1 = reduced_matvec<TILE, 2 * NF, NF, 2>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
+    const Reduced z1 = reduced_matvec<TILE, 2 * NF, NF, 2>(w_a1, ctx, 2 * NF, hidden, NF, scratch);
+    const AheadWeights<NF, 3 * NF, Slice::Owned, 3> w_a2(m.a2t);
     if constexpr (!DENSE_EARLY_READS) read_update_bias();
     if (t < NF) {
 #pragma unroll
@@ -699,7 +726,9 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         }
     }
     __syncthreads();
-    owned_matvec<TILE, NF, 3 * NF, 3>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
+    owned_matvec<TILE, NF, 3 * NF, 3>(w_a2, hidden, NF, out3, 3 * NF, scratch);
+    // The next interaction's context network's or the readout's first weights.
+    const AheadWeights<NF, LAST ? NH : NF, Slice::Reduced> w_next(after.first_weights());
     if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
@@ -732,12 +761,12 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
     __syncthreads();
     if constexpr (!DENSE_EARLY_READS) read_next_bias();
     if constexpr (!LAST) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF, Slice::Reduced>(after.w1t), after.w2t,
-                    next_bias, after.pre, after.x, a0, n_atoms);
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, w_next, after.w2t, next_bias, after.pre, after.x, a0, n_atoms);
     } else {
         // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)): W1
         // by inputs, W1ᵀ by outputs, one exchange.
-        const Reduced zr = reduced_matvec<TILE, NF, NH>(after.ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
+        const Reduced zr = reduced_matvec<TILE, NF, NH>(w_next, ctx, 2 * NF, hidden, NF, scratch);
+        const AheadWeights<NH, NF, Slice::Owned> w_back(after.ro.w1);
         float contribution[4] = {0.f, 0.f, 0.f, 0.f};
         if (t < NH) {
 #pragma unroll
@@ -757,7 +786,7 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         }
         // ∂E/∂q at the mixing output into hidden (the Reduced sums above, read before
         // block_sum4's barriers).
-        owned_matvec<TILE, NH, NF>(after.ro.w1, out3, 3 * NF, hidden, NF, scratch);
+        owned_matvec<TILE, NH, NF>(w_back, out3, 3 * NF, hidden, NF, scratch);
         // The backward's inputs from shared memory (∂E/∂μ at the output is 0), then its arrays
         // over the forward's: every read above happens before the barrier.
         MixingBackInputs in;
@@ -861,13 +890,14 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
     }
     __syncthreads();
     const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
+    const AheadWeights<NF, NF, Slice::Owned> w_next1(next_context.w1);
     if constexpr (!DENSE_EARLY_READS) read_next_pre();
     if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) gz[a * NF + t] = gx(a, t) * (a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f);
     }
     __syncthreads();
-    owned_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
+    owned_matvec<TILE, NF, NF>(w_next1, gz, NF, gctx, 2 * NF, scratch);
     if constexpr (!DENSE_EARLY_READS) read_inputs();
     if (t < OWNED) {
 #pragma unroll
