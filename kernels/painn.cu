@@ -204,6 +204,23 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// A context network's biases as the threads use them: b1 [F] of hidden unit t mod F, b2 [3F] of
+// this block's channel (the threads of the element-wise steps: t < OWNED). Weights only: no kernel
+// of the step writes them, so the reads may come before wait_for_previous_kernels
+// (DENSE_EARLY_READS).
+struct ContextBias {
+    float b1, b2[3];
+};
+
+__device__ __forceinline__ ContextBias context_bias(const float* b1, const float* b2) {
+    const int h = threadIdx.x % NF, c = owned_first() + threadIdx.x % OWNED;
+    return ContextBias{b1[h], {b2[c], b2[NF + c], b2[2 * NF + c]}};
+}
+
+// Whether channel (or hidden unit) c is this block's to write: every block of a cluster computes
+// the full hidden layers, one block writes each value.
+__device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first()) < (unsigned)OWNED; }
+
 // A later matvec's weights, read as soon as the matvec before it ends (perf-notes v53, v56), so
 // that their latency passes during the element-wise step between the two, never during an
 // exchange (v45): held in registers where MatvecWeights would hold a kernel's first matvec's and
@@ -221,23 +238,6 @@ using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS,
 template <int IN, int OUT, Slice KIND, int PARTS = 1>
 using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS>;
 #endif
-
-// A context network's biases as the threads use them: b1 [F] of hidden unit t mod F, b2 [3F] of
-// this block's channel (the threads of the element-wise steps: t < OWNED). Weights only: no kernel
-// of the step writes them, so the reads may come before wait_for_previous_kernels
-// (DENSE_EARLY_READS).
-struct ContextBias {
-    float b1, b2[3];
-};
-
-__device__ __forceinline__ ContextBias context_bias(const float* b1, const float* b2) {
-    const int h = threadIdx.x % NF, c = owned_first() + threadIdx.x % OWNED;
-    return ContextBias{b1[h], {b2[c], b2[NF + c], b2[2 * NF + c]}};
-}
-
-// Whether channel (or hidden unit) c is this block's to write: every block of a cluster computes
-// the full hidden layers, one block writes each value.
-__device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first()) < (unsigned)OWNED; }
 
 // x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh` (row
 // stride ld_q; this block's channels are enough); `hidden` [TILE][F] and `x_sh` [TILE][3F] are
