@@ -165,9 +165,23 @@ __device__ __forceinline__ void wait_or_trap(TryWait done) {
 }
 #endif
 
+// Where every dense block has an SM to itself (the launch's blocks fit the GPU's SMs at once:
+// DENSE_ALONE, set by the host), ptxas may give a thread up to 128 registers: it then issues each
+// matvec's weight loads in one round instead of two to four, and the kernels hold the next
+// matvec's weights through the step before it (perf-notes v57). Elsewhere ptxas keeps near 64
+// registers, so that two blocks share an SM.
+#ifndef DENSE_ALONE
+#define DENSE_ALONE 0
+#endif
+#if DENSE_ALONE
+#define DENSE_BOUNDS __launch_bounds__(SPLIT * NF, 1)
+#else
+#define DENSE_BOUNDS
+#endif
+
 #if CLUSTER > 1
 // Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
-#define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
+#define DENSE_KERNEL extern "C" __global__ void DENSE_BOUNDS __cluster_dims__(CLUSTER, 1, 1)
 #define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
 
 // Each cluster matvec completes on one of this block's two transaction barriers, alternately: it
@@ -224,7 +238,7 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, u32 which,
     store_counted(remote_address(local, rank), value, remote_address(&matvec_barrier[which], rank));
 }
 #else
-#define DENSE_KERNEL extern "C" __global__ void
+#define DENSE_KERNEL extern "C" __global__ void DENSE_BOUNDS
 #define DENSE_TILE_INDEX (blockIdx.x)
 __device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels(); }
 #endif

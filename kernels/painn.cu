@@ -226,9 +226,8 @@ __device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first(
 // exchange (v45): held in registers where MatvecWeights would hold a kernel's first matvec's and
 // the model is at most 128 wide (wider, holding them took mixing_forward past 64 registers: one
 // block of 512 threads per SM instead of two); otherwise read where the matvec runs.
-#ifndef AHEAD_CHUNK
-#define AHEAD_CHUNK 16
-#endif
+// Held up to 16 weights per thread where blocks share SMs, 32 where each has its own (v57).
+#define AHEAD_CHUNK (DENSE_ALONE ? 32 : 16)
 #if CLUSTER > 1
 template <int IN, int OUT, Slice KIND, int PARTS = 1>
 using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS,
@@ -838,6 +837,8 @@ struct ContextBack {
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack next_context,
                                            const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
                                            int n_atoms) {
+    // The first matvec's weights before the wait (perf-notes v46), where they are held (v57).
+    const AheadWeights<3 * NF, NF, Slice::Reduced, 3> w2(next_context.w2);
     dense_kernel_start();
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
         out[(MIX_ROWS ? 3 : 1) * TILE * NF], partials[MATVEC_SCRATCH];
@@ -889,7 +890,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
         ga[at] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + at] : 0.f;
     }
     __syncthreads();
-    const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
+    const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(w2, ga, 3 * NF, gz, NF, scratch);
     const AheadWeights<NF, NF, Slice::Owned> w_next1(next_context.w1);
     if constexpr (!DENSE_EARLY_READS) read_next_pre();
     if (t < NF) {

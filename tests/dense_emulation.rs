@@ -19,6 +19,8 @@ struct Layout {
     tile: usize,
     cluster: usize,
     thread_sanitizer: bool,
+    /// Built as for a block alone on its SM (DENSE_ALONE: more weights held ahead, perf-notes v57).
+    alone: bool,
 }
 
 impl Layout {
@@ -32,7 +34,8 @@ impl Layout {
     }
     fn name(&self) -> String {
         let sanitizer = if self.thread_sanitizer { "_tsan" } else { "" };
-        format!("f{}_t{}_c{}{sanitizer}", self.features, self.tile, self.cluster)
+        let alone = if self.alone { "_alone" } else { "" };
+        format!("f{}_t{}_c{}{sanitizer}{alone}", self.features, self.tile, self.cluster)
     }
 }
 
@@ -42,15 +45,22 @@ const fn layout(features: usize, tile: usize, cluster: usize, thread_sanitizer: 
         tile,
         cluster,
         thread_sanitizer,
+        alone: false,
     }
 }
 
-/// The student's width at its default layout; a 64-wide model at the tiles and clusters that
-/// take each path of the kernels (three atoms per block, whose μ rows take a matvec each, also
-/// under ThreadSanitizer; one, with and without clusters; two, reading early; the largest
-/// cluster). The longest runs first: the layouts share the cores.
-const LAYOUTS: [Layout; 7] = [
+const fn alone(layout: Layout) -> Layout {
+    Layout { alone: true, ..layout }
+}
+
+/// The student's width at its default layout, also built as for blocks alone on their SMs; a
+/// 64-wide model at the tiles and clusters that take each path of the kernels (three atoms per
+/// block, whose μ rows take a matvec each, also under ThreadSanitizer; one, with and without
+/// clusters; two, reading early; the largest cluster). The longest runs first: the layouts share
+/// the cores.
+const LAYOUTS: [Layout; 8] = [
     layout(128, 1, 4, false),
+    alone(layout(128, 1, 4, false)),
     layout(64, 3, 2, true),
     layout(64, 1, 1, false),
     layout(64, 1, 4, false),
@@ -122,6 +132,7 @@ fn build_and_run(
         .arg(format!("-DSPLIT={}", layout.split()))
         .arg(format!("-DTILE={}", layout.tile))
         .arg(format!("-DEMU_CLUSTER={}", layout.cluster))
+        .arg(format!("-DDENSE_ALONE={}", u8::from(layout.alone)))
         .arg(format!("-DDENSE_INC=\"{}\"", dense.display()))
         .args(if layout.thread_sanitizer {
             &["-g", "-fsanitize=thread"][..]

@@ -37,6 +37,8 @@ fn every_kernel_compiles_with_nvrtc() {
         mma_backward_divides: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
+        dense_alone: false,
+        atoms: 12,
         checks: false,
     };
     for sizes in [
@@ -62,6 +64,28 @@ fn every_kernel_compiles_with_nvrtc() {
             cluster: 8,
             pair_split: 2,
             channel_slices: 2,
+            ..student
+        },
+        // Every dense block alone on its SM (up to 128 registers a thread, perf-notes v57) at the
+        // student's three dense shapes.
+        KernelSizes {
+            dense_alone: true,
+            ..student
+        },
+        KernelSizes {
+            tile: 2,
+            cluster: 2,
+            pair_split: 2,
+            channel_slices: 4,
+            dense_alone: true,
+            ..student
+        },
+        KernelSizes {
+            tile: 2,
+            cluster: 1,
+            pair_split: 1,
+            channel_slices: 2,
+            dense_alone: true,
             ..student
         },
         // Clusters with an odd tile whose μ rows take one matvec each (3 · TILE > MATVEC_ACC).
@@ -118,6 +142,8 @@ fn every_kernel_compiles_with_nvrtc() {
             mma_backward_divides: false,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
+            dense_alone: false,
+            atoms: 12,
             checks: false,
         },
         // The tensor-core message kernels at the student's three size bands (4 × 4, 2 × 4,

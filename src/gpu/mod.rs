@@ -90,6 +90,12 @@ pub struct KernelSizes {
     /// blocks crowd the SMs that the running one leaves free, +8–21% at 99–192 atoms;
     /// kernels/common.cuh, perf-notes v36). MDRUN_PDL_EARLY_TRIGGER=1, for experiments.
     pub pdl_early_trigger: bool,
+    /// Every dense block has an SM to itself (its launch's blocks fit the device's SMs at once),
+    /// so the dense kernels may take up to 128 registers a thread (DENSE_ALONE, perf-notes v57).
+    /// Decided by Gpu::open against the device; MDRUN_DENSE_ALONE=0/1 overrides.
+    pub dense_alone: bool,
+    /// The atoms of the system the sizes are for (Gpu::open counts the dense launch's blocks).
+    pub atoms: usize,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
     pub checks: bool,
@@ -109,8 +115,8 @@ impl KernelSizes {
     /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W and
-    /// MDRUN_PDL_EARLY_TRIGGER override, for
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W,
+    /// MDRUN_PDL_EARLY_TRIGGER and MDRUN_DENSE_ALONE override, for
     /// experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
@@ -172,6 +178,8 @@ impl KernelSizes {
                 .map_or(n_atoms >= MMA_BACKWARD_DIVIDES_FROM_ATOMS, |v| v != 0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
+            dense_alone: env("MDRUN_DENSE_ALONE").is_some_and(|v| v != 0),
+            atoms: n_atoms,
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
@@ -264,6 +272,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
             format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
             format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
+            format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),
             "--std=c++17".into(),
         ]
         .into_iter()
@@ -365,6 +374,13 @@ impl Gpu {
         let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         if compute_capability.0 < 9 {
             sizes.cluster = 1;
+        }
+        // Each dense block alone on an SM where the launch's blocks all fit at once (v57).
+        if std::env::var_os("MDRUN_DENSE_ALONE").is_none() {
+            let sms = ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| anyhow!("{e:?}"))?;
+            sizes.dense_alone = sizes.dense_blocks(sizes.atoms) <= sms.max(0) as usize;
         }
         // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
         // split, capped for the tensor-core blocks, stays valid for the scalar ones).

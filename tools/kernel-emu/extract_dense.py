@@ -53,7 +53,7 @@ def common(source):
         fail(f"the exchange block defines {sorted(defined)}, the emulation {sorted(EMULATED_PRIMITIVES)}")
     lines[start:end] = EXCHANGE_EMULATION.split("\n")
     text = "\n".join(lines)
-    text = replace_once(text, '#define DENSE_KERNEL extern "C" __global__ void', "#define DENSE_KERNEL void",
+    text = replace_once(text, '#define DENSE_KERNEL extern "C" __global__ void DENSE_BOUNDS', "#define DENSE_KERNEL void",
                         "single-block DENSE_KERNEL")
     # Every read of an exchange's sums goes through Reduced: it remembers the exchange it was made
     # after, and each read is checked against the protocol.
