@@ -197,8 +197,9 @@ __host__ __device__ constexpr int mma_shared_bytes(int chunk, bool backward) {
     int per_pair = 4 + 4 + 16 + 8 + (backward ? 4 : 2) * A_STRIDE * 4;
     int partial = (MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
     int warp_part = backward ? chunk * WARP_PART_ROW * 16 : 0;
-    // + the basis' parameters (ChunkPairs::copy_basis)
-    return chunk * per_pair + 4 * (chunk / 32) + 64 + 8 * NK + (warp_part > partial ? warp_part : partial);
+    // The basis' parameters (ChunkPairs::copy_basis, ≤ 512 bytes) fit in the 3 KB margin, as in
+    // message_shared_bytes.
+    return chunk * per_pair + 4 * (chunk / 32) + 64 + (warp_part > partial ? warp_part : partial);
 }
 
 // Candidates per chunk: one per thread, at most 128, fewer (whole warps) to stay within 45 KB.
