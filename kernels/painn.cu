@@ -39,6 +39,7 @@ struct Filter {
     // Exact powers of two the tensor-core kernels scale the weights, the basis and its derivative
     // by before splitting them into halves, so that both halves stay normal (message_mma.cu).
     float weight_scale, phi_scale, dphi_scale;
+    float cutoff_slope;  // −π / (2 r_c) (Å⁻¹): cosine_cutoff_slope(cutoff), computed on the host
 };
 
 struct Neighbors {
@@ -99,11 +100,17 @@ struct ChannelFilter {
 };
 
 // Cosine cutoff and its derivative; d < cutoff is checked by the caller.
-__device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, float& dfc) {
+// ∂f_c/∂d = slope · sin(π d / r_c): slope = −π / (2 r_c) (Å⁻¹). The message kernels take it from
+// the host (Filter::cutoff_slope, the same f32 bits): computed in the kernel, the division is
+// hoisted to the kernel's start, and its slow-path branch there held the row's loads back
+// (perf-notes v52).
+__device__ __forceinline__ float cosine_cutoff_slope(float cutoff) { return -0.5f * 3.14159265358979f / cutoff; }
+
+__device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float slope, float& fc, float& dfc) {
     float s, co;
     sincospif(d / cutoff, &s, &co);
     fc = 0.5f * (co + 1.0f);
-    dfc = -0.5f * 3.14159265358979f / cutoff * s;
+    dfc = slope * s;
 }
 
 // Filter values (s, R, v) of one channel at one pair: bias + Σ_k W_k φ_k, with the channel's
@@ -301,13 +308,43 @@ struct ChunkPairs {
     int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
     float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹; d where RECIPROCAL is false): one division per pair, not per pair and channel
     float2 cut[CHUNK];  // cosine cutoff and its derivative at d
+    // The radial basis' centres (Å) and −0.5 / w_k², copied from the model's weights as the
+    // kernel starts, before it waits for the previous one (no kernel writes them): read in the
+    // geometry phase instead, after the row's loads and the chunk's barrier, they took one to three
+    // more rounds of latency per message kernel (perf-notes v52). From sm_80 the copy is
+    // asynchronous (cp.async), so that it holds no registers and no load waits for it;
+    // compact_chunk waits for it before its first barrier.
+    float basis_offset[NK], basis_coeff[NK];
+    __device__ __forceinline__ void copy_basis(const Filter& filter) {
+        for (int m = threadIdx.x; m < NK; m += blockDim.x) {
+#if __CUDA_ARCH__ >= 800
+            const u32 offset_at = (u32)__cvta_generic_to_shared(basis_offset + m),
+                      coeff_at = (u32)__cvta_generic_to_shared(basis_coeff + m);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(offset_at), "l"(filter.offsets + m));
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(coeff_at), "l"(filter.coeffs + m));
+#else
+            basis_offset[m] = filter.offsets[m];
+            basis_coeff[m] = filter.coeffs[m];
+#endif
+        }
+#if __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.commit_group;\n" ::);
+#endif
+    }
+    // This thread's part of the copy has landed (visible to the block after the next barrier).
+    __device__ __forceinline__ void basis_copied() const {
+#if __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+    }
     template <bool RECIPROCAL = true>
-    __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
+    __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff,
+                                          float cutoff_slope) {
         j[k] = neighbor;
         slot[k] = position;
         r[k] = make_float4(v.x, v.y, v.z, RECIPROCAL ? 1.0f / d : d);
         float fc, dfc;
-        cosine_cutoff(d, cutoff, fc, dfc);
+        cosine_cutoff(d, cutoff, cutoff_slope, fc, dfc);
         cut[k] = make_float2(fc, dfc);
     }
 };
@@ -331,6 +368,8 @@ struct ChunkGeometry : ChunkPairs<CHUNK> {
 // partial sums) would pass 45 KB of the 48 KB limit: wide models and large radial bases.
 __host__ __device__ constexpr int message_shared_bytes(int chunk, bool backward) {
     int per_pair = 4 + 4 + 16 + 8 + (backward ? 2 : 1) * NK * 4;  // j, slot, r, cut, φ (and ∂φ/∂d)
+    // The basis' parameters (ChunkPairs::copy_basis, 8·NK ≤ 512 bytes) fit in the 3 KB margin
+    // below 48 KB; not counted here, so that the chunk sizes (and the sums' order) stay as they were.
     int geometry = chunk * per_pair + 4 * (chunk / 32);
     int partial = (PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
     int warp_part = backward ? chunk * (MSG_CHANNELS / 32) * 16 : 0;
@@ -362,8 +401,9 @@ __host__ __device__ constexpr int message_chunk(bool backward) {
 // read before the row's count is needed: a row holds nb.capacity entries, so those reads stay in
 // bounds, and they go out in the same round of latency as the count's, not one after it
 // (perf-notes v48); entries past `end` are not used.
-template <int CHUNK, int PAD, class Store, class Pad>
-__device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos, const Cell& cell,
+// Before its first barrier it waits for this thread's part of the basis copy (ChunkPairs::copy_basis).
+template <int CHUNK, int PAD, class Chunk, class Store, class Pad>
+__device__ __forceinline__ int compact_chunk(Chunk& g, const double* pos, const Cell& cell,
                                              const Neighbors& nb, int i, int chunk, int end, float cutoff2,
                                              Store store, Pad pad) {
     static_assert(CHUNK % 32 == 0 && CHUNK % PAD == 0, "a chunk is whole warps and whole pads");
@@ -384,13 +424,14 @@ __device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos,
         inside = d2 < cutoff2;
     }
     u32 ballot = __ballot_sync(0xffffffffu, inside);
-    if (lane == 0 && t < CHUNK) warp_count[warp] = __popc(ballot);
+    if (lane == 0 && t < CHUNK) g.warp_count[warp] = __popc(ballot);
+    g.basis_copied();
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
     for (int w = 0; w < CHUNK / 32; ++w) {
-        offset += w < warp ? warp_count[w] : 0;
-        total += warp_count[w];
+        offset += w < warp ? g.warp_count[w] : 0;
+        total += g.warp_count[w];
     }
     if (inside) store(offset + __popc(ballot & ((1u << lane) - 1u)), j, t, r, sqrtf(d2));
     if (PAD > 1 && t >= total && t < (total + PAD - 1) / PAD * PAD) pad(t);
@@ -406,15 +447,15 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
                                           const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
                                           float cutoff2) {
     auto store = [&](int k, int j, int slot, float3 r, float d) {
-        g.store(k, j, slot, r, d, filter.cutoff);
+        g.store(k, j, slot, r, d, filter.cutoff, filter.cutoff_slope);
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
-            const float phi = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
+            const float phi = rbf_gaussian(d, g.basis_offset[m], g.basis_coeff[m]);
             g.phi[k][m] = phi;
-            if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
+            if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, g.basis_coeff[m], g.basis_offset[m]);
         }
     };
-    return compact_chunk<CHUNK, 1>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
+    return compact_chunk<CHUNK, 1>(g, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
 }
 
 // The first interaction's message kernel zeroes the pair-gradient rows that the backward
@@ -447,6 +488,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     const int c = (blockIdx.x % CHANNEL_SLICES) * MSG_CHANNELS + local;
     ChannelFilter w;
     w.load(filter, c);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     const int count = nb.count[i];
     // Atom i's own features, read with the row (not after the pair loop, a round of their own).
@@ -949,6 +991,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     ChannelFilter w;
     w.load(filter, c);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self;  // atom a, channel c

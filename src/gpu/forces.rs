@@ -183,6 +183,7 @@ impl DeviceModel {
             weight_scale: self.filter_weight_scale[t],
             phi_scale: self.phi_scale,
             dphi_scale: self.dphi_scale,
+            cutoff_slope: -0.5 * std::f32::consts::PI / self.cutoff,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct FilterParams {
     pub weight_scale: f32,
     pub phi_scale: f32,
     pub dphi_scale: f32,
+    /// −π / (2 r_c) (Å⁻¹), the cosine cutoff's ∂f_c/∂d = cutoff_slope · sin(π d / r_c), in the same
+    /// f32 operations as the kernels' `cosine_cutoff_slope` (computed there, its division's slow
+    /// path sat at the message kernels' start: perf-notes v52).
+    pub cutoff_slope: f32,
 }
 
 #[repr(C)]
