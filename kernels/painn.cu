@@ -1064,21 +1064,27 @@ __device__ __forceinline__ float3 force_from_pairs(int a, int lane, const double
                                                    int n_atoms) {
     float cutoff2 = cutoff * cutoff;
     float fx = 0.f, fy = 0.f, fz = 0.f;
+    const double3 pos_a = make_double3(pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]);
+    const size_t slice = (size_t)n_atoms * nb.capacity;
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int p = begin + lane; p < end; p += 32) {
-        float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
-        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-        if (d2 >= cutoff2) continue;
-        const int reverse = nb.reverse[p];
-        float4 g = pair_grad[p], h = pair_grad[reverse];
-        const size_t slice = (size_t)n_atoms * nb.capacity;
+        // Every load of the pair before the cutoff test (perf-notes v51): behind its branch the
+        // reverse index waited for the positions and the gradients for the reverse index, three
+        // rounds of latency where the entry's fields and the pair's own gradients take one and the
+        // neighbor's position and the reverse gradients a second. Entries past the cutoff read
+        // gradients they do not use (in bounds: p and its reverse are entries of the list).
+        const int j = nb.j[p], reverse = nb.reverse[p];
+        const int3 image = nb.image[p];
+        float4 g = pair_grad[p];
 #pragma unroll
-        for (int s = 1; s < CHANNEL_SLICES; ++s) {
-            const float4 gs = pair_grad[s * slice + p], hs = pair_grad[s * slice + reverse];
-            g = add4(g, gs);
-            h = add4(h, hs);
-        }
-        float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        for (int s = 1; s < CHANNEL_SLICES; ++s) g = add4(g, pair_grad[s * slice + p]);
+        float4 h = pair_grad[reverse];
+#pragma unroll
+        for (int s = 1; s < CHANNEL_SLICES; ++s) h = add4(h, pair_grad[s * slice + reverse]);
+        float3 r = pair_vector(pos_a, pos, j, cell, image);
+        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        const float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        if (d2 >= cutoff2) continue;
         fx += f.x;
         fy += f.y;
         fz += f.z;
