@@ -165,9 +165,23 @@ __device__ __forceinline__ void wait_or_trap(TryWait done) {
 }
 #endif
 
+// Where every dense block has an SM to itself (the launch's blocks fit the GPU's SMs at once:
+// DENSE_ALONE, set by the host), ptxas may give a thread up to 128 registers: it then issues each
+// matvec's weight loads in one round instead of two to four, and the kernels hold the next
+// matvec's weights through the step before it (perf-notes v57). Elsewhere ptxas keeps near 64
+// registers, so that two blocks share an SM.
+#ifndef DENSE_ALONE
+#define DENSE_ALONE 0
+#endif
+#if DENSE_ALONE
+#define DENSE_BOUNDS __launch_bounds__(SPLIT * NF, 1)
+#else
+#define DENSE_BOUNDS
+#endif
+
 #if CLUSTER > 1
 // Dense kernels are launched with CLUSTER consecutive blocks per tile of atoms.
-#define DENSE_KERNEL extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1)
+#define DENSE_KERNEL extern "C" __global__ void DENSE_BOUNDS __cluster_dims__(CLUSTER, 1, 1)
 #define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
 
 // Each cluster matvec completes on one of this block's two transaction barriers, alternately: it
@@ -224,7 +238,7 @@ __device__ __forceinline__ void send_to_block(float* local, u32 rank, u32 which,
     store_counted(remote_address(local, rank), value, remote_address(&matvec_barrier[which], rank));
 }
 #else
-#define DENSE_KERNEL extern "C" __global__ void
+#define DENSE_KERNEL extern "C" __global__ void DENSE_BOUNDS
 #define DENSE_TILE_INDEX (blockIdx.x)
 __device__ __forceinline__ void dense_kernel_start() { follow_previous_kernels(); }
 #endif
@@ -250,11 +264,49 @@ struct MatvecScratch {
     u32 calls;
 };
 
+// How the blocks of a dense cluster share a matvec (docs/perf-notes.md, v54). Block `rank` owns
+// channels [rank·OWNED, (rank + 1)·OWNED) of every F-wide vector (and of each F-wide part of a
+// wider one). A two-layer network runs its first layer Reduced and its second Owned, or the other
+// way round, so that it exchanges once, not once per layer (as tensor-parallel transformer
+// layers pair a column-split layer with a row-split one).
+enum class Slice {
+    Owned,      // the block's outputs (its channels of each of PARTS parts) over every input; no exchange
+    Reduced,    // every output over the block's inputs (its channels of each of PARTS parts); the
+                // partial sums go to every block and are summed there
+    Scattered,  // as Reduced, but an output's partial sums go only to the block that owns it
+};
+
+#define OWNED (NF / CLUSTER)
+
+// The first channel this block owns (0 without clusters).
+__device__ __forceinline__ int owned_first() {
+#if CLUSTER > 1
+    return (int)cluster_rank() * OWNED;
+#else
+    return 0;
+#endif
+}
+
+// An exchange's sums as a kernel reads them: output c of row a is the sum over ranks r, in rank
+// order (so that every block gets the same bits), of p[r·rank_stride + a·ld + c − first]. c is
+// the output's column in the matrix. Without clusters, the matvec's own output.
+struct Reduced {
+    const float* p;
+    int rank_stride, ld, first;
+    __device__ __forceinline__ float operator()(int a, int c) const {
+        const float* v = p + a * ld + c - first;
+        float total = v[0];
+#pragma unroll
+        for (int r = 1; r < CLUSTER; ++r) total += v[r * rank_stride];
+        return total;
+    }
+};
+
 // For each row a < ROWS of x: out[a·ld_out + o] = Σ_i m[i·OUT + o] · x[a·ld_x + i], o < OUT, with
 // m row-major [IN, OUT] in global memory and x in shared memory (ROWS is TILE atoms, or 3·TILE
 // atom-Cartesian rows where one matrix acts on each Cartesian component). Forward layers pass Wᵀ
 // ([in, out]); backward passes W ([out, in]) to get Wᵀ·g. Each weight is loaded once for all
-// ROWS rows. Results land in shared `out` (of every block of the cluster). `scratch` holds
+// ROWS rows. Results land in shared `out`. `scratch` holds
 // MATVEC_SCRATCH floats. Every thread of the block must call it; it ends with a barrier.
 #if CLUSTER == 1
 // Thread (c, s) owns output columns c, c + NF, ... and the s-th of SPLIT slices of the dot
@@ -327,156 +379,247 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ m, const 
 
 // Without clusters a kernel's first matvec loads its weights where it runs: several blocks share
 // an SM, and registers held from the start would cost that occupancy (perf-notes v46).
-template <int IN, int OUT>
+template <int IN, int OUT, Slice KIND, int PARTS = 1, bool HELD = false>
 struct MatvecWeights {
     const float* m;
     __device__ explicit MatvecWeights(const float* __restrict__ m) : m(m) {}
 };
 
-template <int ROWS, int IN, int OUT>
-__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT>& weights, const float* x, int ld_x, float* out,
-                                             int ld_out, MatvecScratch& scratch) {
+// Without clusters a block owns every channel: each kind is the whole matvec, and the sums are
+// read where block_matvec left them.
+template <int ROWS, int IN, int OUT, Slice KIND, int PARTS, bool HELD>
+__device__ __forceinline__ Reduced dense_matvec(const MatvecWeights<IN, OUT, KIND, PARTS, HELD>& weights, const float* x,
+                                                int ld_x, float* out, int ld_out, MatvecScratch& scratch) {
     block_matvec<ROWS, IN, OUT>(weights.m, x, ld_x, out, ld_out, scratch);
+    return Reduced{out, 0, ld_out, 0};
 }
 #else
-// The largest number of slices, at most `most`, that splits `n` inputs evenly.
-__host__ __device__ constexpr int even_slices(int n, int most) { return most <= 1 || n % most == 0 ? (most < 1 ? 1 : most) : even_slices(n, most - 1); }
+// The largest number of slices, at most `most`, that splits `n` inputs evenly into chunks that
+// each lie within one run of `run` consecutive inputs or cover whole runs (a thread's inputs are
+// then its first input plus compile-time offsets).
+__host__ __device__ constexpr int even_slices(int n, int most, int run) {
+    return most <= 1 ? 1
+                     : n % most == 0 && (run % (n / most) == 0 || (n / most) % run == 0) ? most
+                                                                                         : even_slices(n, most - 1, run);
+}
 
-// Cluster version: block `rank` owns the PER = OUT / CLUSTER outputs [rank·PER, (rank + 1)·PER)
-// of every row, in groups of 32 (a warp reads 128 contiguous bytes of a weight row). Each group's
-// dot products are split over SPLITS warps, and every warp issues its weight loads ahead of its
-// products (ptxas sends them in one to three rounds, perf-notes v44; the old version walked the
-// groups one after another, a round of L2 latency each); partial sums are reduced in a fixed
-// order and pushed into every block of the cluster.
-template <int IN, int OUT>
+// Which part of a matvec a block of a cluster computes (see Slice). A block computes NB outputs
+// over KB inputs; its output j is column column(j) of the matrix, its input k row input(k). In
+// groups of 32 outputs (a warp reads 128 contiguous bytes of a weight row), each group's dot
+// products split over SPLITS warps; every warp issues its weight loads ahead of its products
+// (ptxas sends them in one to three rounds, perf-notes v44).
+template <int IN, int OUT, Slice KIND, int PARTS>
 struct MatvecLayout {
-    static_assert(OUT % CLUSTER == 0, "each block of a cluster owns OUT / CLUSTER outputs");
+    static constexpr bool BY_INPUT = KIND != Slice::Owned;
+    static_assert((BY_INPUT ? IN : OUT) % (PARTS * CLUSTER) == 0, "each part splits evenly over the cluster");
+    // The block's inputs (by input) or outputs (Owned) are its channels of F-wide parts, as
+    // owned_first() says; a Scattered matvec's outputs are one F-wide vector, each channel's
+    // partial sums sent to its owner.
+    static_assert((BY_INPUT ? IN : OUT) == PARTS * NF, "a split side is PARTS vectors of F channels");
+    static_assert(KIND != Slice::Scattered || OUT == NF, "a scattered matvec's outputs are F channels");
+    static constexpr int NB = BY_INPUT ? OUT : OUT / CLUSTER;
+    static constexpr int KB = BY_INPUT ? IN / CLUSTER : IN;
+    // Owned outputs (and, by input, rows) come in runs of RUN consecutive columns, one per part.
+    static constexpr int RUN = BY_INPUT ? IN / PARTS / CLUSTER : OUT / PARTS / CLUSTER;
     static constexpr int WARPS = SPLIT * NF / 32;
-    static constexpr int PER = OUT / CLUSTER;
-    static constexpr int GROUPS = (PER + 31) / 32;
+    static constexpr int GROUPS = (NB + 31) / 32;
     static_assert(GROUPS <= WARPS, "a cluster block's outputs need a warp per 32");
-    // Warps per group: slices of the dot products, as many as divide IN evenly. A bound check
+    // Warps per group: slices of the dot products, as many as divide KB evenly. A bound check
     // per load (128 inputs over 5 slices) made ptxas issue the loads two at a time, each pair
     // after the previous pair's products: 13 rounds of L2 latency instead of one (perf-notes v44).
-    static constexpr int SPLITS = even_slices(IN, WARPS / GROUPS);
-    static constexpr int CHUNK = IN / SPLITS;  // inputs per slice
+    static constexpr int SPLITS = even_slices(KB, WARPS / GROUPS, BY_INPUT ? RUN : KB);
+    static constexpr int CHUNK = KB / SPLITS;  // inputs per slice
     // Whether a kernel may hold a thread's weights in registers from before its wait for the
     // previous kernel (MatvecWeights): one atom per block and up to 32 weights per thread, the
     // layouts where it was measured (perf-notes v46); elsewhere the matvec loads where it runs.
     static constexpr bool HELD = TILE == 1 && CHUNK <= 32;
+
+    __device__ static int column(int j) {
+        if constexpr (BY_INPUT) return j;
+        else return (j / RUN) * (OUT / PARTS) + (int)cluster_rank() * RUN + j % RUN;
+    }
+    // The first input of slice `slice`, and where its k-th input is from there.
+    __device__ static int first_input(int slice) {
+        const int k = slice * CHUNK;
+        if constexpr (BY_INPUT) return (k / RUN) * (IN / PARTS) + (int)cluster_rank() * RUN + k % RUN;
+        else return k;
+    }
+    __host__ __device__ static constexpr int offset(int k) {
+        return !BY_INPUT || CHUNK <= RUN ? k : (k / RUN) * (IN / PARTS) + k % RUN;
+    }
 };
 
-// The matvec with the thread's weights from `load(wi, first input, column)`.
-template <int ROWS, int IN, int OUT, class Load>
-__device__ __forceinline__ void cluster_matvec(Load load, const float* x, int ld_x, float* out, int ld_out,
-                                               MatvecScratch& scratch) {
-    using Layout = MatvecLayout<IN, OUT>;
-    constexpr int PER = Layout::PER, GROUPS = Layout::GROUPS, SPLITS = Layout::SPLITS, CHUNK = Layout::CHUNK;
+// Partial sums of a Reduced or Scattered matvec, one array per rank of the sender, in the
+// receiver's shared memory; two, used alternately with the transaction barriers (the rule at
+// cluster_matvec).
+#define REDUCE_FLOATS (CLUSTER * TILE * (NF > NH ? NF : NH) > 3 * TILE * NF ? CLUSTER * TILE * (NF > NH ? NF : NH) : 3 * TILE * NF)
+__shared__ float reduce_buffer[2][REDUCE_FLOATS];
+
+// The matvec with the thread's weights from `load(wi, first input, column)`. Owned results land
+// in this block's `out` (columns as in the matrix); Reduced and Scattered ones are returned as
+// partial sums in reduce_buffer.
+template <int ROWS, int IN, int OUT, Slice KIND, int PARTS, class Load>
+__device__ __forceinline__ Reduced cluster_matvec(Load load, const float* x, int ld_x, float* out, int ld_out,
+                                                  MatvecScratch& scratch) {
+    using Layout = MatvecLayout<IN, OUT, KIND, PARTS>;
+    constexpr int NB = Layout::NB, GROUPS = Layout::GROUPS, SPLITS = Layout::SPLITS, CHUNK = Layout::CHUNK;
     static_assert(ROWS <= MATVEC_ACC, "more rows than matvec accumulators");
     static_assert(SPLITS * ROWS * GROUPS * 32 <= MATVEC_SCRATCH, "matvec scratch too small");
+    // What one block receives: every rank's partial sums of every output (Reduced), or of the
+    // outputs it owns (Scattered).
+    constexpr int RECEIVED = KIND == Slice::Reduced ? CLUSTER * ROWS * OUT : ROWS * OUT;
+    static_assert(KIND == Slice::Owned || RECEIVED <= REDUCE_FLOATS, "reduce_buffer too small");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = warp % GROUPS, slice = warp / GROUPS;
-    const int first = cluster_rank() * PER, column = group * 32 + lane;  // column within the block's
+    const int group = warp % GROUPS, slice = warp / GROUPS, j = group * 32 + lane;
     const bool active = slice < SPLITS;
     float acc[ROWS];
 #pragma unroll
     for (int a = 0; a < ROWS; ++a) acc[a] = 0.f;
-    if (active && column < PER) {
-        const int begin = slice * CHUNK;
+    if (active && j < NB) {
+        const int first = Layout::first_input(slice);
         float wi[CHUNK];
-        load(wi, begin, first + column);
+        load(wi, first, Layout::column(j));
 #pragma unroll
         for (int k = 0; k < CHUNK; ++k) {
 #pragma unroll
-            for (int a = 0; a < ROWS; ++a) acc[a] += wi[k] * x[a * ld_x + begin + k];
+            for (int a = 0; a < ROWS; ++a) acc[a] += wi[k] * x[a * ld_x + first + Layout::offset(k)];
         }
     }
     // No cluster barrier before the sends (perf-notes v39): a block that has received all of the
-    // previous matvec's outputs sends this one's at once. That is safe because (1) its bytes count
-    // on the other barrier than the previous matvec's, and the next matvec's on this one's again
-    // only after every block has sent this one's, i.e. has finished waiting for the previous one;
-    // (2) every block reads its inputs and its earlier outputs before it sends, so the kernels
-    // only have to keep a matvec's output buffer apart from the buffers that the code between
-    // the previous matvec and this one reads or writes (the previous output among them).
-    const u32 which = scratch.calls++ & 1;
+    // previous exchange's partial sums sends this one's at once. That is safe because (1) its
+    // bytes count on the other barrier, and land in the other half of reduce_buffer, than the
+    // previous exchange's, and the next exchange's on this one's again only after every block has
+    // sent this one's, i.e. has finished waiting for the previous one; (2) a kernel reads an
+    // exchange's sums (Reduced) before its next matvec starts, so before its block sends into
+    // the next exchange.
+    const u32 which = KIND == Slice::Owned ? 0u : scratch.calls++ & 1;
     if (active) {
 #pragma unroll
-        for (int a = 0; a < ROWS; ++a) scratch.values[(slice * ROWS + a) * (GROUPS * 32) + column] = acc[a];
+        for (int a = 0; a < ROWS; ++a) scratch.values[(slice * ROWS + a) * (GROUPS * 32) + j] = acc[a];
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < ROWS * PER; e += blockDim.x) {
-        const int a = e / PER, o = e % PER;
+    const int rank = (int)cluster_rank();
+    float* received = reduce_buffer[which];
+    for (int e = threadIdx.x; e < ROWS * NB; e += blockDim.x) {
+        const int a = e / NB, o = e % NB;
         float total = 0.f;
         for (int k = 0; k < SPLITS; ++k) total += scratch.values[(k * ROWS + a) * (GROUPS * 32) + o];  // fixed order
+        if constexpr (KIND == Slice::Owned) {
+            out[a * ld_out + Layout::column(o)] = total;
+        } else if constexpr (KIND == Slice::Reduced) {
 #pragma unroll
-        for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&out[a * ld_out + first + o], r, which, total);
+            for (u32 r = 0; r < CLUSTER; ++r) send_to_block(&received[(rank * ROWS + a) * OUT + o], r, which, total);
+        } else {
+            constexpr int PER = OUT / CLUSTER;
+            send_to_block(&received[(rank * ROWS + a) * PER + o % PER], o / PER, which, total);
+        }
     }
-    // Arriving after the sums, the wait is also the block barrier that keeps the next matvec's
-    // partial sums out of scratch until every thread has read this one's.
-    matvec_wait(which, matvec_arrive(which, ROWS * OUT * sizeof(float)));
+    if constexpr (KIND == Slice::Owned) {
+        __syncthreads();
+        return Reduced{out, 0, ld_out, 0};
+    } else {
+        // Arriving after the sums, the wait is also the block barrier that keeps the next
+        // matvec's partial sums out of scratch until every thread has read this one's.
+        matvec_wait(which, matvec_arrive(which, RECEIVED * sizeof(float)));
 #ifdef KERNEL_CHECKS
-    // Tests (MDRUN_KERNEL_CHECKS=1): after each matvec one block of every cluster more than the
-    // last lingers (a different one each time, 0–2(CLUSTER−1) µs), so that the others run ahead
-    // into the next matvec and send into it while it has yet to read what the code between the
-    // two matvecs reads: a kernel that broke the rule above would compute wrong values.
-    __nanosleep(2000u * ((cluster_rank() + scratch.calls) % CLUSTER));
+        // Tests (MDRUN_KERNEL_CHECKS=1): after each exchange one block of every cluster more than
+        // the last lingers (a different one each time, 0–2(CLUSTER−1) µs), so that the others run
+        // ahead and send into the next exchange while it has yet to read this one's sums: a
+        // kernel that broke the rule above would compute wrong values.
+        __nanosleep(2000u * ((cluster_rank() + scratch.calls) % CLUSTER));
 #endif
+        if constexpr (KIND == Slice::Reduced) return Reduced{received, ROWS * OUT, OUT, 0};
+        else return Reduced{received, ROWS * (OUT / CLUSTER), OUT / CLUSTER, rank * (OUT / CLUSTER)};
+    }
 }
 
-template <int ROWS, int IN, int OUT>
-__device__ __forceinline__ void block_matvec(const float* __restrict__ m, const float* x, int ld_x, float* out,
-                                             int ld_out, MatvecScratch& scratch) {
-    // All of the slice's weights first, then the products: loads interleaved with products go
-    // out in a second round once the first product has waited for its weight.
-    cluster_matvec<ROWS, IN, OUT>(
-        [&](float (&wi)[MatvecLayout<IN, OUT>::CHUNK], int begin, int column) {
-#pragma unroll
-            for (int k = 0; k < MatvecLayout<IN, OUT>::CHUNK; ++k) wi[k] = m[(begin + k) * OUT + column];
-        },
-        x, ld_x, out, ld_out, scratch);
-}
-
-// A kernel's first cluster matvec's weights for this thread, loaded when constructed, before the
-// kernel waits for the previous one (weights only: no kernel of the step writes them), so that
-// their L2 latency passes during the wait (perf-notes v46). Held in registers only where
-// MatvecLayout::HELD; otherwise the matvec loads them where it runs.
-template <int IN, int OUT, bool HELD = MatvecLayout<IN, OUT>::HELD>
+// A matvec's weights for this thread. Constructed before a kernel's wait for the previous one
+// (weights only: no kernel of the step writes them) where MatvecLayout::HELD, so that their L2
+// latency passes during the wait (perf-notes v46); otherwise only the pointer, and the matvec
+// loads where it runs.
+template <int IN, int OUT, Slice KIND, int PARTS = 1, bool HELD = MatvecLayout<IN, OUT, KIND, PARTS>::HELD>
 struct MatvecWeights {
-    using Layout = MatvecLayout<IN, OUT>;
+    using Layout = MatvecLayout<IN, OUT, KIND, PARTS>;
     float w[Layout::CHUNK];
     __device__ explicit MatvecWeights(const float* __restrict__ m) {
         const int warp = threadIdx.x >> 5, slice = warp / Layout::GROUPS;
-        const int column = (warp % Layout::GROUPS) * 32 + (threadIdx.x & 31);
-        const bool used = m != nullptr && slice < Layout::SPLITS && column < Layout::PER;
-        const float* col = m + cluster_rank() * Layout::PER + column;
+        const int j = (warp % Layout::GROUPS) * 32 + (threadIdx.x & 31);
+        const bool used = m != nullptr && slice < Layout::SPLITS && j < Layout::NB;
+        const float* col = m + (used ? Layout::first_input(slice) * OUT + Layout::column(j) : 0);
 #pragma unroll
-        for (int k = 0; k < Layout::CHUNK; ++k) w[k] = used ? col[(slice * Layout::CHUNK + k) * OUT] : 0.f;
+        for (int k = 0; k < Layout::CHUNK; ++k) w[k] = used ? col[Layout::offset(k) * OUT] : 0.f;
     }
 };
 
-template <int IN, int OUT>
-struct MatvecWeights<IN, OUT, false> {
+template <int IN, int OUT, Slice KIND, int PARTS>
+struct MatvecWeights<IN, OUT, KIND, PARTS, false> {
     const float* m;
     __device__ explicit MatvecWeights(const float* __restrict__ m) : m(m) {}
 };
 
-template <int ROWS, int IN, int OUT>
-__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT, true>& weights, const float* x, int ld_x,
-                                             float* out, int ld_out, MatvecScratch& scratch) {
-    cluster_matvec<ROWS, IN, OUT>(
-        [&](float (&wi)[MatvecLayout<IN, OUT>::CHUNK], int, int) {
+template <int ROWS, int IN, int OUT, Slice KIND, int PARTS>
+__device__ __forceinline__ Reduced dense_matvec(const MatvecWeights<IN, OUT, KIND, PARTS, true>& weights,
+                                                const float* x, int ld_x, float* out, int ld_out,
+                                                MatvecScratch& scratch) {
+    return cluster_matvec<ROWS, IN, OUT, KIND, PARTS>(
+        [&](float (&wi)[MatvecLayout<IN, OUT, KIND, PARTS>::CHUNK], int, int) {
 #pragma unroll
-            for (int k = 0; k < MatvecLayout<IN, OUT>::CHUNK; ++k) wi[k] = weights.w[k];
+            for (int k = 0; k < MatvecLayout<IN, OUT, KIND, PARTS>::CHUNK; ++k) wi[k] = weights.w[k];
         },
         x, ld_x, out, ld_out, scratch);
 }
 
-template <int ROWS, int IN, int OUT>
-__device__ __forceinline__ void block_matvec(const MatvecWeights<IN, OUT, false>& weights, const float* x, int ld_x,
-                                             float* out, int ld_out, MatvecScratch& scratch) {
-    block_matvec<ROWS, IN, OUT>(weights.m, x, ld_x, out, ld_out, scratch);
+template <int ROWS, int IN, int OUT, Slice KIND, int PARTS>
+__device__ __forceinline__ Reduced dense_matvec(const MatvecWeights<IN, OUT, KIND, PARTS, false>& weights,
+                                                const float* x, int ld_x, float* out, int ld_out,
+                                                MatvecScratch& scratch) {
+    using Layout = MatvecLayout<IN, OUT, KIND, PARTS>;
+    const float* __restrict__ m = weights.m;
+    // All of the slice's weights first, then the products: loads interleaved with products go
+    // out in a second round once the first product has waited for its weight.
+    return cluster_matvec<ROWS, IN, OUT, KIND, PARTS>(
+        [&](float (&wi)[Layout::CHUNK], int first, int column) {
+#pragma unroll
+            for (int k = 0; k < Layout::CHUNK; ++k) wi[k] = m[(first + Layout::offset(k)) * OUT + column];
+        },
+        x, ld_x, out, ld_out, scratch);
 }
 #endif
+
+// A kind's weights argument: a MatvecWeights of that kind, or the matrix (loaded where it runs).
+template <int IN, int OUT, Slice KIND, int PARTS>
+struct MatvecArg {
+    __device__ static MatvecWeights<IN, OUT, KIND, PARTS, false> of(const float* m) {
+        return MatvecWeights<IN, OUT, KIND, PARTS, false>(m);
+    }
+    template <bool HELD>
+    __device__ static const MatvecWeights<IN, OUT, KIND, PARTS, HELD>& of(const MatvecWeights<IN, OUT, KIND, PARTS, HELD>& w) {
+        return w;
+    }
+};
+
+// The kernels' matvecs, by kind (Slice), with clusters and without. `weights` is a MatvecWeights
+// or a pointer to the matrix. Owned: this block's outputs into `out`. Reduced: every output, as
+// sums to read through the returned Reduced before the kernel's next matvec. Scattered: the
+// outputs this block owns, the same way. Every thread of the block must call them; each ends
+// with a barrier.
+template <int ROWS, int IN, int OUT, int PARTS = 1, class Weights>
+__device__ __forceinline__ void owned_matvec(const Weights& weights, const float* x, int ld_x, float* out, int ld_out,
+                                             MatvecScratch& scratch) {
+    dense_matvec<ROWS>(MatvecArg<IN, OUT, Slice::Owned, PARTS>::of(weights), x, ld_x, out, ld_out, scratch);
+}
+
+template <int ROWS, int IN, int OUT, int PARTS = 1, class Weights>
+__device__ __forceinline__ Reduced reduced_matvec(const Weights& weights, const float* x, int ld_x, float* out,
+                                                  int ld_out, MatvecScratch& scratch) {
+    return dense_matvec<ROWS>(MatvecArg<IN, OUT, Slice::Reduced, PARTS>::of(weights), x, ld_x, out, ld_out, scratch);
+}
+
+template <int ROWS, int IN, int OUT, int PARTS = 1, class Weights>
+__device__ __forceinline__ Reduced scattered_matvec(const Weights& weights, const float* x, int ld_x, float* out,
+                                                    int ld_out, MatvecScratch& scratch) {
+    return dense_matvec<ROWS>(MatvecArg<IN, OUT, Slice::Scattered, PARTS>::of(weights), x, ld_x, out, ld_out, scratch);
+}
 
 // Warp sums of two float4 (a and b) with 9 shuffles instead of 40: at each step a lane keeps half
 // of its values and adds its partner's copy of that half, so the values to exchange halve every

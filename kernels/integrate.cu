@@ -32,8 +32,9 @@ struct Integration {
 // Atom a's first half of step `step` (1-based, as on the CPU): v += dt/2 · F/m, then (Verlet)
 // x += dt v, or (BAOAB) A(½) O A(½). E_tot − Σ heat is conserved. One function for the
 // integrator kernels and the one-cluster kernel's MD steps: the same arithmetic on both paths.
-// `heat` is in.heat or a copy of it.
-__device__ __forceinline__ void first_half_atom(int a, double* pos, double* vel, double* heat, const float* force,
+// `heat` is in.heat or a copy of it. Returns the new position (what was stored at pos: read back,
+// it would wait on the velocity stores between, which may alias it).
+__device__ __forceinline__ double3 first_half_atom(int a, double* pos, double* vel, double* heat, const float* force,
                                                 const Integration& in, u64 step) {
     const float dt = in.dt;
     double s = 0.5 * dt * in.inv_mass[a];
@@ -66,6 +67,7 @@ __device__ __forceinline__ void first_half_atom(int a, double* pos, double* vel,
         vel[3 * a + k] = v[k];
         pos[3 * a + k] = r[k];
     }
+    return make_double3(r[0], r[1], r[2]);
 }
 
 // Atom a's closing half kick with the new forces.
@@ -92,10 +94,16 @@ struct DisplacementCheck {
     float half_skin2;         // (skin / 2)² (Å²)
 };
 
-// Whether atom a has moved more than half the skin since the last rebuild (check.reference set).
-__device__ __forceinline__ bool moved_past_half_skin(int a, const double* pos, const DisplacementCheck& check) {
-    double dx = pos[3 * a] - check.reference[3 * a], dy = pos[3 * a + 1] - check.reference[3 * a + 1],
-           dz = pos[3 * a + 2] - check.reference[3 * a + 2];
+// Atom a's position at the last rebuild, read with the atom's state before first_half_atom's
+// stores (after them it waited for another round of latency: they may alias it; perf-notes v51).
+__device__ __forceinline__ double3 reference_position(int a, const DisplacementCheck& check) {
+    const double* ref = check.reference + 3 * a;
+    return make_double3(ref[0], ref[1], ref[2]);
+}
+
+// Whether an atom now at r has moved more than half the skin since the last rebuild (at reference).
+__device__ __forceinline__ bool moved_past_half_skin(double3 r, double3 reference, const DisplacementCheck& check) {
+    double dx = r.x - reference.x, dy = r.y - reference.y, dz = r.z - reference.z;
     return dx * dx + dy * dy + dz * dz > check.half_skin2;
 }
 
@@ -105,8 +113,10 @@ extern "C" __global__ void first_half(double* pos, double* vel, const float* for
     int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n_atoms) return;
     const u64 step = *step_counter;
-    first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
-    if (check.reference != nullptr && moved_past_half_skin(a, pos, check)) *check.rebuild_step = step;
+    const bool checking = check.reference != nullptr;
+    const double3 reference = checking ? reference_position(a, check) : make_double3(0.0, 0.0, 0.0);
+    const double3 r = first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
+    if (checking && moved_past_half_skin(r, reference, check)) *check.rebuild_step = step;
 }
 
 // The closing half kick; the first thread advances the step counter.
@@ -128,10 +138,12 @@ extern "C" __global__ void pair_forces_and_second_half(const double* pos, Cell c
     follow_previous_kernels();
     int a = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (a >= n_atoms) return;  // whole warps leave together
-    // The kick's inputs that do not depend on the force, read before the pair loop.
+    // The kick's inputs that do not depend on the force, and the step counter, read before the
+    // pair loop (read at the end, the counter was one more round of latency: perf-notes v51).
     const float inv_mass = in.inv_mass[a];
     double v[3];
     for (int k = 0; k < 3; ++k) v[k] = vel[3 * a + k];
+    const u64 step = a == 0 ? *step_counter : 0;
     const float3 f = force_from_pairs(a, lane, pos, cell, nb, cutoff, pair_grad, n_atoms);
     if (lane == 0) {
         const float force[3] = {f.x, f.y, f.z};
@@ -140,7 +152,7 @@ extern "C" __global__ void pair_forces_and_second_half(const double* pos, Cell c
             forces[3 * a + k] = force[k];
             vel[3 * a + k] = v[k];
         }
-        if (a == 0) *step_counter += 1;
+        if (a == 0) *step_counter = step + 1;
     }
 }
 

@@ -197,6 +197,8 @@ __host__ __device__ constexpr int mma_shared_bytes(int chunk, bool backward) {
     int per_pair = 4 + 4 + 16 + 8 + (backward ? 4 : 2) * A_STRIDE * 4;
     int partial = (MMA_PAIR_SPLIT > 1 ? MMA_PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
     int warp_part = backward ? chunk * WARP_PART_ROW * 16 : 0;
+    // The basis' parameters (ChunkPairs::copy_basis, ≤ 512 bytes) fit in the 3 KB margin, as in
+    // message_shared_bytes.
     return chunk * per_pair + 4 * (chunk / 32) + 64 + (warp_part > partial ? warp_part : partial);
 }
 
@@ -221,7 +223,8 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
     auto store = [&](int k, int j, int slot, float3 r, float d) {
         // From 512 atoms the backward kernel keeps d and divides per pair (MMA_BACKWARD_DIVIDES,
         // perf-notes v50: reading 1/d, ptxas issues more loads early and spills 104 B).
-        g.template store<!(BACKWARD && MMA_BACKWARD_DIVIDES)>(k, j, slot, r, d, filter.cutoff);
+        g.template store<!(BACKWARD && MMA_BACKWARD_DIVIDES)>(k, j, slot, r, d, filter.cutoff,
+                                                              filter.cutoff_slope);
         u32 hi[K_WORDS], lo[K_WORDS], dhi[K_WORDS], dlo[K_WORDS];
 #pragma unroll
         for (int w = 0; w < K_WORDS; ++w) {
@@ -230,10 +233,10 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
             for (int e = 0; e < 2; ++e) {
                 const int m = 2 * w + e;
                 if (m < NK) {
-                    const float value = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
+                    const float value = rbf_gaussian(d, g.basis_offset[m], g.basis_coeff[m]);
                     phi[e] = value * filter.phi_scale;
                     if constexpr (BACKWARD)
-                        dphi[e] = rbf_derivative(d, value, filter.coeffs[m], filter.offsets[m]) * filter.dphi_scale;
+                        dphi[e] = rbf_derivative(d, value, g.basis_coeff[m], g.basis_offset[m]) * filter.dphi_scale;
                 }
             }
             split_half2(phi[0], phi[1], hi[w], lo[w]);
@@ -260,7 +263,7 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
             store_row(g.dphi_lo[k], zero);
         }
     };
-    return compact_chunk<CHUNK, 8>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, pad);
+    return compact_chunk<CHUNK, 8>(g, pos, cell, nb, i, chunk, end, cutoff2, store, pad);
 }
 
 // 1/x for x an exact power of two with a normal reciprocal (the filter's scales): the exponent
@@ -307,6 +310,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const int local = 16 * cw + 2 * gr, c = slice * MSG_CHANNELS + local;  // the lane's channels c, c + 1
     WarpFilter w;
     w.load(filter, c, lane);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     const int count = nb.count[i];
     // Atom i's own features, read with the row (as in message_forward).
@@ -410,6 +414,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     WarpFilter w;
     w.load(filter, c, lane);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     // Exact: powers of two. ∂(filter)/∂d has no bias.
     const float unscale = power_of_two_reciprocal(filter.weight_scale * filter.phi_scale);

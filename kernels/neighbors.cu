@@ -124,8 +124,9 @@ extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, cons
     const bool requested = *check.rebuild_step == step;  // by the host (a forced rebuild)
     bool moved = false;
     if (a < n_atoms) {
-        first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
-        moved = moved_past_half_skin(a, pos, check);
+        const double3 reference = reference_position(a, check);
+        const double3 r = first_half_atom(a, pos, vel, in.heat, force, in, step + 1);  // the step being taken
+        moved = moved_past_half_skin(r, reference, check);
     }
     if (!__syncthreads_or(moved) && !requested) return;
     if (a == 0) *check.rebuild_step = step;

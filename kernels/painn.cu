@@ -39,6 +39,7 @@ struct Filter {
     // Exact powers of two the tensor-core kernels scale the weights, the basis and its derivative
     // by before splitting them into halves, so that both halves stay normal (message_mma.cu).
     float weight_scale, phi_scale, dphi_scale;
+    float cutoff_slope;  // −π / (2 r_c) (Å⁻¹): cosine_cutoff_slope(cutoff), computed on the host
 };
 
 struct Neighbors {
@@ -99,11 +100,17 @@ struct ChannelFilter {
 };
 
 // Cosine cutoff and its derivative; d < cutoff is checked by the caller.
-__device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float& fc, float& dfc) {
+// ∂f_c/∂d = slope · sin(π d / r_c): slope = −π / (2 r_c) (Å⁻¹). The message kernels take it from
+// the host (Filter::cutoff_slope, the same f32 bits): computed in the kernel, the division is
+// hoisted to the kernel's start, and its slow-path branch there held the row's loads back
+// (perf-notes v52).
+__device__ __forceinline__ float cosine_cutoff_slope(float cutoff) { return -0.5f * 3.14159265358979f / cutoff; }
+
+__device__ __forceinline__ void cosine_cutoff(float d, float cutoff, float slope, float& fc, float& dfc) {
     float s, co;
     sincospif(d / cutoff, &s, &co);
     fc = 0.5f * (co + 1.0f);
-    dfc = -0.5f * 3.14159265358979f / cutoff * s;
+    dfc = slope * s;
 }
 
 // Filter values (s, R, v) of one channel at one pair: bias + Σ_k W_k φ_k, with the channel's
@@ -204,36 +211,63 @@ __device__ __forceinline__ float3 pair_force(float4 g, float4 h, float4 r) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// Channel c's biases of a context network (b1 [F], b2 [3F]). Weights only: no kernel of the step
-// writes them, so the reads may come before wait_for_previous_kernels (DENSE_EARLY_READS).
+// A context network's biases as the threads use them: b1 [F] of hidden unit t mod F, b2 [3F] of
+// this block's channel (the threads of the element-wise steps: t < OWNED). Weights only: no kernel
+// of the step writes them, so the reads may come before wait_for_previous_kernels
+// (DENSE_EARLY_READS).
 struct ContextBias {
     float b1, b2[3];
 };
 
 __device__ __forceinline__ ContextBias context_bias(const float* b1, const float* b2) {
-    const int c = threadIdx.x % NF;
-    return ContextBias{b1[c], {b2[c], b2[NF + c], b2[2 * NF + c]}};
+    const int h = threadIdx.x % NF, c = owned_first() + threadIdx.x % OWNED;
+    return ContextBias{b1[h], {b2[c], b2[NF + c], b2[2 * NF + c]}};
 }
 
-// x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh`
-// (row stride ld_q); `hidden` [TILE][F] and `x_sh` [TILE][3F] are shared scratch. Saves the
-// pre-activation for the backward pass.
+// Whether channel (or hidden unit) c is this block's to write: every block of a cluster computes
+// the full hidden layers, one block writes each value.
+__device__ __forceinline__ bool owns(int c) { return (unsigned)(c - owned_first()) < (unsigned)OWNED; }
+
+// A later matvec's weights, read as soon as the matvec before it ends (perf-notes v53, v56), so
+// that their latency passes during the element-wise step between the two, never during an
+// exchange (v45): held in registers where MatvecWeights would hold a kernel's first matvec's and
+// the model is at most 128 wide (wider, holding them took mixing_forward past 64 registers: one
+// block of 512 threads per SM instead of two); otherwise read where the matvec runs.
+// Held up to 16 weights per thread where blocks share SMs, 32 where each has its own (v57).
+#define AHEAD_CHUNK (DENSE_ALONE ? 32 : 16)
+#if CLUSTER > 1
+template <int IN, int OUT, Slice KIND, int PARTS = 1>
+using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS,
+                                   NF <= 128 && MatvecLayout<IN, OUT, KIND, PARTS>::HELD &&
+                                       MatvecLayout<IN, OUT, KIND, PARTS>::CHUNK <= AHEAD_CHUNK>;
+#else
+template <int IN, int OUT, Slice KIND, int PARTS = 1>
+using AheadWeights = MatvecWeights<IN, OUT, KIND, PARTS>;
+#endif
+
+// x = W2 σ(W1 q + b1) + b2 for the block's TILE atoms (first atom a0), q in shared `q_sh` (row
+// stride ld_q; this block's channels are enough); `hidden` [TILE][F] and `x_sh` [TILE][3F] are
+// shared scratch. Saves the pre-activation for the backward pass. W1 is split over the
+// cluster by inputs and W2 by outputs: one exchange (Slice).
+template <class FirstWeights>
 __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x_sh, MatvecScratch& scratch,
-                            const MatvecWeights<NF, NF>& w1, const float* w2t, ContextBias bias, float* pre_out,
-                            float* x_out, int a0, int n_atoms) {
-    int c = threadIdx.x % NF, s = threadIdx.x / NF;
-    block_matvec<TILE>(w1, q_sh, ld_q, hidden, NF, scratch);
-    if (s == 0) {
+                            const FirstWeights& w1, const float* w2t, ContextBias bias, float* pre_out, float* x_out,
+                            int a0, int n_atoms) {
+    const int t = threadIdx.x;
+    const Reduced z1 = reduced_matvec<TILE, NF, NF>(w1, q_sh, ld_q, hidden, NF, scratch);
+    const AheadWeights<NF, 3 * NF, Slice::Owned, 3> w2(w2t);
+    if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + bias.b1;
-            if (a0 + a < n_atoms) pre_out[(size_t)(a0 + a) * NF + c] = z;
-            hidden[a * NF + c] = silu(z);
+            float z = z1(a, t) + bias.b1;
+            if (a0 + a < n_atoms && owns(t)) pre_out[(size_t)(a0 + a) * NF + t] = z;
+            hidden[a * NF + t] = silu(z);
         }
     }
     __syncthreads();
-    block_matvec<TILE, NF, 3 * NF>(w2t, hidden, NF, x_sh, 3 * NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NF, 3 * NF, 3>(w2, hidden, NF, x_sh, 3 * NF, scratch);
+    if (t < OWNED) {
+        const int c = owned_first() + t;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             if (a0 + a >= n_atoms) continue;
@@ -248,12 +282,13 @@ __device__ void context_mlp(const float* q_sh, int ld_q, float* hidden, float* x
 DENSE_KERNEL embed(const int* numbers, const float* embedding, const float* w1t, const float* b1,
                                  const float* w2t, const float* b2, float* q0, float* pre0, float* x0, int n_atoms) {
     const ContextBias bias = context_bias(b1, b2);
-    const MatvecWeights<NF, NF> w1(w1t);  // before the wait (perf-notes v46)
+    const MatvecWeights<NF, NF, Slice::Reduced> w1(w1t);  // before the wait (perf-notes v46)
     dense_kernel_start();
     __shared__ float q_sh[TILE * NF], hidden[TILE * NF], x_sh[TILE * 3 * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
-    int a0 = DENSE_TILE_INDEX * TILE, c = threadIdx.x % NF, s = threadIdx.x / NF;
-    if (s == 0) {
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x;
+    if (t < OWNED) {
+        const int c = owned_first() + t;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             float q = a0 + a < n_atoms ? embedding[numbers[a0 + a] * NF + c] : 0.f;
@@ -273,13 +308,43 @@ struct ChunkPairs {
     int slot[CHUNK];    // position of the pair in the chunk (its neighbor-row entry − chunk start)
     float4 r[CHUNK];    // r (Å) and 1/d (Å⁻¹; d where RECIPROCAL is false): one division per pair, not per pair and channel
     float2 cut[CHUNK];  // cosine cutoff and its derivative at d
+    // The radial basis' centres (Å) and −0.5 / w_k², copied from the model's weights as the
+    // kernel starts, before it waits for the previous one (no kernel writes them): read in the
+    // geometry phase instead, after the row's loads and the chunk's barrier, they took one to three
+    // more rounds of latency per message kernel (perf-notes v52). From sm_80 the copy is
+    // asynchronous (cp.async), so that it holds no registers and no load waits for it;
+    // compact_chunk waits for it before its first barrier.
+    float basis_offset[NK], basis_coeff[NK];
+    __device__ __forceinline__ void copy_basis(const Filter& filter) {
+        for (int m = threadIdx.x; m < NK; m += blockDim.x) {
+#if __CUDA_ARCH__ >= 800
+            const u32 offset_at = (u32)__cvta_generic_to_shared(basis_offset + m),
+                      coeff_at = (u32)__cvta_generic_to_shared(basis_coeff + m);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(offset_at), "l"(filter.offsets + m));
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(coeff_at), "l"(filter.coeffs + m));
+#else
+            basis_offset[m] = filter.offsets[m];
+            basis_coeff[m] = filter.coeffs[m];
+#endif
+        }
+#if __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.commit_group;\n" ::);
+#endif
+    }
+    // This thread's part of the copy has landed (visible to the block after the next barrier).
+    __device__ __forceinline__ void basis_copied() const {
+#if __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+    }
     template <bool RECIPROCAL = true>
-    __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff) {
+    __device__ __forceinline__ void store(int k, int neighbor, int position, float3 v, float d, float cutoff,
+                                          float cutoff_slope) {
         j[k] = neighbor;
         slot[k] = position;
         r[k] = make_float4(v.x, v.y, v.z, RECIPROCAL ? 1.0f / d : d);
         float fc, dfc;
-        cosine_cutoff(d, cutoff, fc, dfc);
+        cosine_cutoff(d, cutoff, cutoff_slope, fc, dfc);
         cut[k] = make_float2(fc, dfc);
     }
 };
@@ -303,6 +368,8 @@ struct ChunkGeometry : ChunkPairs<CHUNK> {
 // partial sums) would pass 45 KB of the 48 KB limit: wide models and large radial bases.
 __host__ __device__ constexpr int message_shared_bytes(int chunk, bool backward) {
     int per_pair = 4 + 4 + 16 + 8 + (backward ? 2 : 1) * NK * 4;  // j, slot, r, cut, φ (and ∂φ/∂d)
+    // The basis' parameters (ChunkPairs::copy_basis, 8·NK ≤ 512 bytes) fit in the 3 KB margin
+    // below 48 KB; not counted here, so that the chunk sizes (and the sums' order) stay as they were.
     int geometry = chunk * per_pair + 4 * (chunk / 32);
     int partial = (PAIR_SPLIT > 1 ? PAIR_SPLIT - 1 : 1) * (backward ? 6 : 4) * MSG_CHANNELS * 4;
     int warp_part = backward ? chunk * (MSG_CHANNELS / 32) * 16 : 0;
@@ -334,8 +401,9 @@ __host__ __device__ constexpr int message_chunk(bool backward) {
 // read before the row's count is needed: a row holds nb.capacity entries, so those reads stay in
 // bounds, and they go out in the same round of latency as the count's, not one after it
 // (perf-notes v48); entries past `end` are not used.
-template <int CHUNK, int PAD, class Store, class Pad>
-__device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos, const Cell& cell,
+// Before its first barrier it waits for this thread's part of the basis copy (ChunkPairs::copy_basis).
+template <int CHUNK, int PAD, class Chunk, class Store, class Pad>
+__device__ __forceinline__ int compact_chunk(Chunk& g, const double* pos, const Cell& cell,
                                              const Neighbors& nb, int i, int chunk, int end, float cutoff2,
                                              Store store, Pad pad) {
     static_assert(CHUNK % 32 == 0 && CHUNK % PAD == 0, "a chunk is whole warps and whole pads");
@@ -356,13 +424,14 @@ __device__ __forceinline__ int compact_chunk(int* warp_count, const double* pos,
         inside = d2 < cutoff2;
     }
     u32 ballot = __ballot_sync(0xffffffffu, inside);
-    if (lane == 0 && t < CHUNK) warp_count[warp] = __popc(ballot);
+    if (lane == 0 && t < CHUNK) g.warp_count[warp] = __popc(ballot);
+    g.basis_copied();
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
     for (int w = 0; w < CHUNK / 32; ++w) {
-        offset += w < warp ? warp_count[w] : 0;
-        total += warp_count[w];
+        offset += w < warp ? g.warp_count[w] : 0;
+        total += g.warp_count[w];
     }
     if (inside) store(offset + __popc(ballot & ((1u << lane) - 1u)), j, t, r, sqrtf(d2));
     if (PAD > 1 && t >= total && t < (total + PAD - 1) / PAD * PAD) pad(t);
@@ -378,15 +447,15 @@ __device__ __forceinline__ int load_chunk(ChunkGeometry<CHUNK, WITH_DPHI>& g, co
                                           const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
                                           float cutoff2) {
     auto store = [&](int k, int j, int slot, float3 r, float d) {
-        g.store(k, j, slot, r, d, filter.cutoff);
+        g.store(k, j, slot, r, d, filter.cutoff, filter.cutoff_slope);
 #pragma unroll
         for (int m = 0; m < NK; ++m) {
-            const float phi = rbf_gaussian(d, filter.offsets[m], filter.coeffs[m]);
+            const float phi = rbf_gaussian(d, g.basis_offset[m], g.basis_coeff[m]);
             g.phi[k][m] = phi;
-            if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, filter.coeffs[m], filter.offsets[m]);
+            if constexpr (WITH_DPHI) g.dphi[k][m] = rbf_derivative(d, phi, g.basis_coeff[m], g.basis_offset[m]);
         }
     };
-    return compact_chunk<CHUNK, 1>(g.warp_count, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
+    return compact_chunk<CHUNK, 1>(g, pos, cell, nb, i, chunk, end, cutoff2, store, [](int) {});
 }
 
 // The first interaction's message kernel zeroes the pair-gradient rows that the backward
@@ -419,6 +488,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     const int c = (blockIdx.x % CHANNEL_SLICES) * MSG_CHANNELS + local;
     ChannelFilter w;
     w.load(filter, c);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     const int count = nb.count[i];
     // Atom i's own features, read with the row (not after the pair loop, a round of their own).
@@ -471,13 +541,6 @@ struct MixingWeights {
     float epsilon;
 };
 
-struct MixingCache {
-    float* vu;    // [N, 3, 2F]: V (first F) and U per Cartesian row
-    float* norm;  // [N, F]
-    float* pre;   // [N, F]
-    float* a;     // [N, 3F]
-};
-
 struct Readout {
     const float* w1t;  // [F, H]
     const float* b1;   // [H]
@@ -488,38 +551,167 @@ struct Readout {
     const int* numbers;
 };
 
-// Mixing, fused with what follows on the same atoms: the next interaction's context network, or
-// (last layer) the atomwise readout, the atoms' energies and the first gradient ∂E/∂q.
-// blockDim = SPLIT·NF, TILE atoms per block; element-wise work is done by the threads of split 0.
-DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache,
-                                          float* q_out, float* mu_out, int last,
-                                          // next interaction (last == 0)
-                                          const float* n_w1t, const float* n_b1, const float* n_w2t, const float* n_b2,
-                                          float* n_pre, float* n_x,
-                                          // readout (last == 1)
-                                          Readout ro, float* atom_energy, float* grad_q, float* grad_mu, int n_atoms) {
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
+struct MixingCache {
+    float* vu;    // [N, 3, 2F]: V (first F) and U per Cartesian row
+    float* norm;  // [N, F]
+    float* pre;   // [N, F]
+    float* a;     // [N, 3F]
+};
+
+// The mixing backward below the per-atom inputs, shared by mixing_backward and (last layer)
+// mixing_forward_last: from ∂E/∂q, ∂E/∂μ at mixing t's output to its input. The threads split
+// the element-wise work as in the forward: channel c = owned_first() + t for t < OWNED, hidden
+// unit t for t < F. Each network's backward mirrors its forward (a layer split by outputs there
+// is split by inputs here, and the other way round), and mixᵀ sends each block only the sums of
+// the channels it owns (Scattered): two exchanges (Slice, perf-notes v54).
+struct MixingBackWeights {
+    const float* mix;  // mu_channel_mix [2F, F]
+    const float* a1;   // intraatomic_context_net.0 [F, 2F]
+    const float* a2;   // intraatomic_context_net.1 [3F, F]
+};
+
+// One thread's per-atom inputs: of its channel (gq: ∂E/∂q and gm: ∂E/∂μ at the mixing output,
+// V and U, a_vv and a_sv of the update network, the norm ‖V‖), and the update network's
+// pre-activation of its hidden unit.
+struct MixingBackInputs {
+    float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE];
+};
+
+// One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
+#define MIX_ROWS (3 * TILE <= MATVEC_ACC)
+
+// Shared arrays: ga [TILE·3F], gz [TILE·F], gctx [TILE·2F], gvu [TILE·6F], out [TILE·F, 3× that
+// where MIX_ROWS]. Its first step writes ga and gvu: the caller's reads of those (and of gz,
+// gctx and out) must be behind a barrier.
+__device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in, const MixingBackWeights& m,
+                                                     float* ga, float* gz, float* gctx, float* gvu, float* out,
+                                                     MatvecScratch& scratch, float* grad_q_in, float* grad_mu_in,
+                                                     int a0, int n_atoms) {
+    const int t = threadIdx.x, c = owned_first() + t % OWNED;
+    const AheadWeights<3 * NF, NF, Slice::Reduced, 3> w_a2(m.a2);
+#pragma unroll
+    for (int a = 0; a < TILE; ++a) {
+        if (t >= OWNED || a0 + a >= n_atoms) {
+            if (t < OWNED) {
+                for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
+                for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
+            }
+            continue;
+        }
+        const float gq = in.gq[a];
+        float vdotu = in.V[a][0] * in.U[a][0] + in.V[a][1] * in.U[a][1] + in.V[a][2] * in.U[a][2];
+        ga[a * 3 * NF + c] = gq;
+        ga[a * 3 * NF + NF + c] = in.gm[a][0] * in.U[a][0] + in.gm[a][1] * in.U[a][1] + in.gm[a][2] * in.U[a][2];
+        ga[a * 3 * NF + 2 * NF + c] = gq * vdotu;
+        float g_vdotu = gq * in.a_sv[a];
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * in.U[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
+        }
+    }
+    __syncthreads();
+    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(w_a2, ga, 3 * NF, gz, NF, scratch);
+    const AheadWeights<NF, 2 * NF, Slice::Owned, 2> w_a1(m.a1);
+    if (t < NF) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = ha(a, t) * (a0 + a < n_atoms ? silu_grad(in.pre[a]) : 0.f);
+    }
+    __syncthreads();
+    owned_matvec<TILE, NF, 2 * NF, 2>(w_a1, gz, NF, gctx, 2 * NF, scratch);
+    const AheadWeights<2 * NF, NF, Slice::Scattered, 2> w_mix(m.mix);
+    if (t < OWNED) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) {
+            if (a0 + a >= n_atoms) continue;
+            size_t atom = a0 + a;
+            grad_q_in[atom * NF + c] = in.gq[a] + gctx[a * 2 * NF + c];
+#pragma unroll
+            for (int k = 0; k < 3; ++k)
+                gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * in.V[a][k] / in.norm[a];
+        }
+    }
+    __syncthreads();
+    // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
+    if constexpr (MIX_ROWS) {
+        const Reduced gmix = scattered_matvec<3 * TILE, 2 * NF, NF, 2>(w_mix, gvu, 2 * NF, out, NF, scratch);
+        if (t < OWNED) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                if (a0 + a < n_atoms)
+                    for (int k = 0; k < 3; ++k)
+                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = in.gm[a][k] + gmix(3 * a + k, c);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            const Reduced gmix = scattered_matvec<TILE, 2 * NF, NF, 2>(w_mix, gvu + k * 2 * NF, 6 * NF, out, NF, scratch);
+            if (t < OWNED) {
+#pragma unroll
+                for (int a = 0; a < TILE; ++a)
+                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = in.gm[a][k] + gmix(a, c);
+            }
+        }
+    }
+}
+
+// What the last layer's mixing kernel does after the mixing: the atomwise readout, the atoms'
+// energies, and the whole mixing backward (∂E/∂μ at the output is 0), so that the step needs no
+// mixing_backward launch for the last layer (perf-notes v55).
+struct LastLayer {
+    Readout ro;
+    float* atom_energy;  // [N]
+    MixingBackWeights back;
+    float* grad_q_in;   // ∂E/∂q at the last mixing's input [N, F]
+    float* grad_mu_in;  // ∂E/∂μ there [N, 3F]
+    __device__ const float* first_weights() const { return ro.w1t; }  // of what follows the mixing
+};
+
+// What a mixing kernel of a layer below the last does after the mixing: the next interaction's
+// context network, and the cache that this layer's mixing_backward reads.
+struct NextLayer {
+    const float* w1t, *b1, *w2t, *b2;  // interatomic_context_net.{0,1} of interaction t + 1
+    float* pre;                         // its pre-activations [N, F]
+    float* x;                           // its context x [N, 3F]
+    float* q_out;                       // q and μ after the mixing [N, F], [N, 3F]
+    float* mu_out;
+    __device__ const float* first_weights() const { return w1t; }  // of what follows the mixing
+};
+
+// Mixing, fused with what follows on the same atoms (NextLayer or LastLayer). blockDim = SPLIT·NF,
+// TILE atoms per block. The element-wise work on channels is done by the threads t < OWNED, for
+// channel owned_first() + t; on hidden units by the threads t < F (H), in every block of a
+// cluster. Three exchanges per layer became one (Slice, perf-notes v54): V and U, and the update
+// network's second layer, are Owned (this block's channels only: what its element-wise steps
+// need); the update network's first layer is Reduced.
+template <bool LAST, class After>
+__device__ __forceinline__ void mixing_forward_body(const float* q_in, const float* mu_in, const MixingWeights& m,
+                                                    const MixingCache& cache, const After& after, int n_atoms) {
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, first = owned_first(), c = first + t % OWNED;
     // Biases, the readout's second layer and the atoms' reference energies (weights and elements
     // only: before the wait where DENSE_EARLY_READS).
     ContextBias update_bias, next_bias{};
     float readout_b1 = 0.f, readout_w2 = 0.f, atomref[TILE];
     auto read_update_bias = [&] { update_bias = context_bias(m.b1, m.b2); };
     auto read_next_bias = [&] {
-        if (!last) next_bias = context_bias(n_b1, n_b2);
-        if (last && c < NH) {
-            readout_b1 = ro.b1[c];
-            readout_w2 = ro.w2[c];
-        }
+        if constexpr (LAST) {
+            if (t < NH) {
+                readout_b1 = after.ro.b1[t];
+                readout_w2 = after.ro.w2[t];
+            }
 #pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            atomref[a] = last && t == 0 && a0 + a < n_atoms ? ro.atomref[ro.numbers[a0 + a]] : 0.f;
+            for (int a = 0; a < TILE; ++a)
+                atomref[a] = t == 0 && a0 + a < n_atoms ? after.ro.atomref[after.ro.numbers[a0 + a]] : 0.f;
+        } else {
+            next_bias = context_bias(after.b1, after.b2);
+        }
     };
     if constexpr (DENSE_EARLY_READS) {
         read_update_bias();
         read_next_bias();
     }
     // The first matvec's weights before the wait (perf-notes v46).
-    const MatvecWeights<NF, 2 * NF> w_mix(m.mix_t);
+    const MatvecWeights<NF, 2 * NF, Slice::Owned, 2> w_mix(m.mix_t);
     dense_kernel_start();
     __shared__ float mu_sh[TILE * 3 * NF], ctx[TILE * 2 * NF], hidden[TILE * NF], vu[TILE * 6 * NF],
         out3[TILE * 3 * NF], partials[MATVEC_SCRATCH], red[64];
@@ -528,22 +720,25 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         int a = k / (3 * NF);
         mu_sh[k] = a0 + a < n_atoms ? mu_in[(size_t)a0 * 3 * NF + k] : 0.f;
     }
-    float q[TILE], vdotu[TILE];
+    float q[TILE], vdotu[TILE], pre[TILE];
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
+        pre[a] = 0.f;
         q[a] = a0 + a < n_atoms ? q_in[(size_t)(a0 + a) * NF + c] : 0.f;
-        if (s == 0) ctx[a * 2 * NF + c] = q[a];
+        if (t < OWNED) ctx[a * 2 * NF + c] = q[a];
     }
     __syncthreads();
-    // V and U of every (atom, Cartesian) row: row 3a + k of μ is at (3a + k)·NF, of vu at (3a + k)·2NF.
+    // V and U of this block's channels for every (atom, Cartesian) row: row 3a + k of μ is at
+    // (3a + k)·NF, of vu at (3a + k)·2NF.
     if constexpr (3 * TILE <= MATVEC_ACC) {
-        block_matvec<3 * TILE>(w_mix, mu_sh, NF, vu, 2 * NF, scratch);
+        owned_matvec<3 * TILE, NF, 2 * NF, 2>(w_mix, mu_sh, NF, vu, 2 * NF, scratch);
     } else {
 #pragma unroll
         for (int k = 0; k < 3; ++k)
-            block_matvec<TILE>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
+            owned_matvec<TILE, NF, 2 * NF, 2>(w_mix, mu_sh + k * NF, 3 * NF, vu + k * 2 * NF, 6 * NF, scratch);
     }
-    if (s == 0) {
+    const AheadWeights<2 * NF, NF, Slice::Reduced, 2> w_a1(m.a1t);
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             const float* v = vu + a * 6 * NF;
@@ -552,7 +747,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
             float norm = sqrtf(V0 * V0 + V1 * V1 + V2 * V2 + m.epsilon);
             ctx[a * 2 * NF + NF + c] = norm;
             vdotu[a] = V0 * U0 + V1 * U1 + V2 * U2;
-            if (a0 + a < n_atoms) {
+            if (!LAST && a0 + a < n_atoms) {
                 float* cv = cache.vu + (size_t)(a0 + a) * 6 * NF;
                 for (int k = 0; k < 6; ++k) cv[k * NF + c] = v[k * NF + c];
                 cache.norm[(size_t)(a0 + a) * NF + c] = norm;
@@ -560,79 +755,109 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
         }
     }
     __syncthreads();
-    block_matvec<TILE, 2 * NF, NF>(m.a1t, ctx, 2 * NF, hidden, NF, scratch);
+    const Reduced z1 = reduced_matvec<TILE, 2 * NF, NF, 2>(w_a1, ctx, 2 * NF, hidden, NF, scratch);
+    const AheadWeights<NF, 3 * NF, Slice::Owned, 3> w_a2(m.a2t);
     if constexpr (!DENSE_EARLY_READS) read_update_bias();
-    if (s == 0) {
+    if (t < NF) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float z = hidden[a * NF + c] + update_bias.b1;
-            if (a0 + a < n_atoms) cache.pre[(size_t)(a0 + a) * NF + c] = z;
-            hidden[a * NF + c] = silu(z);
+            pre[a] = z1(a, t) + update_bias.b1;
+            if (!LAST && a0 + a < n_atoms && owns(t)) cache.pre[(size_t)(a0 + a) * NF + t] = pre[a];
+            hidden[a * NF + t] = silu(pre[a]);
         }
     }
     __syncthreads();
-    block_matvec<TILE, NF, 3 * NF>(m.a2t, hidden, NF, out3, 3 * NF, scratch);
-    if (s == 0) {
+    owned_matvec<TILE, NF, 3 * NF, 3>(w_a2, hidden, NF, out3, 3 * NF, scratch);
+    // The next interaction's context network's or the readout's first weights.
+    const AheadWeights<NF, LAST ? NH : NF, Slice::Reduced> w_next(after.first_weights());
+    if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            const float* o = out3 + a * 3 * NF;
+            float* o = out3 + a * 3 * NF;
             float a_ss = o[c] + update_bias.b2[0], a_vv = o[NF + c] + update_bias.b2[1],
                   a_sv = o[2 * NF + c] + update_bias.b2[2];
             float q_new = q[a] + a_ss + a_sv * vdotu[a];
             ctx[a * 2 * NF + c] = q_new;
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            float* ca = cache.a + atom * 3 * NF;
-            ca[c] = a_ss;
-            ca[NF + c] = a_vv;
-            ca[2 * NF + c] = a_sv;
-            q_out[atom * NF + c] = q_new;
-            const float* v = vu + a * 6 * NF;
-            float* mo = mu_out + atom * 3 * NF;
+            if constexpr (LAST) {
+                // Kept for the backward below (the readout writes only the first H columns).
+                o[NF + c] = a_vv;
+                o[2 * NF + c] = a_sv;
+            }
+            if constexpr (!LAST) {
+                if (a0 + a >= n_atoms) continue;
+                size_t atom = a0 + a;
+                float* ca = cache.a + atom * 3 * NF;
+                ca[c] = a_ss;
+                ca[NF + c] = a_vv;
+                ca[2 * NF + c] = a_sv;
+                after.q_out[atom * NF + c] = q_new;
+                const float* v = vu + a * 6 * NF;
+                float* mo = after.mu_out + atom * 3 * NF;
 #pragma unroll
-            for (int k = 0; k < 3; ++k) mo[k * NF + c] = mu_sh[a * 3 * NF + k * NF + c] + a_vv * v[k * 2 * NF + NF + c];
+                for (int k = 0; k < 3; ++k)
+                    mo[k * NF + c] = mu_sh[a * 3 * NF + k * NF + c] + a_vv * v[k * 2 * NF + NF + c];
+            }
         }
     }
     __syncthreads();
     if constexpr (!DENSE_EARLY_READS) read_next_bias();
-    if (!last) {
-        context_mlp(ctx, 2 * NF, hidden, out3, scratch, MatvecWeights<NF, NF>(n_w1t), n_w2t, next_bias, n_pre, n_x, a0,
-                    n_atoms);
-        return;
-    }
-    // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)).
-    block_matvec<TILE, NF, NH>(ro.w1t, ctx, 2 * NF, hidden, NF, scratch);
-    float contribution[4] = {0.f, 0.f, 0.f, 0.f};
-    if (s == 0 && c < NH) {
+    if constexpr (!LAST) {
+        context_mlp(ctx, 2 * NF, hidden, out3, scratch, w_next, after.w2t, next_bias, after.pre, after.x, a0, n_atoms);
+    } else {
+        // Readout y = w2 · σ(W1 q + b1) + b2, energies, and ∂E/∂q = scale · W1ᵀ (w2 ⊙ σ'(z)): W1
+        // by inputs, W1ᵀ by outputs, one exchange.
+        const Reduced zr = reduced_matvec<TILE, NF, NH>(w_next, ctx, 2 * NF, hidden, NF, scratch);
+        const AheadWeights<NH, NF, Slice::Owned> w_back(after.ro.w1);
+        float contribution[4] = {0.f, 0.f, 0.f, 0.f};
+        if (t < NH) {
+#pragma unroll
+            for (int a = 0; a < TILE; ++a) {
+                float z = zr(a, t) + readout_b1;
+                contribution[a] = readout_w2 * silu(z);
+                out3[a * 3 * NF + t] = after.ro.scale * readout_w2 * silu_grad(z);
+            }
+        }
+        float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
+        if (t == 0 && first == 0) {
+            float sums[4] = {total.x, total.y, total.z, total.w};
+#pragma unroll
+            for (int a = 0; a < TILE; ++a)
+                if (a0 + a < n_atoms)
+                    after.atom_energy[a0 + a] = after.ro.scale * (sums[a] + after.ro.b2) + after.ro.mean_per_atom + atomref[a];
+        }
+        // ∂E/∂q at the mixing output into hidden (the Reduced sums above, read before
+        // block_sum4's barriers).
+        owned_matvec<TILE, NH, NF>(w_back, out3, 3 * NF, hidden, NF, scratch);
+        // The backward's inputs from shared memory (∂E/∂μ at the output is 0), then its arrays
+        // over the forward's: every read above happens before the barrier.
+        MixingBackInputs in;
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            float zr = hidden[a * NF + c] + readout_b1;
-            contribution[a] = readout_w2 * silu(zr);
-            out3[a * 3 * NF + c] = ro.scale * readout_w2 * silu_grad(zr);
-        }
-    }
-    float4 total = block_sum4(make_float4(contribution[0], contribution[1], contribution[2], contribution[3]), red);
-    if (t == 0) {
-        float sums[4] = {total.x, total.y, total.z, total.w};
+            in.pre[a] = pre[a];
+            in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
+            in.a_vv[a] = out3[a * 3 * NF + NF + c];
+            in.a_sv[a] = out3[a * 3 * NF + 2 * NF + c];
+            in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            if (a0 + a < n_atoms) atom_energy[a0 + a] = ro.scale * (sums[a] + ro.b2) + ro.mean_per_atom + atomref[a];
-    }
-    // Into vu, not hidden: with clusters a faster block may send these outputs while this one
-    // still reads hidden above (block_matvec, perf-notes v39).
-    block_matvec<TILE, NH, NF>(ro.w1, out3, 3 * NF, vu, NF, scratch);
-    if (s == 0) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a) {
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            grad_q[atom * NF + c] = vu[a * NF + c];
-            float* gm = grad_mu + atom * 3 * NF;
-            gm[c] = 0.f;
-            gm[NF + c] = 0.f;
-            gm[2 * NF + c] = 0.f;
+            for (int k = 0; k < 3; ++k) {
+                in.gm[a][k] = 0.f;
+                in.V[a][k] = vu[a * 6 * NF + k * 2 * NF + c];
+                in.U[a][k] = vu[a * 6 * NF + k * 2 * NF + NF + c];
+            }
         }
+        __syncthreads();
+        mixing_backward_tail(in, after.back, mu_sh, hidden, ctx, vu, out3, scratch, after.grad_q_in, after.grad_mu_in,
+                             a0, n_atoms);
     }
+}
+
+DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights m, MixingCache cache, NextLayer next,
+                            int n_atoms) {
+    mixing_forward_body<false>(q_in, mu_in, m, cache, next, n_atoms);
+}
+
+DENSE_KERNEL mixing_forward_last(const float* q_in, const float* mu_in, MixingWeights m, LastLayer last, int n_atoms) {
+    mixing_forward_body<true>(q_in, mu_in, m, MixingCache{}, last, n_atoms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -640,7 +865,7 @@ DENSE_KERNEL mixing_forward(const float* q_in, const float* mu_in, MixingWeights
 
 // The next interaction's context-network backward, fused into mixing_backward (perf-notes v38):
 // ∂E/∂q at this mixing's output is grad_q + W1ᵀ(σ'(pre) ⊙ W2ᵀ grad_x) of interaction t + 1,
-// all per atom. w1 == nullptr: not fused (∂E/∂q is read from grad_q_out).
+// all per atom.
 struct ContextBack {
     const float* w1;      // interatomic_context_net.0 of interaction t + 1 [F, F]
     const float* w2;      // interatomic_context_net.1 [3F, F]
@@ -649,144 +874,79 @@ struct ContextBack {
     const float* grad_q;  // ∂E/∂q at interaction t + 1's output [N, F]
 };
 
-struct MixingBackWeights {
-    const float* mix;  // mu_channel_mix [2F, F]
-    const float* a1;   // intraatomic_context_net.0 [F, 2F]
-    const float* a2;   // intraatomic_context_net.1 [3F, F]
-};
-
-// Gradients through mixing t: from (∂E/∂q, ∂E/∂μ) at its output to its input.
-// blockDim = SPLIT·NF, TILE atoms per block.
+// Gradients through mixing t < T − 1 (the last layer's run in mixing_forward_last), with the
+// next interaction's context backward first: three exchanges (perf-notes v54).
 DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack next_context,
-                                           const float* grad_q_out, const float* grad_mu_out, float* grad_q_in,
-                                           float* grad_mu_in, int n_atoms) {
-    const bool fused = next_context.w1 != nullptr;
+                                           const float* grad_mu_out, float* grad_q_in, float* grad_mu_in,
+                                           int n_atoms) {
+    // The first matvec's weights before the wait (perf-notes v46), where they are held (v57).
+    const AheadWeights<3 * NF, NF, Slice::Reduced, 3> w2(next_context.w2);
     dense_kernel_start();
-    // One matvec over the 3·TILE (atom, Cartesian) rows of ∂E/∂(V, U) where the accumulators allow.
-    constexpr bool MIX_ROWS = 3 * TILE <= MATVEC_ACC;
     __shared__ float ga[TILE * 3 * NF], gz[TILE * NF], gctx[TILE * 2 * NF], gvu[TILE * 6 * NF],
-        out[(MIX_ROWS ? 3 : 2) * TILE * NF], partials[MATVEC_SCRATCH];
+        out[(MIX_ROWS ? 3 : 1) * TILE * NF], partials[MATVEC_SCRATCH];
     MatvecScratch scratch{partials, 0};
-    int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, c = t % NF, s = t / NF;
-    // What this kernel reads of earlier kernels' per-atom outputs (threads of split 0): where
-    // DENSE_EARLY_READS, all of it right after the wait, ahead of the context backward's matvecs;
-    // otherwise just before the mixing backward, as one round.
-    float gq[TILE], gm[TILE][3], V[TILE][3], U[TILE][3], a_vv[TILE], a_sv[TILE], pre[TILE], norm[TILE],
-        next_pre[TILE];
+    const int a0 = DENSE_TILE_INDEX * TILE, t = threadIdx.x, first = owned_first(), c = first + t % OWNED;
+    // What this kernel reads of earlier kernels' per-atom outputs: of channel c (threads
+    // t < OWNED), and the pre-activations of hidden unit t (t < F). Where DENSE_EARLY_READS, all of
+    // it right after the wait, ahead of the context backward's matvecs; otherwise just before the
+    // mixing backward, as one round.
+    MixingBackInputs in;
+    float next_pre[TILE];
     auto read_inputs = [&] {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
-            gq[a] = a_vv[a] = a_sv[a] = pre[a] = norm[a] = 0.f;
+            in.gq[a] = in.a_vv[a] = in.a_sv[a] = in.pre[a] = in.norm[a] = 0.f;
 #pragma unroll
-            for (int k = 0; k < 3; ++k) gm[a][k] = V[a][k] = U[a][k] = 0.f;
-            if (s != 0 || a0 + a >= n_atoms) continue;
+            for (int k = 0; k < 3; ++k) in.gm[a][k] = in.V[a][k] = in.U[a][k] = 0.f;
+            if (t >= NF || a0 + a >= n_atoms) continue;
             const size_t atom = a0 + a;
-            gq[a] = fused ? next_context.grad_q[atom * NF + c] : grad_q_out[atom * NF + c];
+            in.pre[a] = cache.pre[atom * NF + t];
+            if (t >= OWNED) continue;
+            in.gq[a] = next_context.grad_q[atom * NF + c];
             const float* vu = cache.vu + atom * 6 * NF;
 #pragma unroll
             for (int k = 0; k < 3; ++k) {
-                gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
-                V[a][k] = vu[k * 2 * NF + c];
-                U[a][k] = vu[k * 2 * NF + NF + c];
+                in.gm[a][k] = grad_mu_out[atom * 3 * NF + k * NF + c];
+                in.V[a][k] = vu[k * 2 * NF + c];
+                in.U[a][k] = vu[k * 2 * NF + NF + c];
             }
-            a_vv[a] = cache.a[atom * 3 * NF + NF + c];
-            a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
-            pre[a] = cache.pre[atom * NF + c];
-            norm[a] = cache.norm[atom * NF + c];
+            in.a_vv[a] = cache.a[atom * 3 * NF + NF + c];
+            in.a_sv[a] = cache.a[atom * 3 * NF + 2 * NF + c];
+            in.norm[a] = cache.norm[atom * NF + c];
         }
     };
     auto read_next_pre = [&] {
 #pragma unroll
         for (int a = 0; a < TILE; ++a)
-            next_pre[a] = fused && s == 0 && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + c] : 0.f;
+            next_pre[a] = t < NF && a0 + a < n_atoms ? next_context.pre[(size_t)(a0 + a) * NF + t] : 0.f;
     };
     if constexpr (DENSE_EARLY_READS) {
         read_inputs();
         read_next_pre();
     }
-    if (fused) {
-        // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds ∂E/∂x until the mixing
-        // overwrites it), σ', then W1ᵀ into the first F columns of gctx, read below.
-        for (int k = t; k < TILE * 3 * NF; k += blockDim.x) {
-            int a = k / (3 * NF);
-            ga[k] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + k] : 0.f;
-        }
-        __syncthreads();
-        block_matvec<TILE, 3 * NF, NF>(next_context.w2, ga, 3 * NF, gz, NF, scratch);
-        if constexpr (!DENSE_EARLY_READS) read_next_pre();
-        if (s == 0) {
-#pragma unroll
-            for (int a = 0; a < TILE; ++a) gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f;
-        }
-        __syncthreads();
-        block_matvec<TILE, NF, NF>(next_context.w1, gz, NF, gctx, 2 * NF, scratch);
+    // The next interaction's context backward: W2ᵀ ∂E/∂x (ga holds this block's channels of ∂E/∂x
+    // until the mixing overwrites it), σ', then W1ᵀ into the first F columns of gctx.
+    for (int k = t; k < TILE * 3 * OWNED; k += blockDim.x) {
+        const int a = k / (3 * OWNED), part = k % (3 * OWNED) / OWNED;
+        const int at = a * 3 * NF + part * NF + first + k % OWNED;
+        ga[at] = a0 + a < n_atoms ? next_context.grad_x[(size_t)a0 * 3 * NF + at] : 0.f;
     }
+    __syncthreads();
+    const Reduced gx = reduced_matvec<TILE, 3 * NF, NF, 3>(w2, ga, 3 * NF, gz, NF, scratch);
+    const AheadWeights<NF, NF, Slice::Owned> w_next1(next_context.w1);
+    if constexpr (!DENSE_EARLY_READS) read_next_pre();
+    if (t < NF) {
+#pragma unroll
+        for (int a = 0; a < TILE; ++a) gz[a * NF + t] = gx(a, t) * (a0 + a < n_atoms ? silu_grad(next_pre[a]) : 0.f);
+    }
+    __syncthreads();
+    owned_matvec<TILE, NF, NF>(w_next1, gz, NF, gctx, 2 * NF, scratch);
     if constexpr (!DENSE_EARLY_READS) read_inputs();
+    if (t < OWNED) {
 #pragma unroll
-    for (int a = 0; a < TILE; ++a) {
-        if (s != 0 || a0 + a >= n_atoms) {
-            if (s == 0) {
-                for (int k = 0; k < 3; ++k) ga[a * 3 * NF + k * NF + c] = 0.f;
-                for (int k = 0; k < 6; ++k) gvu[a * 6 * NF + k * NF + c] = 0.f;
-            }
-            continue;
-        }
-        if (fused) gq[a] += gctx[a * 2 * NF + c];
-        float vdotu = V[a][0] * U[a][0] + V[a][1] * U[a][1] + V[a][2] * U[a][2];
-        ga[a * 3 * NF + c] = gq[a];
-        ga[a * 3 * NF + NF + c] = gm[a][0] * U[a][0] + gm[a][1] * U[a][1] + gm[a][2] * U[a][2];
-        ga[a * 3 * NF + 2 * NF + c] = gq[a] * vdotu;
-        float g_vdotu = gq[a] * a_sv[a];
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * U[a][k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] = gm[a][k] * a_vv[a] + g_vdotu * V[a][k];
-        }
+        for (int a = 0; a < TILE; ++a) in.gq[a] += gctx[a * 2 * NF + c];
     }
-    __syncthreads();
-    block_matvec<TILE, 3 * NF, NF>(m.a2, ga, 3 * NF, gz, NF, scratch);
-    if (s == 0) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a)
-            gz[a * NF + c] *= a0 + a < n_atoms ? silu_grad(pre[a]) : 0.f;
-    }
-    __syncthreads();
-    block_matvec<TILE, NF, 2 * NF>(m.a1, gz, NF, gctx, 2 * NF, scratch);
-    if (s == 0) {
-#pragma unroll
-        for (int a = 0; a < TILE; ++a) {
-            if (a0 + a >= n_atoms) continue;
-            size_t atom = a0 + a;
-            grad_q_in[atom * NF + c] = gq[a] + gctx[a * 2 * NF + c];
-#pragma unroll
-            for (int k = 0; k < 3; ++k) gvu[a * 6 * NF + k * 2 * NF + c] += gctx[a * 2 * NF + NF + c] * V[a][k] / norm[a];
-        }
-    }
-    __syncthreads();
-    // ∂E/∂μ_in = ∂E/∂μ_out + mixᵀ ∂E/∂(V, U), per (atom, Cartesian) row 3a + k.
-    if constexpr (MIX_ROWS) {
-        block_matvec<3 * TILE, 2 * NF, NF>(m.mix, gvu, 2 * NF, out, NF, scratch);
-        if (s == 0) {
-#pragma unroll
-            for (int a = 0; a < TILE; ++a)
-                if (a0 + a < n_atoms)
-                    for (int k = 0; k < 3; ++k)
-                        grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + out[(3 * a + k) * NF + c];
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            // Alternate halves of `out`: with clusters a faster block may send row k + 1 while
-            // this one still reads row k (block_matvec, perf-notes v39).
-            float* row = out + (k % 2) * TILE * NF;
-            block_matvec<TILE, 2 * NF, NF>(m.mix, gvu + k * 2 * NF, 6 * NF, row, NF, scratch);
-            if (s == 0) {
-#pragma unroll
-                for (int a = 0; a < TILE; ++a)
-                    if (a0 + a < n_atoms) grad_mu_in[(size_t)(a0 + a) * 3 * NF + k * NF + c] = gm[a][k] + row[a * NF + c];
-            }
-        }
-    }
+    mixing_backward_tail(in, m, ga, gz, gctx, gvu, out, scratch, grad_q_in, grad_mu_in, a0, n_atoms);
 }
 
 // Adds a chunk's per-pair gradients to pair_grad: one thread per pair sums the pair's WARPS
@@ -831,6 +991,7 @@ extern "C" __global__ void __launch_bounds__(MSG_THREADS)
     pair_grad += (size_t)slice * (gridDim.x / CHANNEL_SLICES) * nb.capacity;
     ChannelFilter w;
     w.load(filter, c);
+    g.copy_basis(filter);
     wait_for_previous_kernels();
     float cutoff2 = filter.cutoff * filter.cutoff;
     ChannelState self;  // atom a, channel c
@@ -903,21 +1064,27 @@ __device__ __forceinline__ float3 force_from_pairs(int a, int lane, const double
                                                    int n_atoms) {
     float cutoff2 = cutoff * cutoff;
     float fx = 0.f, fy = 0.f, fz = 0.f;
+    const double3 pos_a = make_double3(pos[3 * a], pos[3 * a + 1], pos[3 * a + 2]);
+    const size_t slice = (size_t)n_atoms * nb.capacity;
     int begin = a * nb.capacity, end = begin + nb.count[a];
     for (int p = begin + lane; p < end; p += 32) {
-        float3 r = pair_vector(pos, a, nb.j[p], cell, nb.image[p]);
-        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
-        if (d2 >= cutoff2) continue;
-        const int reverse = nb.reverse[p];
-        float4 g = pair_grad[p], h = pair_grad[reverse];
-        const size_t slice = (size_t)n_atoms * nb.capacity;
+        // Every load of the pair before the cutoff test (perf-notes v51): behind its branch the
+        // reverse index waited for the positions and the gradients for the reverse index, three
+        // rounds of latency where the entry's fields and the pair's own gradients take one and the
+        // neighbor's position and the reverse gradients a second. Entries past the cutoff read
+        // gradients they do not use (in bounds: p and its reverse are entries of the list).
+        const int j = nb.j[p], reverse = nb.reverse[p];
+        const int3 image = nb.image[p];
+        float4 g = pair_grad[p];
 #pragma unroll
-        for (int s = 1; s < CHANNEL_SLICES; ++s) {
-            const float4 gs = pair_grad[s * slice + p], hs = pair_grad[s * slice + reverse];
-            g = add4(g, gs);
-            h = add4(h, hs);
-        }
-        float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        for (int s = 1; s < CHANNEL_SLICES; ++s) g = add4(g, pair_grad[s * slice + p]);
+        float4 h = pair_grad[reverse];
+#pragma unroll
+        for (int s = 1; s < CHANNEL_SLICES; ++s) h = add4(h, pair_grad[s * slice + reverse]);
+        float3 r = pair_vector(pos_a, pos, j, cell, image);
+        float d2 = r.x * r.x + r.y * r.y + r.z * r.z;
+        const float3 f = pair_force(g, h, make_float4(r.x, r.y, r.z, sqrtf(d2)));
+        if (d2 >= cutoff2) continue;
         fx += f.x;
         fy += f.y;
         fz += f.z;

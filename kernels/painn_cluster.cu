@@ -449,7 +449,7 @@ extern "C" __global__ void __cluster_dims__(SCL, 1, 1) __launch_bounds__(STHREAD
             S.pj[i][s] = lane;
             S.pr[i][s] = make_float4(r.x, r.y, r.z, d);
             float fc, dfc;
-            cosine_cutoff(d, cutoff, fc, dfc);
+            cosine_cutoff(d, cutoff, cosine_cutoff_slope(cutoff), fc, dfc);
             S.pcut[i][s] = make_float2(fc, dfc);
 #pragma unroll
             for (int k = 0; k < NK; ++k) {

@@ -37,6 +37,8 @@ fn every_kernel_compiles_with_nvrtc() {
         mma_backward_divides: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
+        dense_alone: false,
+        atoms: 12,
         checks: false,
     };
     for sizes in [
@@ -55,12 +57,41 @@ fn every_kernel_compiles_with_nvrtc() {
             checks: true,
             ..student
         },
-        // The largest clusters (8 blocks, each owning 8 to 48 outputs of a layer).
+        // The largest clusters (8 blocks, each owning 16 channels of every layer) at the largest
+        // tile whose partial sums fit the 48 KB of static shared memory (dense_shared_bytes).
         KernelSizes {
-            tile: 4,
+            tile: 2,
             cluster: 8,
             pair_split: 2,
             channel_slices: 2,
+            ..student
+        },
+        // Every dense block alone on its SM (up to 128 registers a thread, perf-notes v57) at the
+        // student's three dense shapes.
+        KernelSizes {
+            dense_alone: true,
+            ..student
+        },
+        KernelSizes {
+            tile: 2,
+            cluster: 2,
+            pair_split: 2,
+            channel_slices: 4,
+            dense_alone: true,
+            ..student
+        },
+        KernelSizes {
+            tile: 2,
+            cluster: 1,
+            pair_split: 1,
+            channel_slices: 2,
+            dense_alone: true,
+            ..student
+        },
+        // Clusters with an odd tile whose μ rows take one matvec each (3 · TILE > MATVEC_ACC).
+        KernelSizes {
+            tile: 3,
+            cluster: 2,
             ..student
         },
         KernelSizes { rbf: 64, ..student },
@@ -111,6 +142,8 @@ fn every_kernel_compiles_with_nvrtc() {
             mma_backward_divides: false,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
+            dense_alone: false,
+            atoms: 12,
             checks: false,
         },
         // The tensor-core message kernels at the student's three size bands (4 × 4, 2 × 4,
@@ -185,6 +218,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "embed",
             "message_forward",
             "mixing_forward",
+            "mixing_forward_last",
             "mixing_backward",
             "message_backward",
             "pair_forces",
@@ -243,6 +277,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "build_neighbors_cells",
             "reverse_pairs",
             "mixing_forward",
+            "mixing_forward_last",
             "mixing_backward",
         ] {
             assert!(

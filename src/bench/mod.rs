@@ -212,6 +212,9 @@ pub struct Row {
     /// The tensor-core backward kernel divided by each pair's distance instead of reading 1/d
     /// (perf-notes v50: from 512 atoms, MDRUN_MMA_BACKWARD_DIVIDES).
     pub mma_backward_divides: Option<bool>,
+    /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
+    /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
+    pub dense_alone: Option<bool>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

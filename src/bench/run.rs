@@ -208,6 +208,7 @@ fn measure_gpu(
     row.one_block_rebuild = Some(md.one_block_rebuild());
     row.message_mma = Some(md.message_mma());
     row.mma_backward_divides = Some(md.mma_backward_divides());
+    row.dense_alone = Some(md.dense_alone());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);
     Ok(())
 }

@@ -6,8 +6,8 @@ use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::neighbors::GpuNeighbors;
 use super::params::{
-    ContextBackParams, FilterParams, IntegrationParams, MixingBackParams, MixingCacheParams, MixingParams,
-    ReadoutParams,
+    ContextBackParams, FilterParams, IntegrationParams, LastLayerParams, MixingBackParams, MixingCacheParams,
+    MixingParams, NextLayerParams, ReadoutParams,
 };
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
@@ -183,6 +183,7 @@ impl DeviceModel {
             weight_scale: self.filter_weight_scale[t],
             phi_scale: self.phi_scale,
             dphi_scale: self.dphi_scale,
+            cutoff_slope: -0.5 * std::f32::consts::PI / self.cutoff,
         }
     }
 
@@ -267,6 +268,7 @@ pub struct GpuPainn {
     filter_fragments: Vec<Buffer<u32>>,
     message_forward: CudaFunction,
     mixing_forward: CudaFunction,
+    mixing_forward_last: CudaFunction,
     mixing_backward: CudaFunction,
     message_backward: CudaFunction,
     pair_forces: CudaFunction,
@@ -323,6 +325,7 @@ impl GpuPainn {
             filter_fragments: Vec::new(),
             message_forward: gpu.function(sizes.message_kernels().0)?,
             mixing_forward: gpu.function("mixing_forward")?,
+            mixing_forward_last: gpu.function("mixing_forward_last")?,
             mixing_backward: gpu.function("mixing_backward")?,
             message_backward: gpu.function(sizes.message_kernels().1)?,
             pair_forces: gpu.function("pair_forces")?,
@@ -340,6 +343,23 @@ impl GpuPainn {
         FilterParams {
             fragments: self.filter_fragments.get(t).map_or(0, |b| b.ptr),
             ..self.net.filter(t)
+        }
+    }
+
+    /// ∂E/∂q at interaction `t`'s output alternates between the two buffers: mixing_backward
+    /// reads the next interaction's and must not write over it (the blocks of a cluster write
+    /// the same atoms).
+    fn grad_q_at(&self, t: usize) -> &Buffer<f32> {
+        &self.grad_q[(self.net.layers.len() - t) % 2]
+    }
+
+    /// Interaction `t`'s mixing weights as its backward reads them.
+    fn mixing_back(&self, t: usize) -> MixingBackParams {
+        let layer = &self.net.layers[t];
+        MixingBackParams {
+            mix: layer.mix.w.ptr,
+            a1: layer.mix1.w.ptr,
+            a2: layer.mix2.w.ptr,
         }
     }
 
@@ -404,87 +424,89 @@ impl GpuPainn {
                 pre: layer.pre_mix.ptr,
                 a: layer.a_mix.ptr,
             };
-            let last = i32::from(t + 1 == t_count);
-            let next = self.net.layers.get(t + 1);
-            let (nw1t, nb1, nw2t, nb2, npre, nx) = match next {
-                Some(l) => (
-                    l.context1.wt.ptr,
-                    l.context1.b(),
-                    l.context2.wt.ptr,
-                    l.context2.b(),
-                    l.pre_context.ptr,
-                    l.x.ptr,
-                ),
-                None => (null, null, null, null, null, null),
-            };
-            unsafe {
-                gpu.launch(&self.mixing_forward)
-                    .arg(&layer.q_mid.ptr)
-                    .arg(&layer.mu_mid.ptr)
-                    .arg(&mixing)
-                    .arg(&cache)
-                    .arg(&self.net.q[t + 1].ptr)
-                    .arg(&self.net.mu[t + 1].ptr)
-                    .arg(&last)
-                    .arg(&nw1t)
-                    .arg(&nb1)
-                    .arg(&nw2t)
-                    .arg(&nb2)
-                    .arg(&npre)
-                    .arg(&nx)
-                    .arg(&readout)
-                    .arg(&self.atom_energy.ptr)
-                    .arg(&self.grad_q[0].ptr)
-                    .arg(&self.grad_mu[0].ptr)
-                    .arg(&n_atoms)
-                    .launch(per_atom_dense)
-                    .map_err(err("mixing_forward"))?;
+            match self.net.layers.get(t + 1) {
+                Some(next) => {
+                    let next = NextLayerParams {
+                        w1t: next.context1.wt.ptr,
+                        b1: next.context1.b(),
+                        w2t: next.context2.wt.ptr,
+                        b2: next.context2.b(),
+                        pre: next.pre_context.ptr,
+                        x: next.x.ptr,
+                        q_out: self.net.q[t + 1].ptr,
+                        mu_out: self.net.mu[t + 1].ptr,
+                    };
+                    unsafe {
+                        gpu.launch(&self.mixing_forward)
+                            .arg(&layer.q_mid.ptr)
+                            .arg(&layer.mu_mid.ptr)
+                            .arg(&mixing)
+                            .arg(&cache)
+                            .arg(&next)
+                            .arg(&n_atoms)
+                            .launch(per_atom_dense)
+                            .map_err(err("mixing_forward"))?;
+                    }
+                }
+                None => {
+                    // The readout, the energies and the last layer's mixing backward in one
+                    // kernel (perf-notes v55): ∂E/∂(q, μ) at its mixing input.
+                    let last = LastLayerParams {
+                        readout,
+                        atom_energy: self.atom_energy.ptr,
+                        back: self.mixing_back(t),
+                        grad_q_in: self.grad_q_at(t).ptr,
+                        grad_mu_in: self.grad_mu[1].ptr,
+                    };
+                    unsafe {
+                        gpu.launch(&self.mixing_forward_last)
+                            .arg(&layer.q_mid.ptr)
+                            .arg(&layer.mu_mid.ptr)
+                            .arg(&mixing)
+                            .arg(&last)
+                            .arg(&n_atoms)
+                            .launch(per_atom_dense)
+                            .map_err(err("mixing_forward_last"))?;
+                    }
+                }
             }
         }
         for t in (0..t_count).rev() {
             let layer = &self.net.layers[t];
-            let back = MixingBackParams {
-                mix: layer.mix.w.ptr,
-                a1: layer.mix1.w.ptr,
-                a2: layer.mix2.w.ptr,
-            };
-            let cache = MixingCacheParams {
-                vu: layer.vu.ptr,
-                norm: layer.norm.ptr,
-                pre: layer.pre_mix.ptr,
-                a: layer.a_mix.ptr,
-            };
             let filter = self.filter(t);
-            // ∂E/∂q at the interaction output alternates between the two buffers: the fused
-            // mixing_backward reads the next interaction's and must not write over it (the blocks
-            // of a cluster write the same atoms).
-            let q_out = |t: usize| &self.grad_q[(t_count - t) % 2];
-            // Below the last interaction, the next one's context-network backward runs first in
-            // the same kernel (perf-notes v38).
-            let next_context = match self.net.layers.get(t + 1) {
-                Some(next) => ContextBackParams {
+            // Below the last interaction (whose mixing backward ran in mixing_forward_last), the
+            // mixing backward with the next interaction's context-network backward first
+            // (perf-notes v38).
+            if let Some(next) = self.net.layers.get(t + 1) {
+                let cache = MixingCacheParams {
+                    vu: layer.vu.ptr,
+                    norm: layer.norm.ptr,
+                    pre: layer.pre_mix.ptr,
+                    a: layer.a_mix.ptr,
+                };
+                let next_context = ContextBackParams {
                     w1: next.context1.w.ptr,
                     w2: next.context2.w.ptr,
                     pre: next.pre_context.ptr,
                     grad_x: self.grad_x.ptr,
-                    grad_q: q_out(t + 1).ptr,
-                },
-                None => ContextBackParams::default(),
-            };
+                    grad_q: self.grad_q_at(t + 1).ptr,
+                };
+                unsafe {
+                    // ∂μ at the next interaction's input ([0], from its message backward) and ∂q
+                    // through its context network → (∂q, ∂μ) at this interaction's output.
+                    gpu.launch(&self.mixing_backward)
+                        .arg(&self.mixing_back(t))
+                        .arg(&cache)
+                        .arg(&next_context)
+                        .arg(&self.grad_mu[0].ptr)
+                        .arg(&self.grad_q_at(t).ptr)
+                        .arg(&self.grad_mu[1].ptr)
+                        .arg(&n_atoms)
+                        .launch(per_atom_dense)
+                        .map_err(err("mixing_backward"))?;
+                }
+            }
             unsafe {
-                // (∂q, ∂μ) at the mixing output (readout: grad_q[0]; below: the next
-                // interaction's input, through its context network) → at the interaction output.
-                gpu.launch(&self.mixing_backward)
-                    .arg(&back)
-                    .arg(&cache)
-                    .arg(&next_context)
-                    .arg(&self.grad_q[0].ptr)
-                    .arg(&self.grad_mu[0].ptr)
-                    .arg(&q_out(t).ptr)
-                    .arg(&self.grad_mu[1].ptr)
-                    .arg(&n_atoms)
-                    .launch(per_atom_dense)
-                    .map_err(err("mixing_backward"))?;
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
                 gpu.launch(&self.message_backward)
                     .arg(&positions.ptr)
@@ -493,7 +515,7 @@ impl GpuPainn {
                     .arg(&filter)
                     .arg(&self.net.mu[t].ptr)
                     .arg(&layer.x.ptr)
-                    .arg(&q_out(t).ptr)
+                    .arg(&self.grad_q_at(t).ptr)
                     .arg(&self.grad_mu[1].ptr)
                     .arg(&self.grad_x.ptr)
                     .arg(&self.grad_mu[0].ptr)

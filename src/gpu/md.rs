@@ -242,6 +242,11 @@ impl GpuMd {
         self.painn.mma_backward_divides()
     }
 
+    /// Whether every dense block had an SM to itself (perf-notes v57).
+    pub fn dense_alone(&self) -> bool {
+        self.painn.dense_alone()
+    }
+
     /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).
     pub fn one_block_rebuild(&self) -> bool {
         self.one_block_rebuild && self.painn.uses_neighbor_list() && self.neighbors.rebuilds_in_first_half()

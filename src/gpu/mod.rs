@@ -90,6 +90,12 @@ pub struct KernelSizes {
     /// blocks crowd the SMs that the running one leaves free, +8–21% at 99–192 atoms;
     /// kernels/common.cuh, perf-notes v36). MDRUN_PDL_EARLY_TRIGGER=1, for experiments.
     pub pdl_early_trigger: bool,
+    /// Every dense block has an SM to itself (its launch's blocks fit the device's SMs at once),
+    /// so the dense kernels may take up to 128 registers a thread (DENSE_ALONE, perf-notes v57).
+    /// Decided by Gpu::open against the device; MDRUN_DENSE_ALONE=0/1 overrides.
+    pub dense_alone: bool,
+    /// The atoms of the system the sizes are for (Gpu::open counts the dense launch's blocks).
+    pub atoms: usize,
     /// Self-checks compiled into the kernels (KERNEL_CHECKS: the one-cluster kernel verifies its
     /// phase plan against its sends and traps on a mismatch). For tests: MDRUN_KERNEL_CHECKS=1.
     pub checks: bool,
@@ -109,8 +115,8 @@ impl KernelSizes {
     /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W
-    /// and MDRUN_PDL_EARLY_TRIGGER override, for experiments.
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W,
+    /// MDRUN_PDL_EARLY_TRIGGER and MDRUN_DENSE_ALONE override, for experiments.
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
@@ -120,23 +126,17 @@ impl KernelSizes {
             .clamp(1, 4)
             .min((512 / features).max(1));
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
-        let mut cluster = env("MDRUN_DENSE_CLUSTER")
+        let wanted_cluster = env("MDRUN_DENSE_CLUSTER")
             .unwrap_or(match n_atoms {
                 0..64 => 4,
                 64..128 => 2,
                 _ => 1,
             })
             .clamp(1, 8);
-        // Each block of a cluster owns cols / cluster outputs of every layer, with a warp for
-        // every 32 of them (kernels/common.cuh, the cluster block_matvec).
-        let widths = [features, 2 * features, 3 * features, readout_hidden];
-        let warps = split * features / 32;
-        if widths
-            .iter()
-            .any(|&w| !w.is_multiple_of(cluster) || (w / cluster).div_ceil(32) > warps)
-        {
-            cluster = 1;
-        }
+        let cluster = (1..=wanted_cluster)
+            .rev()
+            .find(|&c| dense_cluster_fits(features, readout_hidden, split, tile, c))
+            .unwrap_or(1);
         // The message kernels' filter products on tensor cores where the basis fits their
         // registers (perf-notes v31); pair split and channel slices by size band, measured for
         // each kernel pair (scalar: perf-notes v13, v19; tensor cores: v31).
@@ -177,6 +177,8 @@ impl KernelSizes {
                 .map_or(n_atoms >= MMA_BACKWARD_DIVIDES_FROM_ATOMS, |v| v != 0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
+            dense_alone: env("MDRUN_DENSE_ALONE").is_some_and(|v| v != 0),
+            atoms: n_atoms,
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
     }
@@ -210,6 +212,37 @@ impl KernelSizes {
     }
 }
 
+/// Whether the dense kernels build with clusters of `cluster` blocks: each block owns
+/// features / cluster channels of every layer and computes either its channels of a layer's
+/// outputs or every output over its channels of the inputs, with a warp for every 32 outputs
+/// (kernels/common.cuh, Slice), and the kernels' static shared memory stays within 48 KB.
+fn dense_cluster_fits(features: usize, readout_hidden: usize, split: usize, tile: usize, cluster: usize) -> bool {
+    if cluster == 1 {
+        return true;
+    }
+    let warps = split * features / 32;
+    let owned_widths = [features, 2 * features, 3 * features];
+    let full_widths = [features, readout_hidden];
+    features.is_multiple_of(cluster)
+        && owned_widths.iter().all(|&w| (w / cluster).div_ceil(32) <= warps)
+        && full_widths.iter().all(|&w| w.div_ceil(32) <= warps)
+        && dense_shared_bytes(features, readout_hidden, split, tile, cluster) <= 48 * 1024
+}
+
+/// Static shared memory of the largest dense kernel, mixing_forward (kernels/painn.cu): 15 F
+/// floats per tile atom, the matvec scratch (MATVEC_SCRATCH), 64 floats for its block sums, and
+/// with clusters the two halves of reduce_buffer (REDUCE_FLOATS each) and two barriers.
+pub fn dense_shared_bytes(features: usize, readout_hidden: usize, split: usize, tile: usize, cluster: usize) -> usize {
+    let accumulators = if split * tile <= 8 { 6 } else { tile };
+    let scratch = split * accumulators * features;
+    let reduce = if cluster > 1 {
+        2 * (cluster * tile * features.max(readout_hidden)).max(3 * tile * features)
+    } else {
+        0
+    };
+    4 * (15 * features * tile + scratch + 64 + reduce) + if cluster > 1 { 16 } else { 0 }
+}
+
 fn full_source() -> String {
     let mut text = COMMON.replace("#pragma once", "");
     for (name, source) in SOURCES {
@@ -238,6 +271,7 @@ fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
             format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
             format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
             format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
+            format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),
             "--std=c++17".into(),
         ]
         .into_iter()
@@ -339,6 +373,13 @@ impl Gpu {
         let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         if compute_capability.0 < 9 {
             sizes.cluster = 1;
+        }
+        // Each dense block alone on an SM where the launch's blocks all fit at once (v57).
+        if std::env::var_os("MDRUN_DENSE_ALONE").is_none() {
+            let sms = ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| anyhow!("{e:?}"))?;
+            sizes.dense_alone = sizes.dense_blocks(sizes.atoms) <= sms.max(0) as usize;
         }
         // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
         // split, capped for the tensor-core blocks, stays valid for the scalar ones).
@@ -523,13 +564,18 @@ mod tests {
                     assert_eq!(s.message_blocks(n_atoms), n_atoms * s.channel_slices, "{what}");
                     // Dense blocks: at most 512 features × atoms (static shared memory).
                     assert!(s.tile * features <= 512 || s.tile == 1, "{what}");
-                    // Cluster blocks: a warp for every 32 of a layer's outputs they own.
-                    for width in [features, 2 * features, 3 * features, hidden] {
-                        assert!(width.is_multiple_of(s.cluster), "{what}");
-                        assert!(
-                            (width / s.cluster).div_ceil(32) <= s.dense_threads() as usize / 32,
-                            "{what}"
-                        );
+                    // Cluster blocks: a warp for every 32 outputs of a layer they compute (their
+                    // channels of it, or all of an F- or H-wide one), their shared memory
+                    // within 48 KB.
+                    let warps = s.dense_threads() as usize / 32;
+                    assert!(features.is_multiple_of(s.cluster), "{what}");
+                    for width in [features, 2 * features, 3 * features] {
+                        assert!((width / s.cluster).div_ceil(32) <= warps, "{what}");
+                    }
+                    if s.cluster > 1 {
+                        assert!(features.div_ceil(32) <= warps && hidden.div_ceil(32) <= warps, "{what}");
+                        let bytes = super::dense_shared_bytes(features, hidden, s.split, s.tile, s.cluster);
+                        assert!(bytes <= 48 * 1024, "{what}");
                     }
                     // Tensor-core messages only where their registers hold the basis, in blocks
                     // of at most 512 threads.

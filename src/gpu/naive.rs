@@ -92,6 +92,11 @@ impl PainnKernels {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma)
     }
 
+    /// Whether every dense block had an SM to itself, with up to 128 registers (perf-notes v57).
+    pub fn dense_alone(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.dense_alone)
+    }
+
     /// Whether the tensor-core backward kernel divides by d instead of reading 1/d (perf-notes v50).
     pub fn mma_backward_divides(&self) -> bool {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma && painn.sizes.mma_backward_divides)

@@ -51,6 +51,10 @@ pub struct FilterParams {
     pub weight_scale: f32,
     pub phi_scale: f32,
     pub dphi_scale: f32,
+    /// −π / (2 r_c) (Å⁻¹), the cosine cutoff's ∂f_c/∂d = cutoff_slope · sin(π d / r_c), in the same
+    /// f32 operations as the kernels' `cosine_cutoff_slope` (computed there, its division's slow
+    /// path sat at the message kernels' start: perf-notes v52).
+    pub cutoff_slope: f32,
 }
 
 #[repr(C)]
@@ -105,10 +109,37 @@ pub struct MixingBackParams {
     pub a2: u64,
 }
 
-/// The next interaction's context-network backward, fused into mixing_backward (kernels/painn.cu
-/// `ContextBack`); all zero: not fused.
+/// What the last layer's mixing kernel does after the mixing (kernels/painn.cu `LastLayer`): the
+/// readout, the atoms' energies and the whole mixing backward (perf-notes v55).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
+pub struct LastLayerParams {
+    pub readout: ReadoutParams,
+    pub atom_energy: u64,
+    pub back: MixingBackParams,
+    pub grad_q_in: u64,
+    pub grad_mu_in: u64,
+}
+
+/// What a lower layer's mixing kernel does after the mixing (kernels/painn.cu `NextLayer`): the
+/// next interaction's context network, and the layer's output q, μ.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct NextLayerParams {
+    pub w1t: u64,
+    pub b1: u64,
+    pub w2t: u64,
+    pub b2: u64,
+    pub pre: u64,
+    pub x: u64,
+    pub q_out: u64,
+    pub mu_out: u64,
+}
+
+/// The next interaction's context-network backward, fused into mixing_backward (kernels/painn.cu
+/// `ContextBack`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
 pub struct ContextBackParams {
     pub w1: u64,
     pub w2: u64,
@@ -182,6 +213,8 @@ unsafe impl DeviceRepr for MixingCacheParams {}
 unsafe impl DeviceRepr for ReadoutParams {}
 unsafe impl DeviceRepr for MixingBackParams {}
 unsafe impl DeviceRepr for ContextBackParams {}
+unsafe impl DeviceRepr for LastLayerParams {}
+unsafe impl DeviceRepr for NextLayerParams {}
 unsafe impl DeviceRepr for RebuildParams {}
 unsafe impl DeviceRepr for DisplacementCheckParams {}
 unsafe impl DeviceRepr for Int3 {}

@@ -130,7 +130,7 @@ def rounds(instructions):
     pending, issued, tokens = set(), 0, []
     for ins in instructions:
         op, core, regs = parse(ins)
-        if op.startswith("LDG"):
+        if op.startswith("LDG") and not op.startswith(("LDGSTS", "LDGDEPBAR")):  # cp.async: no register
             addr = re.findall(r"\bR\d+\b", core[core.index("["):]) if "[" in core else []
             if any(r in pending for r in addr):  # a load whose address is a pending load's value
                 tokens.append(f"W{issued}")
@@ -167,7 +167,7 @@ def trace(instructions):
         if is_barrier(op):
             print("  barrier:", ins)
             return
-        if op.startswith("LDG"):
+        if op.startswith("LDG") and not op.startswith(("LDGSTS", "LDGDEPBAR")):  # cp.async: no register
             pending[regs[0]] = ins
             print("    load", ins)
             continue

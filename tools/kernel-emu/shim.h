@@ -1,0 +1,295 @@
+// CPU emulation of the CUDA constructs used by the dense kernels (kernels/common.cuh and the
+// per-atom kernels of kernels/painn.cu), so that their source runs unchanged under a host C++
+// compiler (README.md in this directory says what that checks and what it cannot).
+//
+// Each CUDA thread is an OS thread, so threads of a block really interleave: a missing
+// __syncthreads shows up as a wrong value (and, built with -fsanitize=thread, as a data race).
+// Each block of a cluster is its own copy of the kernel code in its own C++ namespace, so it has
+// its own __shared__ arrays; the harness fills all of them with NaN before every launch, so that
+// a read of a shared value nobody wrote poisons the outputs.
+//
+// The cluster exchange (mbarrier transaction barriers and st.async into other blocks' shared
+// memory) is emulated with the protocol checked on every call: which of the two barriers an
+// exchange uses, that a sender's bytes land in the phase the receiver is waiting for, that the
+// sums a block reads are those of the exchange it waited for (not yet overwritten by a later
+// one, not left over from an earlier one). Each failed check counts as a violation.
+#pragma once
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+constexpr int EMU_MAX_BLOCKS = 8;   // the largest cluster the kernels are built for
+constexpr int EMU_MAX_WARPS = 32;   // 1,024 threads per block
+// A barrier nobody completes within this time is a hang on the GPU (a miscounted transaction
+// barrier traps after ~2 s there); here it ends the run instead of blocking the test forever.
+constexpr auto EMU_HANG_TIMEOUT = std::chrono::seconds(60);
+
+struct EmuDim {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+// What a CUDA thread knows about itself, and how many cluster exchanges it has taken part in
+// (the index of the exchange a send or a read belongs to).
+struct EmuThread {
+    EmuDim thread_idx, block_idx, block_dim;
+    unsigned rank = 0;
+    long exchanges = 0;
+    unsigned rng = 1;
+};
+inline thread_local EmuThread emu;
+
+inline void emu_fatal(const char* what) {
+    fprintf(stderr, "FATAL %s (block rank %u, thread %u)\n", what, emu.rank, emu.thread_idx.x);
+    fflush(stderr);
+    abort();
+}
+
+// A reusable barrier for a fixed number of threads (__syncthreads, a warp's shuffles, the
+// cluster barrier at kernel start).
+struct EmuBarrier {
+    std::mutex m;
+    std::condition_variable cv;
+    int expected = 0, arrived = 0;
+    long generation = 0;
+    void wait() {
+        std::unique_lock<std::mutex> lock(m);
+        const long g = generation;
+        if (++arrived == expected) {
+            arrived = 0;
+            generation++;
+            cv.notify_all();
+        } else if (!cv.wait_for(lock, EMU_HANG_TIMEOUT, [&] { return generation != g; })) {
+            emu_fatal("barrier never completed (a thread skipped it: hang on the GPU)");
+        }
+    }
+};
+
+// An mbarrier with a transaction count: a phase completes once every expected thread has arrived
+// and every announced byte has landed (the count may go below zero when bytes land before the
+// announcement).
+struct EmuTransactionBarrier {
+    std::mutex m;
+    std::condition_variable cv;
+    int expected = 0, pending = 0;
+    long bytes = 0, phase = 0;
+    void complete_if_done() {  // with m held
+        if (pending == 0 && bytes == 0) {
+            phase++;
+            pending = expected;
+            cv.notify_all();
+        }
+    }
+};
+
+// The state of the cluster being run (one launch of one cluster at a time).
+struct EmuCluster {
+    EmuBarrier block_barrier[EMU_MAX_BLOCKS];
+    EmuBarrier warp_barrier[EMU_MAX_BLOCKS][EMU_MAX_WARPS];
+    float warp_lanes[EMU_MAX_BLOCKS][EMU_MAX_WARPS][32];
+    EmuBarrier cluster_barrier;
+    EmuTransactionBarrier matvec_barrier[EMU_MAX_BLOCKS][2];
+    // Each block's reduce_buffer (the exchanges' destination) and, per float of it, the exchange
+    // whose sender wrote it last.
+    float* reduce_buffer[EMU_MAX_BLOCKS] = {};
+    size_t reduce_bytes = 0;
+    std::vector<long> written_by_exchange[EMU_MAX_BLOCKS];
+    // Per block and barrier: the latest exchange any sender has sent into it.
+    std::atomic<long> latest_received[EMU_MAX_BLOCKS][2];
+    std::atomic<long> violations{0};
+    // Sends that reached a block before any of its threads had arrived at that exchange: the
+    // run-ahead the double-buffered exchange allows, which the checks above are about.
+    std::atomic<long> sends_ahead{0};
+    bool jitter = false;
+};
+inline EmuCluster E;
+
+inline void emu_violation(const char* what, long a, long b) {
+    if (E.violations++ < 20)
+        fprintf(stderr, "VIOLATION %s (block rank %u, thread %u): %ld %ld\n", what, emu.rank, emu.thread_idx.x, a, b);
+}
+
+inline unsigned emu_random() {
+    emu.rng = emu.rng * 1103515245u + 12345u;
+    return emu.rng >> 8;
+}
+
+// Random yields and short sleeps at the synchronisation points, so that the threads and blocks
+// take many different interleavings (on the GPU a block may run far ahead of another).
+inline void emu_jitter() {
+    if (!E.jitter || emu_random() % 97 != 0) return;
+    if (emu_random() % 4 == 0) usleep(emu_random() % 300);
+    else sched_yield();
+}
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+// Every shared array lives in one linker section, which the harness poisons before each launch.
+#define __shared__ static __attribute__((section("emushm")))
+#define threadIdx (::emu.thread_idx)
+#define blockIdx (::emu.block_idx)
+#define blockDim (::emu.block_dim)
+
+struct float2 {
+    float x, y;
+};
+struct float3 {
+    float x, y, z;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct double3 {
+    double x, y, z;
+};
+struct int3 {
+    int x, y, z;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float3 make_float3(float x, float y, float z) { return {x, y, z}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double3 make_double3(double x, double y, double z) { return {x, y, z}; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline float __expf(float x) { return expf(x); }
+inline unsigned __float_as_uint(float v) {
+    unsigned u;
+    memcpy(&u, &v, 4);
+    return u;
+}
+// KERNEL_CHECKS makes one block of a cluster linger after each exchange (microseconds on the
+// GPU). Emulated threads are far slower, so the linger is stretched 250 times (ns / 4 µs) to stay
+// long against the other blocks' work.
+inline void __nanosleep(unsigned ns) {
+    if (ns) usleep(ns / 4);
+}
+inline void __trap() { emu_fatal("__trap"); }
+inline long long clock64() { return 0; }
+
+inline void __syncthreads() {
+    emu_jitter();
+    E.block_barrier[emu.rank].wait();
+}
+
+// Shuffles of a whole warp (every kernel shuffles with the full mask): each lane publishes its
+// value, the warp meets, each reads its partner's, the warp meets again before the slots are
+// reused.
+inline float emu_shuffle(unsigned mask, float v, unsigned source_lane) {
+    if (mask != 0xffffffffu) emu_violation("shuffle with a partial mask", mask, 0);
+    const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
+    float* lanes = E.warp_lanes[emu.rank][warp];
+    lanes[lane] = v;
+    E.warp_barrier[emu.rank][warp].wait();
+    const float r = lanes[source_lane];
+    E.warp_barrier[emu.rank][warp].wait();
+    return r;
+}
+inline float __shfl_down_sync(unsigned mask, float v, int offset) {
+    const unsigned lane = emu.thread_idx.x % 32;
+    return emu_shuffle(mask, v, lane + offset < 32 ? lane + offset : lane);
+}
+inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
+    return emu_shuffle(mask, v, (emu.thread_idx.x % 32) ^ offset);
+}
+
+inline unsigned cluster_rank() { return emu.rank; }
+
+// --- The cluster exchange (replaces the CLUSTER > 1 primitives of kernels/common.cuh) ---------
+
+// dense_kernel_start: thread 0 of each block sets up its block's two barriers, then the whole
+// cluster meets, so that no block sends before its receivers are set up.
+inline void emu_dense_kernel_start() {
+    if (emu.thread_idx.x == 0) {
+        for (int which = 0; which < 2; ++which) {
+            EmuTransactionBarrier& b = E.matvec_barrier[emu.rank][which];
+            std::lock_guard<std::mutex> lock(b.m);
+            b.expected = b.pending = emu.block_dim.x;
+            b.bytes = 0;
+            b.phase = 0;
+            E.latest_received[emu.rank][which] = -1;
+        }
+        E.written_by_exchange[emu.rank].assign(E.reduce_bytes / sizeof(float), -1);
+    }
+    emu.exchanges = 0;
+    E.cluster_barrier.wait();
+}
+
+// matvec_arrive: exchange n completes on barrier n mod 2; thread 0 announces the bytes.
+inline unsigned long long emu_matvec_arrive(unsigned which, unsigned bytes) {
+    if ((long)which != (emu.exchanges & 1)) emu_violation("arrives on the other exchange's barrier", which, emu.exchanges);
+    EmuTransactionBarrier& b = E.matvec_barrier[emu.rank][which];
+    unsigned long long state;
+    {
+        std::lock_guard<std::mutex> lock(b.m);
+        if (emu.thread_idx.x == 0) b.bytes += bytes;
+        b.pending--;
+        state = b.phase;
+        b.complete_if_done();
+    }
+    emu.exchanges++;
+    emu_jitter();
+    return state;
+}
+
+inline void emu_matvec_wait(unsigned which, unsigned long long state) {
+    EmuTransactionBarrier& b = E.matvec_barrier[emu.rank][which];
+    std::unique_lock<std::mutex> lock(b.m);
+    if (!b.cv.wait_for(lock, EMU_HANG_TIMEOUT, [&] { return b.phase > (long)state; })) {
+        fprintf(stderr, "outstanding bytes %ld, threads yet to arrive %d\n", b.bytes, b.pending);
+        emu_fatal("transaction barrier never completed (miscounted bytes: hang on the GPU)");
+    }
+}
+
+// send_to_block: the st.async of `value` to the place of `local` in block `rank`'s
+// reduce_buffer, counted on that block's barrier `which`. Sent before the sender arrives, so it
+// belongs to the sender's exchange number emu.exchanges.
+inline void emu_send_to_block(float* local, unsigned rank, unsigned which, float value) {
+    const long exchange = emu.exchanges;
+    if ((long)which != (exchange & 1)) emu_violation("sends on the other exchange's barrier", which, exchange);
+    const size_t offset = (char*)local - (char*)E.reduce_buffer[emu.rank];
+    if (offset + sizeof(float) > E.reduce_bytes) emu_fatal("sends from outside reduce_buffer");
+    if (rank >= EMU_MAX_BLOCKS || !E.reduce_buffer[rank]) emu_fatal("sends to a block outside the cluster");
+    emu_jitter();
+    EmuTransactionBarrier& b = E.matvec_barrier[rank][which];
+    std::lock_guard<std::mutex> lock(b.m);
+    *(float*)((char*)E.reduce_buffer[rank] + offset) = value;
+    E.written_by_exchange[rank][offset / sizeof(float)] = exchange;
+    if (rank != emu.rank && b.pending == b.expected) E.sends_ahead++;
+    if (b.phase != (exchange >> 1)) emu_violation("bytes land in another phase of the barrier", b.phase, exchange);
+    if (exchange > E.latest_received[rank][which]) E.latest_received[rank][which] = exchange;
+    b.bytes -= sizeof(float);
+    b.complete_if_done();
+}
+
+// A read of reduce_buffer through Reduced (constructed right after the exchange's wait, so
+// `exchange` is the one whose sums it reads): the value must have been sent in that exchange and
+// not yet overwritten by the next exchange on the same half.
+inline void emu_check_reduced_read(const float* p, long exchange) {
+    if (!E.reduce_buffer[emu.rank]) return;
+    const size_t offset = (const char*)p - (const char*)E.reduce_buffer[emu.rank];
+    if (offset >= E.reduce_bytes) return;  // an Owned matvec's output in the block's own array
+    if (exchange < 0) {
+        emu_violation("reads reduce_buffer before any exchange", exchange, 0);
+        return;
+    }
+    if ((long)(offset / (E.reduce_bytes / 2)) != (exchange & 1))
+        emu_violation("reads the other exchange's half of reduce_buffer", (long)offset, exchange);
+    const long latest = E.latest_received[emu.rank][exchange & 1].load();
+    if (latest >= exchange + 2) emu_violation("reads sums already overwritten by a later exchange", exchange, latest);
+    const long written = E.written_by_exchange[emu.rank][offset / sizeof(float)];
+    if (written != exchange && latest < exchange + 2)
+        emu_violation("reads a sum not sent in this exchange", exchange, written);
+}
+
+inline long emu_current_exchange() { return emu.exchanges - 1; }
