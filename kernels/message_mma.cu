@@ -18,7 +18,7 @@
 // of equal g at the end (fixed order: deterministic).
 
 #ifndef MMA_BACKWARD_DIVIDES
-#define MMA_BACKWARD_DIVIDES 0  // 1: the backward kernel's chunk keeps d, not 1/d (from 512 atoms)
+#define MMA_BACKWARD_DIVIDES 0  // 1: the backward kernel's chunk keeps d, not 1/d (the host's default)
 #endif
 #ifndef MMA_PAIR_SPLIT
 #define MMA_PAIR_SPLIT 0  // 0: the tensor-core message kernels are not built
@@ -221,8 +221,8 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
                                               const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
                                               float cutoff2) {
     auto store = [&](int k, int j, int slot, float3 r, float d) {
-        // From 512 atoms the backward kernel keeps d and divides per pair (MMA_BACKWARD_DIVIDES,
-        // perf-notes v50: reading 1/d, ptxas issues more loads early and spills 104 B).
+        // The backward kernel keeps d and divides per pair by default (MMA_BACKWARD_DIVIDES; perf-notes
+        // v50 read 1/d below 512 atoms, v59 divides everywhere once v52 removed that form's spills).
         g.template store<!(BACKWARD && MMA_BACKWARD_DIVIDES)>(k, j, slot, r, d, filter.cutoff,
                                                               filter.cutoff_slope);
         u32 hi[K_WORDS], lo[K_WORDS], dhi[K_WORDS], dlo[K_WORDS];

@@ -45,13 +45,6 @@ pub const MMA_MAX_RBF: usize = 32;
 /// ±2% with tensor cores on the H200: perf-notes v31), so they stay the default there.
 pub const MMA_MIN_ATOMS: usize = 32;
 
-/// From this many atoms the tensor-core backward kernel divides by d per pair instead of reading
-/// 1/d (perf-notes v50): reading it lets ptxas issue more of the pair loop's loads early, which
-/// wins while one wave of blocks covers the system (99 atoms −2.0 µs, 192 atoms −3.1 on the H200)
-/// but spills 104 B per thread (16 B dividing), which loses once there are many waves (1,536
-/// atoms +20 µs, 12,288 atoms +45).
-pub const MMA_BACKWARD_DIVIDES_FROM_ATOMS: usize = 512;
-
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
@@ -79,8 +72,10 @@ pub struct KernelSizes {
     /// The message kernels' filter products on tensor cores in split half precision
     /// (kernels/message_mma.cu; compute capability 8.0 on, radial bases up to 32 functions).
     pub message_mma: bool,
-    /// The tensor-core backward kernel keeps d per pair and divides (true) or reads 1/d (false):
-    /// MMA_BACKWARD_DIVIDES_FROM_ATOMS.
+    /// The tensor-core backward kernel keeps d per pair and divides (true, the default) or reads
+    /// 1/d (false). v50 read 1/d below 512 atoms, where its earlier loads won while its 104 B of
+    /// spills did not matter; v52 removed those spills and then dividing measured as fast at 99
+    /// atoms and faster from 192 on (H200, perf-notes v59). MDRUN_MMA_BACKWARD_DIVIDES=0 for A/B.
     pub mma_backward_divides: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
@@ -173,8 +168,7 @@ impl KernelSizes {
             pair_split,
             channel_slices,
             message_mma,
-            mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES")
-                .map_or(n_atoms >= MMA_BACKWARD_DIVIDES_FROM_ATOMS, |v| v != 0),
+            mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES").map_or(true, |v| v != 0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             dense_alone: env("MDRUN_DENSE_ALONE").is_some_and(|v| v != 0),
@@ -540,11 +534,10 @@ mod tests {
     }
 
     #[test]
-    fn the_tensor_core_backward_divides_from_512_atoms() {
-        // perf-notes v50: 1/d read while one wave covers the system, d divided from 512 atoms on.
+    fn the_tensor_core_backward_divides_at_every_size() {
+        // perf-notes v59: once v52 took the reciprocal form's spills away, dividing was never slower.
         let divides = |n_atoms| KernelSizes::for_system(128, 20, 64, n_atoms).mma_backward_divides;
-        assert!(!divides(51) && !divides(192) && !divides(511));
-        assert!(divides(512) && divides(1_536) && divides(12_288));
+        assert!([32, 51, 99, 192, 511, 512, 1_536, 12_288].into_iter().all(divides));
     }
 
     #[test]
