@@ -168,7 +168,7 @@ impl KernelSizes {
             pair_split,
             channel_slices,
             message_mma,
-            mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES").map_or(true, |v| v != 0),
+            mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             dense_alone: env("MDRUN_DENSE_ALONE").is_some_and(|v| v != 0),
