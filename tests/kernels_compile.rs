@@ -41,6 +41,21 @@ fn every_kernel_compiles_with_nvrtc() {
         atoms: 12,
         checks: false,
     };
+    // The student's dense and message shapes from 64 and from 128 atoms (KernelSizes::for_system).
+    let from_64 = KernelSizes {
+        tile: 2,
+        cluster: 2,
+        pair_split: 2,
+        channel_slices: 4,
+        ..student
+    };
+    let from_128 = KernelSizes {
+        tile: 2,
+        cluster: 1,
+        pair_split: 1,
+        channel_slices: 2,
+        ..student
+    };
     for sizes in [
         student,
         KernelSizes {
@@ -50,12 +65,8 @@ fn every_kernel_compiles_with_nvrtc() {
             ..student
         },
         KernelSizes {
-            tile: 2,
-            cluster: 2,
-            pair_split: 2,
-            channel_slices: 4,
             checks: true,
-            ..student
+            ..from_64
         },
         // The largest clusters (8 blocks, each owning 16 channels of every layer) at the largest
         // tile whose partial sums fit the 48 KB of static shared memory (dense_shared_bytes).
@@ -73,20 +84,12 @@ fn every_kernel_compiles_with_nvrtc() {
             ..student
         },
         KernelSizes {
-            tile: 2,
-            cluster: 2,
-            pair_split: 2,
-            channel_slices: 4,
             dense_alone: true,
-            ..student
+            ..from_64
         },
         KernelSizes {
-            tile: 2,
-            cluster: 1,
-            pair_split: 1,
-            channel_slices: 2,
             dense_alone: true,
-            ..student
+            ..from_128
         },
         // Clusters with an odd tile whose μ rows take one matvec each (3 · TILE > MATVEC_ACC).
         KernelSizes {
@@ -316,13 +319,9 @@ fn every_kernel_compiles_with_nvrtc() {
                 ..student
             },
             KernelSizes {
-                tile: 2,
-                cluster: 1,
-                pair_split: 1,
-                channel_slices: 2,
                 message_mma,
                 mma_backward_divides: true,
-                ..student
+                ..from_128
             },
         ] {
             compile(sizes, arch).unwrap_or_else(|e| panic!("{sizes:?}, {arch}: {e}"));

@@ -363,6 +363,17 @@ impl GpuPainn {
         }
     }
 
+    /// What interaction `t`'s mixing forward writes for its backward, and the backward reads.
+    fn mixing_cache(&self, t: usize) -> MixingCacheParams {
+        let layer = &self.net.layers[t];
+        MixingCacheParams {
+            vu: layer.vu.ptr,
+            norm: layer.norm.ptr,
+            pre: layer.pre_mix.ptr,
+            a: layer.a_mix.ptr,
+        }
+    }
+
     /// Grows the per-pair buffer to a new neighbor capacity.
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
         self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity * self.sizes.channel_slices)?;
@@ -418,12 +429,6 @@ impl GpuPainn {
                 b2: layer.mix2.b(),
                 epsilon: self.net.epsilon,
             };
-            let cache = MixingCacheParams {
-                vu: layer.vu.ptr,
-                norm: layer.norm.ptr,
-                pre: layer.pre_mix.ptr,
-                a: layer.a_mix.ptr,
-            };
             match self.net.layers.get(t + 1) {
                 Some(next) => {
                     let next = NextLayerParams {
@@ -441,7 +446,7 @@ impl GpuPainn {
                             .arg(&layer.q_mid.ptr)
                             .arg(&layer.mu_mid.ptr)
                             .arg(&mixing)
-                            .arg(&cache)
+                            .arg(&self.mixing_cache(t))
                             .arg(&next)
                             .arg(&n_atoms)
                             .launch(per_atom_dense)
@@ -478,12 +483,6 @@ impl GpuPainn {
             // mixing backward with the next interaction's context-network backward first
             // (perf-notes v38).
             if let Some(next) = self.net.layers.get(t + 1) {
-                let cache = MixingCacheParams {
-                    vu: layer.vu.ptr,
-                    norm: layer.norm.ptr,
-                    pre: layer.pre_mix.ptr,
-                    a: layer.a_mix.ptr,
-                };
                 let next_context = ContextBackParams {
                     w1: next.context1.w.ptr,
                     w2: next.context2.w.ptr,
@@ -496,7 +495,7 @@ impl GpuPainn {
                     // through its context network → (∂q, ∂μ) at this interaction's output.
                     gpu.launch(&self.mixing_backward)
                         .arg(&self.mixing_back(t))
-                        .arg(&cache)
+                        .arg(&self.mixing_cache(t))
                         .arg(&next_context)
                         .arg(&self.grad_mu[0].ptr)
                         .arg(&self.grad_q_at(t).ptr)

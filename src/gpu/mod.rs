@@ -110,8 +110,8 @@ impl KernelSizes {
     /// pair loop's latency while there are few atoms.
     /// The one-cluster kernel's matvecs give each thread 8 products per row (v25).
     /// MDRUN_DENSE_SPLIT, MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_PAIR_SPLIT,
-    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W,
-    /// MDRUN_PDL_EARLY_TRIGGER and MDRUN_DENSE_ALONE override, for experiments.
+    /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W
+    /// and MDRUN_PDL_EARLY_TRIGGER override, for experiments (MDRUN_DENSE_ALONE too, in Gpu::open).
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
@@ -171,7 +171,8 @@ impl KernelSizes {
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
-            dense_alone: env("MDRUN_DENSE_ALONE").is_some_and(|v| v != 0),
+            // Needs the device's SM count: Gpu::open decides.
+            dense_alone: false,
             atoms: n_atoms,
             checks: std::env::var_os("MDRUN_KERNEL_CHECKS").is_some_and(|v| v == "1"),
         }
@@ -368,13 +369,15 @@ impl Gpu {
         if compute_capability.0 < 9 {
             sizes.cluster = 1;
         }
-        // Each dense block alone on an SM where the launch's blocks all fit at once (v57).
-        if std::env::var_os("MDRUN_DENSE_ALONE").is_none() {
-            let sms = ctx
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .map_err(|e| anyhow!("{e:?}"))?;
-            sizes.dense_alone = sizes.dense_blocks(sizes.atoms) <= sms.max(0) as usize;
-        }
+        // Each dense block alone on an SM where the launch's blocks all fit at once (v57);
+        // MDRUN_DENSE_ALONE=0/1 overrides.
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        sizes.dense_alone = std::env::var("MDRUN_DENSE_ALONE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(sizes.dense_blocks(sizes.atoms) <= sms.max(0) as usize, |v| v != 0);
         // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
         // split, capped for the tensor-core blocks, stays valid for the scalar ones).
         if compute_capability.0 < 8 {
