@@ -192,17 +192,30 @@ __device__ __forceinline__ void wait_or_trap(TryWait done) {
 // (perf-notes v39): the next matvec's bytes count on the other barrier.
 __shared__ u64 matvec_barrier[2];
 
-// Called first by every dense kernel: the barriers are initialized before any block of the
-// cluster can send to them.
+// Called first by every dense kernel: thread 0 initializes the block's two transaction barriers,
+// and the block arrives on the cluster barrier that tells the other blocks they may send to them.
+// The wait for that barrier comes only before the block's own first send (cluster_ready, in
+// cluster_matvec), so that the barrier's round trip between SMs passes under the kernel's wait for
+// the previous ones, its early reads and its first matvec's products instead of after them
+// (perf-notes v61). The barriers are this block's shared memory: set up before the wait for the
+// previous kernels, which touches none of the step's buffers.
 __device__ __forceinline__ void dense_kernel_start() {
-    follow_previous_kernels();
     if (threadIdx.x == 0) {
         barrier_init(&matvec_barrier[0], blockDim.x);
         barrier_init(&matvec_barrier[1], blockDim.x);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    cluster_sync();
+    // Relaxed: the fence above already orders the barriers' set-up before the arrival (the pattern
+    // the PTX ISA gives for mbarrier initialization); a release would also drain every earlier
+    // memory operation GPU-wide.
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+    follow_previous_kernels();
 }
+
+// Every block of the cluster has set up its barriers: from here this block may send. Called once
+// per kernel by every thread (cluster_matvec, at the kernel's first exchange; every clustered dense
+// kernel has one).
+__device__ __forceinline__ void cluster_ready() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 
 // Every thread arrives on the current phase of barrier `which` (thread 0 also announces
 // `bytes`); the returned state identifies the phase for matvec_wait. Senders' bytes may land
@@ -492,12 +505,14 @@ __device__ __forceinline__ Reduced cluster_matvec(Load load, const float* x, int
     // sent this one's, i.e. has finished waiting for the previous one; (2) a kernel reads an
     // exchange's sums (Reduced) before its next matvec starts, so before its block sends into
     // the next exchange.
-    const u32 which = KIND == Slice::Owned ? 0u : scratch.calls++ & 1;
+    const int call = KIND == Slice::Owned ? 0 : scratch.calls++;
+    const u32 which = call & 1;
     if (active) {
 #pragma unroll
         for (int a = 0; a < ROWS; ++a) scratch.values[(slice * ROWS + a) * (GROUPS * 32) + j] = acc[a];
     }
     __syncthreads();
+    if (KIND != Slice::Owned && call == 0) cluster_ready();  // the kernel's first send (dense_kernel_start)
     const int rank = (int)cluster_rank();
     float* received = reduce_buffer[which];
     for (int e = threadIdx.x; e < ROWS * NB; e += blockDim.x) {

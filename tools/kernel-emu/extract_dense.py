@@ -18,15 +18,16 @@ EXCHANGE_EMULATION = """#if CLUSTER > 1
 #define DENSE_TILE_INDEX (blockIdx.x / CLUSTER)
 __shared__ u64 matvec_barrier[2];
 __device__ __forceinline__ void dense_kernel_start() {
-    follow_previous_kernels();
     ::emu_dense_kernel_start();
+    follow_previous_kernels();
 }
+__device__ __forceinline__ void cluster_ready() { ::emu_cluster_ready(); }
 __device__ __forceinline__ u64 matvec_arrive(u32 which, u32 bytes) { return ::emu_matvec_arrive(which, bytes); }
 __device__ __forceinline__ void matvec_wait(u32 which, u64 state) { ::emu_matvec_wait(which, state); }
 __device__ __forceinline__ void send_to_block(float* local, u32 rank, u32 which, float value) {
     ::emu_send_to_block(local, rank, which, value);
 }"""
-EMULATED_PRIMITIVES = {"dense_kernel_start", "matvec_arrive", "matvec_wait", "send_to_block"}
+EMULATED_PRIMITIVES = {"dense_kernel_start", "cluster_ready", "matvec_arrive", "matvec_wait", "send_to_block"}
 
 
 def fail(message):

@@ -44,6 +44,8 @@ struct EmuThread {
     EmuDim thread_idx, block_idx, block_dim;
     unsigned rank = 0;
     long exchanges = 0;
+    long cluster_generation = -1;  // the cluster barrier phase it arrived on (dense_kernel_start)
+    bool cluster_ready = false;    // it has waited for that phase (cluster_ready): it may send
     unsigned rng = 1;
 };
 inline thread_local EmuThread emu;
@@ -61,17 +63,23 @@ struct EmuBarrier {
     std::condition_variable cv;
     int expected = 0, arrived = 0;
     long generation = 0;
-    void wait() {
-        std::unique_lock<std::mutex> lock(m);
+    // Arrives; returns the phase, for wait_past.
+    long arrive() {
+        std::lock_guard<std::mutex> lock(m);
         const long g = generation;
         if (++arrived == expected) {
             arrived = 0;
             generation++;
             cv.notify_all();
-        } else if (!cv.wait_for(lock, EMU_HANG_TIMEOUT, [&] { return generation != g; })) {
-            emu_fatal("barrier never completed (a thread skipped it: hang on the GPU)");
         }
+        return g;
     }
+    void wait_past(long g) {
+        std::unique_lock<std::mutex> lock(m);
+        if (!cv.wait_for(lock, EMU_HANG_TIMEOUT, [&] { return generation != g; }))
+            emu_fatal("barrier never completed (a thread skipped it: hang on the GPU)");
+    }
+    void wait() { wait_past(arrive()); }
 };
 
 // An mbarrier with a transaction count: a phase completes once every expected thread has arrived
@@ -207,8 +215,9 @@ inline unsigned cluster_rank() { return emu.rank; }
 
 // --- The cluster exchange (replaces the CLUSTER > 1 primitives of kernels/common.cuh) ---------
 
-// dense_kernel_start: thread 0 of each block sets up its block's two barriers, then the whole
-// cluster meets, so that no block sends before its receivers are set up.
+// dense_kernel_start: thread 0 of each block sets up its block's two barriers, then every thread
+// arrives on the cluster barrier; cluster_ready waits for it, so that no block sends before its
+// receivers are set up (kernels/common.cuh, perf-notes v61).
 inline void emu_dense_kernel_start() {
     if (emu.thread_idx.x == 0) {
         for (int which = 0; which < 2; ++which) {
@@ -222,7 +231,14 @@ inline void emu_dense_kernel_start() {
         E.written_by_exchange[emu.rank].assign(E.reduce_bytes / sizeof(float), -1);
     }
     emu.exchanges = 0;
-    E.cluster_barrier.wait();
+    emu.cluster_ready = false;
+    emu.cluster_generation = E.cluster_barrier.arrive();
+}
+
+inline void emu_cluster_ready() {
+    if (emu.cluster_ready) emu_violation("waits on the kernel's cluster barrier twice", emu.cluster_generation, 0);
+    E.cluster_barrier.wait_past(emu.cluster_generation);
+    emu.cluster_ready = true;
 }
 
 // matvec_arrive: exchange n completes on barrier n mod 2; thread 0 announces the bytes.
@@ -256,6 +272,7 @@ inline void emu_matvec_wait(unsigned which, unsigned long long state) {
 // belongs to the sender's exchange number emu.exchanges.
 inline void emu_send_to_block(float* local, unsigned rank, unsigned which, float value) {
     const long exchange = emu.exchanges;
+    if (!emu.cluster_ready) emu_violation("sends before waiting on the kernel's cluster barrier", rank, exchange);
     if ((long)which != (exchange & 1)) emu_violation("sends on the other exchange's barrier", which, exchange);
     const size_t offset = (char*)local - (char*)E.reduce_buffer[emu.rank];
     if (offset + sizeof(float) > E.reduce_bytes) emu_fatal("sends from outside reduce_buffer");
