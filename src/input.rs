@@ -228,6 +228,9 @@ impl Input {
     }
 
     fn validate(&self) -> Result<(), InputError> {
+        if self.gpu.graph_steps == 0 {
+            return Err(self.error("gpu.graph_steps", "must be ≥ 1 step"));
+        }
         let md = &self.md;
         let positive = |key: &str, value: f64| -> Result<(), InputError> {
             if value.is_finite() && value > 0.0 {

@@ -113,6 +113,10 @@ fn bad_values_are_refused_with_their_key() {
         &Case::input(SYSTEM, &MD.replace("300.0", "-5.0"), ""),
         &["md.temperature_k"],
     );
+    case.expect_refusal(
+        &Case::input(SYSTEM, MD, "[gpu]\ngraph_steps = 0"),
+        &["gpu.graph_steps", "≥ 1"],
+    );
     // device = "cuda" is refused where no GPU can be used, and runs where one can.
     let device = Case::input(SYSTEM, MD, "").replace("[md]", "device = \"cuda\"\n[md]");
     if mdrun::gpu::Gpu::available() {

@@ -374,6 +374,61 @@ fn cell_list_and_all_pairs_search_agree_over_a_trajectory() {
     }
 }
 
+// Runs of steps replay a graph of `graph_steps` steps (perf-notes v62), the rest one graph per
+// step: the same kernels on the same values, so the same trajectory bit for bit as one graph per
+// step and as plain launches, through rebuilds (a 0.05 Å skin) and chunks that are not whole
+// blocks (5 = 0 blocks + 5, 20 = 2 blocks + 4 at 8 steps a block, 37 = 4 + 5). Benzene with
+// Langevin (the one-block rebuild) and the periodic water box (the cell list).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
+    let trained = trained_model();
+    let random = PainnModel::load(std::path::Path::new(&project_file(
+        "models/painn-random-hcno-f128.safetensors",
+    )))
+    .unwrap();
+    let read = |f: &str| System::read(std::path::Path::new(&project_file(f)), None).unwrap();
+    let (benzene, waterbox) = (read("systems/benzene.xyz"), read("systems/waterbox_64.xyz"));
+    let langevin = Integrator::Langevin {
+        timestep_fs: 0.5,
+        temperature_k: 300.0,
+        friction_per_ps: 5.0,
+        seed: 91,
+    };
+    let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    for (model, system, integrator, what) in [
+        (&trained, &benzene, &langevin, "benzene, Langevin"),
+        (&random, &waterbox, &nve, "water box, NVE"),
+    ] {
+        let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 92);
+        let run = |graph_steps: u64, cuda_graph: bool| {
+            let options = GpuOptions {
+                graph_steps,
+                cuda_graph,
+                ..GpuOptions::default()
+            };
+            let md = advanced_gpu_md(model, system, &velocities, integrator, 0.05, options, &[5, 20, 37]);
+            assert_eq!(md.use_graph, cuda_graph, "{what}: graph capture");
+            let expected = if cuda_graph { graph_steps } else { 1 };
+            assert_eq!(md.graph_steps(), expected, "{what}: steps per graph launch");
+            md.snapshot().unwrap()
+        };
+        let one = run(1, true);
+        let moved = max_deviation(&one.positions, &system.positions);
+        assert!(moved > 0.05, "{what}: atoms moved past the skin ({moved:e} Å)");
+        for (graph_steps, cuda_graph) in [(8, true), (3, true), (8, false)] {
+            let other = run(graph_steps, cuda_graph);
+            assert_eq!(other.step, 62);
+            let case = format!("{what}, {graph_steps} steps a graph, graph {cuda_graph}");
+            assert_eq!(other.positions, one.positions, "{case}");
+            assert_eq!(other.velocities, one.velocities, "{case}");
+            assert_eq!(other.forces, one.forces, "{case}");
+            assert_eq!(other.thermostat_work, one.thermostat_work, "{case}");
+            eprintln!("{case}: bit for bit after 62 steps (max displacement {moved:.2e} Å)");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn programmatic_launches_follow_ordinary_launches_bit_for_bit() {

@@ -22,6 +22,7 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
         integrate_in_kernel: false,
         programmatic_launch: false,
         one_block_rebuild: false,
+        graph_steps: 1,
     }
 }
 

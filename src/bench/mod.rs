@@ -106,6 +106,7 @@ impl Config {
             integrate_in_kernel: true,
             programmatic_launch: false,
             one_block_rebuild: false,
+            graph_steps: 1,
         };
         match self {
             Config::Cpu => None,
@@ -215,6 +216,9 @@ pub struct Row {
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,
+    /// MD steps per graph launch in the timed chunks (perf-notes v62: `[gpu] graph_steps`,
+    /// MDRUN_GRAPH_STEPS; 1 without graphs).
+    pub graph_steps: Option<u64>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

@@ -209,6 +209,7 @@ fn measure_gpu(
     row.message_mma = Some(md.message_mma());
     row.mma_backward_divides = Some(md.mma_backward_divides());
     row.dense_alone = Some(md.dense_alone());
+    row.graph_steps = Some(md.graph_steps());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);
     Ok(())
 }

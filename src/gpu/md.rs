@@ -45,6 +45,15 @@ pub struct GpuOptions {
     /// or 1 overrides, for experiments.
     #[serde(default = "default_true")]
     pub one_block_rebuild: bool,
+    /// MD steps per replayed graph for runs of steps between outputs (perf-notes v62): the steps
+    /// inside one graph overlap as programmatic launches, consecutive graph launches do not
+    /// (1: one step per graph). MDRUN_GRAPH_STEPS overrides, for experiments.
+    #[serde(default = "default_graph_steps")]
+    pub graph_steps: u64,
+}
+
+fn default_graph_steps() -> u64 {
+    8
 }
 
 fn default_true() -> bool {
@@ -60,6 +69,7 @@ impl Default for GpuOptions {
             integrate_in_kernel: true,
             programmatic_launch: true,
             one_block_rebuild: true,
+            graph_steps: default_graph_steps(),
         }
     }
 }
@@ -105,6 +115,11 @@ pub struct GpuMd {
     second_half: CudaFunction,
     energy_sums: CudaFunction,
     graph: Option<CudaGraph>,
+    /// `graph_steps` MD steps captured back to back as one graph, replayed for runs of steps
+    /// (perf-notes v62: the steps inside it follow each other as programmatic launches, where
+    /// consecutive graph launches each wait for the whole previous graph).
+    graph_block: Option<CudaGraph>,
+    graph_steps: u64,
     /// The force evaluation alone as a graph (`force_call`, for the benchmark).
     force_graph: Option<CudaGraph>,
     /// Device memory in use (bytes) once the context and kernels were loaded, before any buffer.
@@ -196,6 +211,8 @@ impl GpuMd {
             second_half: gpu.function("second_half")?,
             energy_sums: gpu.function("energy_sums")?,
             graph: None,
+            graph_block: None,
+            graph_steps: graph_steps_from_env(options.graph_steps)?,
             force_graph: None,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
@@ -250,6 +267,15 @@ impl GpuMd {
     /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).
     pub fn one_block_rebuild(&self) -> bool {
         self.one_block_rebuild && self.painn.uses_neighbor_list() && self.neighbors.rebuilds_in_first_half()
+    }
+
+    /// MD steps per graph launch in runs of steps (1 without graphs or without a block graph yet).
+    pub fn graph_steps(&self) -> u64 {
+        if self.use_graph && self.graph_block.is_some() {
+            self.graph_steps
+        } else {
+            1
+        }
     }
 
     /// Whether the step's kernels run as programmatic dependent launches.
@@ -370,19 +396,60 @@ impl GpuMd {
         Ok(())
     }
 
-    /// Captures one step as a graph; on failure the engine falls back to plain launches.
-    fn capture(&mut self) -> Result<()> {
+    /// Captures `steps` MD steps as one graph.
+    fn capture(&mut self, steps: u64) -> Result<CudaGraph> {
         let stream = self.gpu.stream.clone();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| anyhow!("begin capture: {e:?}"))?;
-        let enqueued = self.enqueue_step();
+        let enqueued = (0..steps).try_for_each(|_| self.enqueue_step());
         let graph = stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(|e| anyhow!("end capture: {e:?}"))?;
         enqueued?;
-        self.graph = Some(graph.ok_or_else(|| anyhow!("stream capture produced no graph"))?);
-        Ok(())
+        graph.ok_or_else(|| anyhow!("stream capture produced no graph"))
+    }
+
+    /// The one-step graph, and the `graph_steps`-step graph where runs of steps will use it;
+    /// on failure the engine falls back to plain launches.
+    fn capture_graphs(&mut self, steps: u64) {
+        let block = self.graph_steps;
+        let captured = (|| {
+            if self.graph.is_none() {
+                self.graph = Some(self.capture(1)?);
+            }
+            if block > 1 && steps >= block && self.graph_block.is_none() {
+                self.graph_block = Some(self.capture(block)?);
+            }
+            Ok::<_, anyhow::Error>(())
+        })();
+        if let Err(e) = captured {
+            eprintln!("warning: CUDA graph capture failed ({e}); running with plain launches");
+            self.use_graph = false;
+        }
+    }
+
+    /// Replays `steps` MD steps: whole blocks of `graph_steps` from the block graph, the rest
+    /// one graph launch each (or plain launches without graphs).
+    fn launch_steps(&mut self, steps: u64) -> Result<()> {
+        if !self.use_graph {
+            return (0..steps).try_for_each(|_| self.enqueue_step());
+        }
+        let launch = |graph: &Option<CudaGraph>, times: u64| -> Result<()> {
+            (0..times).try_for_each(|_| {
+                let graph = graph
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("graph launch: no graph captured"))?;
+                graph.launch().map_err(|e| anyhow!("graph launch: {e:?}"))
+            })
+        };
+        let blocks = if self.graph_block.is_some() {
+            steps / self.graph_steps
+        } else {
+            0
+        };
+        launch(&self.graph_block, blocks)?;
+        launch(&self.graph, steps - blocks * self.graph_steps)
     }
 
     /// Host copies of the state, to go back to when a chunk of steps has to be redone.
@@ -451,6 +518,7 @@ impl GpuMd {
         )?;
         self.painn.resize_pairs(&self.gpu, capacity)?;
         self.graph = None;
+        self.graph_block = None;
         self.force_graph = None;
         Ok(())
     }
@@ -470,18 +538,10 @@ impl GpuMd {
         let start = self.host_step;
         let saved = self.backup()?;
         loop {
-            if self.use_graph && self.graph.is_none() {
-                if let Err(e) = self.capture() {
-                    eprintln!("warning: CUDA graph capture failed ({e}); running with plain launches");
-                    self.use_graph = false;
-                }
+            if self.use_graph {
+                self.capture_graphs(steps);
             }
-            for _ in 0..steps {
-                match &self.graph {
-                    Some(graph) if self.use_graph => graph.launch().map_err(|e| anyhow!("graph launch: {e:?}"))?,
-                    _ => self.enqueue_step()?,
-                }
-            }
+            self.launch_steps(steps)?;
             self.gpu.synchronize()?;
             if !self.neighbors.overflowed(&self.gpu)? {
                 self.host_step = start + steps;
@@ -577,4 +637,16 @@ pub fn evaluate_with(model: &PainnModel, system: &System, options: GpuOptions) -
     md.initialize()?;
     let snap = md.snapshot()?;
     Ok((snap.potential, snap.forces))
+}
+
+/// MD steps per replayed graph block: `[gpu] graph_steps` unless MDRUN_GRAPH_STEPS is set.
+fn graph_steps_from_env(option: u64) -> Result<u64> {
+    match std::env::var("MDRUN_GRAPH_STEPS") {
+        Err(_) if option >= 1 => Ok(option),
+        Err(_) => Err(anyhow!("[gpu] graph_steps must be ≥ 1 step")),
+        Ok(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(anyhow!("MDRUN_GRAPH_STEPS: `{v}` is not a whole number of steps ≥ 1")),
+        },
+    }
 }
