@@ -34,15 +34,14 @@ struct Integration {
 // integrator kernels and the one-cluster kernel's MD steps: the same arithmetic on both paths.
 // `heat` is in.heat or a copy of it. Returns the new position (what was stored at pos: read back,
 // it would wait on the velocity stores between, which may alias it).
-__device__ __forceinline__ double3 first_half_atom(int a, double* pos, double* vel, double* heat, const float* force,
-                                                const Integration& in, u64 step) {
+// first_half_values: the same on the atom's velocity v, force f and position r in registers
+// (the kernel that also gives the previous step's closing kick holds them so: perf-notes v63).
+__device__ __forceinline__ double3 first_half_values(int a, double (&v)[3], const float (&f)[3], double (&r)[3],
+                                                  double* pos, double* vel, double* heat, const Integration& in,
+                                                  u64 step) {
     const float dt = in.dt;
     double s = 0.5 * dt * in.inv_mass[a];
-    double v[3], r[3];
-    for (int k = 0; k < 3; ++k) {
-        v[k] = vel[3 * a + k] + s * force[3 * a + k];
-        r[k] = pos[3 * a + k];
-    }
+    for (int k = 0; k < 3; ++k) v[k] += s * f[k];
     if (!in.langevin) {
         for (int k = 0; k < 3; ++k) r[k] += dt * v[k];
     } else {
@@ -68,6 +67,18 @@ __device__ __forceinline__ double3 first_half_atom(int a, double* pos, double* v
         pos[3 * a + k] = r[k];
     }
     return make_double3(r[0], r[1], r[2]);
+}
+
+__device__ __forceinline__ double3 first_half_atom(int a, double* pos, double* vel, double* heat, const float* force,
+                                                const Integration& in, u64 step) {
+    double v[3], r[3];
+    float f[3];
+    for (int k = 0; k < 3; ++k) {
+        v[k] = vel[3 * a + k];
+        f[k] = force[3 * a + k];
+        r[k] = pos[3 * a + k];
+    }
+    return first_half_values(a, v, f, r, pos, vel, heat, in, step);
 }
 
 // Atom a's closing half kick with the new forces.

@@ -108,6 +108,24 @@ extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, con
         reverse_pair(i, slot, count, nbr_j, nbr_image, reverse, capacity, rb.overflow);
 }
 
+// The rebuild of first_half_and_rebuild (one block, a thread per atom, after the block's
+// positions were written): stamp the step, wrap, search, reverse index.
+__device__ __forceinline__ void rebuild_all_pairs_in_block(u64 step, double* pos, const DisplacementCheck& check,
+                                                           const Cell& cell, int3 reach, float radius2, int* count,
+                                                           int* nbr_j, int3* nbr_image, int* reverse, int capacity,
+                                                           int* overflow, int n_atoms) {
+    const int a = threadIdx.x;
+    if (a == 0) *check.rebuild_step = step;
+    if (a < n_atoms) wrap_atom(a, pos, check.reference, cell);
+    __syncthreads();
+    if (a < n_atoms) build_row_all_pairs(a, pos, cell, reach, radius2, count, nbr_j, nbr_image, capacity, overflow, n_atoms);
+    __syncthreads();
+    for (int k = a; k < n_atoms * capacity; k += blockDim.x) {
+        const int i = k / capacity, slot = k % capacity;
+        if (slot < count[i]) reverse_pair(i, slot, count, nbr_j, nbr_image, reverse, capacity, overflow);
+    }
+}
+
 // Systems of at most one block of atoms with the all-pairs search (perf-notes v43): the MD step's
 // first integrator half, the displacement check and, on rebuild steps, the wrap, the search and
 // the reverse index in one kernel, where they took four (first_half, wrap_positions,
@@ -115,9 +133,10 @@ extern "C" __global__ void reverse_pairs(const int* count, const int* nbr_j, con
 // block, so __syncthreads orders the phases; the same device functions as those kernels, in the
 // same order on the same values: the same rows.
 extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, const float* force, Integration in,
-                                                  const u64* step_counter, DisplacementCheck check, Cell cell,
-                                                  int3 reach, float radius2, int* count, int* nbr_j, int3* nbr_image,
-                                                  int* reverse, int capacity, int* overflow, int n_atoms) {
+                                                  const u64* step_counter, Cell cell, int n_atoms,
+                                                  DisplacementCheck check, int3 reach, float radius2, int* count,
+                                                  int* nbr_j, int3* nbr_image, int* reverse, int capacity,
+                                                  int* overflow) {
     follow_previous_kernels();
     const int a = threadIdx.x;
     const u64 step = *step_counter;
@@ -129,15 +148,54 @@ extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, cons
         moved = moved_past_half_skin(r, reference, check);
     }
     if (!__syncthreads_or(moved) && !requested) return;
-    if (a == 0) *check.rebuild_step = step;
-    if (a < n_atoms) wrap_atom(a, pos, check.reference, cell);
-    __syncthreads();
-    if (a < n_atoms) build_row_all_pairs(a, pos, cell, reach, radius2, count, nbr_j, nbr_image, capacity, overflow, n_atoms);
-    __syncthreads();
-    for (int k = a; k < n_atoms * capacity; k += blockDim.x) {
-        const int i = k / capacity, slot = k % capacity;
-        if (slot < count[i]) reverse_pair(i, slot, count, nbr_j, nbr_image, reverse, capacity, overflow);
+    rebuild_all_pairs_in_block(step, pos, check, cell, reach, radius2, count, nbr_j, nbr_image, reverse, capacity,
+                               overflow, n_atoms);
+}
+
+// An MD step's closing half kick and the next step's first half in one kernel of one block, a
+// warp per atom (at most 32 atoms, the one-block rebuild): inside a graph of several steps
+// (perf-notes v63) each boundary between two steps but the last. pair_forces_and_second_half then
+// first_half_and_rebuild, the same device functions on the same values (the force and velocity
+// passed in registers): the same bits. Every warp reads the positions for its forces before any
+// is moved, and the step counter before it is advanced.
+// __launch_bounds__: up to 32 warps in the block (forces.rs JOINED_STEP_MAX_ATOMS).
+extern "C" __global__ void __launch_bounds__(1024) pair_forces_kick_and_first_half(double* pos, Cell cell, Neighbors nb, float cutoff,
+                                                           const float4* pair_grad, float* forces, int n_atoms,
+                                                           double* vel, Integration in, u64* step_counter,
+                                                           DisplacementCheck check, int3 reach, float radius2,
+                                                           int* count, int* nbr_j, int3* nbr_image, int* reverse,
+                                                           int capacity, int* overflow) {
+    follow_previous_kernels();
+    const int a = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const bool atom = a < n_atoms && lane == 0;
+    const u64 step = *step_counter + 1;  // the step whose first half this kernel takes
+    const bool requested = *check.rebuild_step == step;
+    double v[3], r[3];
+    double3 reference = make_double3(0.0, 0.0, 0.0);
+    float inv_mass = 0.f;
+    if (atom) {
+        inv_mass = in.inv_mass[a];
+        for (int k = 0; k < 3; ++k) {
+            v[k] = vel[3 * a + k];
+            r[k] = pos[3 * a + k];
+        }
+        reference = reference_position(a, check);
     }
+    float3 f3 = make_float3(0.f, 0.f, 0.f);
+    if (a < n_atoms) f3 = force_from_pairs(a, lane, pos, cell, nb, cutoff, pair_grad, n_atoms);
+    __syncthreads();  // every force read its positions
+    bool moved = false;
+    if (atom) {
+        const float f[3] = {f3.x, f3.y, f3.z};
+        half_kick(v, f, in.dt, inv_mass);
+        for (int k = 0; k < 3; ++k) forces[3 * a + k] = f[k];
+        moved = moved_past_half_skin(first_half_values(a, v, f, r, pos, vel, in.heat, in, step + 1), reference, check);
+    }
+    const bool rebuild = __syncthreads_or(moved) || requested;
+    if (threadIdx.x == 0) *step_counter = step;
+    if (!rebuild) return;
+    rebuild_all_pairs_in_block(step, pos, check, cell, reach, radius2, count, nbr_j, nbr_image, reverse, capacity,
+                               overflow, n_atoms);
 }
 
 // ---------------------------------------------------------------------------------------------

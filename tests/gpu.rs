@@ -429,6 +429,59 @@ fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
     }
 }
 
+// Inside a graph of several steps, each boundary between two steps as one kernel (perf-notes
+// v63): the closing kick and the next first half with the rebuild, the same device functions on
+// the same values as the two kernels, so the same trajectory bit for bit, through the rebuilds a
+// 0.05 Å skin asks for, in chunks that are not whole blocks. Benzene with Langevin, and a random
+// molecule of 32 atoms (the most the joined kernel takes) with NVE.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn joined_steps_follow_separate_boundary_kernels_bit_for_bit() {
+    let trained = trained_model();
+    let random = random_model(full_config(), 93);
+    let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
+    let (numbers, positions) = random_structure(32, 6.5, 0.9, None, 94);
+    let molecule = system_of(&numbers, positions, None);
+    let langevin = Integrator::Langevin {
+        timestep_fs: 0.5,
+        temperature_k: 300.0,
+        friction_per_ps: 5.0,
+        seed: 95,
+    };
+    let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
+    for (model, system, integrator, what) in [
+        (&trained, &benzene, &langevin, "benzene, Langevin"),
+        (&random, &molecule, &nve, "random molecule of 32 atoms, NVE"),
+    ] {
+        let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 96);
+        let run = |graph_steps: u64, join_steps: bool| {
+            let options = GpuOptions {
+                kernels: KernelVariant::Fused,
+                graph_steps,
+                join_steps,
+                ..GpuOptions::default()
+            };
+            let md = advanced_gpu_md(model, system, &velocities, integrator, 0.05, options, &[5, 20, 37]);
+            assert_eq!(md.joins_steps(), join_steps, "{what}: the path asked for");
+            assert_eq!(md.graph_steps(), graph_steps, "{what}: steps per graph launch");
+            md.snapshot().unwrap()
+        };
+        let separate = run(8, false);
+        let moved = max_deviation(&separate.positions, &system.positions);
+        assert!(moved > 0.05, "{what}: atoms moved past the skin ({moved:e} Å)");
+        for graph_steps in [8, 3] {
+            let joined = run(graph_steps, true);
+            assert_eq!(joined.step, 62);
+            let case = format!("{what}, {graph_steps} joined steps a graph");
+            assert_eq!(joined.positions, separate.positions, "{case}");
+            assert_eq!(joined.velocities, separate.velocities, "{case}");
+            assert_eq!(joined.forces, separate.forces, "{case}");
+            assert_eq!(joined.thermostat_work, separate.thermostat_work, "{case}");
+            eprintln!("{case}: bit for bit after 62 steps (max displacement {moved:.2e} Å)");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn programmatic_launches_follow_ordinary_launches_bit_for_bit() {

@@ -23,6 +23,7 @@ fn naive(neighbor_search: NeighborSearch) -> GpuOptions {
         programmatic_launch: false,
         one_block_rebuild: false,
         graph_steps: 1,
+        join_steps: false,
     }
 }
 

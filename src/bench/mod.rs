@@ -107,6 +107,7 @@ impl Config {
             programmatic_launch: false,
             one_block_rebuild: false,
             graph_steps: 1,
+            join_steps: false,
         };
         match self {
             Config::Cpu => None,
@@ -219,6 +220,9 @@ pub struct Row {
     /// MD steps per graph launch in the timed chunks (perf-notes v62: `[gpu] graph_steps`,
     /// MDRUN_GRAPH_STEPS; 1 without graphs).
     pub graph_steps: Option<u64>,
+    /// Inside those graphs each boundary between steps was one kernel (perf-notes v63:
+    /// `[gpu] join_steps`, MDRUN_JOIN_STEPS).
+    pub joined_steps: Option<bool>,
     pub timestep_fs: Option<f64>,
     // Full MD step (µs).
     pub steps_timed: Option<u64>,

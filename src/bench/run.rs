@@ -210,6 +210,7 @@ fn measure_gpu(
     row.mma_backward_divides = Some(md.mma_backward_divides());
     row.dense_alone = Some(md.dense_alone());
     row.graph_steps = Some(md.graph_steps());
+    row.joined_steps = Some(md.graph_steps() > 1 && md.joins_steps());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);
     Ok(())
 }

@@ -273,6 +273,7 @@ pub struct GpuPainn {
     message_backward: CudaFunction,
     pair_forces: CudaFunction,
     pair_forces_and_second_half: CudaFunction,
+    pair_forces_kick_and_first_half: CudaFunction,
 }
 
 /// What an MD step's closing half kick needs, where the fused kernels give it in their last
@@ -282,7 +283,14 @@ pub struct ClosingKick<'a> {
     pub velocities: &'a Buffer<f64>,
     pub integration: &'a IntegrationParams,
     pub step: &'a Buffer<u64>,
+    /// Inside a graph of several steps, the next step's first half (and all-pairs rebuild) in
+    /// the same launch (`pair_forces_kick_and_first_half`, perf-notes v63).
+    pub next_first_half: Option<&'a GpuNeighbors>,
 }
+
+/// Whether the fused kernels' last launch can also take the next step's first half: one block,
+/// a warp per atom.
+pub const JOINED_STEP_MAX_ATOMS: usize = 32;
 
 /// The kernel sizes a model needs, or why the GPU path cannot run it.
 pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
@@ -330,6 +338,7 @@ impl GpuPainn {
             message_backward: gpu.function(sizes.message_kernels().1)?,
             pair_forces: gpu.function("pair_forces")?,
             pair_forces_and_second_half: gpu.function("pair_forces_and_second_half")?,
+            pair_forces_kick_and_first_half: gpu.function("pair_forces_kick_and_first_half")?,
         };
         embed(gpu, model, &painn.net)?;
         if sizes.message_mma {
@@ -524,10 +533,11 @@ impl GpuPainn {
                 // The first layer's q is the embedding: no context backward below it.
             }
         }
-        let kernel = if kick.is_some() {
-            &self.pair_forces_and_second_half
-        } else {
-            &self.pair_forces
+        let next_first_half = kick.and_then(|k| k.next_first_half);
+        let kernel = match (kick, next_first_half) {
+            (Some(_), Some(_)) => &self.pair_forces_kick_and_first_half,
+            (Some(_), None) => &self.pair_forces_and_second_half,
+            (None, _) => &self.pair_forces,
         };
         let launch = gpu
             .launch(kernel)
@@ -545,7 +555,17 @@ impl GpuPainn {
                 .arg(&kick.step.ptr),
             None => launch,
         };
-        unsafe { launch.launch(grid_for(32 * n, 128)) }.map_err(err("pair_forces"))?;
+        let (launch, grid) = match next_first_half {
+            Some(neighbors) => {
+                debug_assert!(n <= JOINED_STEP_MAX_ATOMS && neighbors.rebuilds_in_first_half());
+                (
+                    neighbors.push_one_block_rebuild_args(launch),
+                    block_per_item(1, 32 * n as u32),
+                )
+            }
+            None => (launch, grid_for(32 * n, 128)),
+        };
+        unsafe { launch.launch(grid) }.map_err(err("pair_forces"))?;
         Ok(())
     }
 }

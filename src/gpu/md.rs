@@ -5,7 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, CudaFunction, CudaGraph, PushKernelArg};
 
-use super::forces::{kernel_sizes, ClosingKick};
+use super::forces::{kernel_sizes, ClosingKick, JOINED_STEP_MAX_ATOMS};
 use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::params::{ClusterMdParams, DisplacementCheckParams, IntegrationParams};
@@ -50,6 +50,11 @@ pub struct GpuOptions {
     /// (1: one step per graph). MDRUN_GRAPH_STEPS overrides, for experiments.
     #[serde(default = "default_graph_steps")]
     pub graph_steps: u64,
+    /// Inside a graph of several steps, each step's closing half kick and the next step's first
+    /// half in one kernel (perf-notes v63: at most 32 atoms with the one-block rebuild; false:
+    /// a kernel each). MDRUN_JOIN_STEPS=0 or 1 overrides, for experiments.
+    #[serde(default)]
+    pub join_steps: bool,
 }
 
 fn default_graph_steps() -> u64 {
@@ -70,6 +75,7 @@ impl Default for GpuOptions {
             programmatic_launch: true,
             one_block_rebuild: true,
             graph_steps: default_graph_steps(),
+            join_steps: false,
         }
     }
 }
@@ -120,6 +126,9 @@ pub struct GpuMd {
     /// consecutive graph launches each wait for the whole previous graph).
     graph_block: Option<CudaGraph>,
     graph_steps: u64,
+    /// `[gpu] join_steps` (after MDRUN_JOIN_STEPS): the block graph joins its steps' boundary
+    /// kernels where [`Self::joins_steps`] says it can.
+    join_steps: bool,
     /// The force evaluation alone as a graph (`force_call`, for the benchmark).
     force_graph: Option<CudaGraph>,
     /// Device memory in use (bytes) once the context and kernels were loaded, before any buffer.
@@ -213,6 +222,9 @@ impl GpuMd {
             graph: None,
             graph_block: None,
             graph_steps: graph_steps_from_env(options.graph_steps)?,
+            join_steps: std::env::var("MDRUN_JOIN_STEPS")
+                .ok()
+                .map_or(options.join_steps, |v| v != "0"),
             force_graph: None,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
@@ -276,6 +288,15 @@ impl GpuMd {
         } else {
             1
         }
+    }
+
+    /// Whether a graph of several steps runs each boundary between its steps as one kernel
+    /// (perf-notes v63): asked for, fused kernels, the one-block rebuild, at most 32 atoms.
+    pub fn joins_steps(&self) -> bool {
+        self.join_steps
+            && matches!(self.painn, PainnKernels::Fused(_))
+            && self.one_block_rebuild()
+            && self.n_atoms <= JOINED_STEP_MAX_ATOMS
     }
 
     /// Whether the step's kernels run as programmatic dependent launches.
@@ -372,6 +393,7 @@ impl GpuMd {
                 velocities: &self.velocities,
                 integration,
                 step: &self.step,
+                next_first_half: None,
             };
             return painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick));
         }
@@ -396,13 +418,45 @@ impl GpuMd {
         Ok(())
     }
 
+    /// `steps` MD steps whose boundaries are one kernel each (perf-notes v63): the first half
+    /// with the rebuild, then each step's forces, whose last kernel also takes the next step's
+    /// first half, but the last step's, which ends as `enqueue_step` does.
+    fn enqueue_joined_steps(&mut self, steps: u64) -> Result<()> {
+        let integration = self.integration;
+        self.neighbors.enqueue_first_half_and_rebuild(
+            &self.gpu,
+            &self.positions,
+            &self.velocities,
+            self.painn.forces(),
+            &integration,
+            &self.step,
+        )?;
+        let PainnKernels::Fused(painn) = &mut self.painn else {
+            return Err(anyhow!("joined steps need the fused kernels"));
+        };
+        for i in 0..steps {
+            let kick = ClosingKick {
+                velocities: &self.velocities,
+                integration: &integration,
+                step: &self.step,
+                next_first_half: (i + 1 < steps).then_some(&self.neighbors),
+            };
+            painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick))?;
+        }
+        Ok(())
+    }
+
     /// Captures `steps` MD steps as one graph.
     fn capture(&mut self, steps: u64) -> Result<CudaGraph> {
         let stream = self.gpu.stream.clone();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| anyhow!("begin capture: {e:?}"))?;
-        let enqueued = (0..steps).try_for_each(|_| self.enqueue_step());
+        let enqueued = if steps > 1 && self.joins_steps() {
+            self.enqueue_joined_steps(steps)
+        } else {
+            (0..steps).try_for_each(|_| self.enqueue_step())
+        };
         let graph = stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(|e| anyhow!("end capture: {e:?}"))?;

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use cudarc::driver::CudaFunction;
 
+use super::launch::Launch;
 use super::params::{
     BinsParams, CellParams, DisplacementCheckParams, Int3, IntegrationParams, NeighborParams, RebuildParams,
 };
@@ -94,7 +95,10 @@ pub struct GpuNeighbors {
     pub cell: CellParams,
     reach: Int3,
     radius2: f32,
-    half_skin2: f32,
+    /// The displacement check's parameters and the rows' capacity, as the one-block rebuild's
+    /// kernels take them (built once: a launch holds references to its arguments).
+    check: DisplacementCheckParams,
+    row_capacity: i32,
     wrap: CudaFunction,
     build: CudaFunction,
     reverse_pairs: CudaFunction,
@@ -156,7 +160,7 @@ impl GpuNeighbors {
             }
             None => Int3::default(),
         };
-        Ok(GpuNeighbors {
+        let mut neighbors = GpuNeighbors {
             capacity,
             bins,
             n_atoms,
@@ -170,7 +174,8 @@ impl GpuNeighbors {
             cell: CellParams::new(cell),
             reach,
             radius2: (radius * radius) as f32,
-            half_skin2: (0.25 * skin * skin) as f32,
+            check: DisplacementCheckParams::default(),
+            row_capacity: i32::try_from(capacity)?,
             wrap: gpu.function("wrap_positions")?,
             build: gpu.function("build_neighbors_all_pairs")?,
             reverse_pairs: gpu.function("reverse_pairs")?,
@@ -181,7 +186,14 @@ impl GpuNeighbors {
             bins_fill: gpu.function("bins_fill")?,
             bins_sort: gpu.function("bins_sort")?,
             build_cells: gpu.function("build_neighbors_cells")?,
-        })
+        };
+        neighbors.check = DisplacementCheckParams {
+            reference: neighbors.reference.ptr,
+            rebuild_step: neighbors.rebuild_step.ptr,
+            half_skin2: (0.25 * skin * skin) as f32,
+            pad: 0,
+        };
+        Ok(neighbors)
     }
 
     pub fn params(&self) -> NeighborParams {
@@ -212,12 +224,22 @@ impl GpuNeighbors {
     /// The displacement check as the MD step's first integrator half runs it (perf-notes v41):
     /// that kernel has just written the positions, so the check costs no kernel of its own.
     pub fn displacement_check(&self) -> DisplacementCheckParams {
-        DisplacementCheckParams {
-            reference: self.reference.ptr,
-            rebuild_step: self.rebuild_step.ptr,
-            half_skin2: self.half_skin2,
-            pad: 0,
-        }
+        self.check
+    }
+
+    /// The arguments that end the one-block rebuild's kernels (`first_half_and_rebuild`,
+    /// `pair_forces_kick_and_first_half`): the displacement check, the search and the rows.
+    pub fn push_one_block_rebuild_args<'a>(&'a self, launch: Launch<'a>) -> Launch<'a> {
+        launch
+            .arg(&self.check)
+            .arg(&self.reach)
+            .arg(&self.radius2)
+            .arg(&self.count.ptr)
+            .arg(&self.j.ptr)
+            .arg(&self.image.ptr)
+            .arg(&self.reverse.ptr)
+            .arg(&self.row_capacity)
+            .arg(&self.overflow.ptr)
     }
 
     /// Whether [`Self::enqueue_first_half_and_rebuild`] applies: the all-pairs search, at most
@@ -240,26 +262,17 @@ impl GpuNeighbors {
     ) -> Result<()> {
         debug_assert!(self.rebuilds_in_first_half());
         let n = self.n_atoms as i32;
-        let capacity = self.capacity as i32;
-        let check = self.displacement_check();
+        let launch = gpu
+            .launch(&self.first_half_and_rebuild)
+            .arg(&positions.ptr)
+            .arg(&velocities.ptr)
+            .arg(&forces.ptr)
+            .arg(integration)
+            .arg(&step.ptr)
+            .arg(&self.cell)
+            .arg(&n);
         unsafe {
-            gpu.launch(&self.first_half_and_rebuild)
-                .arg(&positions.ptr)
-                .arg(&velocities.ptr)
-                .arg(&forces.ptr)
-                .arg(integration)
-                .arg(&step.ptr)
-                .arg(&check)
-                .arg(&self.cell)
-                .arg(&self.reach)
-                .arg(&self.radius2)
-                .arg(&self.count.ptr)
-                .arg(&self.j.ptr)
-                .arg(&self.image.ptr)
-                .arg(&self.reverse.ptr)
-                .arg(&capacity)
-                .arg(&self.overflow.ptr)
-                .arg(&n)
+            self.push_one_block_rebuild_args(launch)
                 .launch(block_per_item(1, ONE_BLOCK_THREADS))
                 .map_err(|e| anyhow::anyhow!("first_half_and_rebuild: {e:?}"))?;
         }
