@@ -7,6 +7,7 @@ use common::*;
 use mdrun::cell::{Cell, Vec3};
 use mdrun::engine::Snapshot;
 use mdrun::forcefield::cpu::evaluate;
+use mdrun::gpu::forces::JOINED_STEP_MAX_ATOMS;
 use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::neighbors::NeighborSearch;
@@ -433,14 +434,14 @@ fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
 // v63): the closing kick and the next first half with the rebuild, the same device functions on
 // the same values as the two kernels, so the same trajectory bit for bit, through the rebuilds a
 // 0.05 Å skin asks for, in chunks that are not whole blocks. Benzene with Langevin, and a random
-// molecule of 32 atoms (the most the joined kernel takes) with NVE.
+// molecule of JOINED_STEP_MAX_ATOMS atoms with NVE.
 #[test]
 #[ignore = "needs a CUDA device"]
 fn joined_steps_follow_separate_boundary_kernels_bit_for_bit() {
     let trained = trained_model();
     let random = random_model(full_config(), 93);
     let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
-    let (numbers, positions) = random_structure(32, 6.5, 0.9, None, 94);
+    let (numbers, positions) = random_structure(JOINED_STEP_MAX_ATOMS, 5.5, 0.9, None, 94);
     let molecule = system_of(&numbers, positions, None);
     let langevin = Integrator::Langevin {
         timestep_fs: 0.5,
@@ -451,7 +452,7 @@ fn joined_steps_follow_separate_boundary_kernels_bit_for_bit() {
     let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
     for (model, system, integrator, what) in [
         (&trained, &benzene, &langevin, "benzene, Langevin"),
-        (&random, &molecule, &nve, "random molecule of 32 atoms, NVE"),
+        (&random, &molecule, &nve, "random molecule, NVE"),
     ] {
         let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 96);
         let run = |graph_steps: u64, join_steps: bool| {

@@ -56,8 +56,7 @@ pub enum Config {
     CellList,
     /// The fused kernels (cell list where periodic, all pairs for open systems).
     Fused,
-    /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun` for
-    /// periodic systems and for molecules of more than 6 atoms).
+    /// The fused kernels with the whole step as one CUDA graph (the default of `mdrun`).
     CudaGraph,
     /// `[gpu] kernels = "cluster"`: small open molecules evaluate their forces in one launch of
     /// one thread-block cluster, inside the step's graph (the default of `mdrun` for them).
@@ -106,8 +105,10 @@ impl Config {
             integrate_in_kernel: true,
             programmatic_launch: false,
             one_block_rebuild: false,
-            graph_steps: 1,
-            join_steps: false,
+            // Without graphs these do nothing; the input file's defaults, so that the options
+            // read back as this configuration.
+            graph_steps: GpuOptions::default().graph_steps,
+            join_steps: GpuOptions::default().join_steps,
         };
         match self {
             Config::Cpu => None,

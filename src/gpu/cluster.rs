@@ -2,9 +2,9 @@
 //! whole PaiNN forward and backward pass in one thread-block cluster, phases chained by
 //! transaction barriers instead of kernel boundaries, activations in shared memory. Same weights as the
 //! multi-kernel path ([`DeviceModel`]); pairs come from the positions (all pairs, no images), so it needs no
-//! neighbor list. It applies on Hopper or newer to open systems of at most [`MAX_ATOMS`] atoms;
-//! `kernels = "auto"` uses it up to [`AUTO_MAX_ATOMS`] atoms, where it is the faster, and runs the
-//! multi-kernel path everywhere else.
+//! neighbor list. It applies on Hopper or newer to open systems of at most [`MAX_ATOMS`] atoms,
+//! where `kernels = "cluster"` asks for it. `kernels = "auto"` no longer picks it: after perf-notes
+//! v61–v63 the multi-kernel graph is the faster on the H200 from 3 atoms (v64).
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attribute;
@@ -30,11 +30,6 @@ pub fn unsupported_on(gpu: &Gpu, model: &PainnModel, n_atoms: usize, periodic: b
 pub const CLUSTER_BLOCKS: usize = 16;
 /// Most atoms the kernel holds (`NMAX`): every activation of every atom lives in shared memory.
 pub const MAX_ATOMS: usize = 16;
-/// Most atoms for which `kernels = "auto"` picks this kernel. On the H200 after perf-notes v41 it
-/// beats the multi-kernel graph at 3 atoms (59.5 against 71.6 µs per MD step) and loses at 9
-/// (79.6 against 74.8) and 12 (93.2 against 78.0); by linear interpolation the two cross near
-/// 7 atoms (up to v37 the kernel won at 9 atoms too: docs/perf-notes.md, v22, v42).
-pub const AUTO_MAX_ATOMS: usize = 6;
 /// Most interactions (`TMAX`): what the backward pass needs of each stays in shared memory.
 pub const MAX_INTERACTIONS: usize = 3;
 const THREADS: u32 = 512;

@@ -288,9 +288,11 @@ pub struct ClosingKick<'a> {
     pub next_first_half: Option<&'a GpuNeighbors>,
 }
 
-/// Whether the fused kernels' last launch can also take the next step's first half: one block,
-/// a warp per atom.
-pub const JOINED_STEP_MAX_ATOMS: usize = 32;
+/// Most atoms for which the fused kernels' last launch also takes the next step's first half
+/// (one block, a warp per atom: the kernel takes up to 32). Measured on the H200 (perf-notes
+/// v63): −0.4 µs per MD step at 9 atoms, −0.5 at 12, +0.2 at 22 (the forces of 22 atoms on one
+/// SM instead of six).
+pub const JOINED_STEP_MAX_ATOMS: usize = 16;
 
 /// The kernel sizes a model needs, or why the GPU path cannot run it.
 pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {

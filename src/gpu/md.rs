@@ -51,9 +51,9 @@ pub struct GpuOptions {
     #[serde(default = "default_graph_steps")]
     pub graph_steps: u64,
     /// Inside a graph of several steps, each step's closing half kick and the next step's first
-    /// half in one kernel (perf-notes v63: at most 32 atoms with the one-block rebuild; false:
+    /// half in one kernel (perf-notes v63: at most 16 atoms with the one-block rebuild; false:
     /// a kernel each). MDRUN_JOIN_STEPS=0 or 1 overrides, for experiments.
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub join_steps: bool,
 }
 
@@ -75,7 +75,7 @@ impl Default for GpuOptions {
             programmatic_launch: true,
             one_block_rebuild: true,
             graph_steps: default_graph_steps(),
-            join_steps: false,
+            join_steps: true,
         }
     }
 }
@@ -291,7 +291,7 @@ impl GpuMd {
     }
 
     /// Whether a graph of several steps runs each boundary between its steps as one kernel
-    /// (perf-notes v63): asked for, fused kernels, the one-block rebuild, at most 32 atoms.
+    /// (perf-notes v63): asked for, fused kernels, the one-block rebuild, at most 16 atoms.
     pub fn joins_steps(&self) -> bool {
         self.join_steps
             && matches!(self.painn, PainnKernels::Fused(_))

@@ -41,9 +41,10 @@ pub const SOURCES: [(&str, &str); 6] = [
 /// registers: 3 parts × 2 rows × K / 8 × 2 words per lane).
 pub const MMA_MAX_RBF: usize = 32;
 
-/// Below this many atoms the scalar message kernels are as fast (benzene +3%, alanine dipeptide
-/// ±2% with tensor cores on the H200: perf-notes v31), so they stay the default there.
-pub const MMA_MIN_ATOMS: usize = 32;
+/// Below this many atoms the scalar message kernels are the default. v31 (H200) found them as
+/// fast below 32 atoms; after v47–v63 the tensor-core kernels took 3.9 µs off an MD step at 22
+/// atoms (60.6 against 64.6, perf-notes v64), so they run at every size.
+pub const MMA_MIN_ATOMS: usize = 1;
 
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).

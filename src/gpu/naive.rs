@@ -8,7 +8,7 @@
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::cluster::{unsupported_on, ClusterPainn, AUTO_MAX_ATOMS};
+use super::cluster::ClusterPainn;
 use super::forces::{f32s, DeviceModel, GpuPainn};
 use super::neighbors::GpuNeighbors;
 use super::{Buffer, Gpu};
@@ -18,9 +18,8 @@ use crate::model::PainnModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelVariant {
-    /// `cluster` where it applies and is the faster (open systems of at most
-    /// [`AUTO_MAX_ATOMS`](super::cluster::AUTO_MAX_ATOMS) = 6 atoms on Hopper or newer), else
-    /// `fused`.
+    /// `fused`. (Up to perf-notes v63 `cluster` for open systems of at most 6 atoms on Hopper;
+    /// on the H200 the fused graph is now the faster from 3 atoms: v64.)
     #[default]
     Auto,
     /// Fused message passing and dense layers (kernels/painn.cu), a few kernels per layer.
@@ -50,18 +49,7 @@ impl PainnKernels {
         variant: KernelVariant,
         periodic: bool,
     ) -> Result<PainnKernels> {
-        let auto_picks_cluster =
-            numbers.len() <= AUTO_MAX_ATOMS && unsupported_on(gpu, model, numbers.len(), periodic).is_none();
         Ok(match variant {
-            // The device may still refuse a 16-block cluster (e.g. SMs taken by other work, MIG):
-            // `auto` then says so and runs the fused kernels; `cluster` fails.
-            KernelVariant::Auto if auto_picks_cluster => match ClusterPainn::new(gpu, model, numbers, periodic) {
-                Ok(painn) => PainnKernels::Cluster(painn),
-                Err(e) => {
-                    eprintln!("warning: {e:#}; using the fused kernels");
-                    PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
-                }
-            },
             KernelVariant::Auto | KernelVariant::Fused => {
                 PainnKernels::Fused(GpuPainn::new(gpu, model, numbers, capacity)?)
             }
