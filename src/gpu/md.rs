@@ -351,15 +351,8 @@ impl GpuMd {
         // for small systems with the all-pairs search the whole rebuild (v43).
         let uses_list = self.painn.uses_neighbor_list();
         if self.one_block_rebuild() {
-            self.neighbors.enqueue_first_half_and_rebuild(
-                &self.gpu,
-                &self.positions,
-                &self.velocities,
-                self.painn.forces(),
-                &integration,
-                &self.step,
-            )?;
-            return self.enqueue_forces_and_second_half(&integration);
+            self.enqueue_first_half_and_rebuild()?;
+            return self.enqueue_forces_and_second_half(&integration, false);
         }
         let check = if uses_list {
             self.neighbors.displacement_check()
@@ -382,20 +375,36 @@ impl GpuMd {
         if uses_list {
             self.neighbors.enqueue_rebuild(&self.gpu, &self.positions, &self.step)?;
         }
-        self.enqueue_forces_and_second_half(&integration)
+        self.enqueue_forces_and_second_half(&integration, false)
+    }
+
+    fn enqueue_first_half_and_rebuild(&self) -> Result<()> {
+        self.neighbors.enqueue_first_half_and_rebuild(
+            &self.gpu,
+            &self.positions,
+            &self.velocities,
+            self.painn.forces(),
+            &self.integration,
+            &self.step,
+        )
     }
 
     /// The forces at the new positions, then the closing half kick: with the fused kernels in
     /// their last launch (one kernel fewer per step, perf-notes v49), otherwise a kernel of its own.
-    fn enqueue_forces_and_second_half(&mut self, integration: &IntegrationParams) -> Result<()> {
+    /// `then_first_half`: that launch also takes the next step's first half (perf-notes v63,
+    /// where [`Self::joins_steps`]).
+    fn enqueue_forces_and_second_half(&mut self, integration: &IntegrationParams, then_first_half: bool) -> Result<()> {
         if let PainnKernels::Fused(painn) = &mut self.painn {
             let kick = ClosingKick {
                 velocities: &self.velocities,
                 integration,
                 step: &self.step,
-                next_first_half: None,
+                next_first_half: then_first_half.then_some(&self.neighbors),
             };
             return painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick));
+        }
+        if then_first_half {
+            return Err(anyhow!("joined steps need the fused kernels"));
         }
         self.painn.enqueue(&self.gpu, &self.positions, &self.neighbors)?;
         self.enqueue_second_half(integration)
@@ -423,27 +432,8 @@ impl GpuMd {
     /// first half, but the last step's, which ends as `enqueue_step` does.
     fn enqueue_joined_steps(&mut self, steps: u64) -> Result<()> {
         let integration = self.integration;
-        self.neighbors.enqueue_first_half_and_rebuild(
-            &self.gpu,
-            &self.positions,
-            &self.velocities,
-            self.painn.forces(),
-            &integration,
-            &self.step,
-        )?;
-        let PainnKernels::Fused(painn) = &mut self.painn else {
-            return Err(anyhow!("joined steps need the fused kernels"));
-        };
-        for i in 0..steps {
-            let kick = ClosingKick {
-                velocities: &self.velocities,
-                integration: &integration,
-                step: &self.step,
-                next_first_half: (i + 1 < steps).then_some(&self.neighbors),
-            };
-            painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick))?;
-        }
-        Ok(())
+        self.enqueue_first_half_and_rebuild()?;
+        (0..steps).try_for_each(|i| self.enqueue_forces_and_second_half(&integration, i + 1 < steps))
     }
 
     /// Captures `steps` MD steps as one graph.

@@ -294,7 +294,6 @@ impl GpuNeighbors {
                 .arg(&n)
                 .launch(grid_for(self.n_atoms, 256))
                 .map_err(launch)?;
-            let capacity = self.capacity as i32;
             match &self.bins {
                 None => {
                     gpu.launch(&self.build)
@@ -305,7 +304,7 @@ impl GpuNeighbors {
                         .arg(&self.count.ptr)
                         .arg(&self.j.ptr)
                         .arg(&self.image.ptr)
-                        .arg(&capacity)
+                        .arg(&self.row_capacity)
                         .arg(&rb)
                         .arg(&n)
                         .launch(grid_for(self.n_atoms, 128))
@@ -350,7 +349,7 @@ impl GpuNeighbors {
                         .arg(&self.count.ptr)
                         .arg(&self.j.ptr)
                         .arg(&self.image.ptr)
-                        .arg(&capacity)
+                        .arg(&self.row_capacity)
                         .arg(&rb)
                         .arg(&n)
                         .launch(grid_for(self.n_atoms, 128))
@@ -362,7 +361,7 @@ impl GpuNeighbors {
                 .arg(&self.j.ptr)
                 .arg(&self.image.ptr)
                 .arg(&self.reverse.ptr)
-                .arg(&capacity)
+                .arg(&self.row_capacity)
                 .arg(&rb)
                 .arg(&n)
                 .launch(block_per_item(self.n_atoms, 64))
