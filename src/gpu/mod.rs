@@ -42,9 +42,9 @@ pub const SOURCES: [(&str, &str); 6] = [
 pub const MMA_MAX_RBF: usize = 32;
 
 /// Below this many atoms the scalar message kernels are the default. v31 (H200) found them as
-/// fast below 32 atoms; after v47–v63 the tensor-core kernels took 3.9 µs off an MD step at 22
-/// atoms (60.6 against 64.6, perf-notes v64), so they run at every size.
-pub const MMA_MIN_ATOMS: usize = 1;
+/// fast below 32 atoms; after v47–v63, on the H200 (perf-notes v64, MD step µs, tensor cores
+/// against scalar): 3 atoms 51.0 / 49.9, 9: 52.8 / 52.3, 12: 53.7 / 54.8, 22: 57.2 / 60.8.
+pub const MMA_MIN_ATOMS: usize = 12;
 
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
@@ -525,7 +525,8 @@ mod tests {
     #[test]
     fn launch_shapes_follow_the_measured_size_rules() {
         // perf-notes v18, v22, v31: the student's shapes at each size band; tensor-core messages
-        // at every size since v64.
+        // from 12 atoms since v64.
+        assert_eq!(shape(128, 20, 9), (1, 4, 4, 4, false));
         assert_eq!(shape(128, 20, 12), (1, 4, 4, 4, true));
         assert_eq!(shape(128, 20, 51), (1, 4, 4, 4, true));
         assert_eq!(shape(128, 20, 100), (2, 2, 2, 4, true));
