@@ -198,7 +198,9 @@ __shared__ u64 matvec_barrier[2];
 // cluster_matvec), so that the barrier's round trip between SMs passes under the kernel's wait for
 // the previous ones, its early reads and its first matvec's products instead of after them
 // (perf-notes v61). The barriers are this block's shared memory: set up before the wait for the
-// previous kernels, which touches none of the step's buffers.
+// previous kernels, which touches none of the step's buffers. Every clustered dense kernel must
+// reach a cluster_matvec that sends (not Owned) on every path, once: its cluster_ready is the
+// wait that pairs with this arrival.
 __device__ __forceinline__ void dense_kernel_start() {
     if (threadIdx.x == 0) {
         barrier_init(&matvec_barrier[0], blockDim.x);

@@ -153,12 +153,12 @@ extern "C" __global__ void first_half_and_rebuild(double* pos, double* vel, cons
 }
 
 // An MD step's closing half kick and the next step's first half in one kernel of one block, a
-// warp per atom (at most 32 atoms, the one-block rebuild): inside a graph of several steps
+// warp per atom (the kernel takes up to 32 atoms, the host joins up to 16; the one-block rebuild): inside a graph of several steps
 // (perf-notes v63) each boundary between two steps but the last. pair_forces_and_second_half then
 // first_half_and_rebuild, the same device functions on the same values (the force and velocity
 // passed in registers): the same bits. Every warp reads the positions for its forces before any
 // is moved, and the step counter before it is advanced.
-// __launch_bounds__: up to 32 warps in the block (forces.rs JOINED_STEP_MAX_ATOMS).
+// __launch_bounds__: up to 32 warps in the block (the host joins up to JOINED_STEP_MAX_ATOMS = 16, forces.rs).
 extern "C" __global__ void __launch_bounds__(1024) pair_forces_kick_and_first_half(double* pos, Cell cell, Neighbors nb, float cutoff,
                                                            const float4* pair_grad, float* forces, int n_atoms,
                                                            double* vel, Integration in, u64* step_counter,
@@ -168,7 +168,8 @@ extern "C" __global__ void __launch_bounds__(1024) pair_forces_kick_and_first_ha
     follow_previous_kernels();
     const int a = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool atom = a < n_atoms && lane == 0;
-    const u64 step = *step_counter + 1;  // the step whose first half this kernel takes
+    // Steps done once the kick is given (the counter's value after it); the first half taken is step + 1.
+    const u64 step = *step_counter + 1;
     const bool requested = *check.rebuild_step == step;
     double v[3], r[3];
     double3 reference = make_double3(0.0, 0.0, 0.0);
