@@ -283,9 +283,10 @@ pub struct ClosingKick<'a> {
     pub velocities: &'a Buffer<f64>,
     pub integration: &'a IntegrationParams,
     pub step: &'a Buffer<u64>,
-    /// Inside a graph of several steps, the next step's first half (and all-pairs rebuild) in
-    /// the same launch (`pair_forces_kick_and_first_half`, perf-notes v63).
-    pub next_first_half: Option<&'a GpuNeighbors>,
+    /// Inside a graph of several steps, the next step's first half (and the evaluation's
+    /// neighbor list's one-block rebuild) in the same launch (`pair_forces_kick_and_first_half`,
+    /// perf-notes v63).
+    pub then_first_half: bool,
 }
 
 /// Most atoms for which the fused kernels' last launch also takes the next step's first half
@@ -535,11 +536,11 @@ impl GpuPainn {
                 // The first layer's q is the embedding: no context backward below it.
             }
         }
-        let next_first_half = kick.and_then(|k| k.next_first_half);
-        let kernel = match (kick, next_first_half) {
-            (Some(_), Some(_)) => &self.pair_forces_kick_and_first_half,
-            (Some(_), None) => &self.pair_forces_and_second_half,
-            (None, _) => &self.pair_forces,
+        let then_first_half = kick.is_some_and(|k| k.then_first_half);
+        let kernel = match kick {
+            Some(_) if then_first_half => &self.pair_forces_kick_and_first_half,
+            Some(_) => &self.pair_forces_and_second_half,
+            None => &self.pair_forces,
         };
         let launch = gpu
             .launch(kernel)
@@ -557,15 +558,14 @@ impl GpuPainn {
                 .arg(&kick.step.ptr),
             None => launch,
         };
-        let (launch, grid) = match next_first_half {
-            Some(neighbors) => {
-                debug_assert!(n <= JOINED_STEP_MAX_ATOMS && neighbors.rebuilds_in_first_half());
-                (
-                    neighbors.push_one_block_rebuild_args(launch),
-                    block_per_item(1, 32 * n as u32),
-                )
-            }
-            None => (launch, grid_for(32 * n, 128)),
+        let (launch, grid) = if then_first_half {
+            debug_assert!(n <= JOINED_STEP_MAX_ATOMS && neighbors.rebuilds_in_first_half());
+            (
+                neighbors.push_one_block_rebuild_args(launch),
+                block_per_item(1, 32 * n as u32),
+            )
+        } else {
+            (launch, grid_for(32 * n, 128))
         };
         unsafe { launch.launch(grid) }.map_err(err("pair_forces"))?;
         Ok(())

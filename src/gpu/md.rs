@@ -61,6 +61,25 @@ fn default_graph_steps() -> u64 {
     8
 }
 
+impl GpuOptions {
+    /// These options with the `MDRUN_*` experiment overrides applied (README), and checked.
+    fn with_env_overrides(mut self) -> Result<GpuOptions> {
+        let switch = |name: &str, value: bool| std::env::var(name).map_or(value, |v| v != "0");
+        self.programmatic_launch = switch("MDRUN_PROGRAMMATIC_LAUNCH", self.programmatic_launch);
+        self.one_block_rebuild = switch("MDRUN_ONE_BLOCK_REBUILD", self.one_block_rebuild);
+        self.join_steps = switch("MDRUN_JOIN_STEPS", self.join_steps);
+        if let Ok(v) = std::env::var("MDRUN_GRAPH_STEPS") {
+            self.graph_steps = v
+                .parse()
+                .map_err(|_| anyhow!("MDRUN_GRAPH_STEPS: `{v}` is not a whole number of steps"))?;
+        }
+        if self.graph_steps == 0 {
+            return Err(anyhow!("graph_steps ([gpu] or MDRUN_GRAPH_STEPS) must be ≥ 1 step"));
+        }
+        Ok(self)
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -155,11 +174,9 @@ impl GpuMd {
         options: GpuOptions,
     ) -> Result<GpuMd> {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
+        let options = options.with_env_overrides()?;
         let mut gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
-        let programmatic = std::env::var("MDRUN_PROGRAMMATIC_LAUNCH")
-            .ok()
-            .map_or(options.programmatic_launch, |v| v != "0");
-        gpu.programmatic = programmatic && gpu.compute_capability.0 >= 9;
+        gpu.programmatic = options.programmatic_launch && gpu.compute_capability.0 >= 9;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(
@@ -221,17 +238,13 @@ impl GpuMd {
             energy_sums: gpu.function("energy_sums")?,
             graph: None,
             graph_block: None,
-            graph_steps: graph_steps_from_env(options.graph_steps)?,
-            join_steps: std::env::var("MDRUN_JOIN_STEPS")
-                .ok()
-                .map_or(options.join_steps, |v| v != "0"),
+            graph_steps: options.graph_steps,
+            join_steps: options.join_steps,
             force_graph: None,
             use_graph: options.cuda_graph,
             search: options.neighbor_search,
             integrate_in_kernel,
-            one_block_rebuild: std::env::var("MDRUN_ONE_BLOCK_REBUILD")
-                .ok()
-                .map_or(options.one_block_rebuild, |v| v != "0"),
+            one_block_rebuild: options.one_block_rebuild,
             integration: IntegrationParams::default(),
             host_step: 0,
             neighbor_capacity_grown: 0,
@@ -399,7 +412,7 @@ impl GpuMd {
                 velocities: &self.velocities,
                 integration,
                 step: &self.step,
-                next_first_half: then_first_half.then_some(&self.neighbors),
+                then_first_half,
             };
             return painn.enqueue_with(&self.gpu, &self.positions, &self.neighbors, Some(&kick));
         }
@@ -681,16 +694,4 @@ pub fn evaluate_with(model: &PainnModel, system: &System, options: GpuOptions) -
     md.initialize()?;
     let snap = md.snapshot()?;
     Ok((snap.potential, snap.forces))
-}
-
-/// MD steps per replayed graph block: `[gpu] graph_steps` unless MDRUN_GRAPH_STEPS is set.
-fn graph_steps_from_env(option: u64) -> Result<u64> {
-    match std::env::var("MDRUN_GRAPH_STEPS") {
-        Err(_) if option >= 1 => Ok(option),
-        Err(_) => Err(anyhow!("[gpu] graph_steps must be ≥ 1 step")),
-        Ok(v) => match v.parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(anyhow!("MDRUN_GRAPH_STEPS: `{v}` is not a whole number of steps ≥ 1")),
-        },
-    }
 }
