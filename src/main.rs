@@ -133,6 +133,20 @@ enum Command {
         #[arg(long)]
         teacher_dir: Option<PathBuf>,
     },
+    /// Compiles the GPU kernels, without a GPU, for every launch shape recorded in another kernel
+    /// cache (its `.options` files: a GPU machine's cache, say, after the kernels changed), so
+    /// that the next start on that GPU loads them compiled. Needs the NVRTC library.
+    Precompile {
+        /// Folder holding the records (`*.options`).
+        #[arg(long)]
+        records: PathBuf,
+        /// Kernel cache to fill (default: MDRUN_KERNEL_CACHE, else ~/.cache/mdrun/kernels).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Compiles at a time (default: the CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Writes a PaiNN model with random weights (untrained: for tests and benchmarks only).
     RandomModel {
         out: PathBuf,
@@ -396,6 +410,20 @@ fn main_result() -> Result<ExitCode> {
             }),
             _,
         ) => return validate(campaign, out, only, device, teacher_dir),
+        (Some(Command::Precompile { records, cache, jobs }), _) => {
+            let cache = cache
+                .or_else(mdrun::gpu::compile::cache_dir)
+                .ok_or_else(|| anyhow!("no kernel cache folder: give --cache (or set MDRUN_KERNEL_CACHE or HOME)"))?;
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let done = mdrun::gpu::compile::precompile(&records, &cache, jobs)?;
+            eprintln!(
+                "mdrun: {} launch shapes compiled, {} already cached, in {}",
+                done.compiled,
+                done.cached,
+                cache.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         (None, None) => {
             return Err(anyhow!(
                 "no input file given (usage: mdrun INPUT.toml, or mdrun --help)"

@@ -7,10 +7,12 @@ use common::*;
 use mdrun::cell::{Cell, Vec3};
 use mdrun::engine::Snapshot;
 use mdrun::forcefield::cpu::evaluate;
-use mdrun::gpu::forces::JOINED_STEP_MAX_ATOMS;
+use mdrun::gpu::compile::{cache_path, compile_cubin, is_whole_cubin};
+use mdrun::gpu::forces::{kernel_sizes, JOINED_STEP_MAX_ATOMS};
 use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::neighbors::NeighborSearch;
+use mdrun::gpu::{Gpu, KernelSizes};
 use mdrun::integrate::{maxwell_boltzmann, Integrator};
 use mdrun::model::PainnModel;
 use mdrun::neighbors::{brute_force_pairs, NeighborList, PairList};
@@ -489,4 +491,39 @@ fn programmatic_launches_follow_ordinary_launches_bit_for_bit() {
     // The default trigger (at kernel completion); the early trigger runs in gpu_dense_layouts,
     // whose tests may set the kernel-size variables.
     assert_programmatic_launches_follow_ordinary_launches();
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_kernel_cache_entry_cut_short_garbled_or_for_another_gpu_is_compiled_again() {
+    // A shape no other test opens (11 radial functions), so that the entry this test damages is
+    // its own.
+    let mut config = small_config(3.0);
+    config.n_atom_basis = 32;
+    config.n_rbf = 11;
+    let sizes = kernel_sizes(&random_model(config, 5), 5).unwrap();
+    let gpu = Gpu::open(0, sizes).unwrap();
+    let (major, minor) = gpu.compute_capability;
+    let path = cache_path(gpu.sizes, &format!("sm_{major}{minor}")).expect("a kernel cache folder");
+    let whole = std::fs::read(&path).unwrap();
+    assert!(is_whole_cubin(&whole), "{}", path.display());
+    drop(gpu);
+    // Machine code for another GPU generation (which has no thread-block clusters below 9.0),
+    // which the driver refuses to load.
+    let other = if major == 8 { "sm_90" } else { "sm_80" };
+    let foreign = compile_cubin(KernelSizes { cluster: 1, ..sizes }, other).unwrap();
+    for (what, damaged) in [
+        ("cut short", whole[..whole.len() / 2].to_vec()),
+        ("garbled", b"not a cubin".to_vec()),
+        ("for another GPU", foreign),
+    ] {
+        std::fs::write(&path, &damaged).unwrap();
+        let gpu = Gpu::open(0, sizes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        gpu.function("mixing_forward_last").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "{what}: the entry is compiled again"
+        );
+    }
 }

@@ -1,10 +1,11 @@
-//! The CUDA path: device context, NVRTC compilation of `kernels/*.cu` (cached on disk by source
-//! hash and architecture), device buffers, and the GPU force field and MD engine.
+//! The CUDA path: device context, NVRTC compilation of `kernels/*.cu` to machine code (`compile`:
+//! cached on disk by source hash and architecture), device buffers, and the GPU force field and MD engine.
 //!
 //! cudarc loads the driver and NVRTC at run time, so this builds and links without CUDA; a
 //! machine without a GPU gets a clear error when it asks for one.
 
 pub mod cluster;
+pub mod compile;
 pub mod forces;
 pub mod launch;
 pub mod md;
@@ -12,9 +13,6 @@ pub mod naive;
 pub mod neighbors;
 pub mod params;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -22,7 +20,8 @@ use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+pub use compile::{compile, compile_cubin};
 
 /// Kernel sources, embedded at build time. `common.cuh` is prepended to each.
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
@@ -239,93 +238,6 @@ pub fn dense_shared_bytes(features: usize, readout_hidden: usize, split: usize, 
     4 * (15 * features * tile + scratch + 64 + reduce) + if cluster > 1 { 16 } else { 0 }
 }
 
-fn full_source() -> String {
-    let mut text = COMMON.replace("#pragma once", "");
-    for (name, source) in SOURCES {
-        text += &format!("\n// ---- {name}\n{source}");
-    }
-    text
-}
-
-fn options(sizes: KernelSizes, arch: &'static str) -> CompileOptions {
-    CompileOptions {
-        arch: Some(arch),
-        options: vec![
-            format!("-DNF={}", sizes.features),
-            format!("-DNK={}", sizes.rbf),
-            format!("-DNH={}", sizes.readout_hidden),
-            format!("-DSPLIT={}", sizes.split),
-            format!("-DTILE={}", sizes.tile),
-            format!("-DCLUSTER={}", sizes.cluster),
-            format!("-DPAIR_SPLIT={}", sizes.pair_split),
-            format!("-DCHANNEL_SLICES={}", sizes.channel_slices),
-            // 0: the tensor-core message kernels are not built.
-            format!(
-                "-DMMA_PAIR_SPLIT={}",
-                if sizes.message_mma { sizes.pair_split } else { 0 }
-            ),
-            format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
-            format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
-            format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
-            format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),
-            "--std=c++17".into(),
-        ]
-        .into_iter()
-        .chain(sizes.checks.then(|| "-DKERNEL_CHECKS=1".to_string()))
-        .collect(),
-        ..Default::default()
-    }
-}
-
-/// Compiles every kernel to PTX for `arch` (e.g. `compute_90`): what start-up does, and what CI
-/// runs without a GPU to keep the kernels compiling.
-pub fn compile(sizes: KernelSizes, arch: &'static str) -> Result<Ptx> {
-    compile_ptx_with_opts(full_source(), options(sizes, arch)).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            anyhow!(
-                "NVRTC could not compile the kernels for {arch}:\n{}",
-                log.to_string_lossy()
-            )
-        }
-        other => anyhow!("NVRTC failed: {other:?}"),
-    })
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("MDRUN_KERNEL_CACHE") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("mdrun").join("kernels"))
-}
-
-/// PTX for `sizes` and `arch`, from the disk cache when an identical source was compiled before.
-fn cached_compile(sizes: KernelSizes, arch: &'static str) -> Result<Ptx> {
-    let mut hasher = DefaultHasher::new();
-    full_source().hash(&mut hasher);
-    options(sizes, arch).options.hash(&mut hasher);
-    arch.hash(&mut hasher);
-    let key = format!("{:016x}-{arch}.ptx", hasher.finish());
-    let path = cache_dir().map(|d| d.join(key));
-    if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-        return Ok(Ptx::from_src(text));
-    }
-    let ptx = compile(sizes, arch)?;
-    if let Some(path) = path {
-        // A cache that cannot be written only costs the next start-up a compile.
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-    Ok(ptx)
-}
-
 /// A device, its stream, and the compiled kernels.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -384,12 +296,7 @@ impl Gpu {
         if compute_capability.0 < 8 {
             sizes.message_mma = false;
         }
-        let arch: &'static str =
-            Box::leak(format!("compute_{}{}", compute_capability.0, compute_capability.1).into_boxed_str());
-        let ptx = cached_compile(sizes, arch)?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|e| anyhow!("loading the compiled kernels: {e:?}"))?;
+        let module = compile::load_kernels(&ctx, sizes, compute_capability)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(Gpu {
             ctx,

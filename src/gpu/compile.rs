@@ -1,0 +1,302 @@
+//! NVRTC compilation of `kernels/*.cu`, and the kernel cache on disk.
+//!
+//! Start-up compiles the kernels for the device's own architecture (`sm_XY`) to machine code (a
+//! cubin), so that the driver loads them without a JIT compile of its own. The cubin is cached
+//! under a hash of the source and the NVRTC options, beside a `.options` record of those options:
+//! `precompile` reads such records (a GPU machine's cache, say) and compiles the same launch
+//! shapes for the current source on a machine without a GPU, so that the next start on the GPU
+//! finds them compiled (perf-notes "Kernel cache": ~3 s a shape on the H100 machines).
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::{CStr, CString};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::{CudaContext, CudaModule};
+use cudarc::nvrtc::{compile_ptx_with_opts, result, sys, CompileOptions, Ptx};
+
+use super::{KernelSizes, COMMON, SOURCES};
+
+/// The first line of a cache record; the NVRTC options follow, one per line.
+const RECORD_HEADER: &str = "# mdrun kernel cache record: the NVRTC options of the cubin beside it, one per line";
+
+pub(super) fn full_source() -> String {
+    let mut text = COMMON.replace("#pragma once", "");
+    for (name, source) in SOURCES {
+        text += &format!("\n// ---- {name}\n{source}");
+    }
+    text
+}
+
+/// NVRTC options for `sizes` and `arch` (`compute_XY` for PTX, `sm_XY` for machine code).
+fn nvrtc_options(sizes: KernelSizes, arch: &str) -> Vec<String> {
+    [
+        format!("--gpu-architecture={arch}"),
+        format!("-DNF={}", sizes.features),
+        format!("-DNK={}", sizes.rbf),
+        format!("-DNH={}", sizes.readout_hidden),
+        format!("-DSPLIT={}", sizes.split),
+        format!("-DTILE={}", sizes.tile),
+        format!("-DCLUSTER={}", sizes.cluster),
+        format!("-DPAIR_SPLIT={}", sizes.pair_split),
+        format!("-DCHANNEL_SLICES={}", sizes.channel_slices),
+        // 0: the tensor-core message kernels are not built.
+        format!(
+            "-DMMA_PAIR_SPLIT={}",
+            if sizes.message_mma { sizes.pair_split } else { 0 }
+        ),
+        format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
+        format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
+        format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
+        format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),
+        "--std=c++17".into(),
+    ]
+    .into_iter()
+    .chain(sizes.checks.then(|| "-DKERNEL_CHECKS=1".to_string()))
+    .collect()
+}
+
+/// Compiles every kernel to PTX for `arch` (e.g. `compute_90`): what CI runs without a GPU to
+/// keep the kernels compiling, and to read their resource use from the PTX.
+pub fn compile(sizes: KernelSizes, arch: &str) -> Result<Ptx> {
+    let options = CompileOptions {
+        options: nvrtc_options(sizes, arch),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(full_source(), options).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            anyhow!(
+                "NVRTC could not compile the kernels for {arch}:\n{}",
+                log.to_string_lossy()
+            )
+        }
+        other => anyhow!("NVRTC failed: {other:?}"),
+    })
+}
+
+/// Compiles every kernel to machine code for `sizes` and `arch` (`sm_XY`): what start-up loads.
+pub fn compile_cubin(sizes: KernelSizes, arch: &str) -> Result<Vec<u8>> {
+    compile_cubin_with(&nvrtc_options(sizes, arch))
+}
+
+/// An NVRTC program, destroyed when dropped.
+struct Program(sys::nvrtcProgram);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = unsafe { result::destroy_program(self.0) };
+    }
+}
+
+fn compile_cubin_with(options: &[String]) -> Result<Vec<u8>> {
+    let source = CString::new(full_source()).expect("kernel sources hold no NUL byte");
+    let program = Program(result::create_program(&source, None).map_err(|e| anyhow!("NVRTC: {e:?}"))?);
+    if let Err(e) = unsafe { result::compile_program(program.0, options) } {
+        let log = unsafe { result::get_program_log(program.0) }
+            .map(|log| unsafe { CStr::from_ptr(log.as_ptr()) }.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(anyhow!(
+            "NVRTC could not compile the kernels ({e:?}, options {}):\n{log}",
+            options.join(" ")
+        ));
+    }
+    let mut size = 0usize;
+    unsafe { sys::nvrtcGetCUBINSize(program.0, &mut size) }
+        .result()
+        .map_err(|e| anyhow!("NVRTC gave no cubin: {e:?}"))?;
+    let mut cubin = vec![0u8; size];
+    unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast()) }
+        .result()
+        .map_err(|e| anyhow!("NVRTC gave no cubin: {e:?}"))?;
+    Ok(cubin)
+}
+
+/// Whether `bytes` is a whole 64-bit ELF file (a cubin): the magic, and the section and
+/// program header tables and every section's data inside the file (ptxas writes them to the
+/// file's last byte). A cache entry cut short fails this before the driver sees it.
+pub fn is_whole_cubin(bytes: &[u8]) -> bool {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return false;
+    }
+    let len = bytes.len() as u64;
+    let u64_at = |at: u64| u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap());
+    let u32_at = |at: u64| u32::from_le_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap());
+    let u16_at = |at: u64| u16::from_le_bytes(bytes[at as usize..at as usize + 2].try_into().unwrap()) as u64;
+    let table_end = |offset: u64, entry: u64, count: u64| offset.saturating_add(entry.saturating_mul(count));
+    let (sections, section_size, section_count) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    let (segments, segment_size, segment_count) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let sections_end = table_end(sections, section_size, section_count);
+    if sections_end > len || table_end(segments, segment_size, segment_count) > len || section_size < 40 {
+        return false;
+    }
+    const NOBITS: u32 = 8;
+    let mut end = sections_end.max(table_end(segments, segment_size, segment_count));
+    for i in 0..section_count {
+        let header = sections + i * section_size;
+        if u32_at(header + 4) != NOBITS {
+            end = end.max(u64_at(header + 0x18).saturating_add(u64_at(header + 0x20)));
+        }
+    }
+    end <= len
+}
+
+/// The kernel cache's folder: `MDRUN_KERNEL_CACHE`, else `$XDG_CACHE_HOME/mdrun/kernels`, else
+/// `~/.cache/mdrun/kernels`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("MDRUN_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("mdrun").join("kernels"))
+}
+
+/// The cubin's file name in the cache: a hash of the source and the options, and the
+/// architecture the options name.
+fn cache_name(options: &[String]) -> String {
+    let mut hasher = DefaultHasher::new();
+    full_source().hash(&mut hasher);
+    options.hash(&mut hasher);
+    let arch = options
+        .iter()
+        .find_map(|o| o.strip_prefix("--gpu-architecture="))
+        .unwrap_or("unknown");
+    format!("{:016x}-{arch}.cubin", hasher.finish())
+}
+
+/// Where `sizes` compiled for `arch` lies in the cache (None without a cache folder).
+pub fn cache_path(sizes: KernelSizes, arch: &str) -> Option<PathBuf> {
+    cache_dir().map(|dir| dir.join(cache_name(&nvrtc_options(sizes, arch))))
+}
+
+/// Writes `bytes` to `path` through a file of its own, renamed into place: threads and processes
+/// compiling the same shape at once never leave a mixed file behind.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Stores a cubin and its record in `dir`.
+fn store(dir: &Path, options: &[String], cubin: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(cache_name(options));
+    let record = std::iter::once(RECORD_HEADER)
+        .chain(options.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::create_dir_all(dir)?;
+    write_whole(&path, cubin)?;
+    write_whole(&path.with_extension("options"), record.as_bytes())
+}
+
+/// Compiles `sizes` for `arch` (`sm_XY`) into the cache folder `dir`, record included, as a
+/// start-up on such a device would; returns the cubin's path.
+pub fn compile_into(dir: &Path, sizes: KernelSizes, arch: &str) -> Result<PathBuf> {
+    let options = nvrtc_options(sizes, arch);
+    let cubin = compile_cubin_with(&options)?;
+    store(dir, &options, &cubin).with_context(|| format!("{}: cannot write", dir.display()))?;
+    Ok(dir.join(cache_name(&options)))
+}
+
+/// The kernels for `sizes` on a device of compute capability `cc`, loaded into `ctx`: from the
+/// cache where it holds them whole, else compiled (and cached). An entry the driver refuses is
+/// compiled again, with a warning.
+pub(super) fn load_kernels(ctx: &Arc<CudaContext>, sizes: KernelSizes, cc: (i32, i32)) -> Result<Arc<CudaModule>> {
+    let arch = format!("sm_{}{}", cc.0, cc.1);
+    let options = nvrtc_options(sizes, &arch);
+    let dir = cache_dir();
+    let cached = dir.as_ref().map(|d| d.join(cache_name(&options)));
+    if let Some(bytes) = cached.as_ref().and_then(|path| std::fs::read(path).ok()) {
+        let path = cached.as_ref().unwrap();
+        if is_whole_cubin(&bytes) {
+            match ctx.load_module(Ptx::from_binary(bytes)) {
+                Ok(module) => return Ok(module),
+                Err(e) => eprintln!(
+                    "warning: kernel cache entry {} did not load ({e:?}); compiling the kernels again",
+                    path.display()
+                ),
+            }
+        } else {
+            eprintln!(
+                "warning: kernel cache entry {} is not a whole cubin; compiling the kernels again",
+                path.display()
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let cubin = compile_cubin_with(&options)?;
+    if let Some(dir) = &dir {
+        // A cache that cannot be written only costs the next start-up a compile.
+        let _ = store(dir, &options, &cubin);
+    }
+    ctx.load_module(Ptx::from_binary(cubin))
+        .map_err(|e| anyhow!("loading the kernels compiled for {arch}: {e:?}"))
+}
+
+/// What `precompile` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Precompiled {
+    /// Shapes compiled now.
+    pub compiled: usize,
+    /// Shapes the cache already held for the current source.
+    pub cached: usize,
+}
+
+/// Compiles into the cache folder `cache`, for the current kernel source, every launch shape
+/// that a record in `records` names (the `.options` files of another cache), `jobs` at a time.
+pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompiled> {
+    let mut shapes = Vec::new();
+    for entry in std::fs::read_dir(records).with_context(|| format!("{}: cannot read the folder", records.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "options") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(RECORD_HEADER) {
+            return Err(anyhow!("{}: not an mdrun kernel cache record", path.display()));
+        }
+        let options: Vec<String> = lines.filter(|l| !l.is_empty()).map(String::from).collect();
+        if !options.iter().any(|o| o.starts_with("--gpu-architecture=sm_")) {
+            return Err(anyhow!("{}: the record names no sm_XY architecture", path.display()));
+        }
+        if !shapes.contains(&options) {
+            shapes.push(options);
+        }
+    }
+    let (cached, missing): (Vec<_>, Vec<_>) = shapes
+        .into_iter()
+        .partition(|options| std::fs::read(cache.join(cache_name(options))).is_ok_and(|b| is_whole_cubin(&b)));
+    let next = AtomicUsize::new(0);
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, missing.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(options) = missing.get(i) else { break };
+                let stored = compile_cubin_with(options).and_then(|cubin| {
+                    store(cache, options, &cubin).with_context(|| format!("{}: cannot write", cache.display()))
+                });
+                if let Err(e) = stored {
+                    failure.lock().unwrap().get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(Precompiled {
+        compiled: missing.len(),
+        cached: cached.len(),
+    })
+}

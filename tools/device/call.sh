@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One device call: what a session needs from the GPU, in one command (the device tool lends
+# about 30 minutes a session, and each machine start costs a minute or more).
+#
+# Here, without a GPU:
+#   ../shared/tools/device-bundle          # release binary and test executables into .device/
+#   # optional: the kernel cache records an earlier call brought back (records/*.options), so
+#   # that the device loads compiled kernels instead of compiling ~100 launch shapes (~3 s each):
+#   .device/bin/mdrun precompile --records RECORDS --cache .device/kernel-cache
+#   # optional: another commit's binary, benched against this one round by round:
+#   cp OTHER/mdrun .device/baseline/mdrun
+# There (device tool, carry [".device"]), from the repository root:
+#   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
+#   tar xzf $OUT/results.tgz -O results/progress.txt
+# Results: $OUT/results.tgz (one file: the device tool brings back at most 8): progress.txt
+# (each part's exit code and clock time), bench JSONs, test logs, the validation report, the
+# ncu per-kernel CSV at benzene, and the kernel cache's records for the next precompile. A
+# watchdog tars what exists LIMIT − 15 s after the start, so a call stopped at the device
+# tool's limit still brings back what it measured.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 2
+parts=${*:-bench tests validate ncu}
+limit=${LIMIT:-540}
+out=${OUT:-/tmp/mdrun-call}
+results=$(mktemp -d)/results
+mkdir -p "$results/tests" "$out"
+export MDRUN_KERNEL_CACHE=$PWD/.device/kernel-cache
+mkdir -p "$MDRUN_KERNEL_CACHE"
+mdrun=.device/bin/mdrun
+progress() { echo "$* $(date +%H:%M:%S)" | tee -a "$results/progress.txt"; }
+pack() {
+  cp "$MDRUN_KERNEL_CACHE"/*.options "$results/records/" 2>/dev/null
+  tar czf "$out/results.tgz.tmp" -C "$(dirname "$results")" results && mv "$out/results.tgz.tmp" "$out/results.tgz"
+}
+mkdir -p "$results/records"
+(sleep $((limit - 15)) && progress "watchdog: packing at the limit" && pack) &
+watchdog=$!
+
+progress "start: parts [$parts], $(ls "$MDRUN_KERNEL_CACHE"/*.cubin 2>/dev/null | wc -l) cubins precompiled"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader \
+  >>"$results/progress.txt" 2>&1
+git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
+
+# The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
+systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
+systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
+bench() {  # name binary round
+  # shellcheck disable=SC2086
+  "$2" bench $systems --configs +cuda-graph --reference-max-atoms 200 --json "$results/bench-$1-$3.json" \
+    >"$results/bench-$1-$3.log" 2>&1
+  progress "bench $1 round $3 rc $?"
+}
+if [[ " $parts " == *" bench "* ]]; then
+  for round in 1 2; do
+    bench main "$mdrun" "$round"
+    [ -x .device/baseline/mdrun ] && bench baseline .device/baseline/mdrun "$round"
+  done
+fi
+
+# Every test executable with GPU tests, ignored ones included; gpu_dense_layouts (the longest)
+# beside the others, one copy (two at once ran past 330 s on an H200).
+run_tests() {
+  for name in "$@"; do
+    for t in .device/tests/"$name"-*; do
+      "$t" --include-ignored >"$results/tests/$name.log" 2>&1
+      progress "test $name rc $? ($(grep -h '^test result' "$results/tests/$name.log" | tail -1))"
+    done
+  done
+}
+if [[ " $parts " == *" tests "* ]]; then
+  run_tests gpu_dense_layouts &
+  layouts=$!
+  run_tests gpu gpu_cluster gpu_naive restart bench cli
+fi
+
+if [[ " $parts " == *" validate "* ]]; then
+  "$mdrun" validate inputs/validate.toml --device cuda --only waterbox,benzene --out "$results/validate" \
+    >"$results/validate.log" 2>&1
+  progress "validate rc $?"
+  rm -f "$results"/validate/*.xyz "$results"/validate/*.dcd
+fi
+
+if [[ " $parts " == *" ncu "* ]] && command -v ncu >/dev/null; then
+  # Per-kernel times at benzene with plain launches (ncu serializes the kernels): 600 launches
+  # after 3,000 (past start-up and the first force calls).
+  timeout 150 ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 600 \
+    "$mdrun" bench systems/benzene.xyz --configs +fused --reference-max-atoms 0 --budget 0.5 \
+    >"$results/ncu-benzene.csv" 2>"$results/ncu-benzene.log"
+  progress "ncu rc $?"
+fi
+
+[ -n "${layouts:-}" ] && wait "$layouts"
+kill "$watchdog" 2>/dev/null
+progress "done"
+pack
+grep -h "rc [^0]" "$results/progress.txt" && echo "SOME PART FAILED" || echo "every part passed"
