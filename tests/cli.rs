@@ -282,23 +282,35 @@ fn precompile_refuses_a_missing_folder_and_a_stray_record_in_one_line() {
             .arg(dir.join("cache"))
             .output()
             .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let empty = dir.join("records");
     std::fs::create_dir_all(&empty).unwrap();
     let (code, stderr) = precompile(&empty);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("0 launch shapes compiled, 0 already cached"), "{stderr}");
+    assert!(
+        stderr.contains("0 launch shapes compiled, 0 already cached"),
+        "{stderr}"
+    );
 
     let (code, stderr) = precompile(&dir.join("nowhere"));
     assert_ne!(code, 0, "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("nowhere") && stderr.contains("cannot read the folder"), "{stderr}");
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("cannot read the folder"),
+        "{stderr}"
+    );
 
     std::fs::write(empty.join("stray.options"), "-DNF=32\n").unwrap();
     let (code, stderr) = precompile(&empty);
     assert_ne!(code, 0, "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("stray.options: not an mdrun kernel cache record"), "{stderr}");
+    assert!(
+        stderr.contains("stray.options: not an mdrun kernel cache record"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

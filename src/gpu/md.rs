@@ -467,22 +467,29 @@ impl GpuMd {
         graph.ok_or_else(|| anyhow!("stream capture produced no graph"))
     }
 
-    /// The one-step graph, and the `graph_steps`-step graph where runs of steps will use it;
-    /// on failure the engine falls back to plain launches.
+    /// The one-step graph, and the `graph_steps`-step graph where runs of steps will use it.
+    /// Where the one-step graph cannot be captured the engine falls back to plain launches;
+    /// where only the longer one cannot, to one-step graphs.
     fn capture_graphs(&mut self, steps: u64) {
+        if self.graph.is_none() {
+            match self.capture(1) {
+                Ok(graph) => self.graph = Some(graph),
+                Err(e) => {
+                    eprintln!("warning: CUDA graph capture failed ({e}); running with plain launches");
+                    self.use_graph = false;
+                    return;
+                }
+            }
+        }
         let block = self.graph_steps;
-        let captured = (|| {
-            if self.graph.is_none() {
-                self.graph = Some(self.capture(1)?);
+        if block > 1 && steps >= block && self.graph_block.is_none() {
+            match self.capture(block) {
+                Ok(graph) => self.graph_block = Some(graph),
+                Err(e) => {
+                    eprintln!("warning: capture of a {block}-step CUDA graph failed ({e}); running one-step graphs");
+                    self.graph_steps = 1;
+                }
             }
-            if block > 1 && steps >= block && self.graph_block.is_none() {
-                self.graph_block = Some(self.capture(block)?);
-            }
-            Ok::<_, anyhow::Error>(())
-        })();
-        if let Err(e) = captured {
-            eprintln!("warning: CUDA graph capture failed ({e}); running with plain launches");
-            self.use_graph = false;
         }
     }
 

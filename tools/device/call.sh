@@ -4,11 +4,14 @@
 #
 # Here, without a GPU:
 #   ../shared/tools/device-bundle          # release binary and test executables into .device/
+#   # only the test executables with GPU tests (carry takes 64 MiB in all):
+#   rm .device/tests/{dense_emulation,kernels_compile,kernel_cache,md,mdrun,model_format,neighbors,painn_cpu,schnetpack_reference,validate}-*
 #   # optional: the kernel cache records an earlier call brought back (records/*.options), so
-#   # that the device loads compiled kernels instead of compiling ~100 launch shapes (~3 s each):
-#   .device/bin/mdrun precompile --records RECORDS --cache .device/kernel-cache
+#   # that the device loads compiled kernels instead of compiling ~100 launch shapes (~3 s each;
+#   # xz takes a cubin's 650 KB to ~65 KB):
+#   .device/bin/mdrun precompile --records RECORDS --cache /tmp/kc && tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
 #   # optional: another commit's binary, benched against this one round by round:
-#   cp OTHER/mdrun .device/baseline/mdrun
+#   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -26,6 +29,7 @@ results=$(mktemp -d)/results
 mkdir -p "$results/tests" "$out"
 export MDRUN_KERNEL_CACHE=$PWD/.device/kernel-cache
 mkdir -p "$MDRUN_KERNEL_CACHE"
+[ -f .device/kernel-cache.tar.xz ] && tar xJf .device/kernel-cache.tar.xz -C "$MDRUN_KERNEL_CACHE"
 mdrun=.device/bin/mdrun
 progress() { echo "$* $(date +%H:%M:%S)" | tee -a "$results/progress.txt"; }
 pack() {
