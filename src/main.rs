@@ -133,13 +133,23 @@ enum Command {
         #[arg(long)]
         teacher_dir: Option<PathBuf>,
     },
-    /// Compiles the GPU kernels, without a GPU, for every launch shape recorded in another kernel
-    /// cache (its `.options` files: a GPU machine's cache, say, after the kernels changed), so
-    /// that the next start on that GPU loads them compiled. Needs the NVRTC library.
+    /// Compiles the GPU kernels without a GPU into the kernel cache, so that a later start on
+    /// the GPU loads them compiled: for the launch shapes another cache recorded (--records: its
+    /// `.options` files, a GPU machine's cache, say, after the kernels changed), and for the runs
+    /// of input files (--input, with the GPU's --arch and --sms). Needs the NVRTC library.
     Precompile {
         /// Folder holding the records (`*.options`).
         #[arg(long)]
-        records: PathBuf,
+        records: Option<PathBuf>,
+        /// Input files (TOML) of runs the GPU will make.
+        #[arg(long)]
+        input: Vec<PathBuf>,
+        /// The GPU's architecture for --input, e.g. sm_90 (H100, H200).
+        #[arg(long)]
+        arch: Option<String>,
+        /// The GPU's multiprocessors for --input (132 on the H100 SXM and the H200).
+        #[arg(long)]
+        sms: Option<usize>,
         /// Kernel cache to fill (default: MDRUN_KERNEL_CACHE, else ~/.cache/mdrun/kernels).
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -410,18 +420,18 @@ fn main_result() -> Result<ExitCode> {
             }),
             _,
         ) => return validate(campaign, out, only, device, teacher_dir),
-        (Some(Command::Precompile { records, cache, jobs }), _) => {
-            let cache = cache
-                .or_else(mdrun::gpu::compile::cache_dir)
-                .ok_or_else(|| anyhow!("no kernel cache folder: give --cache (or set MDRUN_KERNEL_CACHE or HOME)"))?;
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let done = mdrun::gpu::compile::precompile(&records, &cache, jobs)?;
-            eprintln!(
-                "mdrun: {} launch shapes compiled, {} already cached, in {}",
-                done.compiled,
-                done.cached,
-                cache.display()
-            );
+        (
+            Some(Command::Precompile {
+                records,
+                input,
+                arch,
+                sms,
+                cache,
+                jobs,
+            }),
+            _,
+        ) => {
+            precompile(records, input, arch, sms, cache, jobs)?;
             return Ok(ExitCode::SUCCESS);
         }
         (None, None) => {
@@ -451,6 +461,60 @@ fn main_result() -> Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn precompile(
+    records: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
+    arch: Option<String>,
+    sms: Option<usize>,
+    cache: Option<PathBuf>,
+    jobs: Option<usize>,
+) -> Result<()> {
+    use mdrun::gpu::compile;
+    let cache = cache
+        .or_else(compile::cache_dir)
+        .ok_or_else(|| anyhow!("no kernel cache folder: give --cache (or set MDRUN_KERNEL_CACHE or HOME)"))?;
+    if records.is_none() && inputs.is_empty() {
+        return Err(anyhow!("nothing to compile: give --records DIR or --input FILE"));
+    }
+    if let Some(records) = records {
+        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let done = compile::precompile(&records, &cache, jobs)?;
+        eprintln!(
+            "mdrun: {} launch shapes compiled, {} already cached, in {}",
+            done.compiled,
+            done.cached,
+            cache.display()
+        );
+    }
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let (Some(arch), Some(sms)) = (arch, sms) else {
+        return Err(anyhow!(
+            "--input needs the GPU's --arch (e.g. sm_90) and --sms (e.g. 132)"
+        ));
+    };
+    let cc = arch
+        .strip_prefix("sm_")
+        .filter(|digits| digits.len() >= 2 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .map(|digits| digits.split_at(digits.len() - 1))
+        .and_then(|(major, minor)| Some((major.parse::<i32>().ok()?, minor.parse::<i32>().ok()?)))
+        .ok_or_else(|| anyhow!("--arch {arch}: not an sm_XY architecture (e.g. sm_90)"))?;
+    for path in inputs {
+        let input = mdrun::input::Input::read(&path)?;
+        let system_path = input.resolve(&input.system.file);
+        let system = System::read(&system_path, input.system.format.as_deref())
+            .map_err(|e| anyhow!("{}: system.file: {e}", path.display()))?;
+        let model = PainnModel::load(&input.resolve(&input.model.file))?;
+        let sizes = mdrun::gpu::forces::kernel_sizes(&model, system.len())
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            .on_device(cc, sms);
+        let cubin = compile::compile_into(&cache, sizes, &arch)?;
+        eprintln!("mdrun: {}: kernels compiled into {}", path.display(), cubin.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

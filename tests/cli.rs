@@ -314,3 +314,33 @@ fn precompile_refuses_a_missing_folder_and_a_stray_record_in_one_line() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn precompile_for_an_input_needs_the_gpus_architecture_and_multiprocessors() {
+    let case = Case::new("precompile-input");
+    let input = case.dir.join("input.toml");
+    std::fs::write(&input, Case::input(SYSTEM, MD, "")).unwrap();
+    for (extra, needle) in [
+        (
+            vec![],
+            "--input needs the GPU's --arch (e.g. sm_90) and --sms (e.g. 132)",
+        ),
+        (
+            vec!["--arch", "sm_9x", "--sms", "132"],
+            "--arch sm_9x: not an sm_XY architecture",
+        ),
+    ] {
+        let out = mdrun()
+            .args(["precompile", "--cache"])
+            .arg(case.dir.join("cache"))
+            .arg("--input")
+            .arg(&input)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "`{needle}` missing from: {stderr}");
+    }
+}

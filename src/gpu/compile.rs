@@ -199,12 +199,16 @@ fn store(dir: &Path, options: &[String], cubin: &[u8]) -> std::io::Result<()> {
 }
 
 /// Compiles `sizes` for `arch` (`sm_XY`) into the cache folder `dir`, record included, as a
-/// start-up on such a device would; returns the cubin's path.
+/// start-up on such a device would, unless `dir` holds it whole already; returns the cubin's path.
 pub fn compile_into(dir: &Path, sizes: KernelSizes, arch: &str) -> Result<PathBuf> {
     let options = nvrtc_options(sizes, arch);
+    let path = dir.join(cache_name(&options));
+    if std::fs::read(&path).is_ok_and(|bytes| is_whole_cubin(&bytes)) {
+        return Ok(path);
+    }
     let cubin = compile_cubin_with(&options)?;
     store(dir, &options, &cubin).with_context(|| format!("{}: cannot write", dir.display()))?;
-    Ok(dir.join(cache_name(&options)))
+    Ok(path)
 }
 
 /// The kernels for `sizes` on a device of compute capability `cc`, loaded into `ctx`: from the

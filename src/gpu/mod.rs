@@ -179,6 +179,27 @@ impl KernelSizes {
     }
 
     /// Blocks of one dense-layer launch over `n_atoms`.
+    /// These sizes as a device of compute capability `cc` with `sms` multiprocessors runs them
+    /// (what `Gpu::open` compiles, and `mdrun precompile --input` without the device).
+    pub fn on_device(mut self, cc: (i32, i32), sms: usize) -> KernelSizes {
+        // Thread-block clusters need compute capability 9.0.
+        if cc.0 < 9 {
+            self.cluster = 1;
+        }
+        // Each dense block alone on an SM where the launch's blocks all fit at once (v57);
+        // MDRUN_DENSE_ALONE=0/1 overrides.
+        self.dense_alone = std::env::var("MDRUN_DENSE_ALONE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(self.dense_blocks(self.atoms) <= sms, |v| v != 0);
+        // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
+        // split, capped for the tensor-core blocks, stays valid for the scalar ones).
+        if cc.0 < 8 {
+            self.message_mma = false;
+        }
+        self
+    }
+
     pub fn dense_blocks(&self, n_atoms: usize) -> usize {
         n_atoms.div_ceil(self.tile) * self.cluster
     }
@@ -269,7 +290,7 @@ impl MemoryCount {
 
 impl Gpu {
     /// Opens device `ordinal` and compiles the kernels for its architecture.
-    pub fn open(ordinal: usize, mut sizes: KernelSizes) -> Result<Gpu> {
+    pub fn open(ordinal: usize, sizes: KernelSizes) -> Result<Gpu> {
         if !Gpu::available() {
             return Err(anyhow!("no CUDA driver or device found"));
         }
@@ -279,23 +300,10 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
         let compute_capability = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
-        if compute_capability.0 < 9 {
-            sizes.cluster = 1;
-        }
-        // Each dense block alone on an SM where the launch's blocks all fit at once (v57);
-        // MDRUN_DENSE_ALONE=0/1 overrides.
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("{e:?}"))?;
-        sizes.dense_alone = std::env::var("MDRUN_DENSE_ALONE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(sizes.dense_blocks(sizes.atoms) <= sms.max(0) as usize, |v| v != 0);
-        // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
-        // split, capped for the tensor-core blocks, stays valid for the scalar ones).
-        if compute_capability.0 < 8 {
-            sizes.message_mma = false;
-        }
+        let sizes = sizes.on_device(compute_capability, sms.max(0) as usize);
         let module = compile::load_kernels(&ctx, sizes, compute_capability)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(Gpu {
@@ -427,6 +435,27 @@ mod tests {
     fn shape(features: usize, rbf: usize, n_atoms: usize) -> (usize, usize, usize, usize, bool) {
         let s = KernelSizes::for_system(features, rbf, 64.min(features), n_atoms);
         (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma)
+    }
+
+    #[test]
+    fn a_device_without_clusters_or_tensor_cores_or_enough_multiprocessors_changes_the_shape() {
+        if std::env::var_os("MDRUN_DENSE_ALONE").is_some() {
+            return;
+        }
+        let benzene = KernelSizes::for_system(128, 20, 64, 12);
+        assert_eq!((benzene.cluster, benzene.message_mma), (4, true));
+        // H100: 12 clusters of 4 blocks on 132 multiprocessors, each block alone on one.
+        let h100 = benzene.on_device((9, 0), 132);
+        assert_eq!((h100.cluster, h100.message_mma, h100.dense_alone), (4, true, true));
+        assert!(
+            !benzene.on_device((9, 0), 47).dense_alone,
+            "48 blocks on 47 multiprocessors"
+        );
+        // Ampere: no clusters (12 blocks, alone on 108), tensor cores; Turing: neither.
+        let a100 = benzene.on_device((8, 0), 108);
+        assert_eq!((a100.cluster, a100.message_mma, a100.dense_alone), (1, true, true));
+        let t4 = benzene.on_device((7, 5), 40);
+        assert_eq!((t4.cluster, t4.message_mma), (1, false));
     }
 
     #[test]
