@@ -487,6 +487,13 @@ fn precompile(
             done.cached,
             cache.display()
         );
+        if done.foreign > 0 {
+            eprintln!(
+                "mdrun: warning: {} records in {} name other kernel options than this mdrun's (another version wrote them): skipped",
+                done.foreign,
+                records.display()
+            );
+        }
     }
     if inputs.is_empty() {
         return Ok(());

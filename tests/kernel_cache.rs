@@ -7,7 +7,7 @@ mod common;
 
 use common::temp_dir;
 use mdrun::gpu::compile::{compile_into, is_whole_cubin, precompile, Precompiled};
-use mdrun::gpu::KernelSizes;
+use mdrun::gpu::{compile_cubin, KernelSizes};
 
 fn nvrtc_loads() -> bool {
     let present = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
@@ -73,7 +73,11 @@ fn precompile_rebuilds_a_cache_from_its_records_under_the_names_start_up_looks_f
     let host_cache = temp_dir("host-cache");
     assert_eq!(
         precompile(&records, &host_cache, 2).unwrap(),
-        Precompiled { compiled: 2, cached: 0 }
+        Precompiled {
+            compiled: 2,
+            cached: 0,
+            foreign: 0
+        }
     );
     for cubin in [&first, &second] {
         let rebuilt = host_cache.join(cubin.file_name().unwrap());
@@ -82,7 +86,11 @@ fn precompile_rebuilds_a_cache_from_its_records_under_the_names_start_up_looks_f
     }
     assert_eq!(
         precompile(&records, &host_cache, 2).unwrap(),
-        Precompiled { compiled: 0, cached: 2 }
+        Precompiled {
+            compiled: 0,
+            cached: 2,
+            foreign: 0
+        }
     );
 
     // An entry cut short is compiled again.
@@ -91,9 +99,30 @@ fn precompile_rebuilds_a_cache_from_its_records_under_the_names_start_up_looks_f
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
     assert_eq!(
         precompile(&records, &host_cache, 1).unwrap(),
-        Precompiled { compiled: 1, cached: 1 }
+        Precompiled {
+            compiled: 1,
+            cached: 1,
+            foreign: 0
+        }
     );
     assert_eq!(std::fs::read(&cut).unwrap(), bytes);
+
+    // A record with an option this build does not write (another version of mdrun's) is
+    // counted and skipped: start-up would never ask for its shape.
+    let record = std::fs::read_to_string(first.with_extension("options")).unwrap();
+    std::fs::write(records.join("other-version.options"), record + "-DSOMETHING_NEW=1\n").unwrap();
+    assert_eq!(
+        precompile(&records, &host_cache, 1).unwrap(),
+        Precompiled {
+            compiled: 0,
+            cached: 2,
+            foreign: 1
+        }
+    );
+
+    // A virtual architecture gives PTX, not machine code: refused, not cached as an empty file.
+    let error = compile_cubin(narrow(1), "compute_90").unwrap_err().to_string();
+    assert!(error.contains("no cubin"), "{error}");
 
     // A file that is not a record is refused by name.
     std::fs::write(records.join("stray.options"), "-DNF=32\n").unwrap();

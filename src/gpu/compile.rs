@@ -96,7 +96,13 @@ fn compile_cubin_with(options: &[String]) -> Result<Vec<u8>> {
     let program = Program(result::create_program(&source, None).map_err(|e| anyhow!("NVRTC: {e:?}"))?);
     if let Err(e) = unsafe { result::compile_program(program.0, options) } {
         let log = unsafe { result::get_program_log(program.0) }
-            .map(|log| unsafe { CStr::from_ptr(log.as_ptr()) }.to_string_lossy().into_owned())
+            .map(|log| {
+                let bytes: Vec<u8> = log.iter().map(|&c| c as u8).collect();
+                CStr::from_bytes_until_nul(&bytes).map_or_else(
+                    |_| String::from_utf8_lossy(&bytes).into_owned(),
+                    |log| log.to_string_lossy().into_owned(),
+                )
+            })
             .unwrap_or_default();
         return Err(anyhow!(
             "NVRTC could not compile the kernels ({e:?}, options {}):\n{log}",
@@ -107,6 +113,13 @@ fn compile_cubin_with(options: &[String]) -> Result<Vec<u8>> {
     unsafe { sys::nvrtcGetCUBINSize(program.0, &mut size) }
         .result()
         .map_err(|e| anyhow!("NVRTC gave no cubin: {e:?}"))?;
+    if size == 0 {
+        // What NVRTC answers for a virtual architecture (compute_XY).
+        return Err(anyhow!(
+            "NVRTC gave no cubin: the options ({}) name no sm_XY architecture",
+            options.join(" ")
+        ));
+    }
     let mut cubin = vec![0u8; size];
     unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast()) }
         .result()
@@ -155,12 +168,23 @@ pub fn cache_dir() -> Option<PathBuf> {
     Some(base.join("mdrun").join("kernels"))
 }
 
-/// The cubin's file name in the cache: a hash of the source and the options, and the
-/// architecture the options name.
+/// NVRTC's (major, minor) version: cubins are machine code, so a cache entry holds for the
+/// compiler that wrote it. (0, 0) where the library cannot say.
+fn nvrtc_version() -> (i32, i32) {
+    let (mut major, mut minor) = (0, 0);
+    match unsafe { sys::nvrtcVersion(&mut major, &mut minor) }.result() {
+        Ok(()) => (major, minor),
+        Err(_) => (0, 0),
+    }
+}
+
+/// The cubin's file name in the cache: a hash of the source, the options and NVRTC's version,
+/// and the architecture the options name.
 fn cache_name(options: &[String]) -> String {
     let mut hasher = DefaultHasher::new();
     full_source().hash(&mut hasher);
     options.hash(&mut hasher);
+    nvrtc_version().hash(&mut hasher);
     let arch = options
         .iter()
         .find_map(|o| o.strip_prefix("--gpu-architecture="))
@@ -222,12 +246,28 @@ pub(super) fn load_kernels(ctx: &Arc<CudaContext>, sizes: KernelSizes, cc: (i32,
     if let Some(bytes) = cached.as_ref().and_then(|path| std::fs::read(path).ok()) {
         let path = cached.as_ref().unwrap();
         if is_whole_cubin(&bytes) {
+            use cudarc::driver::sys::CUresult;
             match ctx.load_module(Ptx::from_binary(bytes)) {
                 Ok(module) => return Ok(module),
-                Err(e) => eprintln!(
+                // The entry itself is at fault: machine code for another GPU, or not machine
+                // code at all. Any other error (out of memory, a broken context) is the device's.
+                Err(
+                    e @ cudarc::driver::DriverError(
+                        CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU
+                        | CUresult::CUDA_ERROR_INVALID_IMAGE
+                        | CUresult::CUDA_ERROR_INVALID_PTX
+                        | CUresult::CUDA_ERROR_INVALID_SOURCE,
+                    ),
+                ) => eprintln!(
                     "warning: kernel cache entry {} did not load ({e:?}); compiling the kernels again",
                     path.display()
                 ),
+                Err(e) => {
+                    return Err(anyhow!(
+                        "loading the kernels from the cache ({}): {e:?}",
+                        path.display()
+                    ))
+                }
             }
         } else {
             eprintln!(
@@ -253,14 +293,31 @@ pub struct Precompiled {
     pub compiled: usize,
     /// Shapes the cache already held for the current source.
     pub cached: usize,
+    /// Records with other option names than this build's (written by another version of
+    /// mdrun): skipped, since start-up would never ask for their shapes.
+    pub foreign: usize,
 }
 
 /// Compiles into the cache folder `cache`, for the current kernel source, every launch shape
 /// that a record in `records` names (the `.options` files of another cache), `jobs` at a time.
 pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompiled> {
+    // The option names this build writes (their values are the shape): a record with others was
+    // written by another version of mdrun, and start-up would never ask for its shape.
+    let names = |options: &[String]| -> Vec<String> {
+        let mut names: Vec<String> = options
+            .iter()
+            .map(|o| o.split('=').next().unwrap_or(o).to_string())
+            .filter(|name| name != "-DKERNEL_CHECKS")
+            .collect();
+        names.sort();
+        names
+    };
+    let known = names(&nvrtc_options(KernelSizes::for_system(128, 20, 64, 1), "sm_90"));
     let mut shapes = Vec::new();
-    for entry in std::fs::read_dir(records).with_context(|| format!("{}: cannot read the folder", records.display()))? {
-        let path = entry?.path();
+    let mut foreign = 0;
+    let unreadable = || format!("{}: cannot read the folder", records.display());
+    for entry in std::fs::read_dir(records).with_context(unreadable)? {
+        let path = entry.with_context(unreadable)?.path();
         if path.extension().is_none_or(|e| e != "options") {
             continue;
         }
@@ -270,26 +327,35 @@ pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompil
             return Err(anyhow!("{}: not an mdrun kernel cache record", path.display()));
         }
         let options: Vec<String> = lines.filter(|l| !l.is_empty()).map(String::from).collect();
-        if !options.iter().any(|o| o.starts_with("--gpu-architecture=sm_")) {
-            return Err(anyhow!("{}: the record names no sm_XY architecture", path.display()));
+        if options.iter().filter(|o| o.starts_with("--gpu-architecture=")).count() != 1
+            || !options.iter().any(|o| o.starts_with("--gpu-architecture=sm_"))
+        {
+            return Err(anyhow!(
+                "{}: the record names no single sm_XY architecture",
+                path.display()
+            ));
         }
-        if !shapes.contains(&options) {
-            shapes.push(options);
+        if names(&options) != known {
+            foreign += 1;
+        } else if !shapes.iter().any(|(known, _)| *known == options) {
+            shapes.push((options, path));
         }
     }
     let (cached, missing): (Vec<_>, Vec<_>) = shapes
         .into_iter()
-        .partition(|options| std::fs::read(cache.join(cache_name(options))).is_ok_and(|b| is_whole_cubin(&b)));
+        .partition(|(options, _)| std::fs::read(cache.join(cache_name(options))).is_ok_and(|b| is_whole_cubin(&b)));
     let next = AtomicUsize::new(0);
     let failure = std::sync::Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, missing.len().max(1)) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(options) = missing.get(i) else { break };
-                let stored = compile_cubin_with(options).and_then(|cubin| {
-                    store(cache, options, &cubin).with_context(|| format!("{}: cannot write", cache.display()))
-                });
+                let Some((options, record)) = missing.get(i) else { break };
+                let stored = compile_cubin_with(options)
+                    .with_context(|| format!("{}", record.display()))
+                    .and_then(|cubin| {
+                        store(cache, options, &cubin).with_context(|| format!("{}: cannot write", cache.display()))
+                    });
                 if let Err(e) = stored {
                     failure.lock().unwrap().get_or_insert(e);
                 }
@@ -302,5 +368,6 @@ pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompil
     Ok(Precompiled {
         compiled: missing.len(),
         cached: cached.len(),
+        foreign,
     })
 }

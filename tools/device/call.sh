@@ -9,7 +9,8 @@
 #   # optional: the kernel cache records an earlier call brought back (records/*.options), so
 #   # that the device loads compiled kernels instead of compiling ~100 launch shapes (~3 s each;
 #   # xz takes a cubin's 650 KB to ~65 KB):
-#   .device/bin/mdrun precompile --records RECORDS --cache /tmp/kc && tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
+#   rm -rf /tmp/kc && .device/bin/mdrun precompile --records RECORDS --cache /tmp/kc &&
+#     tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
 # There (device tool, carry [".device"]), from the repository root:
@@ -19,10 +20,16 @@
 # (each part's exit code and clock time), bench JSONs, test logs, the validation report, the
 # ncu per-kernel CSV at benzene, and the kernel cache's records for the next precompile. A
 # watchdog tars what exists LIMIT − 15 s after the start, so a call stopped at the device
-# tool's limit still brings back what it measured.
+# tool's limit still brings back what it measured. Exits 1 when a part failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 parts=${*:-bench tests validate ncu}
+for part in $parts; do
+  case $part in
+  bench | tests | validate | ncu) ;;
+  *) echo "call.sh: unknown part '$part' (bench, tests, validate, ncu)" >&2 && exit 2 ;;
+  esac
+done
 limit=${LIMIT:-540}
 out=${OUT:-/tmp/mdrun-call}
 results=$(mktemp -d)/results
@@ -32,12 +39,14 @@ mkdir -p "$MDRUN_KERNEL_CACHE"
 [ -f .device/kernel-cache.tar.xz ] && tar xJf .device/kernel-cache.tar.xz -C "$MDRUN_KERNEL_CACHE"
 mdrun=.device/bin/mdrun
 progress() { echo "$* $(date +%H:%M:%S)" | tee -a "$results/progress.txt"; }
-pack() {
+pack() {  # a temporary archive per writer: the watchdog's and the last pack may overlap
   cp "$MDRUN_KERNEL_CACHE"/*.options "$results/records/" 2>/dev/null
-  tar czf "$out/results.tgz.tmp" -C "$(dirname "$results")" results && mv "$out/results.tgz.tmp" "$out/results.tgz"
+  tar czf "$out/results.tgz.$BASHPID" -C "$(dirname "$results")" results &&
+    mv "$out/results.tgz.$BASHPID" "$out/results.tgz"
 }
 mkdir -p "$results/records"
-(sleep $((limit - 15)) && progress "watchdog: packing at the limit" && pack) &
+# Its output to /dev/null: a sleeping child holding stdout open would hold the call open too.
+(sleep $((limit - 15)) && progress "watchdog: packing at the limit" && pack) >/dev/null 2>&1 &
 watchdog=$!
 
 progress "start: parts [$parts], $(ls "$MDRUN_KERNEL_CACHE"/*.cubin 2>/dev/null | wc -l) cubins precompiled"
@@ -66,6 +75,7 @@ fi
 run_tests() {
   for name in "$@"; do
     for t in .device/tests/"$name"-*; do
+      [ -x "$t" ] || { progress "test $name rc 127 (no test executable in .device/tests)" && continue; }
       "$t" --include-ignored >"$results/tests/$name.log" 2>&1
       progress "test $name rc $? ($(grep -h '^test result' "$results/tests/$name.log" | tail -1))"
     done
@@ -84,7 +94,9 @@ if [[ " $parts " == *" validate "* ]]; then
   rm -f "$results"/validate/*.xyz "$results"/validate/*.dcd
 fi
 
-if [[ " $parts " == *" ncu "* ]] && command -v ncu >/dev/null; then
+if [[ " $parts " == *" ncu "* ]] && ! command -v ncu >/dev/null; then
+  progress "ncu rc 127 (no ncu on this machine)"
+elif [[ " $parts " == *" ncu "* ]]; then
   # Per-kernel times at benzene with plain launches (ncu serializes the kernels): 600 launches
   # after 3,000 (past start-up and the first force calls).
   timeout 150 ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 600 \
@@ -94,7 +106,12 @@ if [[ " $parts " == *" ncu "* ]] && command -v ncu >/dev/null; then
 fi
 
 [ -n "${layouts:-}" ] && wait "$layouts"
+pkill -P "$watchdog" 2>/dev/null
 kill "$watchdog" 2>/dev/null
 progress "done"
 pack
-grep -h "rc [^0]" "$results/progress.txt" && echo "SOME PART FAILED" || echo "every part passed"
+if grep -h "rc [^0]" "$results/progress.txt"; then
+  echo "SOME PART FAILED"
+  exit 1
+fi
+echo "every part passed"
