@@ -519,7 +519,7 @@ fn precompile(
             .map_err(|e| anyhow!("{}: {e}", path.display()))?
             .on_device(cc, sms);
         let cubin = compile::compile_into(&cache, sizes, &arch)?;
-        eprintln!("mdrun: {}: kernels compiled into {}", path.display(), cubin.display());
+        eprintln!("mdrun: {}: kernels in {}", path.display(), cubin.display());
     }
     Ok(())
 }
