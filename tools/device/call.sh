@@ -18,7 +18,8 @@
 #   tar xzf $OUT/results.tgz -O results/progress.txt
 # Results: $OUT/results.tgz (one file: the device tool brings back at most 8): progress.txt
 # (each part's exit code and clock time), bench JSONs, test logs, the validation report, the
-# ncu per-kernel CSV at benzene, and the kernel cache's records for the next precompile. A
+# ncu per-kernel CSV at benzene and its table (tools/device/ncu_table.py, also printed last),
+# and the kernel cache's records for the next precompile. A
 # watchdog tars what exists LIMIT − 15 s after the start, so a call stopped at the device
 # tool's limit still brings back what it measured. Exits 1 when a part failed.
 set -uo pipefail
@@ -103,6 +104,7 @@ elif [[ " $parts " == *" ncu "* ]]; then
     "$mdrun" bench systems/benzene.xyz --configs +fused --reference-max-atoms 0 --budget 0.5 \
     >"$results/ncu-benzene.csv" 2>"$results/ncu-benzene.log"
   progress "ncu rc $?"
+  python3 tools/device/ncu_table.py "$results/ncu-benzene.csv" >"$results/ncu-benzene.md"
 fi
 
 [ -n "${layouts:-}" ] && wait "$layouts"
@@ -110,6 +112,7 @@ pkill -P "$watchdog" 2>/dev/null
 kill "$watchdog" 2>/dev/null
 progress "done"
 pack
+cat "$results/ncu-benzene.md" 2>/dev/null
 if grep -h "rc [^0]" "$results/progress.txt"; then
   echo "SOME PART FAILED"
   exit 1
