@@ -18,7 +18,8 @@
 #   tar xzf $OUT/results.tgz -O results/progress.txt
 # Results: $OUT/results.tgz (one file: the device tool brings back at most 8): progress.txt
 # (each part's exit code and clock time), bench JSONs, test logs, the validation report, the
-# ncu per-kernel CSV at benzene and its table (tools/device/ncu_table.py, also printed last),
+# ncu per-kernel CSVs at benzene and the 192-atom water box and their tables
+# (tools/device/ncu_table.py, also printed last),
 # and the kernel cache's records for the next precompile. A
 # watchdog tars what exists LIMIT − 15 s after the start, so a call stopped at the device
 # tool's limit still brings back what it measured. Exits 1 when a part failed.
@@ -98,13 +99,17 @@ fi
 if [[ " $parts " == *" ncu "* ]] && ! command -v ncu >/dev/null; then
   progress "ncu rc 127 (no ncu on this machine)"
 elif [[ " $parts " == *" ncu "* ]]; then
-  # Per-kernel times at benzene with plain launches (ncu serializes the kernels): 600 launches
-  # after 3,000 (past start-up and the first force calls).
-  timeout 150 ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 600 \
-    "$mdrun" bench systems/benzene.xyz --configs +fused --reference-max-atoms 0 --budget 0.5 \
-    >"$results/ncu-benzene.csv" 2>"$results/ncu-benzene.log"
-  progress "ncu rc $?"
-  python3 tools/device/ncu_table.py "$results/ncu-benzene.csv" >"$results/ncu-benzene.md"
+  # Per-kernel times with plain launches (ncu serializes the kernels): 600 launches after 3,000
+  # (past start-up and the first force calls), at benzene and at the 192-atom water box (the
+  # issue's two small-system targets).
+  for system in benzene.xyz waterbox_64.xyz; do
+    name=${system%.*}
+    timeout 150 ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 600 \
+      "$mdrun" bench "systems/$system" --configs +fused --reference-max-atoms 0 --budget 0.5 \
+      >"$results/ncu-$name.csv" 2>"$results/ncu-$name.log"
+    progress "ncu $name rc $?"
+    python3 tools/device/ncu_table.py "$results/ncu-$name.csv" >"$results/ncu-$name.md"
+  done
 fi
 
 [ -n "${layouts:-}" ] && wait "$layouts"
@@ -112,7 +117,7 @@ pkill -P "$watchdog" 2>/dev/null
 kill "$watchdog" 2>/dev/null
 progress "done"
 pack
-cat "$results/ncu-benzene.md" 2>/dev/null
+cat "$results"/ncu-*.md 2>/dev/null
 if grep -h "rc [^0]" "$results/progress.txt"; then
   echo "SOME PART FAILED"
   exit 1
