@@ -14,8 +14,9 @@ kernel's wait for the previous kernel (griddepcontrol.wait) to its first barrier
 each wait with the loads it waits for (perf-notes v48).
 
 It is a reading aid, not a timing: ptxas's order is what the hardware issues, but whether a wait
-stalls depends on how long ago the load went out. The driver compiles mdrun's PTX itself at start
-(same generation of ptxas, so close to this, not always equal).
+stalls depends on how long ago the load went out. Since session 23 mdrun loads the cubin NVRTC
+compiles for sm_90 (src/gpu/compile.rs), so with the same NVRTC version this is the machine code
+that runs.
 
 Needs the NVRTC library (PyPI nvidia-cuda-nvrtc==13.0.88, as .ci/run installs) and nvdisasm
 (PyPI nvidia-cuda-nvdisasm); give their paths with --nvrtc / --nvdisasm or let the tool look in
