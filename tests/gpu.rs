@@ -503,7 +503,7 @@ fn a_kernel_cache_entry_cut_short_garbled_or_for_another_gpu_is_compiled_again()
     config.n_rbf = 11;
     let sizes = kernel_sizes(&random_model(config, 5), 5).unwrap();
     let gpu = Gpu::open(0, sizes).unwrap();
-    let (major, minor) = gpu.compute_capability;
+    let (major, minor) = gpu.code_capability;
     let path = cache_path(gpu.sizes, &format!("sm_{major}{minor}")).expect("a kernel cache folder");
     drop(gpu);
     // The entry as this machine's NVRTC writes it (the cache may hold one precompiled elsewhere).

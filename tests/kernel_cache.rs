@@ -6,11 +6,11 @@
 mod common;
 
 use common::temp_dir;
-use mdrun::gpu::compile::{compile_into, is_whole_cubin, precompile, Precompiled};
-use mdrun::gpu::{compile_cubin, KernelSizes};
+use mdrun::gpu::compile::{compile_into, is_whole_cubin, precompile, supported_archs, Precompiled, Target};
+use mdrun::gpu::{compile, compile_cubin, KernelSizes};
 
 fn nvrtc_loads() -> bool {
-    let present = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
+    let present = mdrun::gpu::compile::nvrtc_present();
     assert!(
         present || std::env::var_os("MDRUN_REQUIRE_NVRTC").is_none(),
         "MDRUN_REQUIRE_NVRTC is set but the NVRTC library cannot be loaded (LD_LIBRARY_PATH?)"
@@ -134,4 +134,27 @@ fn precompile_rebuilds_a_cache_from_its_records_under_the_names_start_up_looks_f
     for dir in [gpu_cache, records, host_cache] {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+#[test]
+fn a_gpu_newer_than_nvrtc_gets_ptx_for_the_newest_architecture_nvrtc_knows() {
+    if !nvrtc_loads() {
+        return;
+    }
+    let supported = supported_archs().unwrap();
+    // The H100's and H200's architecture: machine code.
+    assert_eq!(
+        Target::choose((9, 0), &supported),
+        Some(Target::Machine(9, 0)),
+        "{supported:?}"
+    );
+    // A GPU beyond NVRTC's list: PTX for its newest architecture, at the shape that capability
+    // allows, compiles (what the driver then compiles forward).
+    let newest = *supported.iter().max().unwrap();
+    let target = Target::choose((newest / 10 + 1, 0), &supported).unwrap();
+    let (major, minor) = target.capability();
+    assert_eq!(target, Target::Ptx(major, minor));
+    assert_eq!(10 * major + minor, newest);
+    let sizes = KernelSizes::for_system(128, 20, 64, 12).on_device((major, minor), 132);
+    compile(sizes, &format!("compute_{major}{minor}")).unwrap_or_else(|e| panic!("{sizes:?}: {e}"));
 }

@@ -7,7 +7,7 @@ use mdrun::gpu::cluster::supports_widths;
 use mdrun::gpu::{compile, KernelSizes};
 
 fn nvrtc_loads() -> bool {
-    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+    mdrun::gpu::compile::nvrtc_present()
 }
 
 #[test]

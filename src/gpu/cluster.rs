@@ -15,12 +15,13 @@ use super::params::ClusterMdParams;
 use super::{Buffer, Gpu};
 use crate::model::PainnModel;
 
-/// [`unsupported`], and the GPU's side: thread-block clusters need compute capability 9.0.
+/// [`unsupported`], and the GPU's side: thread-block clusters need compute capability 9.0, in the
+/// device and in the code NVRTC compiled for it.
 pub fn unsupported_on(gpu: &Gpu, model: &PainnModel, n_atoms: usize, periodic: bool) -> Option<String> {
-    let (major, minor) = gpu.compute_capability;
+    let (major, minor) = gpu.code_capability;
     if major < 9 {
         return Some(format!(
-            "needs thread-block clusters (compute capability 9.0), the GPU has {major}.{minor}"
+            "needs thread-block clusters (compute capability 9.0), the kernels are compiled for {major}.{minor}"
         ));
     }
     unsupported(model, n_atoms, periodic)

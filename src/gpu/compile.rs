@@ -235,10 +235,76 @@ pub fn compile_into(dir: &Path, sizes: KernelSizes, arch: &str) -> Result<PathBu
     Ok(path)
 }
 
-/// The kernels for `sizes` on a device of compute capability `cc`, loaded into `ctx`: from the
-/// cache where it holds them whole, else compiled (and cached). An entry the driver refuses is
-/// compiled again, with a warning.
-pub(super) fn load_kernels(ctx: &Arc<CudaContext>, sizes: KernelSizes, cc: (i32, i32)) -> Result<Arc<CudaModule>> {
+/// What start-up compiles the kernels to for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Machine code for the device's own architecture (`sm_XY`), cached on disk.
+    Machine(i32, i32),
+    /// PTX for an older architecture (`compute_XY`), which the driver compiles forward for the
+    /// device: where NVRTC is older than the GPU and does not know its architecture.
+    Ptx(i32, i32),
+}
+
+impl Target {
+    /// The compute capability the kernels are compiled for: what their code may assume (thread-
+    /// block clusters and programmatic launches from 9.0, tensor cores from 8.0).
+    pub fn capability(self) -> (i32, i32) {
+        match self {
+            Target::Machine(major, minor) | Target::Ptx(major, minor) => (major, minor),
+        }
+    }
+
+    /// The target for a device of compute capability `cc` among the architectures NVRTC compiles
+    /// for (`supported`, listed as NVRTC lists them: 10 · major + minor); None when NVRTC knows
+    /// none at or below the device's.
+    pub fn choose(cc: (i32, i32), supported: &[i32]) -> Option<Target> {
+        let device = 10 * cc.0 + cc.1;
+        if supported.contains(&device) {
+            return Some(Target::Machine(cc.0, cc.1));
+        }
+        let newest = supported.iter().copied().filter(|&arch| arch <= device).max()?;
+        Some(Target::Ptx(newest / 10, newest % 10))
+    }
+}
+
+/// Whether the NVRTC library can be loaded (cudarc panics on first use where it cannot).
+pub fn nvrtc_present() -> bool {
+    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// The architectures NVRTC compiles for, as 10 · major + minor (e.g. 90 for sm_90).
+pub fn supported_archs() -> Result<Vec<i32>> {
+    if !nvrtc_present() {
+        return Err(anyhow!(
+            "the NVRTC library (libnvrtc) cannot be loaded: the GPU path compiles its kernels with it \
+             (CUDA toolkit, or the PyPI wheel nvidia-cuda-nvrtc; LD_LIBRARY_PATH)"
+        ));
+    }
+    let mut count = 0;
+    unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) }
+        .result()
+        .map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+    let mut archs = vec![0; count.max(0) as usize];
+    unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+        .result()
+        .map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+    Ok(archs)
+}
+
+/// The kernels for `sizes` compiled for `target`, loaded into `ctx`. Machine code comes from the
+/// cache where it holds it whole, else is compiled (and cached); an entry the driver refuses is
+/// compiled again, with a warning. PTX is compiled at every start (the driver's own cache keeps
+/// what it compiles from it).
+pub(super) fn load_kernels(ctx: &Arc<CudaContext>, sizes: KernelSizes, target: Target) -> Result<Arc<CudaModule>> {
+    let cc = match target {
+        Target::Machine(major, minor) => (major, minor),
+        Target::Ptx(major, minor) => {
+            let arch = format!("compute_{major}{minor}");
+            return ctx
+                .load_module(compile(sizes, &arch)?)
+                .map_err(|e| anyhow!("loading the kernels compiled for {arch}: {e:?}"));
+        }
+    };
     let arch = format!("sm_{}{}", cc.0, cc.1);
     let options = nvrtc_options(sizes, &arch);
     let dir = cache_dir();
@@ -370,4 +436,24 @@ pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompil
         cached: cached.len(),
         foreign,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn machine_code_for_a_gpu_nvrtc_knows_and_ptx_for_the_newest_older_one_otherwise() {
+        // NVRTC 13.0's list, and an older NVRTC's (12.4) that stops at Hopper.
+        let cuda13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121];
+        let cuda12 = [50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90];
+        assert_eq!(Target::choose((9, 0), &cuda13), Some(Target::Machine(9, 0)));
+        assert_eq!(Target::choose((8, 6), &cuda12), Some(Target::Machine(8, 6)));
+        // A Blackwell GPU with the older NVRTC: Hopper's PTX, which the driver compiles forward.
+        assert_eq!(Target::choose((12, 0), &cuda12), Some(Target::Ptx(9, 0)));
+        assert_eq!(Target::choose((12, 0), &cuda12).unwrap().capability(), (9, 0));
+        // A GPU newer than every listed architecture, and one older than all of them.
+        assert_eq!(Target::choose((13, 0), &cuda13), Some(Target::Ptx(12, 1)));
+        assert_eq!(Target::choose((7, 0), &cuda13), None);
+    }
 }

@@ -176,7 +176,7 @@ impl GpuMd {
         let (numbers, masses, positions, cell) = (&system.numbers, &system.masses, &system.positions, system.cell);
         let options = options.with_env_overrides()?;
         let mut gpu = Gpu::open(0, kernel_sizes(model, system.len())?)?;
-        gpu.programmatic = options.programmatic_launch && gpu.compute_capability.0 >= 9;
+        gpu.programmatic = options.programmatic_launch && gpu.code_capability.0 >= 9;
         let n = numbers.len();
         let capacity = initial_capacity(positions, cell.as_ref(), model.cutoff() + skin);
         let neighbors = GpuNeighbors::new(

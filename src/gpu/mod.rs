@@ -267,6 +267,9 @@ pub struct Gpu {
     pub sizes: KernelSizes,
     pub name: String,
     pub compute_capability: (i32, i32),
+    /// The compute capability the kernels were compiled for: the device's, or an older one where
+    /// NVRTC does not know the device (`compile::Target`). What the kernels' features depend on.
+    pub code_capability: (i32, i32),
     /// Launch the MD step's kernels as programmatic dependent launches (`launch.rs`; compute
     /// capability 9.0 on, set by the engine from `[gpu] programmatic_launch`).
     pub programmatic: bool,
@@ -303,8 +306,19 @@ impl Gpu {
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("{e:?}"))?;
-        let sizes = sizes.on_device(compute_capability, sms.max(0) as usize);
-        let module = compile::load_kernels(&ctx, sizes, compute_capability)?;
+        let (major, minor) = compute_capability;
+        let supported = compile::supported_archs()?;
+        let target = compile::Target::choose(compute_capability, &supported).ok_or_else(|| {
+            anyhow!("NVRTC compiles for none of the architectures up to this GPU's (compute capability {major}.{minor}); it knows {supported:?}")
+        })?;
+        let code_capability = target.capability();
+        if let compile::Target::Ptx(a, b) = target {
+            eprintln!(
+                "warning: NVRTC does not know this GPU's sm_{major}{minor}: its kernels are compiled as PTX for compute_{a}{b}, which the driver compiles for the GPU (a newer NVRTC gives machine code for it and a kernel cache)"
+            );
+        }
+        let sizes = sizes.on_device(code_capability, sms.max(0) as usize);
+        let module = compile::load_kernels(&ctx, sizes, target)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(Gpu {
             ctx,
@@ -313,6 +327,7 @@ impl Gpu {
             sizes,
             name,
             compute_capability,
+            code_capability,
             programmatic: false,
             memory: Arc::default(),
         })
