@@ -515,10 +515,16 @@ fn precompile(
         let system = System::read(&system_path, input.system.format.as_deref())
             .map_err(|e| anyhow!("{}: system.file: {e}", path.display()))?;
         let model = PainnModel::load(&input.resolve(&input.model.file))?;
-        let sizes = mdrun::gpu::forces::kernel_sizes(&model, system.len())
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?
-            .on_device(cc, sms);
-        let cubin = compile::compile_into(&cache, sizes, &arch)?;
+        let sizes =
+            mdrun::gpu::forces::kernel_sizes(&model, system.len()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let (target, sizes) = compile::device_shape(sizes, cc, sms)?;
+        if let compile::Target::Ptx(..) = target {
+            return Err(anyhow!(
+                "--arch {arch}: this NVRTC does not know it (start-up there compiles PTX for {}, which is not cached)",
+                target.arch()
+            ));
+        }
+        let cubin = compile::compile_into(&cache, sizes, &target.arch())?;
         eprintln!("mdrun: {}: kernels in {}", path.display(), cubin.display());
     }
     Ok(())

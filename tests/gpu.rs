@@ -7,7 +7,7 @@ use common::*;
 use mdrun::cell::{Cell, Vec3};
 use mdrun::engine::Snapshot;
 use mdrun::forcefield::cpu::evaluate;
-use mdrun::gpu::compile::{cache_path, compile_cubin, is_whole_cubin};
+use mdrun::gpu::compile::{cache_path, compile_cubin, is_whole_cubin, Target};
 use mdrun::gpu::forces::{kernel_sizes, JOINED_STEP_MAX_ATOMS};
 use mdrun::gpu::md::{GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
@@ -135,15 +135,7 @@ fn first_100_steps_of_benzene_agree_with_the_cpu_for_verlet_and_langevin() {
     )))
     .unwrap();
     let system = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
-    for integrator in [
-        Integrator::VelocityVerlet { timestep_fs: 0.5 },
-        Integrator::Langevin {
-            timestep_fs: 0.5,
-            temperature_k: 300.0,
-            friction_per_ps: 5.0,
-            seed: 9,
-        },
-    ] {
+    for integrator in [Integrator::VelocityVerlet { timestep_fs: 0.5 }, langevin(9)] {
         let velocities = maxwell_boltzmann(&system.masses, 300.0, 33, 4);
         let cpu = cpu_trajectory(&model, &system, &velocities, &integrator, 100);
         let results: Vec<_> = [false, true]
@@ -198,13 +190,8 @@ fn one_block_rebuild_follows_the_separate_kernels_bit_for_bit() {
     let (numbers, positions) = random_structure(40, 7.0, 0.9, None, 82);
     let molecule = system_of(&numbers, positions, None);
     let trained = trained_model();
-    let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
-    let langevin = Integrator::Langevin {
-        timestep_fs: 0.5,
-        temperature_k: 300.0,
-        friction_per_ps: 5.0,
-        seed: 83,
-    };
+    let benzene = shipped_system("benzene.xyz");
+    let langevin = langevin(83);
     let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
     for (model, system, integrator, what) in [
         (&random, &molecule, &nve, "random molecule of 40 atoms, NVE"),
@@ -390,14 +377,8 @@ fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
         "models/painn-random-hcno-f128.safetensors",
     )))
     .unwrap();
-    let read = |f: &str| System::read(std::path::Path::new(&project_file(f)), None).unwrap();
-    let (benzene, waterbox) = (read("systems/benzene.xyz"), read("systems/waterbox_64.xyz"));
-    let langevin = Integrator::Langevin {
-        timestep_fs: 0.5,
-        temperature_k: 300.0,
-        friction_per_ps: 5.0,
-        seed: 91,
-    };
+    let (benzene, waterbox) = (shipped_system("benzene.xyz"), shipped_system("waterbox_64.xyz"));
+    let langevin = langevin(91);
     let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
     for (model, system, integrator, what) in [
         (&trained, &benzene, &langevin, "benzene, Langevin"),
@@ -423,10 +404,7 @@ fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
             let other = run(graph_steps, cuda_graph);
             assert_eq!(other.step, 62);
             let case = format!("{what}, {graph_steps} steps a graph, graph {cuda_graph}");
-            assert_eq!(other.positions, one.positions, "{case}");
-            assert_eq!(other.velocities, one.velocities, "{case}");
-            assert_eq!(other.forces, one.forces, "{case}");
-            assert_eq!(other.thermostat_work, one.thermostat_work, "{case}");
+            assert_same_state(&other, &one, &case);
             eprintln!("{case}: bit for bit after 62 steps (max displacement {moved:.2e} Å)");
         }
     }
@@ -442,15 +420,10 @@ fn multi_step_graphs_follow_one_step_graphs_bit_for_bit() {
 fn joined_steps_follow_separate_boundary_kernels_bit_for_bit() {
     let trained = trained_model();
     let random = random_model(full_config(), 93);
-    let benzene = System::read(std::path::Path::new(&project_file("systems/benzene.xyz")), None).unwrap();
+    let benzene = shipped_system("benzene.xyz");
     let (numbers, positions) = random_structure(JOINED_STEP_MAX_ATOMS, 5.5, 0.9, None, 94);
     let molecule = system_of(&numbers, positions, None);
-    let langevin = Integrator::Langevin {
-        timestep_fs: 0.5,
-        temperature_k: 300.0,
-        friction_per_ps: 5.0,
-        seed: 95,
-    };
+    let langevin = langevin(95);
     let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
     for (model, system, integrator, what) in [
         (&trained, &benzene, &langevin, "benzene, Langevin"),
@@ -476,10 +449,7 @@ fn joined_steps_follow_separate_boundary_kernels_bit_for_bit() {
             let joined = run(graph_steps, true);
             assert_eq!(joined.step, 62);
             let case = format!("{what}, {graph_steps} joined steps a graph");
-            assert_eq!(joined.positions, separate.positions, "{case}");
-            assert_eq!(joined.velocities, separate.velocities, "{case}");
-            assert_eq!(joined.forces, separate.forces, "{case}");
-            assert_eq!(joined.thermostat_work, separate.thermostat_work, "{case}");
+            assert_same_state(&joined, &separate, &case);
             eprintln!("{case}: bit for bit after 62 steps (max displacement {moved:.2e} Å)");
         }
     }
@@ -504,7 +474,7 @@ fn a_kernel_cache_entry_cut_short_garbled_or_for_another_gpu_is_compiled_again()
     let sizes = kernel_sizes(&random_model(config, 5), 5).unwrap();
     let gpu = Gpu::open(0, sizes).unwrap();
     let (major, minor) = gpu.code_capability;
-    let path = cache_path(gpu.sizes, &format!("sm_{major}{minor}")).expect("a kernel cache folder");
+    let path = cache_path(gpu.sizes, &Target::Machine(major, minor).arch()).expect("a kernel cache folder");
     drop(gpu);
     // The entry as this machine's NVRTC writes it (the cache may hold one precompiled elsewhere).
     std::fs::remove_file(&path).unwrap();

@@ -90,12 +90,7 @@ fn md_step_fused_into_the_kernel_follows_the_integrator_kernels() {
         let (numbers, positions) = random_structure(n, 5.0, 0.9, None, 500 + seed);
         let system = system_of(&numbers, positions, None);
         let integrator = if seed == 1 {
-            Integrator::Langevin {
-                timestep_fs: 0.5,
-                temperature_k: 300.0,
-                friction_per_ps: 5.0,
-                seed: 77,
-            }
+            langevin(77)
         } else {
             Integrator::VelocityVerlet { timestep_fs: 0.5 }
         };

@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{CudaContext, CudaModule};
@@ -23,12 +23,17 @@ use super::{KernelSizes, COMMON, SOURCES};
 /// The first line of a cache record; the NVRTC options follow, one per line.
 const RECORD_HEADER: &str = "# mdrun kernel cache record: the NVRTC options of the cubin beside it, one per line";
 
-pub(super) fn full_source() -> String {
-    let mut text = COMMON.replace("#pragma once", "");
-    for (name, source) in SOURCES {
-        text += &format!("\n// ---- {name}\n{source}");
-    }
-    text
+/// The kernels as one translation unit: common.cuh, then each source. Built once: every compile
+/// and every cache name needs it.
+fn full_source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let mut text = COMMON.replace("#pragma once", "");
+        for (name, source) in SOURCES {
+            text += &format!("\n// ---- {name}\n{source}");
+        }
+        text
+    })
 }
 
 /// NVRTC options for `sizes` and `arch` (`compute_XY` for PTX, `sm_XY` for machine code).
@@ -192,6 +197,11 @@ fn cache_name(options: &[String]) -> String {
     format!("{:016x}-{arch}.cubin", hasher.finish())
 }
 
+/// Whether `path` holds a whole cubin.
+fn holds_whole_cubin(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| is_whole_cubin(&bytes))
+}
+
 /// Where `sizes` compiled for `arch` lies in the cache (None without a cache folder).
 pub fn cache_path(sizes: KernelSizes, arch: &str) -> Option<PathBuf> {
     cache_dir().map(|dir| dir.join(cache_name(&nvrtc_options(sizes, arch))))
@@ -227,7 +237,7 @@ fn store(dir: &Path, options: &[String], cubin: &[u8]) -> std::io::Result<()> {
 pub fn compile_into(dir: &Path, sizes: KernelSizes, arch: &str) -> Result<PathBuf> {
     let options = nvrtc_options(sizes, arch);
     let path = dir.join(cache_name(&options));
-    if std::fs::read(&path).is_ok_and(|bytes| is_whole_cubin(&bytes)) {
+    if holds_whole_cubin(&path) {
         return Ok(path);
     }
     let cubin = compile_cubin_with(&options)?;
@@ -254,6 +264,14 @@ impl Target {
         }
     }
 
+    /// NVRTC's name of the architecture: `sm_XY` for machine code, `compute_XY` for PTX.
+    pub fn arch(self) -> String {
+        match self {
+            Target::Machine(major, minor) => format!("sm_{major}{minor}"),
+            Target::Ptx(major, minor) => format!("compute_{major}{minor}"),
+        }
+    }
+
     /// The target for a device of compute capability `cc` among the architectures NVRTC compiles
     /// for (`supported`, listed as NVRTC lists them: 10 · major + minor); None when NVRTC knows
     /// none at or below the device's.
@@ -265,6 +283,21 @@ impl Target {
         let newest = supported.iter().copied().filter(|&arch| arch <= device).max()?;
         Some(Target::Ptx(newest / 10, newest % 10))
     }
+}
+
+/// What start-up compiles for a device of compute capability `cc` with `sms` multiprocessors, and
+/// the sizes at the capability compiled for (`KernelSizes::on_device`): what `Gpu::open` loads and
+/// `mdrun precompile --input` compiles without the device.
+pub fn device_shape(sizes: KernelSizes, cc: (i32, i32), sms: usize) -> Result<(Target, KernelSizes)> {
+    let supported = supported_archs()?;
+    let target = Target::choose(cc, &supported).ok_or_else(|| {
+        anyhow!(
+            "NVRTC compiles for none of the architectures up to compute capability {}.{}; it knows {supported:?}",
+            cc.0,
+            cc.1
+        )
+    })?;
+    Ok((target, sizes.on_device(target.capability(), sms)))
 }
 
 /// Whether the NVRTC library can be loaded (cudarc panics on first use where it cannot).
@@ -296,16 +329,12 @@ pub fn supported_archs() -> Result<Vec<i32>> {
 /// compiled again, with a warning. PTX is compiled at every start (the driver's own cache keeps
 /// what it compiles from it).
 pub(super) fn load_kernels(ctx: &Arc<CudaContext>, sizes: KernelSizes, target: Target) -> Result<Arc<CudaModule>> {
-    let cc = match target {
-        Target::Machine(major, minor) => (major, minor),
-        Target::Ptx(major, minor) => {
-            let arch = format!("compute_{major}{minor}");
-            return ctx
-                .load_module(compile(sizes, &arch)?)
-                .map_err(|e| anyhow!("loading the kernels compiled for {arch}: {e:?}"));
-        }
-    };
-    let arch = format!("sm_{}{}", cc.0, cc.1);
+    let arch = target.arch();
+    if let Target::Ptx(..) = target {
+        return ctx
+            .load_module(compile(sizes, &arch)?)
+            .map_err(|e| anyhow!("loading the kernels compiled for {arch}: {e:?}"));
+    }
     let options = nvrtc_options(sizes, &arch);
     let dir = cache_dir();
     let cached = dir.as_ref().map(|d| d.join(cache_name(&options)));
@@ -409,7 +438,7 @@ pub fn precompile(records: &Path, cache: &Path, jobs: usize) -> Result<Precompil
     }
     let (cached, missing): (Vec<_>, Vec<_>) = shapes
         .into_iter()
-        .partition(|(options, _)| std::fs::read(cache.join(cache_name(options))).is_ok_and(|b| is_whole_cubin(&b)));
+        .partition(|(options, _)| holds_whole_cubin(&cache.join(cache_name(options))));
     let next = AtomicUsize::new(0);
     let failure = std::sync::Mutex::new(None);
     std::thread::scope(|scope| {

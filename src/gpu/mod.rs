@@ -306,18 +306,15 @@ impl Gpu {
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("{e:?}"))?;
-        let (major, minor) = compute_capability;
-        let supported = compile::supported_archs()?;
-        let target = compile::Target::choose(compute_capability, &supported).ok_or_else(|| {
-            anyhow!("NVRTC compiles for none of the architectures up to this GPU's (compute capability {major}.{minor}); it knows {supported:?}")
-        })?;
+        let (target, sizes) = compile::device_shape(sizes, compute_capability, sms.max(0) as usize)?;
         let code_capability = target.capability();
-        if let compile::Target::Ptx(a, b) = target {
+        if let compile::Target::Ptx(..) = target {
+            let (major, minor) = compute_capability;
             eprintln!(
-                "warning: NVRTC does not know this GPU's sm_{major}{minor}: its kernels are compiled as PTX for compute_{a}{b}, which the driver compiles for the GPU (a newer NVRTC gives machine code for it and a kernel cache)"
+                "warning: NVRTC does not know this GPU's sm_{major}{minor}: its kernels are compiled as PTX for {}, which the driver compiles for the GPU (a newer NVRTC gives machine code for it and a kernel cache)",
+                target.arch()
             );
         }
-        let sizes = sizes.on_device(code_capability, sms.max(0) as usize);
         let module = compile::load_kernels(&ctx, sizes, target)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(Gpu {

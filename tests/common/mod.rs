@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use mdrun::cell::{Cell, Vec3};
+use mdrun::engine::Snapshot;
 use mdrun::forcefield::cpu::evaluate;
 use mdrun::gpu::md::{evaluate_with, GpuMd, GpuOptions};
 use mdrun::gpu::naive::KernelVariant;
@@ -216,6 +217,30 @@ pub fn trained_model() -> PainnModel {
     .unwrap()
 }
 
+/// Langevin BAOAB at 0.5 fs, 300 K and 5 ps⁻¹ friction with noise seed `seed`: the GPU tests'
+/// thermostat.
+pub fn langevin(seed: u64) -> Integrator {
+    Integrator::Langevin {
+        timestep_fs: 0.5,
+        temperature_k: 300.0,
+        friction_per_ps: 5.0,
+        seed,
+    }
+}
+
+/// A shipped structure, `systems/<name>`.
+pub fn shipped_system(name: &str) -> System {
+    System::read(std::path::Path::new(&project_file(&format!("systems/{name}"))), None).unwrap()
+}
+
+/// Two GPU engines' states, bit for bit: positions, velocities, forces and the thermostat's work.
+pub fn assert_same_state(a: &Snapshot, b: &Snapshot, case: &str) {
+    assert_eq!(a.positions, b.positions, "{case}");
+    assert_eq!(a.velocities, b.velocities, "{case}");
+    assert_eq!(a.forces, b.forces, "{case}");
+    assert_eq!(a.thermostat_work, b.thermostat_work, "{case}");
+}
+
 /// A GPU MD engine with `options`, initialized, then advanced by each of `chunks` steps in turn.
 pub fn advanced_gpu_md(
     model: &PainnModel,
@@ -264,12 +289,7 @@ pub fn assert_programmatic_launches_follow_ordinary_launches() {
     let random = random_model(full_config(), 61);
     let (numbers, positions) = random_structure(20, 6.0, 0.9, None, 62);
     let molecule = system_of(&numbers, positions, None);
-    let langevin = Integrator::Langevin {
-        timestep_fs: 0.5,
-        temperature_k: 300.0,
-        friction_per_ps: 5.0,
-        seed: 63,
-    };
+    let langevin = langevin(63);
     let nve = Integrator::VelocityVerlet { timestep_fs: 0.5 };
     for (model, system, integrator, what) in [
         (&trained, &water, &langevin, "water box, Langevin"),
