@@ -208,6 +208,36 @@ __host__ __device__ constexpr int mma_chunk(bool backward) {
                                       [=](int chunk) { return mma_shared_bytes(chunk, backward); });
 }
 
+// The pairs within the cutoff of every atom's neighbor row in one evaluation, compacted in row
+// order with their geometry and radial basis (perf-notes v65): the evaluation's first message
+// kernel (message_forward_mma_recording) computes them as every message kernel does and writes
+// them here; the other five (the *_recorded kernels) copy them into their chunks instead of
+// reading the neighbor row and the positions and evaluating the basis again, which took two of
+// their three dependent rounds of global loads after the wait (perf-notes, "What the 25 µs
+// benzene target needs"). Rows of `stride` pairs per atom, the neighbor capacity rounded up to
+// whole 8-pair tiles; the rows from an atom's count to its next multiple of 8 are tile padding as
+// load_mma_chunk pads (the atom itself, cutoff 0, Φ = 0).
+struct PairRecord {
+    int* count;     // [atoms] pairs within the cutoff
+    int2* pair;     // (neighbor, position in the neighbor row: entry − row start)
+    float4* r_inv;  // (r (Å), 1/d (Å⁻¹)): what the forward kernel keeps
+    float4* r_d;    // (r (Å), d (Å)): what the backward kernel keeps when it divides
+    float2* cut;    // cosine cutoff and its derivative in d (Å⁻¹)
+    uint4* basis;   // per pair 4 rows of K_WORDS words: Φ hi, Φ lo, ∂Φ/∂d hi, ∂Φ/∂d lo
+    int stride;
+};
+
+// 16-byte vectors per basis row of a record.
+#define RECORD_ROW_VECTORS (K_WORDS / 4)
+static_assert(K_WORDS % 4 == 0, "a record's basis rows are whole 16-byte vectors");
+
+// Where a message kernel's pairs come from.
+enum PairSource {
+    PAIRS_COMPUTED = 0,   // from the neighbor row and the positions
+    PAIRS_RECORDING = 1,  // so, and written to the PairRecord (channel slice 0 of each atom)
+    PAIRS_RECORDED = 2,   // copied from the PairRecord
+};
+
 // A row of words of halves, stored 16 bytes at a time (rows of A_STRIDE ≡ 4 (mod 8) words: a
 // quarter warp's 16-byte stores of 8 consecutive rows hit 32 different banks).
 __device__ __forceinline__ void store_row(u32* dst, const u32 (&words)[K_WORDS]) {
@@ -216,10 +246,36 @@ __device__ __forceinline__ void store_row(u32* dst, const u32 (&words)[K_WORDS])
         *reinterpret_cast<uint4*>(dst + w) = make_uint4(words[w], words[w + 1], words[w + 2], words[w + 3]);
 }
 
-template <int CHUNK, bool BACKWARD>
+// Pair k of the record (a flat index: atom · stride + position in the atom's row).
+__device__ __forceinline__ void write_record(const PairRecord& record, size_t k, int j, int position, float3 r,
+                                             float d, float2 cut, const u32 (&hi)[K_WORDS], const u32 (&lo)[K_WORDS],
+                                             const u32 (&dhi)[K_WORDS], const u32 (&dlo)[K_WORDS]) {
+    record.pair[k] = make_int2(j, position);
+    // 1/d as ChunkPairs::store computes it, so that the recorded kernels see the same bits.
+    record.r_inv[k] = make_float4(r.x, r.y, r.z, 1.0f / d);
+    record.r_d[k] = make_float4(r.x, r.y, r.z, d);
+    record.cut[k] = cut;
+    uint4* rows = record.basis + k * 4 * RECORD_ROW_VECTORS;
+    auto row = [&](int which, const u32(&words)[K_WORDS]) {
+#pragma unroll
+        for (int v = 0; v < RECORD_ROW_VECTORS; ++v)
+            rows[which * RECORD_ROW_VECTORS + v] =
+                make_uint4(words[4 * v], words[4 * v + 1], words[4 * v + 2], words[4 * v + 3]);
+    };
+    row(0, hi);
+    row(1, lo);
+    row(2, dhi);
+    row(3, dlo);
+}
+
+// With RECORD, the block that `writes` also writes each pair to `record` after the `recorded`
+// pairs of atom i's earlier chunks, with the basis' derivative the backward kernels need.
+template <int CHUNK, bool BACKWARD, bool RECORD = false>
 __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, const double* pos, const Cell& cell,
                                               const Neighbors& nb, const Filter& filter, int i, int chunk, int end,
-                                              float cutoff2) {
+                                              float cutoff2, const PairRecord& record = PairRecord{},
+                                              int recorded = 0, bool writes = false) {
+    constexpr bool WITH_DPHI = BACKWARD || RECORD;
     auto store = [&](int k, int j, int slot, float3 r, float d) {
         // The backward kernel keeps d and divides per pair by default (MMA_BACKWARD_DIVIDES; perf-notes
         // v50 read 1/d below 512 atoms, v59 divides everywhere once v52 removed that form's spills).
@@ -235,12 +291,12 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
                 if (m < NK) {
                     const float value = rbf_gaussian(d, g.basis_offset[m], g.basis_coeff[m]);
                     phi[e] = value * filter.phi_scale;
-                    if constexpr (BACKWARD)
+                    if constexpr (WITH_DPHI)
                         dphi[e] = rbf_derivative(d, value, g.basis_coeff[m], g.basis_offset[m]) * filter.dphi_scale;
                 }
             }
             split_half2(phi[0], phi[1], hi[w], lo[w]);
-            if constexpr (BACKWARD) split_half2(dphi[0], dphi[1], dhi[w], dlo[w]);
+            if constexpr (WITH_DPHI) split_half2(dphi[0], dphi[1], dhi[w], dlo[w]);
         }
         store_row(g.phi_hi[k], hi);
         store_row(g.phi_lo[k], lo);
@@ -248,6 +304,10 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
             store_row(g.dphi_hi[k], dhi);
             store_row(g.dphi_lo[k], dlo);
         }
+        if constexpr (RECORD)
+            if (writes)
+                write_record(record, (size_t)i * record.stride + recorded + k, j, chunk - i * nb.capacity + slot, r, d,
+                             g.cut[k], hi, lo, dhi, dlo);
     };
     // A padding row: the receiving atom itself at zero cutoff weight, Φ = 0 (finite everywhere).
     auto pad = [&](int k) {
@@ -264,6 +324,61 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
         }
     };
     return compact_chunk<CHUNK, 8>(g, pos, cell, nb, i, chunk, end, cutoff2, store, pad);
+}
+
+// After the last chunk of a recording block: the tile padding after atom i's `recorded` pairs,
+// and their count. Every thread of the block calls it.
+__device__ __forceinline__ void finish_record(const PairRecord& record, int i, int recorded) {
+    const int padded = (recorded + 7) / 8 * 8;
+    for (int k = recorded + threadIdx.x; k < padded; k += blockDim.x) {
+        const u32 zero[K_WORDS] = {};
+        write_record(record, (size_t)i * record.stride + k, i, 0, make_float3(0.f, 0.f, 0.f), 1.f,
+                     make_float2(0.f, 0.f), zero, zero, zero, zero);
+    }
+    if (threadIdx.x == 0) record.count[i] = recorded;
+}
+
+// Pairs [start, start + CHUNK) of atom i's record into g, tile padding included; the first call
+// (start 0) also reads the record's count into `total`. Returns the pairs of the chunk. Every
+// thread must call it; ends with a barrier. The basis rows go by cp.async, straight to shared
+// memory: held in registers, the backward kernel's 48 words a pair would have to wait behind (or
+// spill) its filter fragments. Everything is loaded before the count is known (a row holds
+// `stride` pairs, so the loads stay in bounds), in the round of the count's load.
+template <int CHUNK, bool BACKWARD>
+__device__ __forceinline__ int load_recorded_chunk(MmaChunk<CHUNK, BACKWARD>& g, const PairRecord& record, int i,
+                                                   int start, int& total) {
+    const int t = threadIdx.x;
+    const size_t p = (size_t)i * record.stride + start + t;
+    const bool mine = t < CHUNK && start + t < record.stride;
+    if (mine) {
+        const uint4* rows = record.basis + p * 4 * RECORD_ROW_VECTORS;
+        auto copy_row = [&](u32* dst, int row) {
+#pragma unroll
+            for (int v = 0; v < RECORD_ROW_VECTORS; ++v)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                                 (u32)__cvta_generic_to_shared(dst + 4 * v)),
+                             "l"(rows + row * RECORD_ROW_VECTORS + v));
+        };
+        copy_row(g.phi_hi[t], 0);
+        copy_row(g.phi_lo[t], 1);
+        if constexpr (BACKWARD) {
+            copy_row(g.dphi_hi[t], 2);
+            copy_row(g.dphi_lo[t], 3);
+        }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    if (start == 0) total = record.count[i];
+    if (mine) {
+        const int2 pair = record.pair[p];
+        g.j[t] = pair.x;
+        g.slot[t] = pair.y;
+        g.r[t] = BACKWARD && MMA_BACKWARD_DIVIDES ? record.r_d[p] : record.r_inv[p];
+        g.cut[t] = record.cut[p];
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+    const int left = total - start;
+    return left < CHUNK ? left : CHUNK;
 }
 
 // 1/x for x an exact power of two with a normal reciprocal (the filter's scales): the exponent
@@ -294,11 +409,12 @@ __device__ __forceinline__ void zero(float (&acc)[3][4]) {
     for (int p = 0; p < 3; ++p) acc[p][0] = acc[p][1] = acc[p][2] = acc[p][3] = 0.f;
 }
 
-// message_forward (painn.cu) with the filter on tensor cores.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_forward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* q_in,
-                        const float* mu_in, const float* x, float* q_out,
-                        float* mu_out, float4* pair_grad_to_clear) {
+// message_forward (painn.cu) with the filter on tensor cores; its pairs from SOURCE (PairSource).
+template <int SOURCE>
+__device__ __forceinline__ void message_forward_mma_body(const double* pos, const Cell& cell, const Neighbors& nb,
+                                                         const Filter& filter, const float* q_in, const float* mu_in,
+                                                         const float* x, float* q_out, float* mu_out,
+                                                         float4* pair_grad_to_clear, const PairRecord& record) {
     launch_next_kernel();
     constexpr int CHUNK = mma_chunk(false);
     __shared__ MmaChunk<CHUNK, false> g;
@@ -312,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     w.load(filter, c, lane);
     g.copy_basis(filter);
     wait_for_previous_kernels();
-    const int count = nb.count[i];
+    const int count = SOURCE == PAIRS_RECORDED ? 0 : nb.count[i];
     // Atom i's own features, read with the row (as in message_forward).
     const float2 qi = load2(q_in + (size_t)i * NF + c);
     float2 mi[3];
@@ -320,9 +436,8 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     const float unscale = power_of_two_reciprocal(filter.weight_scale * filter.phi_scale);
     const float cutoff2 = filter.cutoff * filter.cutoff;
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
-    int begin = i * nb.capacity, end = begin + count;
-    for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK) {  // as in message_forward
-        const int n = load_mma_chunk(g, pos, cell, nb, filter, i, chunk, end, cutoff2);
+    // The chunk's n pairs, from g.
+    auto add_messages = [&](int n) {
         for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
             Halves phi;
             phi.load(g.phi_hi, g.phi_lo, 8 * tile + gr, t);
@@ -343,7 +458,25 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                 add_message(tile_filter(acc, 1, e, unscale, w.bias), fc, r, xs.y, xr.y, xv.y, m0.y, m1.y, m2.y, dq[1], dm[1]);
             }
         }
-        __syncthreads();  // before the next chunk overwrites g
+    };
+    if constexpr (SOURCE == PAIRS_RECORDED) {
+        int total = 0;
+        for (int start = 0; start == 0 || start < total; start += CHUNK) {
+            add_messages(load_recorded_chunk(g, record, i, start, total));
+            __syncthreads();  // before the next chunk overwrites g
+        }
+    } else {
+        const bool writes = SOURCE == PAIRS_RECORDING && slice == 0;
+        int recorded = 0;
+        int begin = i * nb.capacity, end = begin + count;
+        for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK) {  // as in message_forward
+            const int n = load_mma_chunk<CHUNK, false, SOURCE == PAIRS_RECORDING>(g, pos, cell, nb, filter, i, chunk,
+                                                                                   end, cutoff2, record, recorded, writes);
+            add_messages(n);
+            recorded += n;
+            __syncthreads();  // before the next chunk overwrites g
+        }
+        if (writes) finish_record(record, i, recorded);
     }
     clear_pair_gradients(pair_grad_to_clear, nb, i, slice, count);
 #pragma unroll
@@ -373,6 +506,27 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     }
 }
 
+#define MESSAGE_FORWARD_MMA_PARAMS                                                                           \
+    const double *pos, Cell cell, Neighbors nb, Filter filter, const float *q_in, const float *mu_in,       \
+        const float *x, float *q_out, float *mu_out, float4 *pair_grad_to_clear
+#define MESSAGE_FORWARD_MMA_ARGS pos, cell, nb, filter, q_in, mu_in, x, q_out, mu_out, pair_grad_to_clear
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_forward_mma(MESSAGE_FORWARD_MMA_PARAMS) {
+    message_forward_mma_body<PAIRS_COMPUTED>(MESSAGE_FORWARD_MMA_ARGS, PairRecord{});
+}
+
+// The evaluation's first message kernel, writing its pairs to `record` for the others.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_forward_mma_recording(MESSAGE_FORWARD_MMA_PARAMS, PairRecord record) {
+    message_forward_mma_body<PAIRS_RECORDING>(MESSAGE_FORWARD_MMA_ARGS, record);
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_forward_mma_recorded(MESSAGE_FORWARD_MMA_PARAMS, PairRecord record) {
+    message_forward_mma_body<PAIRS_RECORDED>(MESSAGE_FORWARD_MMA_ARGS, record);
+}
+
 // What pair_backward needs of atom b at the lane's two channels c, c + 1.
 __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b, int c, const float* grad_q,
                                                   const float* grad_mu, const float* mu, const float* x) {
@@ -392,12 +546,15 @@ __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b
     }
 }
 
-// message_backward (painn.cu) with the filter and its d-derivative on tensor cores.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_backward_mma(const double* pos, Cell cell, Neighbors nb, Filter filter, const float* mu_in,
-                         const float* x, const float* grad_q,
-                         const float* grad_mu, float* grad_x,
-                         float* grad_mu_in, float4* pair_grad) {
+// message_backward (painn.cu) with the filter and its d-derivative on tensor cores; its pairs
+// computed or recorded (SOURCE: PAIRS_COMPUTED or PAIRS_RECORDED).
+template <int SOURCE>
+__device__ __forceinline__ void message_backward_mma_body(const double* pos, const Cell& cell, const Neighbors& nb,
+                                                          const Filter& filter, const float* mu_in, const float* x,
+                                                          const float* grad_q, const float* grad_mu, float* grad_x,
+                                                          float* grad_mu_in, float4* pair_grad,
+                                                          const PairRecord& record) {
+    static_assert(SOURCE != PAIRS_RECORDING, "the forward kernel records");
     launch_next_kernel();
     constexpr int CHUNK = mma_chunk(true);
     __shared__ MmaChunk<CHUNK, true> g;
@@ -424,9 +581,9 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
     ChannelState self[2];  // atom a, channels c and c + 1
     load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);
     float gx[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}}, gmu[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
-    int begin = a * nb.capacity, end = begin + nb.count[a];
-    for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK) {  // as in message_forward
-        const int n = load_mma_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2);
+    const int begin = a * nb.capacity, end = SOURCE == PAIRS_RECORDED ? begin : begin + nb.count[a];
+    // The chunk's n pairs, from g; its pair gradients to the row entries at `base` + g.slot.
+    auto add_pairs = [&](int n, int base) {
         for (int tile = ps; tile < (n + 7) / 8; tile += MMA_PAIR_SPLIT) {
             float f[3][4], df[3][4];
             {
@@ -466,7 +623,15 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
                 if (gr == 0) sh.warp_part[q][cw] = v;
             }
         }
-        add_pair_gradients<MMA_WARPS>(sh.warp_part, g.slot, n, chunk, pair_grad);
+        add_pair_gradients<MMA_WARPS>(sh.warp_part, g.slot, n, base, pair_grad);
+    };
+    if constexpr (SOURCE == PAIRS_RECORDED) {
+        int total = 0;
+        for (int start = 0; start == 0 || start < total; start += CHUNK)
+            add_pairs(load_recorded_chunk(g, record, a, start, total), begin);
+    } else {
+        for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK)  // as in message_forward
+            add_pairs(load_mma_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2), chunk);
     }
 #pragma unroll
     for (int ch = 0; ch < 2; ++ch)
@@ -497,6 +662,21 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
         *reinterpret_cast<float2*>(grad_mu_in + at) =
             make_float2(self[0].gm[k] + gmu[0][k], self[1].gm[k] + gmu[1][k]);
     }
+}
+
+#define MESSAGE_BACKWARD_MMA_PARAMS                                                                          \
+    const double *pos, Cell cell, Neighbors nb, Filter filter, const float *mu_in, const float *x,          \
+        const float *grad_q, const float *grad_mu, float *grad_x, float *grad_mu_in, float4 *pair_grad
+#define MESSAGE_BACKWARD_MMA_ARGS pos, cell, nb, filter, mu_in, x, grad_q, grad_mu, grad_x, grad_mu_in, pair_grad
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_backward_mma(MESSAGE_BACKWARD_MMA_PARAMS) {
+    message_backward_mma_body<PAIRS_COMPUTED>(MESSAGE_BACKWARD_MMA_ARGS, PairRecord{});
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
+    message_backward_mma_recorded(MESSAGE_BACKWARD_MMA_PARAMS, PairRecord record) {
+    message_backward_mma_body<PAIRS_RECORDED>(MESSAGE_BACKWARD_MMA_ARGS, record);
 }
 
 #endif

@@ -11,7 +11,9 @@ mod common;
 use common::*;
 use mdrun::cell::Cell;
 use mdrun::gpu::forces::kernel_sizes;
-use mdrun::gpu::md::GpuOptions;
+use mdrun::gpu::md::{GpuMd, GpuOptions};
+use mdrun::integrate::maxwell_boltzmann;
+use mdrun::neighbors::brute_force_pairs;
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::MMA_MAX_RBF;
 use mdrun::model::PainnModel;
@@ -204,4 +206,113 @@ fn programmatic_launches_with_the_early_trigger_follow_ordinary_launches_bit_for
     std::env::set_var("MDRUN_PDL_EARLY_TRIGGER", "1");
     assert_programmatic_launches_follow_ordinary_launches();
     std::env::remove_var("MDRUN_PDL_EARLY_TRIGGER");
+}
+
+/// `run` with the pair record on (MDRUN_PAIR_RECORD=1, tensor-core message kernels forced at
+/// every size) and off, the caller holding ENVIRONMENT.
+fn with_and_without_pair_record<T>(run: impl Fn(bool) -> T) -> (T, T) {
+    std::env::set_var("MDRUN_MESSAGE_MMA", "1");
+    let mut results = [true, false].map(|record| {
+        std::env::set_var("MDRUN_PAIR_RECORD", if record { "1" } else { "0" });
+        Some(run(record))
+    });
+    std::env::remove_var("MDRUN_PAIR_RECORD");
+    std::env::remove_var("MDRUN_MESSAGE_MMA");
+    (results[0].take().unwrap(), results[1].take().unwrap())
+}
+
+// The pair record (perf-notes v65): the first message kernel writes each row's pairs within the
+// cutoff, their geometry and basis; the other five copy them. Where every row fits one chunk the
+// recorded kernels see the very tiles the computing ones build, so forces and energies are the
+// same bits; on a dense cell (rows past one chunk, in both the writer's candidate chunks and the
+// readers' recorded ones, several images of a neighbor) they must match the f64 reference.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn the_pair_record_follows_the_computed_pairs_and_matches_the_cpu() {
+    let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    let random = random_model(full_config(), 97);
+    let (numbers, positions) = random_structure(12, 5.0, 0.9, None, 98);
+    let molecule = system_of(&numbers, positions, None);
+    let sheared = Cell::new([[9.0, 0.0, 0.0], [1.5, 8.5, 0.0], [-1.0, 1.2, 8.8]]).unwrap();
+    let periodic = random_periodic_system(48, sheared, 99);
+    let waterbox = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
+    let mut wide = full_config();
+    wide.cutoff = 6.0;
+    let wide = random_model(wide, 100);
+    let dense_cell = Cell::new([[10.5, 0.0, 0.0], [1.0, 10.2, 0.0], [-0.8, 0.6, 10.4]]).unwrap();
+    let dense = random_periodic_system(260, dense_cell, 101);
+    let fused = GpuOptions {
+        cuda_graph: false,
+        kernels: KernelVariant::Fused,
+        ..GpuOptions::default()
+    };
+    for (model, system, what, one_chunk) in [
+        (&random, &molecule, "random molecule, 12 atoms", true),
+        (&random, &periodic, "random sheared cell, 48 atoms", true),
+        (&random, &waterbox, "water box, 192 atoms", true),
+        (&wide, &dense, "dense sheared cell, 6 Å cutoff", false),
+    ] {
+        // The longest row within the cutoff, and within it plus evaluate_with's 0.5 Å skin (the
+        // neighbor rows): one chunk is 128 candidates in these kernels' shapes (mma_chunk).
+        let longest = |cutoff: f64| {
+            let pairs = brute_force_pairs(&system.positions, system.cell.as_ref(), cutoff);
+            (0..system.len())
+                .map(|i| pairs.first.iter().filter(|&&a| a == i).count())
+                .max()
+                .unwrap()
+        };
+        let (inside, candidates) = (longest(model.cutoff()), longest(model.cutoff() + 0.5));
+        if one_chunk {
+            assert!(candidates <= 128, "{what}: {candidates} candidates in a row");
+        } else {
+            assert!(inside > 128, "{what}: only {inside} pairs in the longest row");
+        }
+        let ((recorded, recorded_err), (computed, computed_err)) = with_and_without_pair_record(|record| {
+            assert_eq!(kernel_sizes(model, system.len()).unwrap().pair_record, record, "{what}");
+            (
+                mdrun::gpu::md::evaluate_with(model, system, fused).unwrap(),
+                compare_gpu_with_cpu_using(model, system, fused),
+            )
+        });
+        eprintln!(
+            "{what} (longest row {inside} pairs, {candidates} candidates): recorded (energy rel err {:.2e}, force max abs err {:.2e} eV/Å), \
+             computed ({:.2e}, {:.2e})",
+            recorded_err.0, recorded_err.1, computed_err.0, computed_err.1
+        );
+        for (label, (e, f)) in [("recorded", recorded_err), ("computed", computed_err)] {
+            assert!(e <= 1e-5 && f <= 1e-4, "{what}, {label}: {e:e} {f:e}");
+        }
+        if one_chunk {
+            assert_eq!(recorded.0, computed.0, "{what}: energy");
+            assert_eq!(recorded.1, computed.1, "{what}: forces");
+        }
+    }
+}
+
+// Over an MD run whose neighbor rows are rebuilt (a 0.05 Å skin) and grown from a capacity of 8
+// (the record is reallocated with them), in graphs of 8 steps: recorded and computed pairs give
+// the same trajectory bit for bit (the water box's rows fit one chunk).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn md_with_the_pair_record_follows_md_without_it_bit_for_bit() {
+    let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    let model = trained_model();
+    let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64_eq.xyz")), None).unwrap();
+    let integrator = langevin(102);
+    let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 103);
+    let (recorded, computed) = with_and_without_pair_record(|record| {
+        let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 0.05, GpuOptions::default()).unwrap();
+        assert_eq!(md.gpu.sizes.pair_record, record);
+        md.set_neighbor_capacity(8).unwrap();
+        md.initialize().unwrap();
+        for chunk in [5, 20, 37] {
+            md.advance(chunk).unwrap();
+        }
+        assert!(md.neighbor_growths() > 0, "the rows grew");
+        md.snapshot().unwrap()
+    });
+    let moved = max_deviation(&computed.positions, &system.positions);
+    assert!(moved > 0.05, "atoms moved past the skin ({moved:e} Å)");
+    assert_same_state(&recorded, &computed, "water box, Langevin, pair record");
+    eprintln!("pair record: bit for bit after {} steps (max displacement {moved:.2e} Å)", computed.step);
 }

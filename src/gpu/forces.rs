@@ -7,7 +7,7 @@ use cudarc::driver::{CudaFunction, PushKernelArg};
 use super::neighbors::GpuNeighbors;
 use super::params::{
     ContextBackParams, FilterParams, IntegrationParams, LastLayerParams, MixingBackParams, MixingCacheParams,
-    MixingParams, NextLayerParams, ReadoutParams,
+    MixingParams, NextLayerParams, PairRecordParams, ReadoutParams,
 };
 use super::{block_per_item, grid_for, Buffer, Gpu, KernelSizes};
 use crate::model::{Dense, PainnModel, RadialBasis};
@@ -254,6 +254,54 @@ fn pack_filter_fragments(gpu: &Gpu, net: &DeviceModel) -> Result<Vec<Buffer<u32>
         .collect()
 }
 
+/// Where the tensor-core message kernels keep an evaluation's pairs within the cutoff
+/// (kernels/message_mma.cu, `PairRecord`): per atom a row of the neighbor capacity rounded up to
+/// whole 8-pair tiles.
+struct PairRecord {
+    count: Buffer<i32>,
+    pair: Buffer<i32>,
+    r_inv: Buffer<f32>,
+    r_d: Buffer<f32>,
+    cut: Buffer<f32>,
+    basis: Buffer<u32>,
+    stride: usize,
+}
+
+impl PairRecord {
+    /// For `n_atoms` rows of `pair_capacity` neighbors, where `sizes` asks for one.
+    fn new(gpu: &Gpu, sizes: &KernelSizes, n_atoms: usize, pair_capacity: usize) -> Result<Option<PairRecord>> {
+        if !sizes.pair_record {
+            return Ok(None);
+        }
+        let stride = pair_capacity.max(1).next_multiple_of(8);
+        let pairs = n_atoms * stride;
+        // Four rows (Φ and ∂Φ/∂d, hi and lo halves) of the basis padded to the mma's k
+        // granularity of 8, two halves to a word (K_WORDS in the kernel).
+        let words_per_row = sizes.rbf.next_multiple_of(8) / 2;
+        Ok(Some(PairRecord {
+            count: gpu.zeros(n_atoms)?,
+            pair: gpu.zeros(2 * pairs)?,
+            r_inv: gpu.zeros(4 * pairs)?,
+            r_d: gpu.zeros(4 * pairs)?,
+            cut: gpu.zeros(2 * pairs)?,
+            basis: gpu.zeros(4 * words_per_row * pairs)?,
+            stride,
+        }))
+    }
+
+    fn params(&self) -> PairRecordParams {
+        PairRecordParams {
+            count: self.count.ptr,
+            pair: self.pair.ptr,
+            r_inv: self.r_inv.ptr,
+            r_d: self.r_d.ptr,
+            cut: self.cut.ptr,
+            basis: self.basis.ptr,
+            stride: self.stride as i32,
+        }
+    }
+}
+
 pub struct GpuPainn {
     pub sizes: KernelSizes,
     net: DeviceModel,
@@ -266,6 +314,10 @@ pub struct GpuPainn {
     /// Per interaction, the filter rows as the tensor-core message kernels' fragments (empty
     /// for the scalar kernels).
     filter_fragments: Vec<Buffer<u32>>,
+    /// The evaluation's pairs within the cutoff, written by its first message kernel for the
+    /// others (`KernelSizes::pair_record`; None without it).
+    pair_record: Option<PairRecord>,
+    first_message_forward: CudaFunction,
     message_forward: CudaFunction,
     mixing_forward: CudaFunction,
     mixing_forward_last: CudaFunction,
@@ -334,11 +386,13 @@ impl GpuPainn {
             pair_grad: gpu.zeros(4 * n * pair_capacity * sizes.channel_slices)?,
             forces: gpu.zeros(3 * n)?,
             filter_fragments: Vec::new(),
-            message_forward: gpu.function(sizes.message_kernels().0)?,
+            pair_record: PairRecord::new(gpu, &sizes, n, pair_capacity)?,
+            first_message_forward: gpu.function(sizes.message_kernels().first_forward)?,
+            message_forward: gpu.function(sizes.message_kernels().forward)?,
             mixing_forward: gpu.function("mixing_forward")?,
             mixing_forward_last: gpu.function("mixing_forward_last")?,
             mixing_backward: gpu.function("mixing_backward")?,
-            message_backward: gpu.function(sizes.message_kernels().1)?,
+            message_backward: gpu.function(sizes.message_kernels().backward)?,
             pair_forces: gpu.function("pair_forces")?,
             pair_forces_and_second_half: gpu.function("pair_forces_and_second_half")?,
             pair_forces_kick_and_first_half: gpu.function("pair_forces_kick_and_first_half")?,
@@ -389,6 +443,7 @@ impl GpuPainn {
     /// Grows the per-pair buffer to a new neighbor capacity.
     pub fn resize_pairs(&mut self, gpu: &Gpu, capacity: usize) -> Result<()> {
         self.pair_grad = gpu.zeros(4 * self.net.n_atoms * capacity * self.sizes.channel_slices)?;
+        self.pair_record = PairRecord::new(gpu, &self.sizes, self.net.n_atoms, capacity)?;
         Ok(())
     }
 
@@ -415,11 +470,18 @@ impl GpuPainn {
         let err = |what: &'static str| move |e: cudarc::driver::DriverError| anyhow::anyhow!("{what}: {e:?}");
         let readout = self.net.readout();
         let null = 0u64;
+        let record = self.pair_record.as_ref().map(PairRecord::params);
         for t in 0..t_count {
             let layer = &self.net.layers[t];
             let filter = self.filter(t);
+            let kernel = if t == 0 {
+                &self.first_message_forward
+            } else {
+                &self.message_forward
+            };
             unsafe {
-                gpu.launch(&self.message_forward)
+                let launch = gpu
+                    .launch(kernel)
                     .arg(&positions.ptr)
                     .arg(&cell)
                     .arg(&nb)
@@ -429,9 +491,12 @@ impl GpuPainn {
                     .arg(&layer.x.ptr)
                     .arg(&layer.q_mid.ptr)
                     .arg(&layer.mu_mid.ptr)
-                    .arg(if t == 0 { &self.pair_grad.ptr } else { &null })
-                    .launch(per_atom)
-                    .map_err(err("message_forward"))?;
+                    .arg(if t == 0 { &self.pair_grad.ptr } else { &null });
+                match &record {
+                    Some(record) => launch.arg(record).launch(per_atom),
+                    None => launch.launch(per_atom),
+                }
+                .map_err(err("message_forward"))?;
             }
             let mixing = MixingParams {
                 mix_t: layer.mix.wt.ptr,
@@ -519,7 +584,8 @@ impl GpuPainn {
             }
             unsafe {
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
-                gpu.launch(&self.message_backward)
+                let launch = gpu
+                    .launch(&self.message_backward)
                     .arg(&positions.ptr)
                     .arg(&cell)
                     .arg(&nb)
@@ -530,9 +596,12 @@ impl GpuPainn {
                     .arg(&self.grad_mu[1].ptr)
                     .arg(&self.grad_x.ptr)
                     .arg(&self.grad_mu[0].ptr)
-                    .arg(&self.pair_grad.ptr)
-                    .launch(per_atom)
-                    .map_err(err("message_backward"))?;
+                    .arg(&self.pair_grad.ptr);
+                match &record {
+                    Some(record) => launch.arg(record).launch(per_atom),
+                    None => launch.launch(per_atom),
+                }
+                .map_err(err("message_backward"))?;
                 // The first layer's q is the embedding: no context backward below it.
             }
         }

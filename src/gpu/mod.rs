@@ -77,6 +77,11 @@ pub struct KernelSizes {
     /// spills did not matter; v52 removed those spills and then dividing measured as fast at 99
     /// atoms and faster from 192 on (H200, perf-notes v59). MDRUN_MMA_BACKWARD_DIVIDES=0 for A/B.
     pub mma_backward_divides: bool,
+    /// The evaluation's first tensor-core message kernel records its pairs within the cutoff,
+    /// their geometry and radial basis, and the other five copy them instead of computing them
+    /// again (kernels/message_mma.cu, `PairRecord`; perf-notes v65). Off by default until
+    /// measured; MDRUN_PAIR_RECORD=1 turns it on where the message kernels use tensor cores.
+    pub pair_record: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
@@ -169,6 +174,7 @@ impl KernelSizes {
             channel_slices,
             message_mma,
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
+            pair_record: message_mma && env("MDRUN_PAIR_RECORD") == Some(1),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             // Needs the device's SM count: Gpu::open decides.
@@ -196,6 +202,7 @@ impl KernelSizes {
         // split, capped for the tensor-core blocks, stays valid for the scalar ones).
         if cc.0 < 8 {
             self.message_mma = false;
+            self.pair_record = false;
         }
         self
     }
@@ -213,12 +220,26 @@ impl KernelSizes {
         (lanes_per_channel * self.pair_split * self.features / self.channel_slices) as u32
     }
 
-    /// The message kernels' names (scalar or tensor-core filter products).
-    pub fn message_kernels(&self) -> (&'static str, &'static str) {
-        if self.message_mma {
-            ("message_forward_mma", "message_backward_mma")
-        } else {
-            ("message_forward", "message_backward")
+    /// The message kernels' names (scalar or tensor-core filter products): the evaluation's
+    /// first, the later forward ones, and the backward ones. With the pair record the first
+    /// writes it and the others read it.
+    pub fn message_kernels(&self) -> MessageKernels {
+        match (self.message_mma, self.pair_record) {
+            (true, true) => MessageKernels {
+                first_forward: "message_forward_mma_recording",
+                forward: "message_forward_mma_recorded",
+                backward: "message_backward_mma_recorded",
+            },
+            (true, false) => MessageKernels {
+                first_forward: "message_forward_mma",
+                forward: "message_forward_mma",
+                backward: "message_backward_mma",
+            },
+            (false, _) => MessageKernels {
+                first_forward: "message_forward",
+                forward: "message_forward",
+                backward: "message_backward",
+            },
         }
     }
 
@@ -226,6 +247,14 @@ impl KernelSizes {
     pub fn message_blocks(&self, n_atoms: usize) -> usize {
         n_atoms * self.channel_slices
     }
+}
+
+/// Kernel names of an evaluation's message passing (`KernelSizes::message_kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageKernels {
+    pub first_forward: &'static str,
+    pub forward: &'static str,
+    pub backward: &'static str,
 }
 
 /// Whether the dense kernels build with clusters of `cluster` blocks: each block owns

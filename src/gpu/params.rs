@@ -67,6 +67,20 @@ pub struct NeighborParams {
     pub capacity: i32,
 }
 
+/// An evaluation's pairs within the cutoff as its first tensor-core message kernel records them
+/// for the other five (kernels/message_mma.cu, `PairRecord`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PairRecordParams {
+    pub count: u64,
+    pub pair: u64,
+    pub r_inv: u64,
+    pub r_d: u64,
+    pub cut: u64,
+    pub basis: u64,
+    pub stride: i32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct MixingParams {
@@ -208,6 +222,7 @@ unsafe impl DeviceRepr for ClusterMdParams {}
 unsafe impl DeviceRepr for CellParams {}
 unsafe impl DeviceRepr for FilterParams {}
 unsafe impl DeviceRepr for NeighborParams {}
+unsafe impl DeviceRepr for PairRecordParams {}
 unsafe impl DeviceRepr for MixingParams {}
 unsafe impl DeviceRepr for MixingCacheParams {}
 unsafe impl DeviceRepr for ReadoutParams {}
