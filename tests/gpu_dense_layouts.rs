@@ -12,11 +12,11 @@ use common::*;
 use mdrun::cell::Cell;
 use mdrun::gpu::forces::kernel_sizes;
 use mdrun::gpu::md::{GpuMd, GpuOptions};
-use mdrun::integrate::maxwell_boltzmann;
-use mdrun::neighbors::brute_force_pairs;
 use mdrun::gpu::naive::KernelVariant;
 use mdrun::gpu::MMA_MAX_RBF;
+use mdrun::integrate::maxwell_boltzmann;
 use mdrun::model::PainnModel;
+use mdrun::neighbors::brute_force_pairs;
 use mdrun::system::System;
 use std::sync::Mutex;
 
@@ -314,5 +314,8 @@ fn md_with_the_pair_record_follows_md_without_it_bit_for_bit() {
     let moved = max_deviation(&computed.positions, &system.positions);
     assert!(moved > 0.05, "atoms moved past the skin ({moved:e} Å)");
     assert_same_state(&recorded, &computed, "water box, Langevin, pair record");
-    eprintln!("pair record: bit for bit after {} steps (max displacement {moved:.2e} Å)", computed.step);
+    eprintln!(
+        "pair record: bit for bit after {} steps (max displacement {moved:.2e} Å)",
+        computed.step
+    );
 }

@@ -34,6 +34,7 @@ fn narrow(tile: usize) -> KernelSizes {
         channel_slices: 1,
         message_mma: true,
         mma_backward_divides: true,
+        pair_record: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,

@@ -35,6 +35,7 @@ fn every_kernel_compiles_with_nvrtc() {
         channel_slices: 1,
         message_mma: false,
         mma_backward_divides: false,
+        pair_record: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,
@@ -143,6 +144,7 @@ fn every_kernel_compiles_with_nvrtc() {
             channel_slices: 1,
             message_mma: true,
             mma_backward_divides: false,
+            pair_record: false,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
             dense_alone: false,
@@ -175,6 +177,7 @@ fn every_kernel_compiles_with_nvrtc() {
             channel_slices: 2,
             message_mma: true,
             mma_backward_divides: true,
+            pair_record: false,
             ..student
         },
         KernelSizes {
@@ -255,9 +258,15 @@ fn every_kernel_compiles_with_nvrtc() {
         .into_iter()
         .chain(cluster_kernels.into_iter().filter(|_| cluster_built))
         .chain(
-            ["message_forward_mma", "message_backward_mma"]
-                .into_iter()
-                .filter(|_| sizes.message_mma),
+            [
+                "message_forward_mma",
+                "message_backward_mma",
+                "message_forward_mma_recording",
+                "message_forward_mma_recorded",
+                "message_backward_mma_recorded",
+            ]
+            .into_iter()
+            .filter(|_| sizes.message_mma),
         ) {
             assert!(
                 text.contains(&format!(".entry {kernel}(")),
@@ -295,9 +304,15 @@ fn every_kernel_compiles_with_nvrtc() {
         for kernel in ["message_forward", "message_backward", "pair_forces"]
             .into_iter()
             .chain(
-                ["message_forward_mma", "message_backward_mma"]
-                    .into_iter()
-                    .filter(|_| sizes.message_mma),
+                [
+                    "message_forward_mma",
+                    "message_backward_mma",
+                    "message_forward_mma_recording",
+                    "message_forward_mma_recorded",
+                    "message_backward_mma_recorded",
+                ]
+                .into_iter()
+                .filter(|_| sizes.message_mma),
             )
         {
             let body = entry_body(&text, kernel);
@@ -321,6 +336,7 @@ fn every_kernel_compiles_with_nvrtc() {
             KernelSizes {
                 message_mma,
                 mma_backward_divides: true,
+                pair_record: false,
                 ..from_128
             },
         ] {

@@ -215,6 +215,9 @@ pub struct Row {
     /// The tensor-core backward kernel divided by each pair's distance instead of reading 1/d
     /// (perf-notes v50: from 512 atoms, MDRUN_MMA_BACKWARD_DIVIDES).
     pub mma_backward_divides: Option<bool>,
+    /// The first message kernel of each evaluation recorded the pairs within the cutoff for the
+    /// other five (perf-notes v65, MDRUN_PAIR_RECORD).
+    pub pair_record: Option<bool>,
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,

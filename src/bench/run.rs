@@ -208,6 +208,7 @@ fn measure_gpu(
     row.one_block_rebuild = Some(md.one_block_rebuild());
     row.message_mma = Some(md.message_mma());
     row.mma_backward_divides = Some(md.mma_backward_divides());
+    row.pair_record = Some(md.pair_record());
     row.dense_alone = Some(md.dense_alone());
     row.graph_steps = Some(md.graph_steps());
     row.joined_steps = Some(md.graph_steps() > 1 && md.joins_steps());

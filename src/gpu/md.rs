@@ -284,6 +284,12 @@ impl GpuMd {
         self.painn.mma_backward_divides()
     }
 
+    /// Whether the first message kernel of each evaluation recorded its pairs for the other five
+    /// (perf-notes v65).
+    pub fn pair_record(&self) -> bool {
+        self.painn.pair_record()
+    }
+
     /// Whether every dense block had an SM to itself (perf-notes v57).
     pub fn dense_alone(&self) -> bool {
         self.painn.dense_alone()

@@ -90,6 +90,11 @@ impl PainnKernels {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma && painn.sizes.mma_backward_divides)
     }
 
+    /// Whether the first message kernel records the pairs for the others (perf-notes v65).
+    pub fn pair_record(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.pair_record)
+    }
+
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
     pub fn uses_neighbor_list(&self) -> bool {
         !matches!(self, PainnKernels::Cluster(_))

@@ -13,6 +13,9 @@
 #     tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
+#   # optional: in-binary variants (VARIANTS, default "record:MDRUN_PAIR_RECORD=1"; "" for none):
+#   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
+#   # under ncu at benzene.
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -59,15 +62,24 @@ git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
 # The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
 systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
 systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
-bench() {  # name binary round
+variants=${VARIANTS-record:MDRUN_PAIR_RECORD=1}
+# The environment assignments of variant NAME (as `env` arguments).
+variant_env() {
+  for v in $variants; do [ "${v%%:*}" = "$1" ] && echo "${v#*:}" | tr ',' ' '; done
+}
+bench() {  # name binary round [VAR=VALUE ...]
   # shellcheck disable=SC2086
-  "$2" bench $systems --configs +cuda-graph --reference-max-atoms 200 --json "$results/bench-$1-$3.json" \
+  env "${@:4}" "$2" bench $systems --configs +cuda-graph --reference-max-atoms 200 --json "$results/bench-$1-$3.json" \
     >"$results/bench-$1-$3.log" 2>&1
   progress "bench $1 round $3 rc $?"
 }
 if [[ " $parts " == *" bench "* ]]; then
   for round in 1 2; do
     bench main "$mdrun" "$round"
+    for v in $variants; do
+      # shellcheck disable=SC2046
+      bench "${v%%:*}" "$mdrun" "$round" $(variant_env "${v%%:*}")
+    done
     [ -x .device/baseline/mdrun ] && bench baseline .device/baseline/mdrun "$round"
   done
 fi
@@ -102,13 +114,19 @@ elif [[ " $parts " == *" ncu "* ]]; then
   # Per-kernel times with plain launches (ncu serializes the kernels): 600 launches after 3,000
   # (past start-up and the first force calls), at benzene and at the 192-atom water box (the
   # issue's two small-system targets).
+  ncu_at() {  # name system [VAR=VALUE ...]
+    timeout 150 env "${@:3}" ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 \
+      --launch-count 600 "$mdrun" bench "systems/$2" --configs +fused --reference-max-atoms 0 --budget 0.5 \
+      >"$results/ncu-$1.csv" 2>"$results/ncu-$1.log"
+    progress "ncu $1 rc $?"
+    python3 tools/device/ncu_table.py "$results/ncu-$1.csv" >"$results/ncu-$1.md"
+  }
   for system in benzene.xyz waterbox_64.xyz; do
-    name=${system%.*}
-    timeout 150 ncu --csv --page raw --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 600 \
-      "$mdrun" bench "systems/$system" --configs +fused --reference-max-atoms 0 --budget 0.5 \
-      >"$results/ncu-$name.csv" 2>"$results/ncu-$name.log"
-    progress "ncu $name rc $?"
-    python3 tools/device/ncu_table.py "$results/ncu-$name.csv" >"$results/ncu-$name.md"
+    ncu_at "${system%.*}" "$system"
+  done
+  for v in $variants; do
+    # shellcheck disable=SC2046
+    ncu_at "benzene-${v%%:*}" benzene.xyz $(variant_env "${v%%:*}")
   done
 fi
 
