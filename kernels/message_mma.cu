@@ -23,6 +23,12 @@
 #ifndef MMA_PAIR_SPLIT
 #define MMA_PAIR_SPLIT 0  // 0: the tensor-core message kernels are not built
 #endif
+#ifndef PAIR_RECORD
+#define PAIR_RECORD 0  // 1: the evaluation's first message kernel records its pairs for the others (PairRecord)
+#endif
+#ifndef FIRST_LAYER
+#define FIRST_LAYER 0  // 1: the first interaction's kernels use μ = 0 and skip its input gradients (perf-notes v66)
+#endif
 
 // Radial basis padded to the mma's k granularity (8), as 32-bit words of two halves.
 #define KP ((NK + 7) / 8 * 8)
@@ -210,8 +216,8 @@ __host__ __device__ constexpr int mma_chunk(bool backward) {
 
 // The pairs within the cutoff of every atom's neighbor row in one evaluation, compacted in row
 // order with their geometry and radial basis (perf-notes v65): the evaluation's first message
-// kernel (message_forward_mma_recording) computes them as every message kernel does and writes
-// them here; the other five (the *_recorded kernels) copy them into their chunks instead of
+// kernel (message_forward_mma_first, built with PAIR_RECORD) computes them as every message
+// kernel does and writes them here; the other five copy them into their chunks instead of
 // reading the neighbor row and the positions and evaluating the basis again, which took two of
 // their three dependent rounds of global loads after the wait (perf-notes, "What the 25 µs
 // benzene target needs"). Rows of `stride` pairs per atom, the neighbor capacity rounded up to
@@ -410,7 +416,10 @@ __device__ __forceinline__ void zero(float (&acc)[3][4]) {
 }
 
 // message_forward (painn.cu) with the filter on tensor cores; its pairs from SOURCE (PairSource).
-template <int SOURCE>
+// FIRST: the first interaction, whose input μ is zero (schnetpack starts every atom at μ = 0): the
+// filter's v part and the neighbors' x_v and μ, which only multiply that zero, are neither
+// computed nor read (the zeros stand in for them, so the arithmetic is the general kernel's).
+template <int SOURCE, bool FIRST>
 __device__ __forceinline__ void message_forward_mma_body(const double* pos, const Cell& cell, const Neighbors& nb,
                                                          const Filter& filter, const float* q_in, const float* mu_in,
                                                          const float* x, float* q_out, float* mu_out,
@@ -432,9 +441,10 @@ __device__ __forceinline__ void message_forward_mma_body(const double* pos, cons
     // Atom i's own features, read with the row (as in message_forward).
     const float2 qi = load2(q_in + (size_t)i * NF + c);
     float2 mi[3];
-    for (int k = 0; k < 3; ++k) mi[k] = load2(mu_in + (size_t)i * 3 * NF + k * NF + c);
+    for (int k = 0; k < 3; ++k) mi[k] = FIRST ? make_float2(0.f, 0.f) : load2(mu_in + (size_t)i * 3 * NF + k * NF + c);
     const float unscale = power_of_two_reciprocal(filter.weight_scale * filter.phi_scale);
     const float cutoff2 = filter.cutoff * filter.cutoff;
+    constexpr int PARTS = FIRST ? 2 : 3;  // filter parts computed: (s, R) or (s, R, v)
     float dq[2] = {0.f, 0.f}, dm[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
     // The chunk's n pairs, from g.
     auto add_messages = [&](int n) {
@@ -444,7 +454,7 @@ __device__ __forceinline__ void message_forward_mma_body(const double* pos, cons
             float acc[3][4];
             zero(acc);
 #pragma unroll
-            for (int p = 0; p < 3; ++p) mma_split(acc[p], w.part[p], phi);
+            for (int p = 0; p < PARTS; ++p) mma_split(acc[p], w.part[p], phi);
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int q = 8 * tile + 2 * t + e;
@@ -452,8 +462,10 @@ __device__ __forceinline__ void message_forward_mma_body(const double* pos, cons
                 const float fc = g.cut[q].x;
                 const float* xj = x + (size_t)g.j[q] * 3 * NF + c;
                 const float* mj = mu_in + (size_t)g.j[q] * 3 * NF + c;
-                const float2 xs = load2(xj), xr = load2(xj + NF), xv = load2(xj + 2 * NF);
-                const float2 m0 = load2(mj), m1 = load2(mj + NF), m2 = load2(mj + 2 * NF);
+                const float2 zero2 = make_float2(0.f, 0.f);
+                const float2 xs = load2(xj), xr = load2(xj + NF), xv = FIRST ? zero2 : load2(xj + 2 * NF);
+                const float2 m0 = FIRST ? zero2 : load2(mj), m1 = FIRST ? zero2 : load2(mj + NF),
+                             m2 = FIRST ? zero2 : load2(mj + 2 * NF);
                 add_message(tile_filter(acc, 0, e, unscale, w.bias), fc, r, xs.x, xr.x, xv.x, m0.x, m1.x, m2.x, dq[0], dm[0]);
                 add_message(tile_filter(acc, 1, e, unscale, w.bias), fc, r, xs.y, xr.y, xv.y, m0.y, m1.y, m2.y, dq[1], dm[1]);
             }
@@ -511,23 +523,39 @@ __device__ __forceinline__ void message_forward_mma_body(const double* pos, cons
         const float *x, float *q_out, float *mu_out, float4 *pair_grad_to_clear
 #define MESSAGE_FORWARD_MMA_ARGS pos, cell, nb, filter, q_in, mu_in, x, q_out, mu_out, pair_grad_to_clear
 
+// The kernels the host launches (src/gpu/mod.rs, KernelSizes::message_kernels): with PAIR_RECORD
+// every one takes the PairRecord last, the first interaction's forward kernel writes it and the
+// others read it; message_forward_mma_first and message_backward_mma_first, the first
+// interaction's, exist where they differ from the others'.
+#if PAIR_RECORD
+#define RECORD_PARAM , PairRecord record
+#define RECORD_ARG record
+#define FIRST_PAIRS PAIRS_RECORDING
+#define LATER_PAIRS PAIRS_RECORDED
+#else
+#define RECORD_PARAM
+#define RECORD_ARG PairRecord{}
+#define FIRST_PAIRS PAIRS_COMPUTED
+#define LATER_PAIRS PAIRS_COMPUTED
+#endif
+
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_forward_mma(MESSAGE_FORWARD_MMA_PARAMS) {
-    message_forward_mma_body<PAIRS_COMPUTED>(MESSAGE_FORWARD_MMA_ARGS, PairRecord{});
+    message_forward_mma(MESSAGE_FORWARD_MMA_PARAMS RECORD_PARAM) {
+    message_forward_mma_body<LATER_PAIRS, false>(MESSAGE_FORWARD_MMA_ARGS, RECORD_ARG);
 }
 
-// The evaluation's first message kernel, writing its pairs to `record` for the others.
+#if PAIR_RECORD || FIRST_LAYER
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_forward_mma_recording(MESSAGE_FORWARD_MMA_PARAMS, PairRecord record) {
-    message_forward_mma_body<PAIRS_RECORDING>(MESSAGE_FORWARD_MMA_ARGS, record);
+    message_forward_mma_first(MESSAGE_FORWARD_MMA_PARAMS RECORD_PARAM) {
+    message_forward_mma_body<FIRST_PAIRS, FIRST_LAYER>(MESSAGE_FORWARD_MMA_ARGS, RECORD_ARG);
 }
-
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_forward_mma_recorded(MESSAGE_FORWARD_MMA_PARAMS, PairRecord record) {
-    message_forward_mma_body<PAIRS_RECORDED>(MESSAGE_FORWARD_MMA_ARGS, record);
-}
+#endif
 
 // What pair_backward needs of atom b at the lane's two channels c, c + 1.
+// FIRST (the first interaction): μ and x_v as zeros, not read; of what is read, the kernel's
+// dead-code elimination drops what it does not use (the neighbor's gradients, which only the
+// input gradients need).
+template <bool FIRST>
 __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b, int c, const float* grad_q,
                                                   const float* grad_mu, const float* mu, const float* x) {
     const float2 gq = load2(grad_q + b * NF + c);
@@ -536,7 +564,9 @@ __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
         const size_t at = b * 3 * NF + k * NF + c;
-        const float2 gm = load2(grad_mu + at), m = load2(mu + at), xv = load2(x + at);
+        const float2 zero2 = make_float2(0.f, 0.f);
+        const float2 gm = load2(grad_mu + at), m = FIRST ? zero2 : load2(mu + at),
+                     xv = FIRST && k == 2 ? zero2 : load2(x + at);
         s[0].gm[k] = gm.x;
         s[1].gm[k] = gm.y;
         s[0].mu[k] = m.x;
@@ -547,8 +577,11 @@ __device__ __forceinline__ void load_channel_pair(ChannelState (&s)[2], size_t b
 }
 
 // message_backward (painn.cu) with the filter and its d-derivative on tensor cores; its pairs
-// computed or recorded (SOURCE: PAIRS_COMPUTED or PAIRS_RECORDED).
-template <int SOURCE>
+// computed or recorded (SOURCE: PAIRS_COMPUTED or PAIRS_RECORDED). FIRST: the first interaction,
+// whose input μ is zero and whose input gradients nothing reads (its x comes from the embedding,
+// its μ is the constant zero): only the pair gradients are computed, and of the neighbors only
+// x_s and x_R are read (the terms with the filter's v part multiply μ = 0).
+template <int SOURCE, bool FIRST>
 __device__ __forceinline__ void message_backward_mma_body(const double* pos, const Cell& cell, const Neighbors& nb,
                                                           const Filter& filter, const float* mu_in, const float* x,
                                                           const float* grad_q, const float* grad_mu, float* grad_x,
@@ -578,8 +611,9 @@ __device__ __forceinline__ void message_backward_mma_body(const double* pos, con
     const float unscale_d = power_of_two_reciprocal(filter.weight_scale * filter.dphi_scale);
     const float2 no_bias[3] = {make_float2(0.f, 0.f), make_float2(0.f, 0.f), make_float2(0.f, 0.f)};
     const float cutoff2 = filter.cutoff * filter.cutoff;
+    constexpr int PARTS = FIRST ? 2 : 3;  // filter parts computed: (s, R) or (s, R, v)
     ChannelState self[2];  // atom a, channels c and c + 1
-    load_channel_pair(self, a, c, grad_q, grad_mu, mu_in, x);
+    load_channel_pair<FIRST>(self, a, c, grad_q, grad_mu, mu_in, x);
     float gx[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}}, gmu[2][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
     const int begin = a * nb.capacity, end = SOURCE == PAIRS_RECORDED ? begin : begin + nb.count[a];
     // The chunk's n pairs, from g; its pair gradients to the row entries at `base` + g.slot.
@@ -593,7 +627,7 @@ __device__ __forceinline__ void message_backward_mma_body(const double* pos, con
                 zero(f);
                 zero(df);
 #pragma unroll
-                for (int p = 0; p < 3; ++p) {
+                for (int p = 0; p < PARTS; ++p) {
                     mma_split(f[p], w.part[p], phi);
                     mma_split(df[p], w.part[p], dphi);
                 }
@@ -605,7 +639,7 @@ __device__ __forceinline__ void message_backward_mma_body(const double* pos, con
                 const float inv_d = MMA_BACKWARD_DIVIDES ? 1.0f / rv.w : rv.w;
                 const float u[3] = {rv.x * inv_d, rv.y * inv_d, rv.z * inv_d};
                 ChannelState other[2];
-                load_channel_pair(other, g.j[q], c, grad_q, grad_mu, mu_in, x);
+                load_channel_pair<FIRST>(other, g.j[q], c, grad_q, grad_mu, mu_in, x);
                 float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
                 for (int ch = 0; ch < 2; ++ch)
@@ -633,6 +667,7 @@ __device__ __forceinline__ void message_backward_mma_body(const double* pos, con
         for (int chunk = begin; chunk == begin || chunk < end; chunk += CHUNK)  // as in message_forward
             add_pairs(load_mma_chunk(g, pos, cell, nb, filter, a, chunk, end, cutoff2), chunk);
     }
+    if constexpr (FIRST) return;  // every thread: past the last barrier
 #pragma unroll
     for (int ch = 0; ch < 2; ++ch)
         for (int k = 0; k < 3; ++k) {
@@ -670,13 +705,15 @@ __device__ __forceinline__ void message_backward_mma_body(const double* pos, con
 #define MESSAGE_BACKWARD_MMA_ARGS pos, cell, nb, filter, mu_in, x, grad_q, grad_mu, grad_x, grad_mu_in, pair_grad
 
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_backward_mma(MESSAGE_BACKWARD_MMA_PARAMS) {
-    message_backward_mma_body<PAIRS_COMPUTED>(MESSAGE_BACKWARD_MMA_ARGS, PairRecord{});
+    message_backward_mma(MESSAGE_BACKWARD_MMA_PARAMS RECORD_PARAM) {
+    message_backward_mma_body<LATER_PAIRS, false>(MESSAGE_BACKWARD_MMA_ARGS, RECORD_ARG);
 }
 
+#if FIRST_LAYER
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS)
-    message_backward_mma_recorded(MESSAGE_BACKWARD_MMA_PARAMS, PairRecord record) {
-    message_backward_mma_body<PAIRS_RECORDED>(MESSAGE_BACKWARD_MMA_ARGS, record);
+    message_backward_mma_first(MESSAGE_BACKWARD_MMA_PARAMS RECORD_PARAM) {
+    message_backward_mma_body<LATER_PAIRS, true>(MESSAGE_BACKWARD_MMA_ARGS, RECORD_ARG);
 }
+#endif
 
 #endif

@@ -35,6 +35,7 @@ fn narrow(tile: usize) -> KernelSizes {
         message_mma: true,
         mma_backward_divides: true,
         pair_record: false,
+        first_layer: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,

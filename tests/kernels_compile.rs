@@ -36,6 +36,7 @@ fn every_kernel_compiles_with_nvrtc() {
         message_mma: false,
         mma_backward_divides: false,
         pair_record: false,
+        first_layer: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,
@@ -145,6 +146,7 @@ fn every_kernel_compiles_with_nvrtc() {
             message_mma: true,
             mma_backward_divides: false,
             pair_record: false,
+            first_layer: false,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
             dense_alone: false,
@@ -178,6 +180,42 @@ fn every_kernel_compiles_with_nvrtc() {
             message_mma: true,
             mma_backward_divides: true,
             pair_record: false,
+            first_layer: false,
+            ..student
+        },
+        // The pair record and the first interaction's kernels (perf-notes v65, v66), each alone
+        // and together, at the benzene and the 192-atom shapes and with the largest basis the
+        // tensor-core kernels take.
+        KernelSizes {
+            channel_slices: 4,
+            message_mma: true,
+            mma_backward_divides: true,
+            pair_record: true,
+            ..student
+        },
+        KernelSizes {
+            channel_slices: 4,
+            message_mma: true,
+            mma_backward_divides: true,
+            first_layer: true,
+            ..student
+        },
+        KernelSizes {
+            pair_split: 1,
+            channel_slices: 2,
+            message_mma: true,
+            mma_backward_divides: true,
+            pair_record: true,
+            first_layer: true,
+            ..student
+        },
+        KernelSizes {
+            rbf: 32,
+            pair_split: 4,
+            channel_slices: 4,
+            message_mma: true,
+            pair_record: true,
+            first_layer: true,
             ..student
         },
         KernelSizes {
@@ -257,17 +295,8 @@ fn every_kernel_compiles_with_nvrtc() {
         ]
         .into_iter()
         .chain(cluster_kernels.into_iter().filter(|_| cluster_built))
-        .chain(
-            [
-                "message_forward_mma",
-                "message_backward_mma",
-                "message_forward_mma_recording",
-                "message_forward_mma_recorded",
-                "message_backward_mma_recorded",
-            ]
-            .into_iter()
-            .filter(|_| sizes.message_mma),
-        ) {
+        .chain(message_kernel_names(&sizes).into_iter().filter(|_| sizes.message_mma))
+        {
             assert!(
                 text.contains(&format!(".entry {kernel}(")),
                 "{kernel} missing from the PTX for {sizes:?}"
@@ -303,17 +332,7 @@ fn every_kernel_compiles_with_nvrtc() {
         // filter weights, which they load plainly.
         for kernel in ["message_forward", "message_backward", "pair_forces"]
             .into_iter()
-            .chain(
-                [
-                    "message_forward_mma",
-                    "message_backward_mma",
-                    "message_forward_mma_recording",
-                    "message_forward_mma_recorded",
-                    "message_backward_mma_recorded",
-                ]
-                .into_iter()
-                .filter(|_| sizes.message_mma),
-            )
+            .chain(message_kernel_names(&sizes).into_iter().filter(|_| sizes.message_mma))
         {
             let body = entry_body(&text, kernel);
             assert!(body.contains("griddepcontrol.wait"), "{kernel}: no griddepcontrol.wait");
@@ -337,6 +356,7 @@ fn every_kernel_compiles_with_nvrtc() {
                 message_mma,
                 mma_backward_divides: true,
                 pair_record: false,
+                first_layer: false,
                 ..from_128
             },
         ] {
@@ -352,4 +372,13 @@ fn entry_body<'a>(ptx: &'a str, kernel: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{kernel} missing"));
     let rest = &ptx[start + 1..];
     &ptx[start..start + 1 + rest.find(".entry ").unwrap_or(rest.len())]
+}
+
+/// The message kernels the host launches at `sizes` (each once).
+fn message_kernel_names(sizes: &KernelSizes) -> Vec<&'static str> {
+    let k = sizes.message_kernels();
+    let mut names = vec![k.first_forward, k.forward, k.first_backward, k.backward];
+    names.sort_unstable();
+    names.dedup();
+    names
 }

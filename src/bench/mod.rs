@@ -218,6 +218,9 @@ pub struct Row {
     /// The first message kernel of each evaluation recorded the pairs within the cutoff for the
     /// other five (perf-notes v65, MDRUN_PAIR_RECORD).
     pub pair_record: Option<bool>,
+    /// The first interaction's message kernels used its input μ = 0 (perf-notes v66,
+    /// MDRUN_FIRST_LAYER).
+    pub first_layer: Option<bool>,
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,

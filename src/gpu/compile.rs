@@ -54,6 +54,8 @@ fn nvrtc_options(sizes: KernelSizes, arch: &str) -> Vec<String> {
             if sizes.message_mma { sizes.pair_split } else { 0 }
         ),
         format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
+        format!("-DPAIR_RECORD={}", u8::from(sizes.pair_record)),
+        format!("-DFIRST_LAYER={}", u8::from(sizes.first_layer)),
         format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
         format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
         format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),

@@ -323,6 +323,7 @@ pub struct GpuPainn {
     mixing_forward_last: CudaFunction,
     mixing_backward: CudaFunction,
     message_backward: CudaFunction,
+    first_message_backward: CudaFunction,
     pair_forces: CudaFunction,
     pair_forces_and_second_half: CudaFunction,
     pair_forces_kick_and_first_half: CudaFunction,
@@ -393,6 +394,7 @@ impl GpuPainn {
             mixing_forward_last: gpu.function("mixing_forward_last")?,
             mixing_backward: gpu.function("mixing_backward")?,
             message_backward: gpu.function(sizes.message_kernels().backward)?,
+            first_message_backward: gpu.function(sizes.message_kernels().first_backward)?,
             pair_forces: gpu.function("pair_forces")?,
             pair_forces_and_second_half: gpu.function("pair_forces_and_second_half")?,
             pair_forces_kick_and_first_half: gpu.function("pair_forces_kick_and_first_half")?,
@@ -584,8 +586,13 @@ impl GpuPainn {
             }
             unsafe {
                 // Through the messages: ∂μ at the layer input → [0]; ∂x and the pair gradients.
+                let kernel = if t == 0 {
+                    &self.first_message_backward
+                } else {
+                    &self.message_backward
+                };
                 let launch = gpu
-                    .launch(&self.message_backward)
+                    .launch(kernel)
                     .arg(&positions.ptr)
                     .arg(&cell)
                     .arg(&nb)

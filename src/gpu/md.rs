@@ -290,6 +290,11 @@ impl GpuMd {
         self.painn.pair_record()
     }
 
+    /// Whether the first interaction's message kernels used μ = 0 (perf-notes v66).
+    pub fn first_layer(&self) -> bool {
+        self.painn.first_layer()
+    }
+
     /// Whether every dense block had an SM to itself (perf-notes v57).
     pub fn dense_alone(&self) -> bool {
         self.painn.dense_alone()

@@ -82,6 +82,11 @@ pub struct KernelSizes {
     /// again (kernels/message_mma.cu, `PairRecord`; perf-notes v65). Off by default until
     /// measured; MDRUN_PAIR_RECORD=1 turns it on where the message kernels use tensor cores.
     pub pair_record: bool,
+    /// The first interaction's tensor-core message kernels use its input μ = 0: no filter v
+    /// part, no reads of the neighbors' x_v and μ, and a backward that computes the pair
+    /// gradients only (perf-notes v66). Off by default until measured; MDRUN_FIRST_LAYER=1 turns
+    /// it on where the message kernels use tensor cores.
+    pub first_layer: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
@@ -175,6 +180,7 @@ impl KernelSizes {
             message_mma,
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
             pair_record: message_mma && env("MDRUN_PAIR_RECORD") == Some(1),
+            first_layer: message_mma && env("MDRUN_FIRST_LAYER") == Some(1),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             // Needs the device's SM count: Gpu::open decides.
@@ -203,6 +209,7 @@ impl KernelSizes {
         if cc.0 < 8 {
             self.message_mma = false;
             self.pair_record = false;
+            self.first_layer = false;
         }
         self
     }
@@ -220,26 +227,31 @@ impl KernelSizes {
         (lanes_per_channel * self.pair_split * self.features / self.channel_slices) as u32
     }
 
-    /// The message kernels' names (scalar or tensor-core filter products): the evaluation's
-    /// first, the later forward ones, and the backward ones. With the pair record the first
-    /// writes it and the others read it.
+    /// The message kernels' names (scalar or tensor-core filter products), the first
+    /// interaction's apart where they differ (kernels/message_mma.cu: with the pair record the
+    /// first forward kernel writes it; with `first_layer` both use μ = 0).
     pub fn message_kernels(&self) -> MessageKernels {
-        match (self.message_mma, self.pair_record) {
-            (true, true) => MessageKernels {
-                first_forward: "message_forward_mma_recording",
-                forward: "message_forward_mma_recorded",
-                backward: "message_backward_mma_recorded",
-            },
-            (true, false) => MessageKernels {
-                first_forward: "message_forward_mma",
-                forward: "message_forward_mma",
-                backward: "message_backward_mma",
-            },
-            (false, _) => MessageKernels {
+        if !self.message_mma {
+            return MessageKernels {
                 first_forward: "message_forward",
                 forward: "message_forward",
+                first_backward: "message_backward",
                 backward: "message_backward",
+            };
+        }
+        MessageKernels {
+            first_forward: if self.pair_record || self.first_layer {
+                "message_forward_mma_first"
+            } else {
+                "message_forward_mma"
             },
+            forward: "message_forward_mma",
+            first_backward: if self.first_layer {
+                "message_backward_mma_first"
+            } else {
+                "message_backward_mma"
+            },
+            backward: "message_backward_mma",
         }
     }
 
@@ -254,6 +266,7 @@ impl KernelSizes {
 pub struct MessageKernels {
     pub first_forward: &'static str,
     pub forward: &'static str,
+    pub first_backward: &'static str,
     pub backward: &'static str,
 }
 

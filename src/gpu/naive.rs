@@ -95,6 +95,11 @@ impl PainnKernels {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.pair_record)
     }
 
+    /// Whether the first interaction's message kernels use μ = 0 (perf-notes v66).
+    pub fn first_layer(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.first_layer)
+    }
+
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
     pub fn uses_neighbor_list(&self) -> bool {
         !matches!(self, PainnKernels::Cluster(_))

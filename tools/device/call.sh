@@ -13,7 +13,8 @@
 #     tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
-#   # optional: in-binary variants (VARIANTS, default "record:MDRUN_PAIR_RECORD=1"; "" for none):
+#   # optional: in-binary variants (VARIANTS, default the pair record, the first-layer kernels and
+#   # both: "record:MDRUN_PAIR_RECORD=1 first:MDRUN_FIRST_LAYER=1 both:...=1,...=1"; "" for none):
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
 #   # under ncu at benzene.
 # There (device tool, carry [".device"]), from the repository root:
@@ -62,7 +63,7 @@ git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
 # The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
 systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
 systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
-variants=${VARIANTS-record:MDRUN_PAIR_RECORD=1}
+variants=${VARIANTS-record:MDRUN_PAIR_RECORD=1 first:MDRUN_FIRST_LAYER=1 both:MDRUN_PAIR_RECORD=1,MDRUN_FIRST_LAYER=1}
 # The environment assignments of variant NAME (as `env` arguments).
 variant_env() {
   for v in $variants; do [ "${v%%:*}" = "$1" ] && echo "${v#*:}" | tr ',' ' '; done
