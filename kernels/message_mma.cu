@@ -252,6 +252,16 @@ __device__ __forceinline__ void store_row(u32* dst, const u32 (&words)[K_WORDS])
         *reinterpret_cast<uint4*>(dst + w) = make_uint4(words[w], words[w + 1], words[w + 2], words[w + 3]);
 }
 
+// 16 bytes from global to shared memory without passing through registers (cp.async, L2 only:
+// what another kernel wrote), and the waits for them: this thread's copies committed so far have
+// landed (visible to the block after the next barrier).
+__device__ __forceinline__ void copy_async_16(void* shared_dst, const void* global_src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((u32)__cvta_generic_to_shared(shared_dst)),
+                 "l"(global_src));
+}
+__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 // Pair k of the record (a flat index: atom · stride + position in the atom's row).
 __device__ __forceinline__ void write_record(const PairRecord& record, size_t k, int j, int position, float3 r,
                                              float d, float2 cut, const u32 (&hi)[K_WORDS], const u32 (&lo)[K_WORDS],
@@ -360,10 +370,7 @@ __device__ __forceinline__ int load_recorded_chunk(MmaChunk<CHUNK, BACKWARD>& g,
         const uint4* rows = record.basis + p * 4 * RECORD_ROW_VECTORS;
         auto copy_row = [&](u32* dst, int row) {
 #pragma unroll
-            for (int v = 0; v < RECORD_ROW_VECTORS; ++v)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                                 (u32)__cvta_generic_to_shared(dst + 4 * v)),
-                             "l"(rows + row * RECORD_ROW_VECTORS + v));
+            for (int v = 0; v < RECORD_ROW_VECTORS; ++v) copy_async_16(dst + 4 * v, rows + row * RECORD_ROW_VECTORS + v);
         };
         copy_row(g.phi_hi[t], 0);
         copy_row(g.phi_lo[t], 1);
@@ -372,7 +379,7 @@ __device__ __forceinline__ int load_recorded_chunk(MmaChunk<CHUNK, BACKWARD>& g,
             copy_row(g.dphi_lo[t], 3);
         }
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    commit_async_copies();
     if (start == 0) total = record.count[i];
     if (mine) {
         const int2 pair = record.pair[p];
@@ -381,7 +388,7 @@ __device__ __forceinline__ int load_recorded_chunk(MmaChunk<CHUNK, BACKWARD>& g,
         g.r[t] = BACKWARD && MMA_BACKWARD_DIVIDES ? record.r_d[p] : record.r_inv[p];
         g.cut[t] = record.cut[p];
     }
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    wait_async_copies();
     __syncthreads();
     const int left = total - start;
     return left < CHUNK ? left : CHUNK;
