@@ -41,7 +41,7 @@ struct EmuDim {
 // What a CUDA thread knows about itself, and how many cluster exchanges it has taken part in
 // (the index of the exchange a send or a read belongs to).
 struct EmuThread {
-    EmuDim thread_idx, block_idx, block_dim;
+    EmuDim thread_idx, block_idx, block_dim, grid_dim;
     unsigned rank = 0;
     long exchanges = 0;
     long cluster_generation = -1;  // the cluster barrier phase it arrived on (dense_kernel_start)
@@ -148,6 +148,8 @@ inline void emu_jitter() {
 #define threadIdx (::emu.thread_idx)
 #define blockIdx (::emu.block_idx)
 #define blockDim (::emu.block_dim)
+#define gridDim (::emu.grid_dim)
+#define __align__(n) alignas(n)
 
 struct float2 {
     float x, y;
@@ -310,3 +312,114 @@ inline void emu_check_reduced_read(const float* p, long exchange) {
 }
 
 inline long emu_current_exchange() { return emu.exchanges - 1; }
+
+// --- What the message kernels use besides (kernels/message_mma.cu and painn.cu's pair helpers) --
+
+#define __launch_bounds__(...)
+struct int2 {
+    int x, y;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+};
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int3 make_int3(int x, int y, int z) { return {x, y, z}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline float __int_as_float(int v) {
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+inline int __float_as_int(float v) {
+    int i;
+    memcpy(&i, &v, 4);
+    return i;
+}
+inline float __fdividef(float a, float b) { return a / b; }
+inline void sincospif(float x, float* s, float* c) {
+    const double a = M_PI * (double)x;
+    *s = (float)std::sin(a);
+    *c = (float)std::cos(a);
+}
+
+// A warp's vote: each lane publishes its predicate, the warp meets, each lane builds the mask.
+inline unsigned __ballot_sync(unsigned mask, bool predicate) {
+    if (mask != 0xffffffffu) emu_violation("ballot with a partial mask", mask, 0);
+    const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
+    float* lanes = E.warp_lanes[emu.rank][warp];
+    lanes[lane] = predicate ? 1.f : 0.f;
+    E.warp_barrier[emu.rank][warp].wait();
+    unsigned bits = 0;
+    for (unsigned l = 0; l < 32; ++l) bits |= (lanes[l] != 0.f ? 1u : 0u) << l;
+    E.warp_barrier[emu.rank][warp].wait();
+    return bits;
+}
+
+// Half precision (IEEE binary16, round to nearest even: cvt.rn.f16.f32) in the low or high 16
+// bits of a 32-bit register.
+inline unsigned emu_half_bits(float v) {
+    const _Float16 h = (_Float16)v;
+    unsigned short bits;
+    memcpy(&bits, &h, 2);
+    return bits;
+}
+inline float emu_half_value(unsigned bits) {
+    const unsigned short b = (unsigned short)bits;
+    _Float16 h;
+    memcpy(&h, &b, 2);
+    return (float)h;
+}
+// cvt.rn.f16x2.f32 d, hi, lo: hi in the upper half, lo in the lower.
+inline unsigned emu_half2(float lo, float hi) { return emu_half_bits(lo) | emu_half_bits(hi) << 16; }
+inline float2 emu_float2_of(unsigned h) { return {emu_half_value(h & 0xffffu), emu_half_value(h >> 16)}; }
+
+// mma.sync.aligned.m16n8k{16,8}.row.col.f32.f16.f16.f32, a warp-collective product: every lane
+// publishes its A and B fragment registers, the warp meets, each lane computes its four
+// accumulator elements from the whole tiles, the warp meets again before the slots are reused.
+// Fragment layout (PTX ISA, lane = 4g + t): A rows g and g + 8, columns 2t, 2t + 1 (registers 0,
+// 1) and 2t + 8, 2t + 9 (2, 3; k16 only); B column g, rows 2t, 2t + 1 (register 0) and 2t + 8,
+// 2t + 9 (1; k16 only); C rows g (0, 1) and g + 8 (2, 3), columns 2t, 2t + 1. Products of halves
+// are exact in f32; the emulation sums the k products in f64 and adds them to the accumulator
+// once (the tensor cores' internal order and width are not specified: equal to rounding).
+struct EmuMmaSlots {
+    unsigned a[32][4], b[32][2];
+};
+inline EmuMmaSlots emu_mma_slots[EMU_MAX_BLOCKS][EMU_MAX_WARPS];
+
+template <int K>
+inline void emu_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
+    EmuMmaSlots& s = emu_mma_slots[emu.rank][warp];
+    for (int r = 0; r < 4; ++r) s.a[lane][r] = a[r];
+    for (int r = 0; r < 2; ++r) s.b[lane][r] = b[r];
+    E.warp_barrier[emu.rank][warp].wait();
+    auto a_at = [&](int row, int k) {  // A[row][k]
+        const int g = row % 8, t = (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        const unsigned word = s.a[4 * g + t][reg];
+        return emu_half_value(k % 2 ? word >> 16 : word & 0xffffu);
+    };
+    auto b_at = [&](int k, int col) {  // B[k][col]
+        const int t = (k % 8) / 2, reg = k >= 8 ? 1 : 0;
+        const unsigned word = s.b[4 * col + t][reg];
+        return emu_half_value(k % 2 ? word >> 16 : word & 0xffffu);
+    };
+    const int g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + e % 2;
+        double sum = 0.0;
+        for (int k = 0; k < K; ++k) sum += (double)a_at(row, k) * (double)b_at(k, col);
+        out[e] = (float)((double)c[e] + sum);
+    }
+    E.warp_barrier[emu.rank][warp].wait();
+    for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
+inline void emu_mma_k16(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    const unsigned a[4] = {a0, a1, a2, a3}, b[2] = {b0, b1};
+    emu_mma<16>(c, a, b);
+}
+inline void emu_mma_k8(float (&c)[4], unsigned a0, unsigned a1, unsigned b0) {
+    const unsigned a[4] = {a0, a1, 0u, 0u}, b[2] = {b0, 0u};
+    emu_mma<8>(c, a, b);
+}
