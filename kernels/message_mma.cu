@@ -229,7 +229,10 @@ struct PairRecord {
     float4* r_inv;  // (r (Å), 1/d (Å⁻¹)): what the forward kernel keeps
     float4* r_d;    // (r (Å), d (Å)): what the backward kernel keeps when it divides
     float2* cut;    // cosine cutoff and its derivative in d (Å⁻¹)
-    uint4* basis;   // per pair 4 rows of K_WORDS words: Φ hi, Φ lo, ∂Φ/∂d hi, ∂Φ/∂d lo
+    // Φ hi, Φ lo, ∂Φ/∂d hi, ∂Φ/∂d lo: 4 rows of K_WORDS words a pair, as 16-byte vectors v of
+    // row w of atom i's pair k at ((i · 4 + w) · RECORD_ROW_VECTORS + v) · stride + k, so that a
+    // warp's copies of one vector of consecutive pairs are consecutive (coalesced).
+    uint4* basis;
     int stride;
 };
 
@@ -262,20 +265,21 @@ __device__ __forceinline__ void copy_async_16(void* shared_dst, const void* glob
 __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// Pair k of the record (a flat index: atom · stride + position in the atom's row).
-__device__ __forceinline__ void write_record(const PairRecord& record, size_t k, int j, int position, float3 r,
+// Pair k of atom i's record row.
+__device__ __forceinline__ void write_record(const PairRecord& record, int i, int k, int j, int position, float3 r,
                                              float d, float2 cut, const u32 (&hi)[K_WORDS], const u32 (&lo)[K_WORDS],
                                              const u32 (&dhi)[K_WORDS], const u32 (&dlo)[K_WORDS]) {
-    record.pair[k] = make_int2(j, position);
+    const size_t at = (size_t)i * record.stride + k;
+    record.pair[at] = make_int2(j, position);
     // 1/d as ChunkPairs::store computes it, so that the recorded kernels see the same bits.
-    record.r_inv[k] = make_float4(r.x, r.y, r.z, 1.0f / d);
-    record.r_d[k] = make_float4(r.x, r.y, r.z, d);
-    record.cut[k] = cut;
-    uint4* rows = record.basis + k * 4 * RECORD_ROW_VECTORS;
+    record.r_inv[at] = make_float4(r.x, r.y, r.z, 1.0f / d);
+    record.r_d[at] = make_float4(r.x, r.y, r.z, d);
+    record.cut[at] = cut;
+    uint4* rows = record.basis + (size_t)i * 4 * RECORD_ROW_VECTORS * record.stride + k;
     auto row = [&](int which, const u32(&words)[K_WORDS]) {
 #pragma unroll
         for (int v = 0; v < RECORD_ROW_VECTORS; ++v)
-            rows[which * RECORD_ROW_VECTORS + v] =
+            rows[(size_t)(which * RECORD_ROW_VECTORS + v) * record.stride] =
                 make_uint4(words[4 * v], words[4 * v + 1], words[4 * v + 2], words[4 * v + 3]);
     };
     row(0, hi);
@@ -322,8 +326,8 @@ __device__ __forceinline__ int load_mma_chunk(MmaChunk<CHUNK, BACKWARD>& g, cons
         }
         if constexpr (RECORD)
             if (writes)
-                write_record(record, (size_t)i * record.stride + recorded + k, j, chunk - i * nb.capacity + slot, r, d,
-                             g.cut[k], hi, lo, dhi, dlo);
+                write_record(record, i, recorded + k, j, chunk - i * nb.capacity + slot, r, d, g.cut[k], hi, lo, dhi,
+                             dlo);
     };
     // A padding row: the receiving atom itself at zero cutoff weight, Φ = 0 (finite everywhere).
     auto pad = [&](int k) {
@@ -348,8 +352,8 @@ __device__ __forceinline__ void finish_record(const PairRecord& record, int i, i
     const int padded = (recorded + 7) / 8 * 8;
     for (int k = recorded + threadIdx.x; k < padded; k += blockDim.x) {
         const u32 zero[K_WORDS] = {};
-        write_record(record, (size_t)i * record.stride + k, i, 0, make_float3(0.f, 0.f, 0.f), 1.f,
-                     make_float2(0.f, 0.f), zero, zero, zero, zero);
+        write_record(record, i, k, i, 0, make_float3(0.f, 0.f, 0.f), 1.f, make_float2(0.f, 0.f), zero, zero, zero,
+                     zero);
     }
     if (threadIdx.x == 0) record.count[i] = recorded;
 }
@@ -367,10 +371,11 @@ __device__ __forceinline__ int load_recorded_chunk(MmaChunk<CHUNK, BACKWARD>& g,
     const size_t p = (size_t)i * record.stride + start + t;
     const bool mine = t < CHUNK && start + t < record.stride;
     if (mine) {
-        const uint4* rows = record.basis + p * 4 * RECORD_ROW_VECTORS;
+        const uint4* rows = record.basis + (size_t)i * 4 * RECORD_ROW_VECTORS * record.stride + start + t;
         auto copy_row = [&](u32* dst, int row) {
 #pragma unroll
-            for (int v = 0; v < RECORD_ROW_VECTORS; ++v) copy_async_16(dst + 4 * v, rows + row * RECORD_ROW_VECTORS + v);
+            for (int v = 0; v < RECORD_ROW_VECTORS; ++v)
+                copy_async_16(dst + 4 * v, rows + (size_t)(row * RECORD_ROW_VECTORS + v) * record.stride);
         };
         copy_row(g.phi_hi[t], 0);
         copy_row(g.phi_lo[t], 1);

@@ -248,6 +248,9 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
     let molecule = system_of(&numbers, positions, None);
     let sheared = Cell::new([[9.0, 0.0, 0.0], [1.5, 8.5, 0.0], [-1.0, 1.2, 8.8]]).unwrap();
     let periodic = random_periodic_system(48, sheared, 99);
+    // 64–127 atoms: the tensor-core kernels' middle band (2 warp groups a pair loop, 4 slices).
+    let middle_cell = Cell::new([[10.5, 0.0, 0.0], [1.0, 10.0, 0.0], [-0.8, 0.6, 10.2]]).unwrap();
+    let middle = random_periodic_system(90, middle_cell, 104);
     let waterbox = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
     let mut wide = full_config();
     wide.cutoff = 6.0;
@@ -262,6 +265,7 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
     for (model, system, what, one_chunk) in [
         (&random, &molecule, "random molecule, 12 atoms", true),
         (&random, &periodic, "random sheared cell, 48 atoms", true),
+        (&random, &middle, "random sheared cell, 64–127 atoms", true),
         (&random, &waterbox, "water box, 192 atoms", true),
         (&wide, &dense, "dense sheared cell, 6 Å cutoff", false),
     ] {
@@ -310,10 +314,12 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
     }
 }
 
-// Over an MD run whose neighbor rows are rebuilt (a 0.05 Å skin) and grown from a capacity of 8
-// (the record is reallocated with them), in graphs of 8 steps: with the pair record the
-// trajectory is the default kernels' bit for bit (the water box's rows fit one chunk); with the
-// first-layer kernels as well it stays within 1e-4 Å over the 62 steps.
+// Over an MD run whose neighbor rows are rebuilt (a 0.05 Å skin) and outgrow their capacity
+// inside a graph of 8 steps (cut to 40 entries after the first 5 steps, below the ~69 candidates
+// of the longest row: the steps are redone with grown rows, the record reallocated with them and
+// the graphs captured again): with the pair record the trajectory is the default kernels' bit for
+// bit (the water box's rows fit one chunk); with the first-layer kernels as well it stays within
+// 1e-4 Å over the 62 steps.
 #[test]
 #[ignore = "needs a CUDA device"]
 fn md_with_the_message_kernel_variants_follows_the_default_kernels() {
@@ -324,13 +330,18 @@ fn md_with_the_message_kernel_variants_follows_the_default_kernels() {
     let velocities = maxwell_boltzmann(&system.masses, 300.0, integrator.degrees_of_freedom(system.len()), 103);
     let runs = for_message_variants(|(record, first)| {
         let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 0.05, GpuOptions::default()).unwrap();
-        assert_eq!((md.gpu.sizes.pair_record, md.gpu.sizes.first_layer), (record, first));
-        md.set_neighbor_capacity(8).unwrap();
         md.initialize().unwrap();
-        for chunk in [5, 20, 37] {
+        assert_eq!((md.pair_record(), md.first_layer()), (record, first));
+        md.advance(5).unwrap();
+        md.set_neighbor_capacity(40).unwrap();
+        let grown = md.neighbor_growths();
+        for chunk in [20, 37] {
             md.advance(chunk).unwrap();
         }
-        assert!(md.neighbor_growths() > 0, "the rows grew");
+        assert!(
+            md.neighbor_growths() > grown,
+            "the rows outgrew 40 entries inside the run"
+        );
         md.snapshot().unwrap()
     });
     let default = &runs[0];

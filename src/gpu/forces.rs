@@ -270,7 +270,7 @@ struct PairRecord {
 impl PairRecord {
     /// For `n_atoms` rows of `pair_capacity` neighbors, where `sizes` asks for one.
     fn new(gpu: &Gpu, sizes: &KernelSizes, n_atoms: usize, pair_capacity: usize) -> Result<Option<PairRecord>> {
-        if !sizes.pair_record {
+        if !(sizes.pair_record && sizes.message_mma) {
             return Ok(None);
         }
         let stride = pair_capacity.max(1).next_multiple_of(8);

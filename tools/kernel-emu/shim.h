@@ -47,6 +47,9 @@ struct EmuThread {
     long cluster_generation = -1;  // the cluster barrier phase it arrived on (dense_kernel_start)
     bool cluster_ready = false;    // it has waited for that phase (cluster_ready): it may send
     unsigned rng = 1;
+    // Warp-collective operations (shuffles, votes, mma) it has taken part in: every lane of a
+    // warp runs the same sequence, so the parity picks the same of two slot sets in all of them.
+    unsigned long collectives = 0;
 };
 inline thread_local EmuThread emu;
 
@@ -62,7 +65,7 @@ struct EmuBarrier {
     std::mutex m;
     std::condition_variable cv;
     int expected = 0, arrived = 0;
-    long generation = 0;
+    std::atomic<long> generation{0};
     // Arrives; returns the phase, for wait_past.
     long arrive() {
         std::lock_guard<std::mutex> lock(m);
@@ -75,6 +78,12 @@ struct EmuBarrier {
         return g;
     }
     void wait_past(long g) {
+        // Yield a while before sleeping: with far more threads than cores the others usually
+        // arrive within a few time slices, and each sleep and wake-up is a system call.
+        for (int spin = 0; spin < 64; ++spin) {
+            if (generation.load() != g) return;
+            sched_yield();
+        }
         std::unique_lock<std::mutex> lock(m);
         if (!cv.wait_for(lock, EMU_HANG_TIMEOUT, [&] { return generation != g; }))
             emu_fatal("barrier never completed (a thread skipped it: hang on the GPU)");
@@ -103,7 +112,10 @@ struct EmuTransactionBarrier {
 struct EmuCluster {
     EmuBarrier block_barrier[EMU_MAX_BLOCKS];
     EmuBarrier warp_barrier[EMU_MAX_BLOCKS][EMU_MAX_WARPS];
-    float warp_lanes[EMU_MAX_BLOCKS][EMU_MAX_WARPS][32];
+    // Two sets, alternated by each warp's collective count: a lane writes set p, the warp meets,
+    // each lane reads; a lane can only write set p again two collectives later, past the next
+    // meeting, which every lane reaches after its read. One meeting per collective, not two.
+    float warp_lanes[2][EMU_MAX_BLOCKS][EMU_MAX_WARPS][32];
     EmuBarrier cluster_barrier;
     EmuTransactionBarrier matvec_barrier[EMU_MAX_BLOCKS][2];
     // Each block's reduce_buffer (the exchanges' destination) and, per float of it, the exchange
@@ -193,17 +205,14 @@ inline void __syncthreads() {
 }
 
 // Shuffles of a whole warp (every kernel shuffles with the full mask): each lane publishes its
-// value, the warp meets, each reads its partner's, the warp meets again before the slots are
-// reused.
+// value, the warp meets, each reads its partner's (EmuCluster::warp_lanes: why one meeting does).
 inline float emu_shuffle(unsigned mask, float v, unsigned source_lane) {
     if (mask != 0xffffffffu) emu_violation("shuffle with a partial mask", mask, 0);
     const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
-    float* lanes = E.warp_lanes[emu.rank][warp];
+    float* lanes = E.warp_lanes[emu.collectives++ & 1][emu.rank][warp];
     lanes[lane] = v;
     E.warp_barrier[emu.rank][warp].wait();
-    const float r = lanes[source_lane];
-    E.warp_barrier[emu.rank][warp].wait();
-    return r;
+    return lanes[source_lane];
 }
 inline float __shfl_down_sync(unsigned mask, float v, int offset) {
     const unsigned lane = emu.thread_idx.x % 32;
@@ -347,12 +356,11 @@ inline void sincospif(float x, float* s, float* c) {
 inline unsigned __ballot_sync(unsigned mask, bool predicate) {
     if (mask != 0xffffffffu) emu_violation("ballot with a partial mask", mask, 0);
     const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
-    float* lanes = E.warp_lanes[emu.rank][warp];
+    float* lanes = E.warp_lanes[emu.collectives++ & 1][emu.rank][warp];
     lanes[lane] = predicate ? 1.f : 0.f;
     E.warp_barrier[emu.rank][warp].wait();
     unsigned bits = 0;
     for (unsigned l = 0; l < 32; ++l) bits |= (lanes[l] != 0.f ? 1u : 0u) << l;
-    E.warp_barrier[emu.rank][warp].wait();
     return bits;
 }
 
@@ -381,16 +389,17 @@ inline float2 emu_float2_of(unsigned h) { return {emu_half_value(h & 0xffffu), e
 // 1) and 2t + 8, 2t + 9 (2, 3; k16 only); B column g, rows 2t, 2t + 1 (register 0) and 2t + 8,
 // 2t + 9 (1; k16 only); C rows g (0, 1) and g + 8 (2, 3), columns 2t, 2t + 1. Products of halves
 // are exact in f32; the emulation sums the k products in f64 and adds them to the accumulator
-// once (the tensor cores' internal order and width are not specified: equal to rounding).
+// once (the tensor cores' internal order and width are not specified: equal to rounding). The
+// slots alternate like warp_lanes (one meeting per product).
 struct EmuMmaSlots {
     unsigned a[32][4], b[32][2];
 };
-inline EmuMmaSlots emu_mma_slots[EMU_MAX_BLOCKS][EMU_MAX_WARPS];
+inline EmuMmaSlots emu_mma_slots[2][EMU_MAX_BLOCKS][EMU_MAX_WARPS];
 
 template <int K>
 inline void emu_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
-    EmuMmaSlots& s = emu_mma_slots[emu.rank][warp];
+    EmuMmaSlots& s = emu_mma_slots[emu.collectives++ & 1][emu.rank][warp];
     for (int r = 0; r < 4; ++r) s.a[lane][r] = a[r];
     for (int r = 0; r < 2; ++r) s.b[lane][r] = b[r];
     E.warp_barrier[emu.rank][warp].wait();
@@ -412,7 +421,6 @@ inline void emu_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2
         for (int k = 0; k < K; ++k) sum += (double)a_at(row, k) * (double)b_at(k, col);
         out[e] = (float)((double)c[e] + sum);
     }
-    E.warp_barrier[emu.rank][warp].wait();
     for (int e = 0; e < 4; ++e) c[e] = out[e];
 }
 inline void emu_mma_k16(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
