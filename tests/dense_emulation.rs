@@ -6,9 +6,11 @@
 //! MDRUN_REQUIRE_EMULATION=1 (`.ci/run`), which turns a missing compiler into a failure instead
 //! of a skip.
 
+mod emulation;
+
+use emulation::{compiler_or_skip, one_per_core, report};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::Command;
 
 /// One build of the harness: the kernels' compile-time sizes, and whether ThreadSanitizer
 /// watches it (it reports any shared-memory access that no barrier orders against another
@@ -69,22 +71,6 @@ const LAYOUTS: [Layout; 8] = [
     layout(64, 2, 8, false),
 ];
 
-fn runs(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// $CXX, else the first of g++, c++, clang++ that runs.
-fn cxx() -> Option<String> {
-    let from_env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
-    from_env
-        .into_iter()
-        .chain(["g++", "c++", "clang++"].map(String::from))
-        .find(|c| runs(c))
-}
-
 /// Whether programs built with -fsanitize=thread run here: its runtime may be missing, or refuse
 /// the address-space layout of some kernels (strong mmap randomisation).
 fn thread_sanitizer_runs(cxx: &str, dir: &Path) -> bool {
@@ -103,15 +89,6 @@ fn thread_sanitizer_runs(cxx: &str, dir: &Path) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     built && Command::new(&binary).output().is_ok_and(|o| o.status.success())
-}
-
-fn report(what: &str, output: &Output) -> String {
-    format!(
-        "{what}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Builds and runs the harness for one layout; Err with its output when either fails.
@@ -161,15 +138,7 @@ fn build_and_run(
 
 #[test]
 fn dense_kernels_match_the_f64_reference_in_emulation() {
-    let required = std::env::var_os("MDRUN_REQUIRE_EMULATION").is_some();
-    let (Some(cxx), true) = (cxx(), runs("python3")) else {
-        assert!(
-            !required,
-            "MDRUN_REQUIRE_EMULATION is set but no C++ compiler ($CXX, g++, c++, clang++) or no python3 runs"
-        );
-        eprintln!(
-            "no C++ compiler or python3: dense kernel emulation skipped (set MDRUN_REQUIRE_EMULATION=1 to require it)"
-        );
+    let Some(cxx) = compiler_or_skip("dense kernel emulation") else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -195,29 +164,11 @@ fn dense_kernels_match_the_f64_reference_in_emulation() {
         .collect();
 
     // Layouts in parallel, one per core: each is a compile and then a run of many OS threads.
-    let next = Mutex::new(0usize);
-    let results = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(layouts.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let index = {
-                    let mut next = next.lock().unwrap();
-                    *next += 1;
-                    *next - 1
-                };
-                let Some(&layout) = layouts.get(index) else { break };
-                let result = build_and_run(&cxx, root, &dense, &dir, layout, index + 1);
-                results.lock().unwrap().push((index, result));
-            });
-        }
+    let results = one_per_core(&layouts, |index, &layout| {
+        build_and_run(&cxx, root, &dense, &dir, layout, index + 1)
     });
-    let mut results = results.into_inner().unwrap();
-    results.sort_by_key(|(index, _)| *index);
     let mut failures = Vec::new();
-    for (_, result) in results {
+    for result in results {
         match result {
             Ok(output) => print!("{output}"),
             Err(failure) => failures.push(failure),

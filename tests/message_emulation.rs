@@ -9,10 +9,12 @@
 //! chunks and the readers' recorded ones, each must match the reference. About two minutes on two
 //! cores. Needs a C++20 compiler and python3, no GPU; CI sets MDRUN_REQUIRE_EMULATION=1.
 
+mod emulation;
+
+use emulation::{compiler_or_skip, one_per_core, report};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::Command;
 
 /// A launch shape of the tensor-core message kernels (KernelSizes::for_system's bands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -115,31 +117,6 @@ fn plan() -> Vec<(Build, Vec<&'static System>)> {
     ]
 }
 
-fn runs(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// $CXX, else the first of g++, c++, clang++ that runs.
-fn cxx() -> Option<String> {
-    let from_env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
-    from_env
-        .into_iter()
-        .chain(["g++", "c++", "clang++"].map(String::from))
-        .find(|c| runs(c))
-}
-
-fn report(what: &str, output: &Output) -> String {
-    format!(
-        "{what}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The student's sizes (F = 128, K = 20) at `b`'s shape and variant, as src/gpu/compile.rs
 /// passes them.
 fn defines(b: &Build) -> Vec<String> {
@@ -237,13 +214,7 @@ fn hashes(output: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn message_kernels_match_the_f64_reference_in_emulation() {
-    let required = std::env::var_os("MDRUN_REQUIRE_EMULATION").is_some();
-    let (Some(cxx), true) = (cxx(), runs("python3")) else {
-        assert!(
-            !required,
-            "MDRUN_REQUIRE_EMULATION is set but no C++ compiler ($CXX, g++, c++, clang++) or no python3 runs"
-        );
-        eprintln!("no C++ compiler or python3: message kernel emulation skipped (set MDRUN_REQUIRE_EMULATION=1 to require it)");
+    let Some(cxx) = compiler_or_skip("message kernel emulation") else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -261,32 +232,13 @@ fn message_kernels_match_the_f64_reference_in_emulation() {
     assert!(extract.status.success(), "{}", report("extract_message.py", &extract));
 
     let plan = plan();
-    let next = Mutex::new(0usize);
-    let results = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(plan.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let index = {
-                    let mut next = next.lock().unwrap();
-                    *next += 1;
-                    *next - 1
-                };
-                let Some((b, systems)) = plan.get(index) else { break };
-                let result = build_and_run(&cxx, root, &inc, &dir, *b, systems);
-                results.lock().unwrap().push((index, result));
-            });
-        }
+    let results = one_per_core(&plan, |_, (b, systems)| {
+        build_and_run(&cxx, root, &inc, &dir, *b, systems)
     });
-    let mut results = results.into_inner().unwrap();
-    results.sort_by_key(|(index, _)| *index);
     let mut failures = Vec::new();
     // (build, system name) → the arrays' hashes, for the comparisons between variants.
     let mut outputs: BTreeMap<(Build, &str), BTreeMap<String, String>> = BTreeMap::new();
-    for (index, result) in results {
-        let (b, systems) = &plan[index];
+    for ((b, systems), result) in plan.iter().zip(results) {
         match result {
             Ok(runs) => {
                 for (system, output) in systems.iter().zip(runs) {

@@ -12,6 +12,8 @@ rather than emulate something else than the GPU runs.
 import re
 import sys
 
+import source_cut
+
 # The CLUSTER > 1 exchange primitives as shim.h emulates them: the same names and signatures.
 EXCHANGE_EMULATION = """#if CLUSTER > 1
 #define DENSE_KERNEL void
@@ -72,19 +74,6 @@ def common(source):
     return text
 
 
-def through_body(text, start, what):
-    """Index just past the closing brace of the first braced body at or after `start`."""
-    open_at = text.find("{", start)
-    if open_at < 0:
-        fail(f"no body for {what}")
-    depth = 0
-    for i in range(open_at, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return i + 1
-    fail(f"unbalanced braces in {what}")
-
-
 def find_once(text, needle):
     if text.count(needle) != 1:
         fail(f"expected exactly one {needle!r} in painn.cu")
@@ -95,9 +84,9 @@ def painn(source):
     # The context network and embed, then everything from the mixing weights through
     # mixing_backward: the per-atom (dense) kernels and their helpers, no message kernels.
     first = find_once(source, "struct ContextBias {")
-    first_end = through_body(source, find_once(source, "DENSE_KERNEL embed("), "embed")
+    first_end = source_cut.through_body(source, find_once(source, "DENSE_KERNEL embed("), "embed", fail)
     second = find_once(source, "struct MixingWeights {")
-    second_end = through_body(source, find_once(source, "DENSE_KERNEL mixing_backward("), "mixing_backward")
+    second_end = source_cut.through_body(source, find_once(source, "DENSE_KERNEL mixing_backward("), "mixing_backward", fail)
     if not first_end < second:
         fail("embed is expected before the mixing kernels")
     return source[first:first_end] + "\n\n" + source[second:second_end] + "\n"

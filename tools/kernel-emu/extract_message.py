@@ -16,6 +16,8 @@ GPU runs.
 import re
 import sys
 
+import source_cut
+
 # The device functions whose bodies are inline assembly, as shim.h emulates them.
 EMULATED = {
     "half2_of": "__device__ __forceinline__ u32 half2_of(float lo, float hi) { return ::emu_half2(lo, hi); }",
@@ -36,19 +38,6 @@ def fail(message):
     sys.exit(f"extract_message.py: {message} (tools/kernel-emu needs updating to the kernel source)")
 
 
-def through_body(text, start, what):
-    """Index just past the closing brace of the first braced body at or after `start`."""
-    open_at = text.find("{", start)
-    if open_at < 0:
-        fail(f"no body for {what}")
-    depth = 0
-    for i in range(open_at, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return i + 1
-    fail(f"unbalanced braces in {what}")
-
-
 def message_mma(source):
     if source.count(ARCH_GUARD) != 1:
         fail(f"expected the file's guard {ARCH_GUARD!r}")
@@ -57,7 +46,7 @@ def message_mma(source):
         found = [m.start() for m in re.finditer(r"__device__ __forceinline__ \w+ " + name + r"\(", text)]
         if len(found) != 1:
             fail(f"expected one definition of {name}, found {len(found)}")
-        end = through_body(text, found[0], name)
+        end = source_cut.through_body(text, found[0], name, fail)
         text = text[: found[0]] + emulation + text[end:]
     # Every asm statement left would be one the emulation does not know.
     if re.search(r"\basm\b", text):

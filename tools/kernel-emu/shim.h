@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -185,11 +186,7 @@ inline double3 make_double3(double x, double y, double z) { return {x, y, z}; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline float __expf(float x) { return expf(x); }
-inline unsigned __float_as_uint(float v) {
-    unsigned u;
-    memcpy(&u, &v, 4);
-    return u;
-}
+inline unsigned __float_as_uint(float v) { return std::bit_cast<unsigned>(v); }
 // KERNEL_CHECKS makes one block of a cluster linger after each exchange (microseconds on the
 // GPU). Emulated threads are far slower, so the linger is stretched 250 times (ns / 4 µs) to stay
 // long against the other blocks' work.
@@ -204,15 +201,19 @@ inline void __syncthreads() {
     E.block_barrier[emu.rank].wait();
 }
 
-// Shuffles of a whole warp (every kernel shuffles with the full mask): each lane publishes its
-// value, the warp meets, each reads its partner's (EmuCluster::warp_lanes: why one meeting does).
-inline float emu_shuffle(unsigned mask, float v, unsigned source_lane) {
-    if (mask != 0xffffffffu) emu_violation("shuffle with a partial mask", mask, 0);
+// A warp-wide exchange (every kernel uses the full mask): each lane publishes its value, the warp
+// meets, and each may then read every lane's (EmuCluster::warp_lanes: why one meeting does).
+inline const float* emu_warp_exchange(unsigned mask, float v, const char* what) {
+    if (mask != 0xffffffffu) emu_violation(what, mask, 0);
     const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
     float* lanes = E.warp_lanes[emu.collectives++ & 1][emu.rank][warp];
     lanes[lane] = v;
     E.warp_barrier[emu.rank][warp].wait();
-    return lanes[source_lane];
+    return lanes;
+}
+
+inline float emu_shuffle(unsigned mask, float v, unsigned source_lane) {
+    return emu_warp_exchange(mask, v, "shuffle with a partial mask")[source_lane];
 }
 inline float __shfl_down_sync(unsigned mask, float v, int offset) {
     const unsigned lane = emu.thread_idx.x % 32;
@@ -335,16 +336,8 @@ inline int2 make_int2(int x, int y) { return {x, y}; }
 inline int3 make_int3(int x, int y, int z) { return {x, y, z}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
-inline float __int_as_float(int v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-inline int __float_as_int(float v) {
-    int i;
-    memcpy(&i, &v, 4);
-    return i;
-}
+inline float __int_as_float(int v) { return std::bit_cast<float>(v); }
+inline int __float_as_int(float v) { return std::bit_cast<int>(v); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline void sincospif(float x, float* s, float* c) {
     const double a = M_PI * (double)x;
@@ -354,11 +347,7 @@ inline void sincospif(float x, float* s, float* c) {
 
 // A warp's vote: each lane publishes its predicate, the warp meets, each lane builds the mask.
 inline unsigned __ballot_sync(unsigned mask, bool predicate) {
-    if (mask != 0xffffffffu) emu_violation("ballot with a partial mask", mask, 0);
-    const unsigned warp = emu.thread_idx.x / 32, lane = emu.thread_idx.x % 32;
-    float* lanes = E.warp_lanes[emu.collectives++ & 1][emu.rank][warp];
-    lanes[lane] = predicate ? 1.f : 0.f;
-    E.warp_barrier[emu.rank][warp].wait();
+    const float* lanes = emu_warp_exchange(mask, predicate ? 1.f : 0.f, "ballot with a partial mask");
     unsigned bits = 0;
     for (unsigned l = 0; l < 32; ++l) bits |= (lanes[l] != 0.f ? 1u : 0u) << l;
     return bits;
