@@ -1,7 +1,8 @@
-//! The tensor-core message kernels (kernels/message_mma.cu) from their CUDA source, emulated on
-//! the CPU by tools/kernel-emu (message_harness.cpp: warp-collective mma.sync, shuffles and votes
-//! on OS threads), against an f64 reference of the message passing and its backward, at the
-//! tensor-core kernels' three launch shapes and with each variant the host can build: the pair
+//! The message kernels from their CUDA source, emulated on the CPU by tools/kernel-emu
+//! (message_harness.cpp: warp-collective mma.sync, shuffles and votes on OS threads), against an
+//! f64 reference of the message passing and its backward: the scalar kernels (painn.cu) at two of
+//! their launch shapes, and the tensor-core ones (message_mma.cu) at their three launch shapes
+//! with each variant the host can build: the pair
 //! record (perf-notes v65), the first interaction's kernels with μ = 0 (v66), both, and the
 //! backward reading 1/d. Where every row fits one chunk a variant must give the default kernels'
 //! bits (the record copies the very tiles the computing kernels build; the first-layer kernels
@@ -16,9 +17,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A launch shape of the tensor-core message kernels (KernelSizes::for_system's bands).
+/// A launch shape of the message kernels (KernelSizes::for_system's bands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Shape {
+    /// Scalar filter products, below 128 atoms: 4 threads a channel, 4 slices.
+    ScalarSmall,
+    /// Scalar, 128–511 atoms: 2 threads a channel, 2 slices.
+    ScalarLarge,
     /// Below 64 atoms: 4 warp groups share an atom's pair tiles, 4 blocks (channel slices) per atom.
     Small,
     /// 64–127 atoms: 2 warp groups, 4 slices.
@@ -28,12 +33,14 @@ enum Shape {
 }
 
 impl Shape {
-    /// (MMA_PAIR_SPLIT, CHANNEL_SLICES)
-    fn sizes(self) -> (usize, usize) {
+    /// (PAIR_SPLIT, CHANNEL_SLICES, MMA_PAIR_SPLIT: 0 builds no tensor-core kernels)
+    fn sizes(self) -> (usize, usize, usize) {
         match self {
-            Shape::Small => (4, 4),
-            Shape::Middle => (2, 4),
-            Shape::Large => (1, 2),
+            Shape::ScalarSmall => (4, 4, 0),
+            Shape::ScalarLarge => (2, 2, 0),
+            Shape::Small => (4, 4, 4),
+            Shape::Middle => (2, 4, 2),
+            Shape::Large => (1, 2, 1),
         }
     }
 }
@@ -114,13 +121,18 @@ fn plan() -> Vec<(Build, Vec<&'static System>)> {
         (build(Shape::Small, true, true, true), small()),
         (build(Shape::Middle, false, false, true), vec![&IMAGES]),
         (build(Shape::Middle, true, true, true), vec![&IMAGES]),
+        (
+            build(Shape::ScalarSmall, false, false, true),
+            vec![&MOLECULE, &IMAGES, &DENSE],
+        ),
+        (build(Shape::ScalarLarge, false, false, true), vec![&IMAGES]),
     ]
 }
 
 /// The student's sizes (F = 128, K = 20) at `b`'s shape and variant, as src/gpu/compile.rs
 /// passes them.
 fn defines(b: &Build) -> Vec<String> {
-    let (mma_split, slices) = b.shape.sizes();
+    let (pair_split, slices, mma_split) = b.shape.sizes();
     [
         ("NF", 128),
         ("NK", 20),
@@ -128,7 +140,7 @@ fn defines(b: &Build) -> Vec<String> {
         ("SPLIT", 4),
         ("TILE", 1),
         ("CLUSTER", 1),
-        ("PAIR_SPLIT", mma_split),
+        ("PAIR_SPLIT", pair_split),
         ("CHANNEL_SLICES", slices),
         ("MMA_PAIR_SPLIT", mma_split),
         ("MMA_BACKWARD_DIVIDES", usize::from(b.divides)),
@@ -243,7 +255,7 @@ fn message_kernels_match_the_f64_reference_in_emulation() {
             Ok(runs) => {
                 for (system, output) in systems.iter().zip(runs) {
                     print!("{}, {}:\n{output}", b.name(), system.name);
-                    // One chunk is 128 candidates in these shapes (message_mma.cu, mma_chunk).
+                    // One chunk is 128 candidates in every shape here (mma_chunk, message_chunk).
                     let (inside, candidates) = rows(&output);
                     if system.one_chunk {
                         assert!(candidates <= 128, "{}: {candidates} candidates in a row", system.name);

@@ -1,5 +1,6 @@
-// The tensor-core message kernels (kernels/message_mma.cu) on the CPU, from their source
-// (extract_message.py), against an f64 reference of the message passing and its backward.
+// The message kernels on the CPU, from their source (extract_message.py), against an f64
+// reference of the message passing and its backward: the tensor-core ones (kernels/message_mma.cu)
+// or, built with MMA_PAIR_SPLIT=0, the scalar ones (painn.cu's message_forward, message_backward).
 // One build is one kernel shape and variant (-D sizes as src/gpu/compile.rs passes them, with
 // PAIR_RECORD and FIRST_LAYER); one run is one random system. It runs what an evaluation runs of
 // two interactions: the first's forward (which clears the pair gradients and, with the record,
@@ -30,6 +31,9 @@
 
 #ifndef PAIR_RECORD
 #error "PAIR_RECORD must be defined (0 or 1)"
+#endif
+#if MMA_PAIR_SPLIT == 0 && (PAIR_RECORD || FIRST_LAYER)
+#error "the pair record and the first-layer kernels are tensor-core variants"
 #endif
 
 // Linker-provided bounds of every __shared__ array (shim.h puts them in one section).
@@ -374,6 +378,7 @@ int main(int argc, char** argv) {
         f.cutoff_slope = -0.5f * (float)M_PI / net.cutoff;
         return f;
     };
+#if MMA_PAIR_SPLIT > 0
     // The fragments, packed by the kernel the host runs once per system.
     const int groups = F / 16;
     std::vector<std::vector<uint4>> fragments(2, std::vector<uint4>((size_t)groups * FRAGMENT_VECTORS * 32));
@@ -383,6 +388,15 @@ int main(int argc, char** argv) {
         launch(groups, 32, [=] { message_mma_pack(f, out); });
     }
     const Filter filter[2] = {filter_of(0, fragments[0].data()), filter_of(1, fragments[1].data())};
+    const int threads = MMA_THREADS;
+#define FORWARD message_forward_mma
+#define BACKWARD message_backward_mma
+#else
+    const Filter filter[2] = {filter_of(0, nullptr), filter_of(1, nullptr)};
+    const int threads = MSG_THREADS;
+#define FORWARD message_forward
+#define BACKWARD message_backward
+#endif
 
     // Inputs: the first interaction's μ is zero (as schnetpack starts it), the second's random.
     const size_t nf = (size_t)sys.n * F, n3f = 3 * nf;
@@ -392,7 +406,7 @@ int main(int argc, char** argv) {
     const std::vector<float> gq1 = normal(rng, nf, 1.0), gm1 = normal(rng, n3f, 1.0);
 
     const Neighbors neighbors{nb.count.data(), nb.j.data(), nb.image.data(), nb.reverse.data(), nb.capacity};
-    const int blocks = sys.n * CHANNEL_SLICES, threads = MMA_THREADS;
+    const int blocks = sys.n * CHANNEL_SLICES;
     // The pair gradients, NaN before the first forward kernel clears them.
     std::vector<float4> pair_grad((size_t)CHANNEL_SLICES * sys.n * nb.capacity, make_float4(NAN, NAN, NAN, NAN));
     std::vector<float> q0_out(nf), mu0_out(n3f), q1_out(nf), mu1_out(n3f);
@@ -415,12 +429,12 @@ int main(int argc, char** argv) {
 #if PAIR_RECORD || FIRST_LAYER
 #define FIRST_FORWARD message_forward_mma_first
 #else
-#define FIRST_FORWARD message_forward_mma
+#define FIRST_FORWARD FORWARD
 #endif
 #if FIRST_LAYER
 #define FIRST_BACKWARD message_backward_mma_first
 #else
-#define FIRST_BACKWARD message_backward_mma
+#define FIRST_BACKWARD BACKWARD
 #endif
     {
         const float *q = q0.data(), *m = mu0.data(), *x = x0.data();
@@ -431,13 +445,13 @@ int main(int argc, char** argv) {
         const float *q = q1.data(), *m = mu1.data(), *x = x1.data();
         float *qo = q1_out.data(), *mo = mu1_out.data();
         launch(blocks, threads,
-               [&, q, m, x, qo, mo] { message_forward_mma(pos, cell, neighbors, filter[1], q, m, x, qo, mo, nullptr RECORD); });
+               [&, q, m, x, qo, mo] { FORWARD(pos, cell, neighbors, filter[1], q, m, x, qo, mo, nullptr RECORD); });
     }
     {
         const float *m = mu1.data(), *x = x1.data(), *gq = gq1.data(), *gm = gm1.data();
         float *gx = gx1.data(), *gmu = gmu1.data();
         launch(blocks, threads,
-               [&, m, x, gq, gm, gx, gmu] { message_backward_mma(pos, cell, neighbors, filter[1], m, x, gq, gm, gx, gmu, pg RECORD); });
+               [&, m, x, gq, gm, gx, gmu] { BACKWARD(pos, cell, neighbors, filter[1], m, x, gq, gm, gx, gmu, pg RECORD); });
     }
     {
         const float *m = mu0.data(), *x = x0.data(), *gq = gq0.data(), *gm = gm0.data();
