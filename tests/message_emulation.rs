@@ -7,7 +7,7 @@
 //! backward reading 1/d. Where every row fits one chunk a variant must give the default kernels'
 //! bits (the record copies the very tiles the computing kernels build; the first-layer kernels
 //! drop terms that are exact zeros); with rows longer than a chunk, in the writer's candidate
-//! chunks and the readers' recorded ones, each must match the reference. About two minutes on two
+//! chunks and the readers' recorded ones, each must match the reference. About three and a half minutes on two
 //! cores. Needs a C++20 compiler and python3, no GPU; CI sets MDRUN_REQUIRE_EMULATION=1.
 
 mod emulation;
