@@ -11,6 +11,8 @@
 #   # xz takes a cubin's 650 KB to ~65 KB):
 #   rm -rf /tmp/kc && .device/bin/mdrun precompile --records RECORDS --cache /tmp/kc &&
 #     tar cJf .device/kernel-cache.tar.xz -C /tmp/kc .
+#   # the carry takes 64 MiB with the tracked tree (~24 MB): for a bench call move .device/tests
+#   # out, for a tests call .device/baseline.
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
 #   # optional: in-binary variants (VARIANTS, default the pair record, the first-layer kernels and
