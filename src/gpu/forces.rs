@@ -377,6 +377,7 @@ impl GpuPainn {
         let sizes = gpu.sizes;
         let f = sizes.features;
         let n = numbers.len();
+        let kernels = sizes.message_kernels();
         let mut painn = GpuPainn {
             sizes,
             net: DeviceModel::new(gpu, model, numbers)?,
@@ -388,13 +389,13 @@ impl GpuPainn {
             forces: gpu.zeros(3 * n)?,
             filter_fragments: Vec::new(),
             pair_record: PairRecord::new(gpu, &sizes, n, pair_capacity)?,
-            first_message_forward: gpu.function(sizes.message_kernels().first_forward)?,
-            message_forward: gpu.function(sizes.message_kernels().forward)?,
+            first_message_forward: gpu.function(kernels.first_forward)?,
+            message_forward: gpu.function(kernels.forward)?,
             mixing_forward: gpu.function("mixing_forward")?,
             mixing_forward_last: gpu.function("mixing_forward_last")?,
             mixing_backward: gpu.function("mixing_backward")?,
-            message_backward: gpu.function(sizes.message_kernels().backward)?,
-            first_message_backward: gpu.function(sizes.message_kernels().first_backward)?,
+            message_backward: gpu.function(kernels.backward)?,
+            first_message_backward: gpu.function(kernels.first_backward)?,
             pair_forces: gpu.function("pair_forces")?,
             pair_forces_and_second_half: gpu.function("pair_forces_and_second_half")?,
             pair_forces_kick_and_first_half: gpu.function("pair_forces_kick_and_first_half")?,
