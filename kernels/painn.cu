@@ -536,10 +536,18 @@ struct MixingWeights {
     const float* mix_t;  // mu_channel_mix ᵀ [F, 2F]
     const float* a1t;    // intraatomic_context_net.0 ᵀ [2F, F]
     const float* b1;
-    const float* a2t;    // intraatomic_context_net.1 ᵀ [F, 3F]
-    const float* b2;
+    const float* a2t;    // intraatomic_context_net.1 ᵀ [F, 3F]; the last layer's without a_vv [F, 2F]
+    const float* b2;     // [3F], the last layer's too
     float epsilon;
 };
+
+// The update network's (a_ss, a_vv, a_sv) parts that a mixing computes. The last layer's μ has no
+// reader (the readout takes q), so ∂E/∂μ at its output is 0, and with it ∂E/∂a_vv = ∂E/∂μ·U and
+// the a_vv term of ∂E/∂U = ∂E/∂μ·a_vv: its a_vv third is computed only to be multiplied by zeros.
+// mixing_forward_last takes the second layer without it (the host drops those F rows of W, F
+// columns of Wᵀ): a_ss and a_sv are its parts 0 and 1 (perf-notes v68).
+template <bool LAST>
+constexpr int UPDATE_PARTS = LAST ? 2 : 3;
 
 struct Readout {
     const float* w1t;  // [F, H]
@@ -567,7 +575,7 @@ struct MixingCache {
 struct MixingBackWeights {
     const float* mix;  // mu_channel_mix [2F, F]
     const float* a1;   // intraatomic_context_net.0 [F, 2F]
-    const float* a2;   // intraatomic_context_net.1 [3F, F]
+    const float* a2;   // intraatomic_context_net.1 [3F, F]; the last layer's without a_vv [2F, F]
 };
 
 // One thread's per-atom inputs: of its channel (gq: ∂E/∂q and gm: ∂E/∂μ at the mixing output,
@@ -582,13 +590,16 @@ struct MixingBackInputs {
 
 // Shared arrays: ga [TILE·3F], gz [TILE·F], gctx [TILE·2F], gvu [TILE·6F], out [TILE·F, 3× that
 // where MIX_ROWS]. Its first step writes ga and gvu: the caller's reads of those (and of gz,
-// gctx and out) must be behind a barrier.
+// gctx and out) must be behind a barrier. LAST: ∂E/∂μ at the output is 0 and m.a2 has no a_vv
+// rows (UPDATE_PARTS).
+template <bool LAST>
 __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in, const MixingBackWeights& m,
                                                      float* ga, float* gz, float* gctx, float* gvu, float* out,
                                                      MatvecScratch& scratch, float* grad_q_in, float* grad_mu_in,
                                                      int a0, int n_atoms) {
     const int t = threadIdx.x, c = owned_first() + t % OWNED;
-    const AheadWeights<3 * NF, NF, Slice::Reduced, 3> w_a2(m.a2);
+    constexpr int PARTS = UPDATE_PARTS<LAST>;
+    const AheadWeights<PARTS * NF, NF, Slice::Reduced, PARTS> w_a2(m.a2);
 #pragma unroll
     for (int a = 0; a < TILE; ++a) {
         if (t >= OWNED || a0 + a >= n_atoms) {
@@ -601,17 +612,18 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
         const float gq = in.gq[a];
         float vdotu = in.V[a][0] * in.U[a][0] + in.V[a][1] * in.U[a][1] + in.V[a][2] * in.U[a][2];
         ga[a * 3 * NF + c] = gq;
-        ga[a * 3 * NF + NF + c] = in.gm[a][0] * in.U[a][0] + in.gm[a][1] * in.U[a][1] + in.gm[a][2] * in.U[a][2];
-        ga[a * 3 * NF + 2 * NF + c] = gq * vdotu;
+        if constexpr (!LAST)
+            ga[a * 3 * NF + NF + c] = in.gm[a][0] * in.U[a][0] + in.gm[a][1] * in.U[a][1] + in.gm[a][2] * in.U[a][2];
+        ga[a * 3 * NF + (PARTS - 1) * NF + c] = gq * vdotu;
         float g_vdotu = gq * in.a_sv[a];
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
             gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * in.U[a][k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] = in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = LAST ? g_vdotu * in.V[a][k] : in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
         }
     }
     __syncthreads();
-    const Reduced ha = reduced_matvec<TILE, 3 * NF, NF, 3>(w_a2, ga, 3 * NF, gz, NF, scratch);
+    const Reduced ha = reduced_matvec<TILE, PARTS * NF, NF, PARTS>(w_a2, ga, 3 * NF, gz, NF, scratch);
     const AheadWeights<NF, 2 * NF, Slice::Owned, 2> w_a1(m.a1);
     if (t < NF) {
 #pragma unroll
@@ -756,7 +768,8 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
     }
     __syncthreads();
     const Reduced z1 = reduced_matvec<TILE, 2 * NF, NF, 2>(w_a1, ctx, 2 * NF, hidden, NF, scratch);
-    const AheadWeights<NF, 3 * NF, Slice::Owned, 3> w_a2(m.a2t);
+    constexpr int PARTS = UPDATE_PARTS<LAST>;
+    const AheadWeights<NF, PARTS * NF, Slice::Owned, PARTS> w_a2(m.a2t);
     if constexpr (!DENSE_EARLY_READS) read_update_bias();
     if (t < NF) {
 #pragma unroll
@@ -767,23 +780,21 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         }
     }
     __syncthreads();
-    owned_matvec<TILE, NF, 3 * NF, 3>(w_a2, hidden, NF, out3, 3 * NF, scratch);
+    owned_matvec<TILE, NF, PARTS * NF, PARTS>(w_a2, hidden, NF, out3, 3 * NF, scratch);
     // The next interaction's context network's or the readout's first weights.
     const AheadWeights<NF, LAST ? NH : NF, Slice::Reduced> w_next(after.first_weights());
     if (t < OWNED) {
 #pragma unroll
         for (int a = 0; a < TILE; ++a) {
             float* o = out3 + a * 3 * NF;
-            float a_ss = o[c] + update_bias.b2[0], a_vv = o[NF + c] + update_bias.b2[1],
-                  a_sv = o[2 * NF + c] + update_bias.b2[2];
+            float a_ss = o[c] + update_bias.b2[0], a_sv = o[(PARTS - 1) * NF + c] + update_bias.b2[2];
             float q_new = q[a] + a_ss + a_sv * vdotu[a];
             ctx[a * 2 * NF + c] = q_new;
             if constexpr (LAST) {
                 // Kept for the backward below (the readout writes only the first H columns).
-                o[NF + c] = a_vv;
-                o[2 * NF + c] = a_sv;
-            }
-            if constexpr (!LAST) {
+                o[NF + c] = a_sv;
+            } else {
+                const float a_vv = o[NF + c] + update_bias.b2[1];
                 if (a0 + a >= n_atoms) continue;
                 size_t atom = a0 + a;
                 float* ca = cache.a + atom * 3 * NF;
@@ -835,8 +846,8 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         for (int a = 0; a < TILE; ++a) {
             in.pre[a] = pre[a];
             in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
-            in.a_vv[a] = out3[a * 3 * NF + NF + c];
-            in.a_sv[a] = out3[a * 3 * NF + 2 * NF + c];
+            in.a_vv[a] = 0.f;  // unused: LAST
+            in.a_sv[a] = out3[a * 3 * NF + NF + c];
             in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll
             for (int k = 0; k < 3; ++k) {
@@ -846,7 +857,7 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
             }
         }
         __syncthreads();
-        mixing_backward_tail(in, after.back, mu_sh, hidden, ctx, vu, out3, scratch, after.grad_q_in, after.grad_mu_in,
+        mixing_backward_tail<true>(in, after.back, mu_sh, hidden, ctx, vu, out3, scratch, after.grad_q_in, after.grad_mu_in,
                              a0, n_atoms);
     }
 }
@@ -946,7 +957,7 @@ DENSE_KERNEL mixing_backward(MixingBackWeights m, MixingCache cache, ContextBack
 #pragma unroll
         for (int a = 0; a < TILE; ++a) in.gq[a] += gctx[a * 2 * NF + c];
     }
-    mixing_backward_tail(in, m, ga, gz, gctx, gvu, out, scratch, grad_q_in, grad_mu_in, a0, n_atoms);
+    mixing_backward_tail<false>(in, m, ga, gz, gctx, gvu, out, scratch, grad_q_in, grad_mu_in, a0, n_atoms);
 }
 
 // Adds a chunk's per-pair gradients to pair_grad: one thread per pair sums the pair's WARPS

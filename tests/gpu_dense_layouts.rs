@@ -209,7 +209,8 @@ fn programmatic_launches_with_the_early_trigger_follow_ordinary_launches_bit_for
 }
 
 /// The tensor-core message kernels' variants (pair record, first interaction with μ = 0), as
-/// (MDRUN_PAIR_RECORD, MDRUN_FIRST_LAYER): the default first, then each alone and both.
+/// (MDRUN_PAIR_RECORD, MDRUN_FIRST_LAYER): the plain kernels first (neither; the default before
+/// perf-notes v67), then each alone and both.
 const MESSAGE_VARIANTS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
 
 /// `run(variant)` for each of MESSAGE_VARIANTS, with the tensor-core message kernels forced at
@@ -233,7 +234,7 @@ fn for_message_variants<T>(run: impl Fn((bool, bool)) -> T) -> Vec<T> {
 // The pair record (perf-notes v65: the first message kernel writes each row's pairs within the
 // cutoff, their geometry and basis; the other five copy them) and the first interaction's
 // kernels with μ = 0 (v66: no filter v part, no reads of x_v and μ, pair gradients only), each
-// alone and together, against the default kernels and the f64 reference. Where every row fits one
+// alone and together, against the plain kernels and the f64 reference. Where every row fits one
 // chunk the recorded kernels see the very tiles the computing ones build, so the record alone
 // gives the same bits; the first-layer kernels drop terms that are exact zeros, which may change
 // how the compiler contracts the rest: within 1e-5 eV/Å of the default (a tenth of the CPU
@@ -241,7 +242,7 @@ fn for_message_variants<T>(run: impl Fn((bool, bool)) -> T) -> Vec<T> {
 // candidate chunks and in the readers' recorded ones, and several images of a neighbor.
 #[test]
 #[ignore = "needs a CUDA device"]
-fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
+fn message_kernel_variants_follow_the_plain_kernels_and_match_the_cpu() {
     let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     let random = random_model(full_config(), 97);
     let (numbers, positions) = random_structure(12, 5.0, 0.9, None, 98);
@@ -299,7 +300,7 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
             );
             let apart = max_deviation(forces, &default.1);
             eprintln!(
-                "{case}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å; against the default kernels: \
+                "{case}: energy rel err {e:.2e}, force max abs err {f:.2e} eV/Å; against the plain kernels: \
                  energy {:.2e} eV, forces {apart:.2e} eV/Å",
                 (energy - default.0).abs()
             );
@@ -308,7 +309,7 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
                 assert_eq!(*energy, default.0, "{case}: energy");
                 assert_eq!(*forces, default.1, "{case}: forces");
             }
-            assert!(apart <= 1e-5, "{case}: forces {apart:e} eV/Å from the default kernels'");
+            assert!(apart <= 1e-5, "{case}: forces {apart:e} eV/Å from the plain kernels'");
             assert!((energy - default.0).abs() <= 1e-6 * default.0.abs(), "{case}: energy");
         }
     }
@@ -317,12 +318,12 @@ fn message_kernel_variants_follow_the_default_kernels_and_match_the_cpu() {
 // Over an MD run whose neighbor rows are rebuilt (a 0.05 Å skin) and outgrow their capacity
 // inside a graph of 8 steps (cut to 40 entries after the first 5 steps, below the ~69 candidates
 // of the longest row: the steps are redone with grown rows, the record reallocated with them and
-// the graphs captured again): with the pair record the trajectory is the default kernels' bit for
+// the graphs captured again): with the pair record the trajectory is the plain kernels' bit for
 // bit (the water box's rows fit one chunk); with the first-layer kernels as well it stays within
 // 1e-4 Å over the 62 steps.
 #[test]
 #[ignore = "needs a CUDA device"]
-fn md_with_the_message_kernel_variants_follows_the_default_kernels() {
+fn md_with_the_message_kernel_variants_follows_the_plain_kernels() {
     let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     let model = trained_model();
     let system = System::read(std::path::Path::new(&project_file("systems/waterbox_64_eq.xyz")), None).unwrap();
@@ -350,10 +351,7 @@ fn md_with_the_message_kernel_variants_follows_the_default_kernels() {
     for (&(record, first), run) in MESSAGE_VARIANTS.iter().zip(&runs).skip(1) {
         let case = format!("water box, Langevin, record {record}, first layer {first}");
         let apart = max_deviation(&run.positions, &default.positions);
-        eprintln!(
-            "{case}: {apart:.2e} Å from the default kernels after {} steps",
-            run.step
-        );
+        eprintln!("{case}: {apart:.2e} Å from the plain kernels after {} steps", run.step);
         if !first {
             assert_same_state(run, default, &case);
         }

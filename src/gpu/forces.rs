@@ -317,6 +317,9 @@ pub struct GpuPainn {
     /// The evaluation's pairs within the cutoff, written by its first message kernel for the
     /// others (`KernelSizes::pair_record`; None without it).
     pair_record: Option<PairRecord>,
+    /// The last interaction's update network, second layer, without its a_vv third: what
+    /// mixing_forward_last reads (kernels/painn.cu, UPDATE_PARTS; perf-notes v68).
+    last_update: DenseOnGpu,
     first_message_forward: CudaFunction,
     message_forward: CudaFunction,
     mixing_forward: CudaFunction,
@@ -347,6 +350,15 @@ pub struct ClosingKick<'a> {
 /// v63): −0.4 µs per MD step at 9 atoms, −0.5 at 12, +0.2 at 22 (the forces of 22 atoms on one
 /// SM instead of six).
 pub const JOINED_STEP_MAX_ATOMS: usize = 16;
+
+/// An update network's second layer (outputs a_ss, a_vv, a_sv of F each) without a_vv, the last
+/// interaction's as mixing_forward_last takes it: ∂E/∂μ at the last mixing's output is 0, which
+/// makes the a_vv third's every use a product with zeros (kernels/painn.cu, UPDATE_PARTS). Without
+/// the bias: the kernel reads the whole layer's.
+fn without_a_vv(update: &Dense, f: usize) -> Dense {
+    let rows: Vec<usize> = (0..f).chain(2 * f..3 * f).collect();
+    Dense::new(update.weight.select_rows(rows.iter()), None)
+}
 
 /// The kernel sizes a model needs, or why the GPU path cannot run it.
 pub fn kernel_sizes(model: &PainnModel, n_atoms: usize) -> Result<KernelSizes> {
@@ -389,6 +401,7 @@ impl GpuPainn {
             forces: gpu.zeros(3 * n)?,
             filter_fragments: Vec::new(),
             pair_record: PairRecord::new(gpu, &sizes, n, pair_capacity)?,
+            last_update: DenseOnGpu::new(gpu, &without_a_vv(&model.mixings[model.mixings.len() - 1].context2, f))?,
             first_message_forward: gpu.function(kernels.first_forward)?,
             message_forward: gpu.function(kernels.forward)?,
             mixing_forward: gpu.function("mixing_forward")?,
@@ -501,11 +514,16 @@ impl GpuPainn {
                 }
                 .map_err(err("message_forward"))?;
             }
+            let is_last = t + 1 == t_count;
             let mixing = MixingParams {
                 mix_t: layer.mix.wt.ptr,
                 a1t: layer.mix1.wt.ptr,
                 b1: layer.mix1.b(),
-                a2t: layer.mix2.wt.ptr,
+                a2t: if is_last {
+                    self.last_update.wt.ptr
+                } else {
+                    layer.mix2.wt.ptr
+                },
                 b2: layer.mix2.b(),
                 epsilon: self.net.epsilon,
             };
@@ -539,7 +557,10 @@ impl GpuPainn {
                     let last = LastLayerParams {
                         readout,
                         atom_energy: self.atom_energy.ptr,
-                        back: self.mixing_back(t),
+                        back: MixingBackParams {
+                            a2: self.last_update.w.ptr,
+                            ..self.mixing_back(t)
+                        },
                         grad_q_in: self.grad_q_at(t).ptr,
                         grad_mu_in: self.grad_mu[1].ptr,
                     };

@@ -45,6 +45,10 @@ pub const MMA_MAX_RBF: usize = 32;
 /// against scalar): 3 atoms 51.0 / 49.9, 9: 52.8 / 52.3, 12: 53.7 / 54.8, 22: 57.2 / 60.8.
 pub const MMA_MIN_ATOMS: usize = 12;
 
+/// The pair record (KernelSizes::pair_record) by default below this many atoms: the band where
+/// the message kernels are latency-bound (perf-notes v67, H200).
+pub const PAIR_RECORD_MAX_ATOMS: usize = 64;
+
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
@@ -79,13 +83,16 @@ pub struct KernelSizes {
     pub mma_backward_divides: bool,
     /// The evaluation's first tensor-core message kernel records its pairs within the cutoff,
     /// their geometry and radial basis, and the other five copy them instead of computing them
-    /// again (kernels/message_mma.cu, `PairRecord`; perf-notes v65). Off by default until
-    /// measured; MDRUN_PAIR_RECORD=1 turns it on where the message kernels use tensor cores.
+    /// again (kernels/message_mma.cu, `PairRecord`; perf-notes v65). On below
+    /// PAIR_RECORD_MAX_ATOMS, where it measured 3.2–3.9 µs faster per MD step at 12–22 atoms;
+    /// from 64 atoms on, where the kernels are throughput-bound, copying the record cost more than
+    /// computing (+4.4 µs at 99 atoms, +7.8 at 192; perf-notes v67). MDRUN_PAIR_RECORD=0/1
+    /// overrides where the message kernels use tensor cores.
     pub pair_record: bool,
     /// The first interaction's tensor-core message kernels use its input μ = 0: no filter v
     /// part, no reads of the neighbors' x_v and μ, and a backward that computes the pair
-    /// gradients only (perf-notes v66). Off by default until measured; MDRUN_FIRST_LAYER=1 turns
-    /// it on where the message kernels use tensor cores.
+    /// gradients only (perf-notes v66). On by default: faster at every size measured (−0.4 µs
+    /// per MD step at 12 atoms to −9.5 µs at 192, v67); MDRUN_FIRST_LAYER=0 turns it off.
     pub first_layer: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
@@ -179,8 +186,8 @@ impl KernelSizes {
             channel_slices,
             message_mma,
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
-            pair_record: message_mma && env("MDRUN_PAIR_RECORD") == Some(1),
-            first_layer: message_mma && env("MDRUN_FIRST_LAYER") == Some(1),
+            pair_record: message_mma && env("MDRUN_PAIR_RECORD").map_or(n_atoms < PAIR_RECORD_MAX_ATOMS, |v| v != 0),
+            first_layer: message_mma && env("MDRUN_FIRST_LAYER") != Some(0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             // Needs the device's SM count: Gpu::open decides.

@@ -273,7 +273,17 @@ struct ContextLayers {
 struct MixingLayers {
     Layer mix, update1, update2;
     float epsilon = 1e-8f;
-    MixingLayers(Rng& rng, int F) : mix(rng, 2 * F, F, false), update1(rng, F, 2 * F, true), update2(rng, 3 * F, F, true) {}
+    // The update network's second layer without its a_vv third (W [2F, F], Wᵀ [F, 2F]), as the
+    // host gives the last layer's to mixing_forward_last (src/gpu/forces.rs, without_a_vv).
+    std::vector<float> update2_w_last, update2_wt_last;
+    MixingLayers(Rng& rng, int F) : mix(rng, 2 * F, F, false), update1(rng, F, 2 * F, true), update2(rng, 3 * F, F, true) {
+        for (int o = 0; o < 3 * F; ++o)
+            if (o < F || o >= 2 * F)
+                update2_w_last.insert(update2_w_last.end(), update2.w.begin() + (size_t)o * F, update2.w.begin() + (size_t)(o + 1) * F);
+        update2_wt_last.resize(update2_w_last.size());
+        for (int o = 0; o < 2 * F; ++o)
+            for (int i = 0; i < F; ++i) update2_wt_last[(size_t)i * 2 * F + o] = update2_w_last[(size_t)o * F + i];
+    }
     reference::Mixing net() const { return {mix.out / 2, mix.linear(), update1.linear(), update2.linear(), epsilon}; }
     MixingWeightArgs args() const {
         return {.mix_t = mix.wt.data(),
@@ -285,6 +295,12 @@ struct MixingLayers {
                 .mix = mix.w.data(),
                 .a1 = update1.w.data(),
                 .a2 = update2.w.data()};
+    }
+    MixingWeightArgs last_args() const {
+        MixingWeightArgs a = args();
+        a.a2t = update2_wt_last.data();
+        a.a2 = update2_w_last.data();
+        return a;
     }
 };
 
@@ -512,7 +528,7 @@ static KernelArgs kernel_args(const Problem& p, Outputs& o) {
                   .grad_mu_in = o["grad_mu_in"].got.data()};
     k.last = {.q_in = p.q_last.data(),
               .mu_in = p.mu_last.data(),
-              .weights = p.last_mixing.args(),
+              .weights = p.last_mixing.last_args(),
               .readout = {.w1t = p.readout1.wt.data(),
                           .b1 = p.readout1.b.data(),
                           .w1 = p.readout1.w.data(),
