@@ -15,10 +15,11 @@
 #   # out, for a tests call .device/baseline.
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
-#   # optional: in-binary variants (VARIANTS, default the pair record, the first-layer kernels and
-#   # both: "record:MDRUN_PAIR_RECORD=1 first:MDRUN_FIRST_LAYER=1 both:...=1,...=1"; "" for none):
+#   # optional: in-binary variants (VARIANTS, default the pair record off and on at every size:
+#   # "norecord:MDRUN_PAIR_RECORD=0 record:MDRUN_PAIR_RECORD=1"; "" for none):
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
-#   # under ncu at benzene.
+#   # under ncu at benzene; BASELINE_VARIANTS the same for the baseline binary (each benched as
+#   # baseline_NAME; default none: the baseline as it is).
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -65,10 +66,12 @@ git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
 # The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
 systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
 systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
-variants=${VARIANTS-record:MDRUN_PAIR_RECORD=1 first:MDRUN_FIRST_LAYER=1 both:MDRUN_PAIR_RECORD=1,MDRUN_FIRST_LAYER=1}
-# The environment assignments of variant NAME (as `env` arguments).
+variants=${VARIANTS-norecord:MDRUN_PAIR_RECORD=0 record:MDRUN_PAIR_RECORD=1}
+# The baseline's runs, the same way (none: the baseline as it is).
+baseline_variants=${BASELINE_VARIANTS-}
+# The environment assignments of variant NAME in the list $2 (as `env` arguments).
 variant_env() {
-  for v in $variants; do [ "${v%%:*}" = "$1" ] && echo "${v#*:}" | tr ',' ' '; done
+  for v in ${2-$variants}; do [ "${v%%:*}" = "$1" ] && echo "${v#*:}" | tr ',' ' '; done
 }
 bench() {  # name binary round [VAR=VALUE ...]
   # shellcheck disable=SC2086
@@ -83,7 +86,14 @@ if [[ " $parts " == *" bench "* ]]; then
       # shellcheck disable=SC2046
       bench "${v%%:*}" "$mdrun" "$round" $(variant_env "${v%%:*}")
     done
-    [ -x .device/baseline/mdrun ] && bench baseline .device/baseline/mdrun "$round"
+    if [ -x .device/baseline/mdrun ] && [ -z "$baseline_variants" ]; then
+      bench baseline .device/baseline/mdrun "$round"
+    elif [ -x .device/baseline/mdrun ]; then
+      for v in $baseline_variants; do
+        # shellcheck disable=SC2046
+        bench "baseline_${v%%:*}" .device/baseline/mdrun "$round" $(variant_env "${v%%:*}" "$baseline_variants")
+      done
+    fi
   done
 fi
 
@@ -93,7 +103,8 @@ run_tests() {
   for name in "$@"; do
     for t in .device/tests/"$name"-*; do
       [ -x "$t" ] || { progress "test $name rc 127 (no test executable in .device/tests)" && continue; }
-      "$t" --include-ignored >"$results/tests/$name.log" 2>&1
+      # --nocapture: the tests' figures (errors against the references) come back too.
+      "$t" --include-ignored --nocapture >"$results/tests/$name.log" 2>&1
       progress "test $name rc $? ($(grep -h '^test result' "$results/tests/$name.log" | tail -1))"
     done
   done
@@ -129,7 +140,9 @@ elif [[ " $parts " == *" ncu "* ]]; then
   done
   for v in $variants; do
     # shellcheck disable=SC2046
-    ncu_at "benzene-${v%%:*}" benzene.xyz $(variant_env "${v%%:*}")
+    ncu_at "benzene-${v%%:*}" benzene.xyz $(variant_env "${v%%:*}" "$variants")
+    # shellcheck disable=SC2046
+    ncu_at "waterbox_64-${v%%:*}" waterbox_64.xyz $(variant_env "${v%%:*}" "$variants")
   done
 fi
 
