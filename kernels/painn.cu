@@ -791,7 +791,8 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
             float q_new = q[a] + a_ss + a_sv * vdotu[a];
             ctx[a * 2 * NF + c] = q_new;
             if constexpr (LAST) {
-                // Kept for the backward below (the readout writes only the first H columns).
+                // a_sv, kept for the backward below: the readout writes only the first H columns.
+                static_assert(NH <= NF, "the readout's ∂E/∂q columns stay clear of a_sv's");
                 o[NF + c] = a_sv;
             } else {
                 const float a_vv = o[NF + c] + update_bias.b2[1];
@@ -846,7 +847,7 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         for (int a = 0; a < TILE; ++a) {
             in.pre[a] = pre[a];
             in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
-            in.a_vv[a] = 0.f;  // unused: LAST
+            in.a_vv[a] = 0.f;  // not read by mixing_backward_tail<true>
             in.a_sv[a] = out3[a * 3 * NF + NF + c];
             in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll
