@@ -536,7 +536,7 @@ struct MixingWeights {
     const float* mix_t;  // mu_channel_mix ᵀ [F, 2F]
     const float* a1t;    // intraatomic_context_net.0 ᵀ [2F, F]
     const float* b1;
-    const float* a2t;    // intraatomic_context_net.1 ᵀ [F, 3F]; the last layer's without a_vv [F, 2F]
+    const float* a2t;    // intraatomic_context_net.1 ᵀ [F, 3F]; the last layer's [F, 2F] (UPDATE_PARTS)
     const float* b2;     // [3F], the last layer's too
     float epsilon;
 };
@@ -544,10 +544,13 @@ struct MixingWeights {
 // The update network's (a_ss, a_vv, a_sv) parts that a mixing computes. The last layer's μ has no
 // reader (the readout takes q), so ∂E/∂μ at its output is 0, and with it ∂E/∂a_vv = ∂E/∂μ·U and
 // the a_vv term of ∂E/∂U = ∂E/∂μ·a_vv: its a_vv third is computed only to be multiplied by zeros.
-// mixing_forward_last takes the second layer without it (the host drops those F rows of W, F
-// columns of Wᵀ): a_ss and a_sv are its parts 0 and 1 (perf-notes v68).
+// With LAST_WITHOUT_A_VV, mixing_forward_last takes the second layer without it (the host drops
+// those F rows of W, F columns of Wᵀ): a_ss and a_sv are its parts 0 and 1 (perf-notes v68).
+#ifndef LAST_WITHOUT_A_VV
+#define LAST_WITHOUT_A_VV 0
+#endif
 template <bool LAST>
-constexpr int UPDATE_PARTS = LAST ? 2 : 3;
+constexpr int UPDATE_PARTS = LAST && LAST_WITHOUT_A_VV ? 2 : 3;
 
 struct Readout {
     const float* w1t;  // [F, H]
@@ -575,7 +578,7 @@ struct MixingCache {
 struct MixingBackWeights {
     const float* mix;  // mu_channel_mix [2F, F]
     const float* a1;   // intraatomic_context_net.0 [F, 2F]
-    const float* a2;   // intraatomic_context_net.1 [3F, F]; the last layer's without a_vv [2F, F]
+    const float* a2;   // intraatomic_context_net.1 [3F, F]; the last layer's [2F, F] (UPDATE_PARTS)
 };
 
 // One thread's per-atom inputs: of its channel (gq: ∂E/∂q and gm: ∂E/∂μ at the mixing output,
@@ -590,8 +593,8 @@ struct MixingBackInputs {
 
 // Shared arrays: ga [TILE·3F], gz [TILE·F], gctx [TILE·2F], gvu [TILE·6F], out [TILE·F, 3× that
 // where MIX_ROWS]. Its first step writes ga and gvu: the caller's reads of those (and of gz,
-// gctx and out) must be behind a barrier. LAST: ∂E/∂μ at the output is 0 and m.a2 has no a_vv
-// rows (UPDATE_PARTS).
+// gctx and out) must be behind a barrier. LAST: ∂E/∂μ at the output is 0 (in.gm and in.a_vv are
+// zeros), and with UPDATE_PARTS<LAST> = 2 m.a2 has no a_vv rows.
 template <bool LAST>
 __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in, const MixingBackWeights& m,
                                                      float* ga, float* gz, float* gctx, float* gvu, float* out,
@@ -612,14 +615,15 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
         const float gq = in.gq[a];
         float vdotu = in.V[a][0] * in.U[a][0] + in.V[a][1] * in.U[a][1] + in.V[a][2] * in.U[a][2];
         ga[a * 3 * NF + c] = gq;
-        if constexpr (!LAST)
+        if constexpr (PARTS == 3)
             ga[a * 3 * NF + NF + c] = in.gm[a][0] * in.U[a][0] + in.gm[a][1] * in.U[a][1] + in.gm[a][2] * in.U[a][2];
         ga[a * 3 * NF + (PARTS - 1) * NF + c] = gq * vdotu;
         float g_vdotu = gq * in.a_sv[a];
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
             gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * in.U[a][k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] = LAST ? g_vdotu * in.V[a][k] : in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] =
+                PARTS == 2 ? g_vdotu * in.V[a][k] : in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
         }
     }
     __syncthreads();
@@ -847,7 +851,7 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         for (int a = 0; a < TILE; ++a) {
             in.pre[a] = pre[a];
             in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
-            in.a_vv[a] = 0.f;  // not read by mixing_backward_tail<true>
+            in.a_vv[a] = 0.f;  // multiplied by ∂E/∂μ = 0 only
             in.a_sv[a] = out3[a * 3 * NF + NF + c];
             in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll

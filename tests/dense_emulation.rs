@@ -23,6 +23,9 @@ struct Layout {
     thread_sanitizer: bool,
     /// Built as for a block alone on its SM (DENSE_ALONE: more weights held ahead, perf-notes v57).
     alone: bool,
+    /// The last mixing without its update network's a_vv third (LAST_WITHOUT_A_VV, perf-notes
+    /// v68; the harness gives it the layer without those rows).
+    without_a_vv: bool,
 }
 
 impl Layout {
@@ -37,7 +40,11 @@ impl Layout {
     fn name(&self) -> String {
         let sanitizer = if self.thread_sanitizer { "_tsan" } else { "" };
         let alone = if self.alone { "_alone" } else { "" };
-        format!("f{}_t{}_c{}{sanitizer}{alone}", self.features, self.tile, self.cluster)
+        let without_a_vv = if self.without_a_vv { "_no_avv" } else { "" };
+        format!(
+            "f{}_t{}_c{}{sanitizer}{alone}{without_a_vv}",
+            self.features, self.tile, self.cluster
+        )
     }
 }
 
@@ -48,6 +55,7 @@ const fn layout(features: usize, tile: usize, cluster: usize, thread_sanitizer: 
         cluster,
         thread_sanitizer,
         alone: false,
+        without_a_vv: false,
     }
 }
 
@@ -55,18 +63,26 @@ const fn alone(layout: Layout) -> Layout {
     Layout { alone: true, ..layout }
 }
 
+const fn without_a_vv(layout: Layout) -> Layout {
+    Layout {
+        without_a_vv: true,
+        ..layout
+    }
+}
+
 /// The student's width at its default layout, also built as for blocks alone on their SMs; a
 /// 64-wide model at the tiles and clusters that take each path of the kernels (three atoms per
 /// block, whose μ rows take a matvec each, also under ThreadSanitizer; one, with and without
-/// clusters; two, reading early; the largest cluster). The longest runs first: the layouts share
-/// the cores.
+/// clusters; two, reading early; the largest cluster), half of them with the last mixing
+/// without its a_vv third (v68): with and without clusters, under ThreadSanitizer too. The longest
+/// runs first: the layouts share the cores.
 const LAYOUTS: [Layout; 8] = [
     layout(128, 1, 4, false),
-    alone(layout(128, 1, 4, false)),
-    layout(64, 3, 2, true),
-    layout(64, 1, 1, false),
+    without_a_vv(alone(layout(128, 1, 4, false))),
+    without_a_vv(layout(64, 3, 2, true)),
+    without_a_vv(layout(64, 1, 1, false)),
     layout(64, 1, 4, false),
-    layout(64, 2, 2, false),
+    without_a_vv(layout(64, 2, 2, false)),
     layout(64, 3, 2, false),
     layout(64, 2, 8, false),
 ];
@@ -110,6 +126,7 @@ fn build_and_run(
         .arg(format!("-DTILE={}", layout.tile))
         .arg(format!("-DEMU_CLUSTER={}", layout.cluster))
         .arg(format!("-DDENSE_ALONE={}", u8::from(layout.alone)))
+        .arg(format!("-DLAST_WITHOUT_A_VV={}", u8::from(layout.without_a_vv)))
         .arg(format!("-DDENSE_INC=\"{}\"", dense.display()))
         .args(if layout.thread_sanitizer {
             &["-g", "-fsanitize=thread"][..]

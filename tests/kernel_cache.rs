@@ -36,6 +36,7 @@ fn narrow(tile: usize) -> KernelSizes {
         mma_backward_divides: true,
         pair_record: false,
         first_layer: false,
+        last_without_a_vv: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,

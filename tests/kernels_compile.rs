@@ -37,6 +37,7 @@ fn every_kernel_compiles_with_nvrtc() {
         mma_backward_divides: false,
         pair_record: false,
         first_layer: false,
+        last_without_a_vv: false,
         cluster_matvec_products: 8,
         pdl_early_trigger: true,
         dense_alone: false,
@@ -147,6 +148,9 @@ fn every_kernel_compiles_with_nvrtc() {
             mma_backward_divides: false,
             pair_record: false,
             first_layer: false,
+            // The last mixing without its a_vv third (perf-notes v68) without clusters, 3 atoms
+            // a block.
+            last_without_a_vv: true,
             cluster_matvec_products: 8,
             pdl_early_trigger: false,
             dense_alone: false,
@@ -185,12 +189,14 @@ fn every_kernel_compiles_with_nvrtc() {
         },
         // The pair record and the first interaction's kernels (perf-notes v65, v66), each alone
         // and together, at the benzene and the 192-atom shapes and with the largest basis the
-        // tensor-core kernels take.
+        // tensor-core kernels take; the first with the last mixing without a_vv (v68) in
+        // clusters of 4.
         KernelSizes {
             channel_slices: 4,
             message_mma: true,
             mma_backward_divides: true,
             pair_record: true,
+            last_without_a_vv: true,
             ..student
         },
         KernelSizes {

@@ -221,6 +221,9 @@ pub struct Row {
     /// The first interaction's message kernels used its input μ = 0 (perf-notes v66,
     /// MDRUN_FIRST_LAYER).
     pub first_layer: Option<bool>,
+    /// The last mixing ran without its update network's a_vv third (perf-notes v68,
+    /// MDRUN_LAST_WITHOUT_A_VV).
+    pub last_without_a_vv: Option<bool>,
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,

@@ -210,6 +210,7 @@ fn measure_gpu(
     row.mma_backward_divides = Some(md.mma_backward_divides());
     row.pair_record = Some(md.pair_record());
     row.first_layer = Some(md.first_layer());
+    row.last_without_a_vv = Some(md.last_without_a_vv());
     row.dense_alone = Some(md.dense_alone());
     row.graph_steps = Some(md.graph_steps());
     row.joined_steps = Some(md.graph_steps() > 1 && md.joins_steps());

@@ -56,6 +56,7 @@ fn nvrtc_options(sizes: KernelSizes, arch: &str) -> Vec<String> {
         format!("-DMMA_BACKWARD_DIVIDES={}", u8::from(sizes.mma_backward_divides)),
         format!("-DPAIR_RECORD={}", u8::from(sizes.pair_record)),
         format!("-DFIRST_LAYER={}", u8::from(sizes.first_layer)),
+        format!("-DLAST_WITHOUT_A_VV={}", u8::from(sizes.last_without_a_vv)),
         format!("-DCLUSTER_MATVEC_W={}", sizes.cluster_matvec_products),
         format!("-DPDL_EARLY_TRIGGER={}", u8::from(sizes.pdl_early_trigger)),
         format!("-DDENSE_ALONE={}", u8::from(sizes.dense_alone)),

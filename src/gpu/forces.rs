@@ -318,8 +318,9 @@ pub struct GpuPainn {
     /// others (`KernelSizes::pair_record`; None without it).
     pair_record: Option<PairRecord>,
     /// The last interaction's update network, second layer, without its a_vv third: what
-    /// mixing_forward_last reads (kernels/painn.cu, UPDATE_PARTS; perf-notes v68).
-    last_update: DenseOnGpu,
+    /// mixing_forward_last reads with `KernelSizes::last_without_a_vv` (kernels/painn.cu,
+    /// UPDATE_PARTS; perf-notes v68), None without it.
+    last_update: Option<DenseOnGpu>,
     first_message_forward: CudaFunction,
     message_forward: CudaFunction,
     mixing_forward: CudaFunction,
@@ -401,7 +402,10 @@ impl GpuPainn {
             forces: gpu.zeros(3 * n)?,
             filter_fragments: Vec::new(),
             pair_record: PairRecord::new(gpu, &sizes, n, pair_capacity)?,
-            last_update: DenseOnGpu::new(gpu, &without_a_vv(&model.mixings[model.mixings.len() - 1].context2, f))?,
+            last_update: sizes
+                .last_without_a_vv
+                .then(|| DenseOnGpu::new(gpu, &without_a_vv(&model.mixings[model.mixings.len() - 1].context2, f)))
+                .transpose()?,
             first_message_forward: gpu.function(kernels.first_forward)?,
             message_forward: gpu.function(kernels.forward)?,
             mixing_forward: gpu.function("mixing_forward")?,
@@ -519,10 +523,9 @@ impl GpuPainn {
                 mix_t: layer.mix.wt.ptr,
                 a1t: layer.mix1.wt.ptr,
                 b1: layer.mix1.b(),
-                a2t: if is_last {
-                    self.last_update.wt.ptr
-                } else {
-                    layer.mix2.wt.ptr
+                a2t: match &self.last_update {
+                    Some(update) if is_last => update.wt.ptr,
+                    _ => layer.mix2.wt.ptr,
                 },
                 b2: layer.mix2.b(),
                 epsilon: self.net.epsilon,
@@ -558,7 +561,10 @@ impl GpuPainn {
                         readout,
                         atom_energy: self.atom_energy.ptr,
                         back: MixingBackParams {
-                            a2: self.last_update.w.ptr,
+                            a2: self
+                                .last_update
+                                .as_ref()
+                                .map_or(layer.mix2.w.ptr, |update| update.w.ptr),
                             ..self.mixing_back(t)
                         },
                         grad_q_in: self.grad_q_at(t).ptr,

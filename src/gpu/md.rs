@@ -295,6 +295,11 @@ impl GpuMd {
         self.painn.first_layer()
     }
 
+    /// Whether the last mixing ran without its a_vv third (perf-notes v68).
+    pub fn last_without_a_vv(&self) -> bool {
+        self.painn.last_without_a_vv()
+    }
+
     /// Whether every dense block had an SM to itself (perf-notes v57).
     pub fn dense_alone(&self) -> bool {
         self.painn.dense_alone()

@@ -94,6 +94,10 @@ pub struct KernelSizes {
     /// gradients only (perf-notes v66). On by default: faster at every size measured (−0.4 µs
     /// per MD step at 12 atoms to −9.5 µs at 192, v67); MDRUN_FIRST_LAYER=0 turns it off.
     pub first_layer: bool,
+    /// The last interaction's mixing computes its update network without the a_vv third, whose
+    /// every use there is a product with ∂E/∂μ = 0 (kernels/painn.cu, UPDATE_PARTS; perf-notes
+    /// v68). Off by default until measured on a GPU; MDRUN_LAST_WITHOUT_A_VV=1 turns it on.
+    pub last_without_a_vv: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
@@ -188,6 +192,7 @@ impl KernelSizes {
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
             pair_record: message_mma && env("MDRUN_PAIR_RECORD").map_or(n_atoms < PAIR_RECORD_MAX_ATOMS, |v| v != 0),
             first_layer: message_mma && env("MDRUN_FIRST_LAYER") != Some(0),
+            last_without_a_vv: env("MDRUN_LAST_WITHOUT_A_VV") == Some(1),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             // Needs the device's SM count: Gpu::open decides.

@@ -100,6 +100,11 @@ impl PainnKernels {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.first_layer)
     }
 
+    /// Whether the last mixing runs without its a_vv third (perf-notes v68).
+    pub fn last_without_a_vv(&self) -> bool {
+        matches!(self, PainnKernels::Fused(painn) if painn.sizes.last_without_a_vv)
+    }
+
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
     pub fn uses_neighbor_list(&self) -> bool {
         !matches!(self, PainnKernels::Cluster(_))

@@ -5,7 +5,7 @@
 // results equal to a single block's (CLUSTER 1) within f32 rounding. Exit status 0 when all holds.
 //
 // Built for one layout (README.md): g++ -std=c++20 -O1 -pthread -DNF=64 -DNH=32 -DSPLIT=2
-// -DTILE=2 -DEMU_CLUSTER=2 [-DKERNEL_CHECKS] -DDENSE_INC='"dense.inc"' harness.cpp
+// -DTILE=2 -DEMU_CLUSTER=2 -DLAST_WITHOUT_A_VV=1 [-DKERNEL_CHECKS] -DDENSE_INC='"dense.inc"' harness.cpp
 //     ./harness [--atoms N] [--seed S] [--jitter] [--verbose]
 #include <algorithm>
 #include <cstdint>
@@ -20,6 +20,9 @@
 #endif
 #ifndef EMU_CLUSTER
 #error "EMU_CLUSTER (blocks per cluster under test) must be defined"
+#endif
+#ifndef LAST_WITHOUT_A_VV
+#error "LAST_WITHOUT_A_VV (the last mixing without its a_vv third: 0 or 1) must be defined"
 #endif
 
 // Largest error allowed against the f64 reference, relative to the array's largest value: f32
@@ -296,10 +299,13 @@ struct MixingLayers {
                 .a1 = update1.w.data(),
                 .a2 = update2.w.data()};
     }
+    // The last layer's weights as mixing_forward_last takes them (UPDATE_PARTS in painn.cu).
     MixingWeightArgs last_args() const {
         MixingWeightArgs a = args();
-        a.a2t = update2_wt_last.data();
-        a.a2 = update2_w_last.data();
+        if (LAST_WITHOUT_A_VV) {
+            a.a2t = update2_wt_last.data();
+            a.a2 = update2_w_last.data();
+        }
         return a;
     }
 };
