@@ -593,8 +593,8 @@ struct MixingBackInputs {
 
 // Shared arrays: ga [TILE·3F], gz [TILE·F], gctx [TILE·2F], gvu [TILE·6F], out [TILE·F, 3× that
 // where MIX_ROWS]. Its first step writes ga and gvu: the caller's reads of those (and of gz,
-// gctx and out) must be behind a barrier. LAST: ∂E/∂μ at the output is 0 (in.gm and in.a_vv are
-// zeros), and with UPDATE_PARTS<LAST> = 2 m.a2 has no a_vv rows.
+// gctx and out) must be behind a barrier. LAST: ∂E/∂μ at the output is 0 (in.gm are zeros, in.a_vv
+// is not read), and with UPDATE_PARTS<LAST> = 2 m.a2 has no a_vv rows.
 template <bool LAST>
 __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in, const MixingBackWeights& m,
                                                      float* ga, float* gz, float* gctx, float* gvu, float* out,
@@ -622,8 +622,7 @@ __device__ __forceinline__ void mixing_backward_tail(const MixingBackInputs& in,
 #pragma unroll
         for (int k = 0; k < 3; ++k) {
             gvu[a * 6 * NF + k * 2 * NF + c] = g_vdotu * in.U[a][k];
-            gvu[a * 6 * NF + k * 2 * NF + NF + c] =
-                PARTS == 2 ? g_vdotu * in.V[a][k] : in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
+            gvu[a * 6 * NF + k * 2 * NF + NF + c] = LAST ? g_vdotu * in.V[a][k] : in.gm[a][k] * in.a_vv[a] + g_vdotu * in.V[a][k];
         }
     }
     __syncthreads();
@@ -851,7 +850,6 @@ __device__ __forceinline__ void mixing_forward_body(const float* q_in, const flo
         for (int a = 0; a < TILE; ++a) {
             in.pre[a] = pre[a];
             in.gq[a] = t < OWNED ? hidden[a * NF + c] : 0.f;
-            in.a_vv[a] = 0.f;  // multiplied by ∂E/∂μ = 0 only
             in.a_sv[a] = out3[a * 3 * NF + NF + c];
             in.norm[a] = ctx[a * 2 * NF + NF + c];
 #pragma unroll

@@ -62,6 +62,15 @@ const VARIABLES: [&str; 8] = [
     "MDRUN_LAST_WITHOUT_A_VV",
 ];
 
+/// One evaluation through the fused kernels, without a graph: what these tests compare.
+fn fused_evaluation() -> GpuOptions {
+    GpuOptions {
+        cuda_graph: false,
+        kernels: KernelVariant::Fused,
+        ..GpuOptions::default()
+    }
+}
+
 fn check_layouts(model: &PainnModel, system: &System, what: &str) {
     check_layouts_within(model, system, what, 1e-4);
 }
@@ -89,11 +98,7 @@ fn run_layouts(model: &PainnModel, system: &System, what: &str, force_tolerance:
         assert_eq!(sizes.mma_backward_divides, divides == "1", "{what} {layout:?}");
         assert_eq!(sizes.cluster.to_string(), cluster, "{what} {layout:?}");
         assert_eq!(sizes.last_without_a_vv, without_a_vv == "1", "{what} {layout:?}");
-        let fused = GpuOptions {
-            cuda_graph: false,
-            kernels: KernelVariant::Fused,
-            ..GpuOptions::default()
-        };
+        let fused = fused_evaluation();
         let (e, f) = compare_gpu_with_cpu_using(model, system, fused);
         eprintln!(
             "{what}: (tile, split, cluster, pair split, channel slices, mma, divides, without a_vv) {layout:?}: \
@@ -261,11 +266,7 @@ fn message_kernel_variants_follow_the_plain_kernels_and_match_the_cpu() {
     let wide = random_model(wide, 100);
     let dense_cell = Cell::new([[10.5, 0.0, 0.0], [1.0, 10.2, 0.0], [-0.8, 0.6, 10.4]]).unwrap();
     let dense = random_periodic_system(260, dense_cell, 101);
-    let fused = GpuOptions {
-        cuda_graph: false,
-        kernels: KernelVariant::Fused,
-        ..GpuOptions::default()
-    };
+    let fused = fused_evaluation();
     for (model, system, what, one_chunk) in [
         (&random, &molecule, "random molecule, 12 atoms", true),
         (&random, &periodic, "random sheared cell, 48 atoms", true),
@@ -376,11 +377,7 @@ fn the_last_mixing_without_a_vv_follows_the_whole_layer_and_matches_the_cpu() {
     let molecule = system_of(&numbers, positions, None);
     let trained = trained_model();
     let waterbox = System::read(std::path::Path::new(&project_file("systems/waterbox_64.xyz")), None).unwrap();
-    let fused = GpuOptions {
-        cuda_graph: false,
-        kernels: KernelVariant::Fused,
-        ..GpuOptions::default()
-    };
+    let fused = fused_evaluation();
     for (model, system, what) in [
         (&random, &molecule, "random molecule, 12 atoms"),
         (&trained, &waterbox, "water box, 192 atoms"),

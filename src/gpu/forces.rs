@@ -439,13 +439,22 @@ impl GpuPainn {
         &self.grad_q[(self.net.layers.len() - t) % 2]
     }
 
+    /// Interaction `t`'s update network, second layer, as its mixing kernels read it: the last
+    /// one's without a_vv where `last_update` holds it.
+    fn update_second(&self, t: usize) -> &DenseOnGpu {
+        match &self.last_update {
+            Some(update) if t + 1 == self.net.layers.len() => update,
+            _ => &self.net.layers[t].mix2,
+        }
+    }
+
     /// Interaction `t`'s mixing weights as its backward reads them.
     fn mixing_back(&self, t: usize) -> MixingBackParams {
         let layer = &self.net.layers[t];
         MixingBackParams {
             mix: layer.mix.w.ptr,
             a1: layer.mix1.w.ptr,
-            a2: layer.mix2.w.ptr,
+            a2: self.update_second(t).w.ptr,
         }
     }
 
@@ -518,15 +527,11 @@ impl GpuPainn {
                 }
                 .map_err(err("message_forward"))?;
             }
-            let is_last = t + 1 == t_count;
             let mixing = MixingParams {
                 mix_t: layer.mix.wt.ptr,
                 a1t: layer.mix1.wt.ptr,
                 b1: layer.mix1.b(),
-                a2t: match &self.last_update {
-                    Some(update) if is_last => update.wt.ptr,
-                    _ => layer.mix2.wt.ptr,
-                },
+                a2t: self.update_second(t).wt.ptr,
                 b2: layer.mix2.b(),
                 epsilon: self.net.epsilon,
             };
@@ -560,13 +565,7 @@ impl GpuPainn {
                     let last = LastLayerParams {
                         readout,
                         atom_energy: self.atom_energy.ptr,
-                        back: MixingBackParams {
-                            a2: self
-                                .last_update
-                                .as_ref()
-                                .map_or(layer.mix2.w.ptr, |update| update.w.ptr),
-                            ..self.mixing_back(t)
-                        },
+                        back: self.mixing_back(t),
                         grad_q_in: self.grad_q_at(t).ptr,
                         grad_mu_in: self.grad_mu[1].ptr,
                     };
