@@ -19,7 +19,8 @@
 #   # record at every size: "avv:MDRUN_LAST_WITHOUT_A_VV=1 record:MDRUN_PAIR_RECORD=1"; "" for none):
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
 #   # under ncu at benzene; BASELINE_VARIANTS the same for the baseline binary (each benched as
-#   # baseline_NAME; default none: the baseline as it is).
+#   # baseline_NAME; default none: the baseline as it is); NCU_VARIANTS the names of those
+#   # profiled by ncu (default all).
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -138,7 +139,9 @@ elif [[ " $parts " == *" ncu "* ]]; then
   for system in benzene.xyz waterbox_64.xyz; do
     ncu_at "${system%.*}" "$system"
   done
+  # NCU_VARIANTS: the variants profiled (names from VARIANTS; default all of them).
   for v in $variants; do
+    [ -n "${NCU_VARIANTS+x}" ] && [[ " $NCU_VARIANTS " != *" ${v%%:*} "* ]] && continue
     # shellcheck disable=SC2046
     ncu_at "benzene-${v%%:*}" benzene.xyz $(variant_env "${v%%:*}" "$variants")
     # shellcheck disable=SC2046
