@@ -49,6 +49,11 @@ pub const MMA_MIN_ATOMS: usize = 12;
 /// the message kernels are latency-bound (perf-notes v67, H200).
 pub const PAIR_RECORD_MAX_ATOMS: usize = 64;
 
+/// The dense layers' atoms per block and cluster size from 128 atoms where their blocks all fit
+/// the device at once (KernelSizes::on_device; perf-notes v69).
+pub const MID_BAND_TILE: usize = 3;
+pub const MID_BAND_CLUSTER: usize = 2;
+
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
@@ -96,7 +101,8 @@ pub struct KernelSizes {
     pub first_layer: bool,
     /// The last interaction's mixing computes its update network without the a_vv third, whose
     /// every use there is a product with ∂E/∂μ = 0 (kernels/painn.cu, UPDATE_PARTS; perf-notes
-    /// v68). Off by default until measured on a GPU; MDRUN_LAST_WITHOUT_A_VV=1 turns it on.
+    /// v68). On by default: −0.3 to −2.9 µs per MD step at 3–192 atoms on the H100 (+0.3 at 99
+    /// atoms, within its rounds' spread; perf-notes v69); MDRUN_LAST_WITHOUT_A_VV=0 turns it off.
     pub last_without_a_vv: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
@@ -122,7 +128,8 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
-    /// without clusters from 128 on (v22).
+    /// without clusters from 128 on (v22); `on_device` takes three atoms per block in clusters of
+    /// 2 from 128 atoms where those blocks all fit the device at once (v69).
     /// The message kernels take the filter products on tensor cores from 32 atoms on where the
     /// radial basis fits (up to 32 functions; v31) and split each atom's pair tiles over 4 warp groups and its
     /// channels over 4 blocks below 64 atoms, over 2 and 4 below 128, 1 and 2 from 128 on. The scalar kernels (wider
@@ -192,7 +199,7 @@ impl KernelSizes {
             mma_backward_divides: env("MDRUN_MMA_BACKWARD_DIVIDES") != Some(0),
             pair_record: message_mma && env("MDRUN_PAIR_RECORD").map_or(n_atoms < PAIR_RECORD_MAX_ATOMS, |v| v != 0),
             first_layer: message_mma && env("MDRUN_FIRST_LAYER") != Some(0),
-            last_without_a_vv: env("MDRUN_LAST_WITHOUT_A_VV") == Some(1),
+            last_without_a_vv: env("MDRUN_LAST_WITHOUT_A_VV") != Some(0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
             pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
             // Needs the device's SM count: Gpu::open decides.
@@ -209,6 +216,25 @@ impl KernelSizes {
         // Thread-block clusters need compute capability 9.0.
         if cc.0 < 9 {
             self.cluster = 1;
+        }
+        // From 128 atoms, three atoms per block in clusters of 2 where all those blocks fit the
+        // SMs at once (up to 198 atoms on 132 SMs): each block streams half of every dense
+        // kernel's weights from L2 instead of all of them for two atoms, which binds the dense
+        // kernels there (perf-notes v69: −4.3 µs per MD step at 192 atoms on the H100; at 99
+        // atoms, with 66 blocks, it lost 17 µs). Not where MDRUN_DENSE_TILE or
+        // MDRUN_DENSE_CLUSTER choose.
+        let chosen =
+            std::env::var_os("MDRUN_DENSE_TILE").is_some() || std::env::var_os("MDRUN_DENSE_CLUSTER").is_some();
+        let (tile, cluster) = (MID_BAND_TILE, MID_BAND_CLUSTER);
+        if !chosen
+            && cc.0 >= 9
+            && self.atoms >= 128
+            && tile * self.features <= 512
+            && self.atoms.div_ceil(tile) * cluster <= sms
+            && dense_cluster_fits(self.features, self.readout_hidden, self.split, tile, cluster)
+        {
+            self.tile = tile;
+            self.cluster = cluster;
         }
         // Each dense block alone on an SM where the launch's blocks all fit at once (v57);
         // MDRUN_DENSE_ALONE=0/1 overrides.
@@ -522,6 +548,32 @@ mod tests {
         assert_eq!((a100.cluster, a100.message_mma, a100.dense_alone), (1, true, true));
         let t4 = benzene.on_device((7, 5), 40);
         assert_eq!((t4.cluster, t4.message_mma), (1, false));
+    }
+
+    #[test]
+    fn from_128_atoms_the_dense_layers_take_three_atoms_per_block_in_pairs_where_they_fit_the_device() {
+        if ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
+            return;
+        }
+        let on = |n_atoms: usize, cc: (i32, i32), sms: usize| {
+            let s = KernelSizes::for_system(128, 20, 64, n_atoms).on_device(cc, sms);
+            (s.tile, s.cluster, s.dense_alone)
+        };
+        // 192 atoms on an H100: 64 tiles × 2 = 128 blocks on 132 SMs.
+        assert_eq!(on(192, (9, 0), 132), (3, 2, true));
+        assert_eq!(on(128, (9, 0), 132), (3, 2, true));
+        assert_eq!(on(198, (9, 0), 132), (3, 2, true));
+        // 199 atoms would need 134 blocks: two atoms per block, no clusters (100 blocks, alone).
+        assert_eq!(on(199, (9, 0), 132), (2, 1, true));
+        // Below 128 atoms the v22 band; without clusters (Ampere) the plain shape.
+        assert_eq!(on(127, (9, 0), 132), (2, 2, true));
+        assert_eq!(on(192, (8, 0), 108), (2, 1, true));
+        // A narrow model keeps the shape wherever its layers divide into the cluster.
+        let narrow = KernelSizes::for_system(32, 20, 32, 192).on_device((9, 0), 132);
+        assert_eq!((narrow.tile, narrow.cluster), (3, 2));
     }
 
     #[test]
