@@ -70,15 +70,19 @@ const fn without_a_vv(layout: Layout) -> Layout {
     }
 }
 
-/// The student's width at its default layout, also built as for blocks alone on their SMs; a
+/// The student's width at its default layouts (clusters of 4; alone on their SMs, as up to 33
+/// atoms on an H100; clusters of 8 alone, up to 16 atoms; three atoms per block in clusters of 2
+/// alone, from 128 atoms; perf-notes v69), the last three without the a_vv third; a
 /// 64-wide model at the tiles and clusters that take each path of the kernels (three atoms per
 /// block, whose μ rows take a matvec each, also under ThreadSanitizer; one, with and without
 /// clusters; two, reading early; the largest cluster), half of them with the last mixing
 /// without its a_vv third (v68): with and without clusters, under ThreadSanitizer too. The longest
 /// runs first: the layouts share the cores.
-const LAYOUTS: [Layout; 8] = [
+const LAYOUTS: [Layout; 10] = [
     layout(128, 1, 4, false),
     without_a_vv(alone(layout(128, 1, 4, false))),
+    without_a_vv(alone(layout(128, 1, 8, false))),
+    without_a_vv(alone(layout(128, 3, 2, false))),
     without_a_vv(layout(64, 3, 2, true)),
     without_a_vv(layout(64, 1, 1, false)),
     layout(64, 1, 4, false),

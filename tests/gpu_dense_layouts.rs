@@ -30,11 +30,12 @@ static ENVIRONMENT: Mutex<()> = Mutex::new(());
 /// groups) per channel and 1, 2 and 4 blocks per atom, with the filter products on tensor cores
 /// and in scalar f32 at each size band, and both matvec paths for μ's Cartesian rows (one matvec
 /// over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per row, tiles 3 and
-/// 4, with clusters at tile 3: the default from 128 atoms where its blocks fit the device, v69);
+/// 4, with clusters at tile 3: the default from 128 atoms where its blocks fit the device, v69;
+/// clusters of 8 at one atom per block, the default up to 16 atoms on an H100, v69);
 /// two thirds of them, the defaults of the first two bands and the 192-atom one among them, with
 /// the last mixing without its a_vv third (the default since v69; perf-notes v68).
 type Layout = [&'static str; 8];
-const LAYOUTS: [Layout; 15] = [
+const LAYOUTS: [Layout; 16] = [
     ["1", "4", "4", "4", "4", "1", "0", "1"],
     ["2", "4", "1", "1", "2", "1", "1", "1"],
     ["1", "4", "4", "4", "4", "0", "0", "0"],
@@ -50,6 +51,7 @@ const LAYOUTS: [Layout; 15] = [
     ["3", "4", "2", "1", "2", "1", "1", "1"],
     ["2", "2", "2", "2", "1", "1", "0", "1"],
     ["2", "4", "8", "2", "2", "0", "0", "0"],
+    ["1", "4", "8", "4", "4", "1", "0", "1"],
 ];
 
 const VARIABLES: [&str; 8] = [

@@ -54,6 +54,10 @@ pub const PAIR_RECORD_MAX_ATOMS: usize = 64;
 pub const MID_BAND_TILE: usize = 3;
 pub const MID_BAND_CLUSTER: usize = 2;
 
+/// The dense layers' cluster size below 64 atoms where its blocks all fit the device at once
+/// (KernelSizes::on_device; perf-notes v69); 4 (KernelSizes::for_system) where they do not.
+pub const SMALL_BAND_CLUSTER: usize = 8;
+
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
@@ -128,8 +132,9 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
-    /// without clusters from 128 on (v22); `on_device` takes three atoms per block in clusters of
-    /// 2 from 128 atoms where those blocks all fit the device at once (v69).
+    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 below 64 atoms and
+    /// three atoms per block in clusters of 2 from 128 atoms where those blocks all fit the
+    /// device at once (v69).
     /// The message kernels take the filter products on tensor cores from 32 atoms on where the
     /// radial basis fits (up to 32 functions; v31) and split each atom's pair tiles over 4 warp groups and its
     /// channels over 4 blocks below 64 atoms, over 2 and 4 below 128, 1 and 2 from 128 on. The scalar kernels (wider
@@ -217,22 +222,29 @@ impl KernelSizes {
         if cc.0 < 9 {
             self.cluster = 1;
         }
-        // From 128 atoms, three atoms per block in clusters of 2 where all those blocks fit the
-        // SMs at once (up to 198 atoms on 132 SMs): each block streams half of every dense
-        // kernel's weights from L2 instead of all of them for two atoms, which binds the dense
-        // kernels there (perf-notes v69: −4.3 µs per MD step at 192 atoms on the H100; at 99
-        // atoms, with 66 blocks, it lost 17 µs). Not where MDRUN_DENSE_TILE or
-        // MDRUN_DENSE_CLUSTER choose.
+        // Wider dense layouts where all their blocks fit the SMs at once (perf-notes v69), unless
+        // MDRUN_DENSE_TILE or MDRUN_DENSE_CLUSTER choose:
+        // - below 64 atoms, clusters of 8 instead of 4 (up to 16 atoms on 132 SMs): each block's
+        //   share of every matvec halves (−0.7 to −2.1 µs per MD step at 3–12 atoms on the H100;
+        //   at 22 atoms, 176 blocks, +2.3);
+        // - from 128 atoms, three atoms per block in clusters of 2 (up to 198 atoms on 132 SMs):
+        //   each block streams half of every dense kernel's weights from L2 instead of all of
+        //   them for two atoms, which binds the dense kernels there (−4.3 to −6.0 µs at 192 atoms
+        //   on the H100; at 99 atoms, with 66 blocks, it lost 17 µs).
         let chosen =
             std::env::var_os("MDRUN_DENSE_TILE").is_some() || std::env::var_os("MDRUN_DENSE_CLUSTER").is_some();
-        let (tile, cluster) = (MID_BAND_TILE, MID_BAND_CLUSTER);
-        if !chosen
-            && cc.0 >= 9
-            && self.atoms >= 128
-            && tile * self.features <= 512
-            && self.atoms.div_ceil(tile) * cluster <= sms
-            && dense_cluster_fits(self.features, self.readout_hidden, self.split, tile, cluster)
-        {
+        let wider = match self.atoms {
+            0..64 => Some((self.tile, SMALL_BAND_CLUSTER)),
+            128.. => Some((MID_BAND_TILE, MID_BAND_CLUSTER)),
+            _ => None,
+        };
+        if let Some((tile, cluster)) = wider.filter(|&(tile, cluster)| {
+            !chosen
+                && cc.0 >= 9
+                && tile * self.features <= 512
+                && self.atoms.div_ceil(tile) * cluster <= sms
+                && dense_cluster_fits(self.features, self.readout_hidden, self.split, tile, cluster)
+        }) {
             self.tile = tile;
             self.cluster = cluster;
         }
@@ -531,16 +543,22 @@ mod tests {
 
     #[test]
     fn a_device_without_clusters_or_tensor_cores_or_enough_multiprocessors_changes_the_shape() {
-        if std::env::var_os("MDRUN_DENSE_ALONE").is_some() {
+        if ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
             return;
         }
         let benzene = KernelSizes::for_system(128, 20, 64, 12);
         assert_eq!((benzene.cluster, benzene.message_mma), (4, true));
-        // H100: 12 clusters of 4 blocks on 132 multiprocessors, each block alone on one.
+        // H100: 12 clusters of 8 blocks on 132 multiprocessors, each block alone on one.
         let h100 = benzene.on_device((9, 0), 132);
-        assert_eq!((h100.cluster, h100.message_mma, h100.dense_alone), (4, true, true));
-        assert!(
-            !benzene.on_device((9, 0), 47).dense_alone,
+        assert_eq!((h100.cluster, h100.message_mma, h100.dense_alone), (8, true, true));
+        // 96 blocks do not fit 47 multiprocessors, nor do the 48 of clusters of 4.
+        let small = benzene.on_device((9, 0), 47);
+        assert_eq!(
+            (small.cluster, small.dense_alone),
+            (4, false),
             "48 blocks on 47 multiprocessors"
         );
         // Ampere: no clusters (12 blocks, alone on 108), tensor cores; Turing: neither.
@@ -551,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn from_128_atoms_the_dense_layers_take_three_atoms_per_block_in_pairs_where_they_fit_the_device() {
+    fn the_dense_layers_take_wider_layouts_below_64_and_from_128_atoms_where_they_fit_the_device() {
         if ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
             .iter()
             .any(|v| std::env::var_os(v).is_some())
@@ -562,6 +580,11 @@ mod tests {
             let s = KernelSizes::for_system(128, 20, 64, n_atoms).on_device(cc, sms);
             (s.tile, s.cluster, s.dense_alone)
         };
+        // Below 64 atoms, clusters of 8 up to 16 atoms on an H100 (128 blocks), 4 from 17 on.
+        assert_eq!(on(12, (9, 0), 132), (1, 8, true));
+        assert_eq!(on(16, (9, 0), 132), (1, 8, true));
+        assert_eq!(on(17, (9, 0), 132), (1, 4, true));
+        assert_eq!(on(22, (9, 0), 132), (1, 4, true));
         // 192 atoms on an H100: 64 tiles × 2 = 128 blocks on 132 SMs.
         assert_eq!(on(192, (9, 0), 132), (3, 2, true));
         assert_eq!(on(128, (9, 0), 132), (3, 2, true));
