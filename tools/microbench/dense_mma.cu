@@ -51,43 +51,82 @@ __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsig
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One link on tensor cores: y[16, OUT_] = silu(x[16, IN_] · W). Warp w takes n-tiles w, w + 16, ...;
-// per n-tile a lane reads its 2·IN_/8 weights in one round (contiguous in fragment order).
+// A 16-byte load that the compiler keeps in program order with the other asm volatile statements
+// (the loads and the mma): left to itself, nvcc issued each float4 just before its first use, one
+// dependent L2 round per two k-steps (seen in the SASS of the first version).
+__device__ __forceinline__ float4 load_now(const float* p) {
+    float4 v;
+    asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+
+// A lane's weights of k-steps [kc·KC, (kc + 1)·KC) of n-tile nt (fragment order: [NT][32][KS][2]).
+// A shared-memory load kept in program order too: otherwise ptxas hoists every k-step's A
+// fragments ahead of the mma chain and spills.
+__device__ __forceinline__ float lds_now(const float* p) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"((unsigned)__cvta_generic_to_shared(p)));
+    return v;
+}
+
+template <int KS, int KC>
+__device__ __forceinline__ void load_chunk(float4 (&b)[KC / 2], const float* wp, int nt, int kc, int lane) {
+    const float* src = wp + ((size_t)nt * 32 + lane) * 2 * KS + kc * 2 * KC;
+#pragma unroll
+    for (int i = 0; i < KC / 2; ++i) b[i] = load_now(src + 4 * i);
+}
+
+// One link on tensor cores: y[16, OUT_] = silu(x[16, IN_] · W). Warp w takes n-tiles w, w + 16, ...,
+// each in chunks of 16 k-steps; a chunk's weights (32 floats a lane, one round) are in flight
+// while the warp computes the chunk before.
 template <int IN_, int OUT_, int TERMS>
 __device__ __forceinline__ void mma_link(const float* __restrict__ wp, const float* x, float* y) {
-    constexpr int KS = IN_ / 8, NT = OUT_ / 8;
+    constexpr int KS = IN_ / 8, NT = OUT_ / 8, KC = KS < 16 ? KS : 16, CHUNKS = KS / KC;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    for (int nt = warp; nt < NT; nt += WARPS) {
-        float b[2 * KS];
-        const float4* src = reinterpret_cast<const float4*>(wp + ((size_t)nt * 32 + lane) * 2 * KS);
+    if (warp >= NT) return;
+    const int mine = (NT - warp + WARPS - 1) / WARPS * CHUNKS;  // this warp's chunks
+    float4 cur[KC / 2], next[KC / 2];
+    load_chunk<KS, KC>(cur, wp, warp, 0, lane);
+    // Three accumulators: the terms' chains run side by side.
+    float acc[3][4] = {};
+    for (int chunk = 0; chunk < mine; ++chunk) {
+        const int nt = warp + chunk / CHUNKS * WARPS, kc = chunk % CHUNKS;
+        if (chunk + 1 < mine)
+            load_chunk<KS, KC>(next, wp, warp + (chunk + 1) / CHUNKS * WARPS, (chunk + 1) % CHUNKS, lane);
+        const float* b = reinterpret_cast<const float*>(cur);
 #pragma unroll
-        for (int i = 0; i < KS / 2; ++i) reinterpret_cast<float4*>(b)[i] = __ldg(src + i);
-        // Three accumulators: the terms' chains run side by side.
-        float acc[3][4] = {};
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-            const float av[4] = {x[g * LD + ks * 8 + t], x[(g + 8) * LD + ks * 8 + t], x[g * LD + ks * 8 + t + 4],
-                                 x[(g + 8) * LD + ks * 8 + t + 4]};
+        for (int k = 0; k < KC; ++k) {
+            const int col = (kc * KC + k) * 8 + t;
+            const float av[4] = {lds_now(x + g * LD + col), lds_now(x + (g + 8) * LD + col),
+                                 lds_now(x + g * LD + col + 4), lds_now(x + (g + 8) * LD + col + 4)};
             unsigned ah[4], al[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 ah[i] = tf32(av[i]);
                 al[i] = tf32(av[i] - __uint_as_float(ah[i]));
             }
-            const unsigned bh0 = tf32(b[2 * ks]), bh1 = tf32(b[2 * ks + 1]);
+            const unsigned bh0 = tf32(b[2 * k]), bh1 = tf32(b[2 * k + 1]);
             mma(acc[0], ah, bh0, bh1);
             if constexpr (TERMS == 3) {
-                const unsigned bl0 = tf32(b[2 * ks] - __uint_as_float(bh0));
-                const unsigned bl1 = tf32(b[2 * ks + 1] - __uint_as_float(bh1));
+                const unsigned bl0 = tf32(b[2 * k] - __uint_as_float(bh0));
+                const unsigned bl1 = tf32(b[2 * k + 1] - __uint_as_float(bh1));
                 mma(acc[1], al, bh0, bh1);
                 mma(acc[2], ah, bl0, bl1);
             }
         }
-        const int c = nt * 8 + 2 * t;
-        y[g * LD + c] = silu(acc[0][0] + (acc[1][0] + acc[2][0]));
-        y[g * LD + c + 1] = silu(acc[0][1] + (acc[1][1] + acc[2][1]));
-        y[(g + 8) * LD + c] = silu(acc[0][2] + (acc[1][2] + acc[2][2]));
-        y[(g + 8) * LD + c + 1] = silu(acc[0][3] + (acc[1][3] + acc[2][3]));
+        if (kc == CHUNKS - 1) {
+            const int c = nt * 8 + 2 * t;
+            y[g * LD + c] = silu(acc[0][0] + (acc[1][0] + acc[2][0]));
+            y[g * LD + c + 1] = silu(acc[0][1] + (acc[1][1] + acc[2][1]));
+            y[(g + 8) * LD + c] = silu(acc[0][2] + (acc[1][2] + acc[2][2]));
+            y[(g + 8) * LD + c + 1] = silu(acc[0][3] + (acc[1][3] + acc[2][3]));
+#pragma unroll
+            for (int j = 0; j < 3; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < KC / 2; ++i) cur[i] = next[i];
     }
 }
 
@@ -99,11 +138,16 @@ __device__ __forceinline__ void ffma_link(const float* __restrict__ w, const flo
     const int o = threadIdx.x % OUT_, group = threadIdx.x / OUT_;
     if (group >= GROUPS) return;
     float acc[R] = {};
-#pragma unroll 16
-    for (int i = 0; i < IN_; ++i) {
-        const float wi = __ldg(w + (size_t)i * OUT_ + o);
+    // 16 weights a round, issued together (as the engine's dense kernels do, perf-notes v18).
+    for (int i0 = 0; i0 < IN_; i0 += 16) {
+        float wi[16];
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = fmaf(x[(group * R + r) * LD + i], wi, acc[r]);
+        for (int i = 0; i < 16; ++i)
+            asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(wi[i]) : "l"(w + (size_t)(i0 + i) * OUT_ + o));
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] = fmaf(x[(group * R + r) * LD + i0 + i], wi[i], acc[r]);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) y[(group * R + r) * LD + o] = silu(acc[r]);
