@@ -541,12 +541,16 @@ mod tests {
         (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma)
     }
 
-    #[test]
-    fn a_device_without_clusters_or_tensor_cores_or_enough_multiprocessors_changes_the_shape() {
-        if ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
+    /// Whether the environment sets the dense layout these tests expect from the size rules.
+    fn dense_layout_overridden() -> bool {
+        ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
             .iter()
             .any(|v| std::env::var_os(v).is_some())
-        {
+    }
+
+    #[test]
+    fn a_device_without_clusters_or_tensor_cores_or_enough_multiprocessors_changes_the_shape() {
+        if dense_layout_overridden() {
             return;
         }
         let benzene = KernelSizes::for_system(128, 20, 64, 12);
@@ -570,10 +574,7 @@ mod tests {
 
     #[test]
     fn the_dense_layers_take_wider_layouts_below_64_and_from_128_atoms_where_they_fit_the_device() {
-        if ["MDRUN_DENSE_ALONE", "MDRUN_DENSE_TILE", "MDRUN_DENSE_CLUSTER"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some())
-        {
+        if dense_layout_overridden() {
             return;
         }
         let on = |n_atoms: usize, cc: (i32, i32), sms: usize| {
