@@ -257,6 +257,18 @@ fn bench_measures_every_gpu_configuration() {
                 "{row}"
             );
         }
+        // The fused kernels' rows say which launch shape ran (it depends on the device).
+        if expected == "ok" && row["kernels"] == "fused" {
+            for field in [
+                "dense_tile",
+                "dense_cluster",
+                "dense_split",
+                "pair_split",
+                "channel_slices",
+            ] {
+                assert!(row[field].as_u64().is_some_and(|v| v >= 1), "{field}: {row}");
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -227,6 +227,16 @@ pub struct Row {
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,
+    /// The fused kernels' launch shape: atoms per dense block, blocks per dense cluster, threads
+    /// per dense output, warp groups (or threads) per channel on an atom's pairs, and blocks per
+    /// atom in the message kernels (KernelSizes; by size band and device, perf-notes v69;
+    /// MDRUN_DENSE_TILE, MDRUN_DENSE_CLUSTER, MDRUN_DENSE_SPLIT, MDRUN_PAIR_SPLIT,
+    /// MDRUN_CHANNEL_SLICES).
+    pub dense_tile: Option<usize>,
+    pub dense_cluster: Option<usize>,
+    pub dense_split: Option<usize>,
+    pub pair_split: Option<usize>,
+    pub channel_slices: Option<usize>,
     /// MD steps per graph launch in the timed chunks (perf-notes v62: `[gpu] graph_steps`,
     /// MDRUN_GRAPH_STEPS; 1 without graphs).
     pub graph_steps: Option<u64>,

@@ -212,6 +212,13 @@ fn measure_gpu(
     row.first_layer = Some(md.first_layer());
     row.last_without_a_vv = Some(md.last_without_a_vv());
     row.dense_alone = Some(md.dense_alone());
+    if let Some(sizes) = md.fused_sizes() {
+        row.dense_tile = Some(sizes.tile);
+        row.dense_cluster = Some(sizes.cluster);
+        row.dense_split = Some(sizes.split);
+        row.pair_split = Some(sizes.pair_split);
+        row.channel_slices = Some(sizes.channel_slices);
+    }
     row.graph_steps = Some(md.graph_steps());
     row.joined_steps = Some(md.graph_steps() > 1 && md.joins_steps());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);

@@ -9,7 +9,7 @@ use super::forces::{kernel_sizes, ClosingKick, JOINED_STEP_MAX_ATOMS};
 use super::naive::{KernelVariant, PainnKernels};
 use super::neighbors::{initial_capacity, GpuNeighbors, NeighborSearch};
 use super::params::{ClusterMdParams, DisplacementCheckParams, IntegrationParams};
-use super::{grid_for, Buffer, Gpu};
+use super::{grid_for, Buffer, Gpu, KernelSizes};
 use crate::cell::{Cell, Vec3};
 use crate::engine::Snapshot;
 use crate::integrate::Integrator;
@@ -298,6 +298,11 @@ impl GpuMd {
     /// Whether the last mixing ran without its a_vv third (perf-notes v68).
     pub fn last_without_a_vv(&self) -> bool {
         self.painn.last_without_a_vv()
+    }
+
+    /// The fused kernels' launch shapes (None where another kernel set runs).
+    pub fn fused_sizes(&self) -> Option<&KernelSizes> {
+        self.painn.fused_sizes()
     }
 
     /// Whether every dense block had an SM to itself (perf-notes v57).

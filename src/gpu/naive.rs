@@ -11,7 +11,7 @@ use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use super::cluster::ClusterPainn;
 use super::forces::{f32s, DeviceModel, GpuPainn};
 use super::neighbors::GpuNeighbors;
-use super::{Buffer, Gpu};
+use super::{Buffer, Gpu, KernelSizes};
 use crate::model::PainnModel;
 
 /// Which PaiNN kernels evaluate the forces (the `[gpu] kernels` input key).
@@ -103,6 +103,14 @@ impl PainnKernels {
     /// Whether the last mixing runs without its a_vv third (perf-notes v68).
     pub fn last_without_a_vv(&self) -> bool {
         matches!(self, PainnKernels::Fused(painn) if painn.sizes.last_without_a_vv)
+    }
+
+    /// The fused kernels' launch shapes (None for the other kernel sets).
+    pub fn fused_sizes(&self) -> Option<&KernelSizes> {
+        match self {
+            PainnKernels::Fused(painn) => Some(&painn.sizes),
+            _ => None,
+        }
     }
 
     /// Whether the evaluation reads the neighbor rows (the one-cluster kernel forms its pairs).
