@@ -310,10 +310,11 @@ impl Engine for GpuEngine {
     }
 
     fn description(&self) -> String {
-        let kernels = match self.md.kernels() {
-            crate::gpu::naive::KernelVariant::Fused | crate::gpu::naive::KernelVariant::Auto => "",
-            crate::gpu::naive::KernelVariant::Cluster => "one-cluster kernel, ",
-            crate::gpu::naive::KernelVariant::Naive => "naive unfused kernels, ",
+        let kernels = match (self.md.kernels(), self.md.fused_sizes()) {
+            (_, Some(sizes)) => format!("{}, ", sizes.launch_shape()),
+            (crate::gpu::naive::KernelVariant::Cluster, _) => "one-cluster kernel, ".into(),
+            (crate::gpu::naive::KernelVariant::Naive, _) => "naive unfused kernels, ".into(),
+            _ => String::new(),
         };
         format!(
             "cuda ({}, f32, {kernels}{})",

@@ -264,6 +264,30 @@ impl KernelSizes {
         self
     }
 
+    /// The launch shape in words, for run logs: e.g. "dense layers 1 atom a block in clusters of
+    /// 8, messages on tensor cores over 4 × 4 warp groups and blocks".
+    pub fn launch_shape(&self) -> String {
+        let atoms = if self.tile == 1 {
+            "1 atom".to_string()
+        } else {
+            format!("{} atoms", self.tile)
+        };
+        let clusters = if self.cluster > 1 {
+            format!(" in clusters of {}", self.cluster)
+        } else {
+            String::new()
+        };
+        let messages = if self.message_mma {
+            format!("on tensor cores over {} warp groups", self.pair_split)
+        } else {
+            format!("in f32 over {} threads a channel", self.pair_split)
+        };
+        format!(
+            "dense layers {atoms} a block{clusters}, messages {messages} and {} blocks an atom",
+            self.channel_slices
+        )
+    }
+
     pub fn dense_blocks(&self, n_atoms: usize) -> usize {
         n_atoms.div_ceil(self.tile) * self.cluster
     }
@@ -598,6 +622,21 @@ mod tests {
         // A narrow model keeps the shape wherever its layers divide into the cluster.
         let narrow = KernelSizes::for_system(32, 20, 32, 192).on_device((9, 0), 132);
         assert_eq!((narrow.tile, narrow.cluster), (3, 2));
+    }
+
+    #[test]
+    fn the_launch_shape_reads_as_words() {
+        let mut s = KernelSizes::for_system(128, 20, 64, 12);
+        (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma) = (1, 8, 4, 4, true);
+        assert_eq!(
+            s.launch_shape(),
+            "dense layers 1 atom a block in clusters of 8, messages on tensor cores over 4 warp groups and 4 blocks an atom"
+        );
+        (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma) = (3, 1, 2, 2, false);
+        assert_eq!(
+            s.launch_shape(),
+            "dense layers 3 atoms a block, messages in f32 over 2 threads a channel and 2 blocks an atom"
+        );
     }
 
     #[test]
