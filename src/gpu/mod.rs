@@ -105,8 +105,9 @@ pub struct KernelSizes {
     pub first_layer: bool,
     /// The last interaction's mixing computes its update network without the a_vv third, whose
     /// every use there is a product with ∂E/∂μ = 0 (kernels/painn.cu, UPDATE_PARTS; perf-notes
-    /// v68). On by default: −0.3 to −2.9 µs per MD step at 3–192 atoms on the H100 (+0.3 at 99
-    /// atoms, within its rounds' spread; perf-notes v69); MDRUN_LAST_WITHOUT_A_VV=0 turns it off.
+    /// v68). On by default: 0.2 to 2.9 µs faster per MD step at 3–192 atoms on the H100 but at 99
+    /// atoms (0.2–0.3 µs slower there in two calls; perf-notes v69); MDRUN_LAST_WITHOUT_A_VV=0
+    /// turns it off.
     pub last_without_a_vv: bool,
     /// Products per thread and row in the one-cluster kernel's matvecs before the dot product
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
