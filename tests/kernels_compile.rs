@@ -94,6 +94,21 @@ fn every_kernel_compiles_with_nvrtc() {
             dense_alone: true,
             ..from_128
         },
+        // The defaults of perf-notes v69 where the blocks fit the device: clusters of 8 up to 12
+        // atoms, three atoms a block in clusters of 2 from 128; alone, without a_vv.
+        KernelSizes {
+            cluster: 8,
+            dense_alone: true,
+            last_without_a_vv: true,
+            ..student
+        },
+        KernelSizes {
+            tile: 3,
+            cluster: 2,
+            dense_alone: true,
+            last_without_a_vv: true,
+            ..from_128
+        },
         // Clusters with an odd tile whose μ rows take one matvec each (3 · TILE > MATVEC_ACC).
         KernelSizes {
             tile: 3,

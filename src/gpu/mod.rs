@@ -54,9 +54,11 @@ pub const PAIR_RECORD_MAX_ATOMS: usize = 64;
 pub const MID_BAND_TILE: usize = 3;
 pub const MID_BAND_CLUSTER: usize = 2;
 
-/// The dense layers' cluster size below 64 atoms where its blocks all fit the device at once
-/// (KernelSizes::on_device; perf-notes v69); 4 (KernelSizes::for_system) where they do not.
+/// The dense layers' cluster size up to SMALL_BAND_MAX_ATOMS where its blocks all fit the device
+/// at once (KernelSizes::on_device; perf-notes v69); 4 (KernelSizes::for_system) elsewhere below
+/// 64 atoms.
 pub const SMALL_BAND_CLUSTER: usize = 8;
+pub const SMALL_BAND_MAX_ATOMS: usize = 12;
 
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
@@ -133,7 +135,7 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
-    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 below 64 atoms and
+    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 up to 12 atoms and
     /// three atoms per block in clusters of 2 from 128 atoms where those blocks all fit the
     /// device at once (v69).
     /// The message kernels take the filter products on tensor cores from 32 atoms on where the
@@ -225,17 +227,19 @@ impl KernelSizes {
         }
         // Wider dense layouts where all their blocks fit the SMs at once (perf-notes v69), unless
         // MDRUN_DENSE_TILE or MDRUN_DENSE_CLUSTER choose:
-        // - below 64 atoms, clusters of 8 instead of 4 (up to 16 atoms on 132 SMs): each block's
-        //   share of every matvec halves (−0.7 to −2.1 µs per MD step at 3–12 atoms on the H100;
-        //   at 22 atoms, 176 blocks, +2.3);
+        // - up to 12 atoms, clusters of 8 instead of 4: each block's share of every matvec halves
+        //   (−0.7 to −2.1 µs per MD step at 3–12 atoms on the H100; at 22 atoms, 176 blocks,
+        //   +2.3). Not past 12 atoms: a cluster's blocks share one GPC, so whether all 13–16
+        //   clusters of 8 run at once on 132 SMs depends on the GPCs' SM counts, not measured
+        //   (cuOccupancyMaxActiveClusters would say, but the sizes are chosen before compiling);
         // - from 128 atoms, three atoms per block in clusters of 2 (up to 198 atoms on 132 SMs):
         //   each block streams half of every dense kernel's weights from L2 instead of all of
         //   them for two atoms, which binds the dense kernels there (−4.3 to −6.0 µs at 192 atoms
         //   on the H100; at 99 atoms, with 66 blocks, it lost 17 µs).
-        let chosen =
-            std::env::var_os("MDRUN_DENSE_TILE").is_some() || std::env::var_os("MDRUN_DENSE_CLUSTER").is_some();
+        let set = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).is_some();
+        let chosen = set("MDRUN_DENSE_TILE") || set("MDRUN_DENSE_CLUSTER");
         let wider = match self.atoms {
-            0..64 => Some((self.tile, SMALL_BAND_CLUSTER)),
+            0..=SMALL_BAND_MAX_ATOMS => Some((self.tile, SMALL_BAND_CLUSTER)),
             128.. => Some((MID_BAND_TILE, MID_BAND_CLUSTER)),
             _ => None,
         };
@@ -266,7 +270,7 @@ impl KernelSizes {
     }
 
     /// The launch shape in words, for run logs: e.g. "dense layers 1 atom a block in clusters of
-    /// 8, messages on tensor cores over 4 × 4 warp groups and blocks".
+    /// 8, messages on tensor cores over 4 warp groups and 4 blocks an atom".
     pub fn launch_shape(&self) -> String {
         let atoms = if self.tile == 1 {
             "1 atom".to_string()
@@ -598,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dense_layers_take_wider_layouts_below_64_and_from_128_atoms_where_they_fit_the_device() {
+    fn the_dense_layers_take_wider_layouts_up_to_12_and_from_128_atoms_where_they_fit_the_device() {
         if dense_layout_overridden() {
             return;
         }
@@ -606,9 +610,11 @@ mod tests {
             let s = KernelSizes::for_system(128, 20, 64, n_atoms).on_device(cc, sms);
             (s.tile, s.cluster, s.dense_alone)
         };
-        // Below 64 atoms, clusters of 8 up to 16 atoms on an H100 (128 blocks), 4 from 17 on.
+        // Clusters of 8 up to 12 atoms (96 blocks on an H100), of 4 from 13 on; 8 only where
+        // the blocks fit (12 atoms on 95 SMs: 4).
         assert_eq!(on(12, (9, 0), 132), (1, 8, true));
-        assert_eq!(on(16, (9, 0), 132), (1, 8, true));
+        assert_eq!(on(12, (9, 0), 95), (1, 4, true));
+        assert_eq!(on(13, (9, 0), 132), (1, 4, true));
         assert_eq!(on(17, (9, 0), 132), (1, 4, true));
         assert_eq!(on(22, (9, 0), 132), (1, 4, true));
         // 192 atoms on an H100: 64 tiles × 2 = 128 blocks on 132 SMs.
@@ -671,8 +677,18 @@ mod tests {
                 .into_iter()
                 .flat_map(|n| [(n, 64.min(features)), (n, features / 2)])
             {
-                for rbf in [20, 64] {
+                // As chosen for the system, and as a Hopper GPU with few or many SMs runs it.
+                let shapes = [20, 64].into_iter().flat_map(|rbf| {
                     let s = KernelSizes::for_system(features, rbf, hidden, n_atoms);
+                    [
+                        s,
+                        s.on_device((9, 0), 16),
+                        s.on_device((9, 0), 132),
+                        s.on_device((9, 0), 100_000),
+                    ]
+                    .map(|s| (rbf, s))
+                });
+                for (rbf, s) in shapes {
                     let what = format!("F = {features}, {n_atoms} atoms: {s:?}");
                     // Message blocks: whole warps of channels, at most 1,024 threads.
                     assert!(features.is_multiple_of(s.channel_slices), "{what}");

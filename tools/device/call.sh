@@ -15,8 +15,9 @@
 #   # out, for a tests call .device/baseline.
 #   # optional: another commit's binary, benched against this one round by round:
 #   mkdir -p .device/baseline && cp OTHER/mdrun .device/baseline/mdrun
-#   # optional: in-binary variants (VARIANTS, default the last mixing without a_vv and the pair
-#   # record at every size: "avv:MDRUN_LAST_WITHOUT_A_VV=1 record:MDRUN_PAIR_RECORD=1"; "" for none):
+#   # optional: in-binary variants (VARIANTS, default the last mixing with its a_vv third and the
+#   # pair record at every size: "noavv:MDRUN_LAST_WITHOUT_A_VV=0 record:MDRUN_PAIR_RECORD=1"; ""
+#   # for none):
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
 #   # under ncu at benzene; BASELINE_VARIANTS the same for the baseline binary (each benched as
 #   # baseline_NAME; default none: the baseline as it is); NCU_VARIANTS the names of those
@@ -67,7 +68,7 @@ git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
 # The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
 systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
 systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
-variants=${VARIANTS-avv:MDRUN_LAST_WITHOUT_A_VV=1 record:MDRUN_PAIR_RECORD=1}
+variants=${VARIANTS-noavv:MDRUN_LAST_WITHOUT_A_VV=0 record:MDRUN_PAIR_RECORD=1}
 # The baseline's runs, the same way (none: the baseline as it is).
 baseline_variants=${BASELINE_VARIANTS-}
 # The environment assignments of variant NAME in the list $2 (as `env` arguments).

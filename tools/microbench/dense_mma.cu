@@ -224,7 +224,7 @@ int main() {
     CHECK(cudaFuncSetAttribute(chain<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     CHECK(cudaFuncSetAttribute(chain<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
 
-    // f64 reference of one chain for block 0's tile.
+    // f64 reference of one chain for block 0's tile, with the weights as the GPU holds them (f32).
     std::vector<double> cur(ROWS * in_of(0));
     for (int i = 0; i < ROWS * in_of(0); ++i) cur[i] = x[i];
     int width = in_of(0);
@@ -233,7 +233,8 @@ int main() {
         for (int r = 0; r < ROWS; ++r)
             for (int o = 0; o < out_of(k); ++o) {
                 double s = 0;
-                for (int i = 0; i < in_of(k); ++i) s += cur[(size_t)r * width + i] * w[k][(size_t)i * out_of(k) + o];
+                for (int i = 0; i < in_of(k); ++i)
+                    s += cur[(size_t)r * width + i] * (double)(float)w[k][(size_t)i * out_of(k) + o];
                 next[(size_t)r * out_of(k) + o] = silu_host(s);
             }
         cur = next;
