@@ -339,7 +339,8 @@ fn md_with_the_message_kernel_variants_follows_the_plain_kernels() {
     let runs = for_message_variants(|(record, first)| {
         let mut md = GpuMd::new(&model, &system, &velocities, &integrator, 0.05, GpuOptions::default()).unwrap();
         md.initialize().unwrap();
-        assert_eq!((md.pair_record(), md.first_layer()), (record, first));
+        let sizes = md.fused_sizes().unwrap();
+        assert_eq!((sizes.pair_record, sizes.first_layer), (record, first));
         md.advance(5).unwrap();
         md.set_neighbor_capacity(40).unwrap();
         let grown = md.neighbor_growths();

@@ -14,6 +14,7 @@ use crate::forcefield::{CpuPainn, ForceField};
 use crate::gpu::md::GpuMd;
 use crate::gpu::naive::KernelVariant;
 use crate::gpu::neighbors::NeighborSearch;
+use crate::gpu::KernelSizes;
 use crate::integrate::{maxwell_boltzmann, Integrator};
 use crate::model::PainnModel;
 use crate::neighbors::{brute_force_pairs, NeighborList, PairList};
@@ -206,19 +207,20 @@ fn measure_gpu(
     row.integrate_in_kernel = Some(md.integrate_in_kernel());
     row.programmatic_launch = Some(md.programmatic_launch());
     row.one_block_rebuild = Some(md.one_block_rebuild());
-    row.message_mma = Some(md.message_mma());
-    row.mma_backward_divides = Some(md.mma_backward_divides());
-    row.pair_record = Some(md.pair_record());
-    row.first_layer = Some(md.first_layer());
-    row.last_without_a_vv = Some(md.last_without_a_vv());
-    row.dense_alone = Some(md.dense_alone());
-    if let Some(sizes) = md.fused_sizes() {
-        row.dense_tile = Some(sizes.tile);
-        row.dense_cluster = Some(sizes.cluster);
-        row.dense_split = Some(sizes.split);
-        row.pair_split = Some(sizes.pair_split);
-        row.channel_slices = Some(sizes.channel_slices);
-    }
+    // What the fused kernels were built with; false and absent for the other kernel sets.
+    let sizes = md.fused_sizes();
+    let flag = |f: fn(&KernelSizes) -> bool| Some(sizes.is_some_and(f));
+    row.message_mma = flag(|s| s.message_mma);
+    row.mma_backward_divides = flag(|s| s.message_mma && s.mma_backward_divides);
+    row.pair_record = flag(|s| s.pair_record);
+    row.first_layer = flag(|s| s.first_layer);
+    row.last_without_a_vv = flag(|s| s.last_without_a_vv);
+    row.dense_alone = flag(|s| s.dense_alone);
+    row.dense_tile = sizes.map(|s| s.tile);
+    row.dense_cluster = sizes.map(|s| s.cluster);
+    row.dense_split = sizes.map(|s| s.split);
+    row.pair_split = sizes.map(|s| s.pair_split);
+    row.channel_slices = sizes.map(|s| s.channel_slices);
     row.graph_steps = Some(md.graph_steps());
     row.joined_steps = Some(md.graph_steps() > 1 && md.joins_steps());
     row.gpu_memory_bytes = Some(md.device_memory_bytes()?);

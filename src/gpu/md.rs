@@ -274,40 +274,9 @@ impl GpuMd {
         self.painn.variant()
     }
 
-    /// Whether the message kernels take the filter products on tensor cores.
-    pub fn message_mma(&self) -> bool {
-        self.painn.message_mma()
-    }
-
-    /// Whether the tensor-core backward kernel divides by each pair's distance (perf-notes v50).
-    pub fn mma_backward_divides(&self) -> bool {
-        self.painn.mma_backward_divides()
-    }
-
-    /// Whether the first message kernel of each evaluation recorded its pairs for the other five
-    /// (perf-notes v65).
-    pub fn pair_record(&self) -> bool {
-        self.painn.pair_record()
-    }
-
-    /// Whether the first interaction's message kernels used μ = 0 (perf-notes v66).
-    pub fn first_layer(&self) -> bool {
-        self.painn.first_layer()
-    }
-
-    /// Whether the last mixing ran without its a_vv third (perf-notes v68).
-    pub fn last_without_a_vv(&self) -> bool {
-        self.painn.last_without_a_vv()
-    }
-
-    /// The fused kernels' launch shapes (None where another kernel set runs).
+    /// The fused kernels' launch shapes and build options (None where another kernel set runs).
     pub fn fused_sizes(&self) -> Option<&KernelSizes> {
         self.painn.fused_sizes()
-    }
-
-    /// Whether every dense block had an SM to itself (perf-notes v57).
-    pub fn dense_alone(&self) -> bool {
-        self.painn.dense_alone()
     }
 
     /// Whether the MD step's first integrator half runs the whole rebuild (perf-notes v43).

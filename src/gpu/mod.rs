@@ -64,6 +64,11 @@ pub const SMALL_BAND_MAX_ATOMS: usize = 12;
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
 
+/// An `MDRUN_*` override of a kernel size, where it is set to a number.
+fn env(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Compile-time sizes of the kernels (NVRTC `-D` definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSizes {
@@ -149,7 +154,6 @@ impl KernelSizes {
     /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W
     /// and MDRUN_PDL_EARLY_TRIGGER override, for experiments (MDRUN_DENSE_ALONE too, in Gpu::open).
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
-        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
         // at most 512 features × atoms per block.
         let tile = env("MDRUN_DENSE_TILE")
@@ -236,8 +240,7 @@ impl KernelSizes {
         //   each block streams half of every dense kernel's weights from L2 instead of all of
         //   them for two atoms, which binds the dense kernels there (−4.3 to −6.0 µs at 192 atoms
         //   on the H100; at 99 atoms, with 66 blocks, it lost 17 µs).
-        let set = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).is_some();
-        let chosen = set("MDRUN_DENSE_TILE") || set("MDRUN_DENSE_CLUSTER");
+        let chosen = env("MDRUN_DENSE_TILE").is_some() || env("MDRUN_DENSE_CLUSTER").is_some();
         let wider = match self.atoms {
             0..=SMALL_BAND_MAX_ATOMS => Some((self.tile, SMALL_BAND_CLUSTER)),
             128.. => Some((MID_BAND_TILE, MID_BAND_CLUSTER)),
@@ -255,10 +258,7 @@ impl KernelSizes {
         }
         // Each dense block alone on an SM where the launch's blocks all fit at once (v57);
         // MDRUN_DENSE_ALONE=0/1 overrides.
-        self.dense_alone = std::env::var("MDRUN_DENSE_ALONE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(self.dense_blocks(self.atoms) <= sms, |v| v != 0);
+        self.dense_alone = env("MDRUN_DENSE_ALONE").map_or(self.dense_blocks(self.atoms) <= sms, |v| v != 0);
         // mma.sync with f16 operands in the shapes message_mma.cu uses needs sm_80 (the pair
         // split, capped for the tensor-core blocks, stays valid for the scalar ones).
         if cc.0 < 8 {

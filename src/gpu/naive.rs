@@ -75,37 +75,8 @@ impl PainnKernels {
         }
     }
 
-    /// Whether the message kernels take the filter products on tensor cores (fused kernels only).
-    pub fn message_mma(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma)
-    }
-
-    /// Whether every dense block had an SM to itself, with up to 128 registers (perf-notes v57).
-    pub fn dense_alone(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.dense_alone)
-    }
-
-    /// Whether the tensor-core backward kernel divides by d instead of reading 1/d (perf-notes v50).
-    pub fn mma_backward_divides(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.message_mma && painn.sizes.mma_backward_divides)
-    }
-
-    /// Whether the first message kernel records the pairs for the others (perf-notes v65).
-    pub fn pair_record(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.pair_record)
-    }
-
-    /// Whether the first interaction's message kernels use μ = 0 (perf-notes v66).
-    pub fn first_layer(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.first_layer)
-    }
-
-    /// Whether the last mixing runs without its a_vv third (perf-notes v68).
-    pub fn last_without_a_vv(&self) -> bool {
-        matches!(self, PainnKernels::Fused(painn) if painn.sizes.last_without_a_vv)
-    }
-
-    /// The fused kernels' launch shapes (None for the other kernel sets).
+    /// The fused kernels' launch shapes and build options (None for the other kernel sets): what
+    /// ran where the bench and the tests ask (tensor cores, pair record, dense layout, ...).
     pub fn fused_sizes(&self) -> Option<&KernelSizes> {
         match self {
             PainnKernels::Fused(painn) => Some(&painn.sizes),
