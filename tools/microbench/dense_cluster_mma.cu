@@ -4,9 +4,13 @@
 // whole chain alone: that block streams every weight (~1 MB a layer) through its one SM. Here a
 // cluster of C blocks shares a tile: block `rank` owns OUT / C output columns of each link, copies
 // only its slice of the weights into shared memory (cp.async, the next link's slice in flight
-// while the current one computes), runs its mma.sync m16n8k8 in 3×TF32 (hi·hi + lo·hi + hi·lo,
-// f32 accumulation) and pushes its activated columns into every block of the cluster (distributed
-// shared memory), then one cluster barrier per link.
+// while the current one computes), runs mma.sync m16n8k8 in 3×TF32 (hi·hi + lo·hi + hi·lo, f32
+// accumulation), stores its activated columns once to L2, and after one cluster barrier per link
+// every block copies the next link's input from L2 into shared memory (cp.async). The weights
+// are split into hi and lo on the host; activations at use, by truncation (two instructions).
+// (v70's earlier versions, in git history and docs/bench/v70: operands split by cvt.rna at every
+// use, one n-tile per warp item, outputs pushed into every block through distributed shared
+// memory or through L2: 21–26 µs for the five links at 192 atoms; split once while staging: 19.4.)
 //
 // The chain is the forward mixing kernel's five links with their row counts: 128 → 256 on the 48
 // (atom, Cartesian) rows of μ, then 256 → 128, 128 → 384, 128 → 128, 128 → 384 on the 16 atoms'
@@ -14,15 +18,15 @@
 // launch is one chain on fresh weights, as one kernel of an MD step is; launches are timed in a
 // CUDA graph of GRAPH launches (each pays the graph's per-kernel cost, ~1 µs, as in mdrun).
 //
-// Prints, for two exchanges (push through distributed shared memory, or through L2), C in {4, 8,
-// 16} blocks and W in {4, 8} warps a block, µs per launch for 1 tile (16 atoms) and 12 tiles (192
-// atoms), with the five links, the first link only, and none (the launch, the input copy and a
-// cluster barrier: the floor); and each variant's largest error after one chain against an f64
-// evaluation on the host, relative to the largest output.
+// Prints, for C in {8, 16} blocks and W in {4, 8} warps a block, µs per launch for 1 tile (16
+// atoms) and 12 tiles (192 atoms), with the five links, the first link only, and none (the
+// launch, the input's staging and a cluster barrier: the floor); and each variant's largest error
+// after one chain against an f64 evaluation on the host, relative to the largest output.
 //
 // nvcc -O3 -arch=sm_90 -std=c++17 dense_cluster_mma.cu -o dense_cluster_mma && ./dense_cluster_mma
 // ncu -k regex:chain ./dense_cluster_mma profile   (one launch of each variant on 12 tiles)
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -35,35 +39,44 @@ constexpr int LINKS = 5, ATOMS = 16, GRAPH = 50;
 __host__ __device__ constexpr int rows_of(int k) { return k == 0 ? 3 * ATOMS : ATOMS; }
 __host__ __device__ constexpr int in_of(int k) { return k == 1 ? 256 : 128; }
 __host__ __device__ constexpr int out_of(int k) { return k == 0 ? 256 : k == 2 || k == 4 ? 384 : 128; }
-// Activation buffers: A holds the chain's input and links 1 and 3's outputs, B links 0, 2 and 4's.
-// Row strides ≡ 4 (mod 32) words: a warp's A-fragment loads (rows g, columns t) hit 32 banks.
-__host__ __device__ constexpr int ld_of(int width) { return width + 4; }
-constexpr int A_FLOATS = 3 * ATOMS * ld_of(128);
-constexpr int B_FLOATS = 3 * ATOMS * ld_of(256) > ATOMS * ld_of(384) ? 3 * ATOMS * ld_of(256) : ATOMS * ld_of(384);
+// One activation buffer: each link's input, copied raw from L2 (cp.async) after the previous
+// link's cluster barrier. The mma's k-slots are permuted within each k-step: slots t and t + 4 of
+// lane t take input columns 2t and 2t + 1, so a lane's A-fragment pair is one 8-byte load of
+// adjacent columns (the weights are packed with the same permutation). Row strides ≡ 8 (mod 32)
+// words: a warp's 8-byte loads of rows g, pairs t cover the 32 banks twice, no conflict.
+__host__ __device__ constexpr int ld_of(int width) { return width + 8; }
+__host__ __device__ constexpr int plane_floats(int k) { return rows_of(k) * ld_of(in_of(k)); }
+__host__ __device__ constexpr int max_plane() {
+    int most = 0;
+    for (int k = 0; k < LINKS; ++k) most = most > plane_floats(k) ? most : plane_floats(k);
+    return most;
+}
 
 struct Weights {
-    const float* w[LINKS];  // per link: C slices, slice r = [NTL][KS][32 lanes][2] (fragment order)
+    const uint4* w[LINKS];  // per link: C slices, slice r = [NTL][KS][32 lanes] of {hi b0, hi b1, lo b0, lo b1}
 };
 
-__device__ __forceinline__ float silu(float z) { return z / (1.f + __expf(-z)); }
+// A reciprocal instead of a division: no FCHK slow-path test (1 / ∞ = 0 for z ≪ 0).
+__device__ __forceinline__ float silu(float z) { return z * __frcp_rn(1.f + __expf(-z)); }
 
-__device__ __forceinline__ unsigned tf32(float x) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
+// The 3×TF32 split by truncation: hi keeps the top 19 bits (what a tf32 mma reads of a register),
+// lo = x − hi is exact in f32 and the mma reads its top 19 bits. Two instructions; cvt.rna.tf32
+// compiled to ~6 (v70's fourth run).
+__device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
+    hi = __float_as_uint(x) & 0xffffe000u;
+    lo = __float_as_uint(x - __uint_as_float(hi));
 }
 
-// Not volatile: it has outputs, and ptxas may then hoist the next k-step's loads above it (as
-// volatile it kept program order, one shared-memory round per k-step: v70's first run).
-__device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
+// Not volatile: ptxas may then move the next k-step's loads above it (as volatile it kept program
+// order: one shared-memory round per k-step).
+__device__ __forceinline__ void mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                    unsigned b1) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void copy16(float* dst, const float* src) {
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
                  : "memory");
 }
@@ -81,27 +94,16 @@ __device__ __forceinline__ unsigned cluster_rank() {
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
-// The address of `local` (this block's shared memory) in block `rank` of the cluster.
-__device__ __forceinline__ unsigned remote(const void* local, unsigned rank) {
-    unsigned out;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
-                 : "=r"(out)
-                 : "r"((unsigned)__cvta_generic_to_shared(local)), "r"(rank));
-    return out;
-}
-__device__ __forceinline__ void store_remote(unsigned addr, float2 v) {
-    asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(v.x), "f"(v.y) : "memory");
-}
 
-// Link k's weight slice into shared memory: this block's [NTL][KS][32][2] floats, contiguous.
+// Link k's weight slice into shared memory: this block's [NTL][KS][32] uint4, contiguous.
 template <int C, int K>
-__device__ __forceinline__ void fetch_weights(const Weights& w, float* dst, unsigned rank) {
-    constexpr int FLOATS = in_of(K) * out_of(K) / C;
-    const float* src = w.w[K] + (size_t)rank * FLOATS;
-    for (int i = threadIdx.x * 4; i < FLOATS; i += blockDim.x * 4) copy16(dst + i, src + i);
+__device__ __forceinline__ void fetch_weights(const Weights& w, uint4* dst, unsigned rank) {
+    constexpr int N = in_of(K) * out_of(K) / C / 2;  // uint4 per slice: two weights each
+    const uint4* src = w.w[K] + (size_t)rank * N;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) copy16(dst + i, src + i);
 }
 template <int C>
-__device__ __forceinline__ void fetch_weights(const Weights& w, float* dst, unsigned rank, int k) {
+__device__ __forceinline__ void fetch_weights(const Weights& w, uint4* dst, unsigned rank, int k) {
     switch (k) {
     case 0: fetch_weights<C, 0>(w, dst, rank); break;
     case 1: fetch_weights<C, 1>(w, dst, rank); break;
@@ -111,67 +113,68 @@ __device__ __forceinline__ void fetch_weights(const Weights& w, float* dst, unsi
     }
 }
 
-// Link K on this block's columns: out[:, rank·OUTB + j] = silu(in · W)[:, ...] in every block.
-// Work items: (k part, m-tile, n-tile), round robin over the warps; the k loop is split only as far
-// as it takes to give every warp an item. Split items meet in `scratch`, summed in a fixed order.
-// MODE 0 (push): every block stores its activated columns into every block's `out` (distributed
-// shared memory). MODE 1 (through L2): it stores them once, to `gout` ([M, OUT] of this tile and
-// link in global memory); after the cluster barrier each block copies the next link's input from
-// there into shared memory (cp.async, L2 only).
-template <int C, int W, int K, int MODE>
-__device__ __forceinline__ void emit(float* out, float* gout, int row, int gc, float2 y) {
-    if constexpr (MODE == 0) {
-        for (unsigned r = 0; r < C; ++r) store_remote(remote(out + row * ld_of(out_of(K)) + gc, r), y);
-    } else {
-        *reinterpret_cast<float2*>(gout + row * out_of(K) + gc) = y;
-    }
+// Link K's input ([rows_of(K), in_of(K)], the first rows and columns of `src`, row stride
+// src_ld, in L2 or global memory) into shared memory, row stride ld_of(in_of(K)).
+template <int K>
+__device__ __forceinline__ void stage_input(float* x, const float* src, int src_ld) {
+    constexpr int ROWS = rows_of(K), COLS = in_of(K), LD = ld_of(COLS);
+    for (int i = threadIdx.x * 4; i < ROWS * COLS; i += blockDim.x * 4)
+        copy16(x + i / COLS * LD + i % COLS, src + (size_t)(i / COLS) * src_ld + i % COLS);
 }
 
-template <int C, int W, int K, int MODE>
-__device__ __forceinline__ void link(const float* wsh, const float* in, float* out, float* gout, float* scratch,
-                                     unsigned rank) {
-    constexpr int M = rows_of(K), IN = in_of(K), OUT = out_of(K), OUTB = OUT / C;
-    constexpr int MT = M / 16, NTL = OUTB / 8, KS = IN / 8, TILES = MT * NTL;
-    constexpr int WANT = TILES >= W ? 1 : W / TILES;
+// Link K on this block's columns: gout[:, rank·OUTB + j] = silu(in · W)[:, ...], stored once to
+// L2 (the next link's input for every block of the cluster, after the cluster barrier).
+// Work items: (k part, m-tile, NB n-tiles), round robin over the warps: A fragments are read once
+// per item and k-step for NB n-tiles, each with three accumulators (hi·hi, lo·hi, hi·lo) so that
+// 3·NB mma chains run side by side. The k loop is split only as far as it takes to give every warp
+// an item; split items meet in `scratch`, summed in a fixed order.
+template <int C, int W, int K>
+__device__ __forceinline__ void link(const uint4* wsh, const float* x, float* gout, float* scratch, unsigned rank) {
+    constexpr int M = rows_of(K), IN = in_of(K), OUT = out_of(K), OUTB = OUT / C, LD = ld_of(IN);
+    constexpr int MT = M / 16, NTL = OUTB / 8, KS = IN / 8, NB = NTL % 2 == 0 ? 2 : 1, GROUPS = MT * NTL / NB;
+    constexpr int WANT = GROUPS >= W ? 1 : W / GROUPS;
     constexpr int KSPLIT = WANT >= 8 ? 8 : WANT >= 4 ? 4 : WANT >= 2 ? 2 : 1;
-    constexpr int KSW = KS / KSPLIT, ITEMS = TILES * KSPLIT;
-    // The input is the previous link's output (the chain's input for link 0), in its row stride.
-    constexpr int LDI = K == 0 ? ld_of(in_of(0)) : ld_of(out_of(K - 1));
+    constexpr int KSW = KS / KSPLIT, ITEMS = GROUPS * KSPLIT;
     static_assert(OUTB % 8 == 0 && KS % KSPLIT == 0, "the slice is whole n-tiles, the split whole k-steps");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     for (int item = warp; item < ITEMS; item += W) {
-        const int tile = item % TILES, part = item / TILES, m = tile / NTL, n = tile % NTL;
-        float acc[3][4] = {};
-        const float* a_row = in + (m * 16 + g) * LDI + t;
-        const float2* b = reinterpret_cast<const float2*>(wsh) + ((size_t)n * KS) * 32 + lane;
+        const int group = item % GROUPS, part = item / GROUPS, m = group / (NTL / NB), n0 = group % (NTL / NB) * NB;
+        float acc[NB][3][4] = {};
+        const int a_at = (m * 16 + g) * LD + 2 * t;
+        const uint4* b = wsh + (size_t)n0 * KS * 32 + lane;
 #pragma unroll 4
         for (int ks = part * KSW; ks < (part + 1) * KSW; ++ks) {
-            const float av[4] = {a_row[ks * 8], a_row[8 * LDI + ks * 8], a_row[ks * 8 + 4], a_row[8 * LDI + ks * 8 + 4]};
-            const float2 bv = b[ks * 32];
-            unsigned ah[4], al[4];
+            const float2 r0 = *reinterpret_cast<const float2*>(x + a_at + ks * 8);
+            const float2 r1 = *reinterpret_cast<const float2*>(x + a_at + 8 * LD + ks * 8);
+            // a0 = (g, slot t), a1 = (g + 8, slot t), a2 = (g, slot t + 4), a3 = (g + 8, slot t + 4).
+            unsigned ah0, ah1, ah2, ah3, al0, al1, al2, al3;
+            split(r0.x, ah0, al0);
+            split(r1.x, ah1, al1);
+            split(r0.y, ah2, al2);
+            split(r1.y, ah3, al3);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                ah[i] = tf32(av[i]);
-                al[i] = tf32(av[i] - __uint_as_float(ah[i]));
+            for (int j = 0; j < NB; ++j) {
+                const uint4 bv = b[((size_t)j * KS + ks) * 32];
+                mma(acc[j][0], ah0, ah1, ah2, ah3, bv.x, bv.y);
+                mma(acc[j][1], al0, al1, al2, al3, bv.x, bv.y);
+                mma(acc[j][2], ah0, ah1, ah2, ah3, bv.z, bv.w);
             }
-            const unsigned bh0 = tf32(bv.x), bh1 = tf32(bv.y);
-            const unsigned bl0 = tf32(bv.x - __uint_as_float(bh0)), bl1 = tf32(bv.y - __uint_as_float(bh1));
-            mma(acc[0], ah, bh0, bh1);
-            mma(acc[1], al, bh0, bh1);
-            mma(acc[2], ah, bl0, bl1);
         }
-        float v[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) v[i] = acc[0][i] + (acc[1][i] + acc[2][i]);
-        const int row = m * 16 + g, col = n * 8 + 2 * t;  // within this block's slice
-        if constexpr (KSPLIT == 1) {
-            const int gc = rank * OUTB + col;
-            emit<C, W, K, MODE>(out, gout, row, gc, make_float2(silu(v[0]), silu(v[1])));
-            emit<C, W, K, MODE>(out, gout, row + 8, gc, make_float2(silu(v[2]), silu(v[3])));
-        } else {
-            float* s = scratch + (size_t)part * M * OUTB;
-            *reinterpret_cast<float2*>(s + row * OUTB + col) = make_float2(v[0], v[1]);
-            *reinterpret_cast<float2*>(s + (row + 8) * OUTB + col) = make_float2(v[2], v[3]);
+        for (int j = 0; j < NB; ++j) {
+            float v[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v[i] = acc[j][0][i] + (acc[j][1][i] + acc[j][2][i]);
+            const int row = m * 16 + g, col = (n0 + j) * 8 + 2 * t;  // within this block's slice
+            if constexpr (KSPLIT == 1) {
+                *reinterpret_cast<float2*>(gout + row * OUT + rank * OUTB + col) = make_float2(silu(v[0]), silu(v[1]));
+                *reinterpret_cast<float2*>(gout + (row + 8) * OUT + rank * OUTB + col) =
+                    make_float2(silu(v[2]), silu(v[3]));
+            } else {
+                float* s = scratch + (size_t)part * M * OUTB;
+                *reinterpret_cast<float2*>(s + row * OUTB + col) = make_float2(v[0], v[1]);
+                *reinterpret_cast<float2*>(s + (row + 8) * OUTB + col) = make_float2(v[2], v[3]);
+            }
         }
     }
     if constexpr (KSPLIT > 1) {
@@ -185,99 +188,96 @@ __device__ __forceinline__ void link(const float* wsh, const float* in, float* o
                 sum.x += x.x;
                 sum.y += x.y;
             }
-            const float2 y = make_float2(silu(sum.x), silu(sum.y));
-            emit<C, W, K, MODE>(out, gout, row, rank * OUTB + col, y);
+            *reinterpret_cast<float2*>(gout + row * OUT + rank * OUTB + col) = make_float2(silu(sum.x), silu(sum.y));
         }
     }
 }
 
-// Offsets of each link's [M, OUT] output in a tile's global region (MODE 1).
+// Offsets of each link's [M, OUT] output in a tile's global region.
 __host__ __device__ constexpr int act_offset(int k) { return k == 0 ? 0 : act_offset(k - 1) + rows_of(k - 1) * out_of(k - 1); }
 constexpr int ACT_FLOATS = act_offset(LINKS);
 
-template <int C, int W, int MODE>
-__device__ __forceinline__ void run_link(int k, const float* wsh, float* a, float* b, float* act, float* scratch,
+template <int C, int W>
+__device__ __forceinline__ void run_link(int k, const uint4* wsh, const float* x, float* act, float* scratch,
                                          unsigned rank) {
     switch (k) {
-    case 0: link<C, W, 0, MODE>(wsh, a, b, act + act_offset(0), scratch, rank); break;
-    case 1: link<C, W, 1, MODE>(wsh, b, a, act + act_offset(1), scratch, rank); break;
-    case 2: link<C, W, 2, MODE>(wsh, a, b, act + act_offset(2), scratch, rank); break;
-    case 3: link<C, W, 3, MODE>(wsh, b, a, act + act_offset(3), scratch, rank); break;
-    case 4: link<C, W, 4, MODE>(wsh, a, b, act + act_offset(4), scratch, rank); break;
+    case 0: link<C, W, 0>(wsh, x, act + act_offset(0), scratch, rank); break;
+    case 1: link<C, W, 1>(wsh, x, act + act_offset(1), scratch, rank); break;
+    case 2: link<C, W, 2>(wsh, x, act + act_offset(2), scratch, rank); break;
+    case 3: link<C, W, 3>(wsh, x, act + act_offset(3), scratch, rank); break;
+    case 4: link<C, W, 4>(wsh, x, act + act_offset(4), scratch, rank); break;
     }
 }
-
-// MODE 1: link k + 1's input (the first rows and columns of link k's output) from L2 into the
-// shared buffer that MODE 0 pushes link k's output into, in the same row stride.
-template <int K>
-__device__ __forceinline__ void stage_input(float* dst, const float* act) {
-    constexpr int ROWS = rows_of(K + 1), COLS = in_of(K + 1), OUT = out_of(K);
-    for (int i = threadIdx.x * 4; i < ROWS * COLS; i += blockDim.x * 4)
-        copy16(dst + i / COLS * ld_of(OUT) + i % COLS, act + act_offset(K) + i / COLS * OUT + i % COLS);
-}
-__device__ __forceinline__ void stage_input(int k, float* a, float* b, const float* act) {
+__device__ __forceinline__ void stage_next(int k, float* x, const float* act) {
     switch (k) {
-    case 0: stage_input<0>(b, act); break;
-    case 1: stage_input<1>(a, act); break;
-    case 2: stage_input<2>(b, act); break;
-    case 3: stage_input<3>(a, act); break;
+    case 0: stage_input<1>(x, act + act_offset(0), out_of(0)); break;
+    case 1: stage_input<2>(x, act + act_offset(1), out_of(1)); break;
+    case 2: stage_input<3>(x, act + act_offset(2), out_of(2)); break;
+    case 3: stage_input<4>(x, act + act_offset(3), out_of(3)); break;
     }
 }
 
 template <int C>
-__host__ __device__ constexpr int slice_floats() {
+__host__ __device__ constexpr int slice_uint4() {
     int most = 0;
-    for (int k = 0; k < LINKS; ++k) most = most > in_of(k) * out_of(k) / C ? most : in_of(k) * out_of(k) / C;
+    for (int k = 0; k < LINKS; ++k) most = most > in_of(k) * out_of(k) / C / 2 ? most : in_of(k) * out_of(k) / C / 2;
     return most;
 }
-constexpr int SCRATCH_FLOATS = 8 * 16 * 8;  // KSPLIT·M·OUTB = KSPLIT·TILES·128 ≤ W·128 with the split above
+constexpr int SCRATCH_FLOATS = 8 * 16 * 16;  // KSPLIT·M·OUTB = KSPLIT·GROUPS·NB·128 ≤ W·256 with the split above
 
 template <int C>
 constexpr size_t shared_bytes() {
-    return sizeof(float) * (2 * slice_floats<C>() + A_FLOATS + B_FLOATS + SCRATCH_FLOATS);
+    return 16 * 2 * slice_uint4<C>() + sizeof(float) * (max_plane() + SCRATCH_FLOATS);
 }
 
-// One chain (links = LINKS) or none (links = 0: the floor) on tile blockIdx.x / C.
-template <int C, int W, int MODE>
+// One chain (links = LINKS), its first `links` links, or none (links = 0: the floor) on tile
+// blockIdx.x / C.
+template <int C, int W>
 __global__ void __launch_bounds__(32 * W) chain(Weights w, const float* input, float* output, float* activations,
                                                 int links) {
     extern __shared__ __align__(16) float sh[];
-    float* a = sh + 2 * slice_floats<C>();
-    float* b = a + A_FLOATS;
-    float* scratch = b + B_FLOATS;
+    uint4* wbuf = reinterpret_cast<uint4*>(sh);
+    float* x = sh + 4 * 2 * slice_uint4<C>();
+    float* scratch = x + max_plane();
     const unsigned rank = cluster_rank();
     const int tile = blockIdx.x / C;
     float* act = activations + (size_t)tile * ACT_FLOATS;
-    const float* x = input + (size_t)tile * rows_of(0) * in_of(0);
-    for (int i = threadIdx.x * 4; i < rows_of(0) * in_of(0); i += blockDim.x * 4)
-        copy16(a + i / in_of(0) * ld_of(in_of(0)) + i % in_of(0), x + i);
-    if (links > 0) fetch_weights<C, 0>(w, sh, rank);
+    stage_input<0>(x, input + (size_t)tile * rows_of(0) * in_of(0), in_of(0));
+    if (links > 0) fetch_weights<C, 0>(w, wbuf, rank);
     commit();
-    if (links > 1) fetch_weights<C, 1>(w, sh + slice_floats<C>(), rank);
+    if (links > 1) fetch_weights<C, 1>(w, wbuf + slice_uint4<C>(), rank);
     commit();
-    // Every block's buffers are written by the others from link 0 on: all must have started.
-    cluster_sync();
     for (int k = 0; k < links; ++k) {
-        wait_groups<1>();  // link k's slice (and the input) landed; link k + 1's may be in flight
+        wait_groups<1>();  // link k's input and slice landed; link k + 1's slice may be in flight
         __syncthreads();
-        run_link<C, W, MODE>(k, sh + (k % 2) * slice_floats<C>(), a, b, act, scratch, rank);
-        cluster_sync();  // every block's columns of link k everywhere; link k's weight buffer free
-        if (MODE == 1 && k + 1 < links) {
-            stage_input(k, a, b, act);
-            commit();
-        }
-        if (k + 2 < links) fetch_weights<C>(w, sh + (k % 2) * slice_floats<C>(), rank, k + 2);
+        run_link<C, W>(k, wbuf + (k % 2) * slice_uint4<C>(), x, act, scratch, rank);
+        cluster_sync();  // every block's columns of link k in L2; link k's weight buffer and x free
+        if (k + 1 < links) stage_next(k, x, act);
+        commit();
+        if (k + 2 < links) fetch_weights<C>(w, wbuf + (k % 2) * slice_uint4<C>(), rank, k + 2);
         commit();
     }
     wait_groups<0>();
+    if (links == 0) cluster_sync();  // the floor keeps one cluster barrier
     if (rank == 0 && links == LINKS) {
         constexpr int M = rows_of(LINKS - 1), OUT = out_of(LINKS - 1);
         for (int i = threadIdx.x; i < M * OUT; i += blockDim.x)
-            output[(size_t)tile * M * OUT + i] = MODE == 0 ? b[i / OUT * ld_of(OUT) + i % OUT] : __ldcg(act + act_offset(LINKS - 1) + i);
+            output[(size_t)tile * M * OUT + i] = __ldcg(act + act_offset(LINKS - 1) + i);
     }
 }
 
 static double silu_host(double z) { return z / (1.0 + std::exp(-z)); }
+static float as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// The device's split (`split`): hi truncated to tf32's 19 bits.
+static unsigned tf32_host(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u & 0xffffe000u;
+}
 
 struct Problem {
     std::vector<std::vector<float>> w;  // [IN, OUT] row-major per link
@@ -288,30 +288,36 @@ struct Problem {
 };
 
 // With `profile`, one plain launch of the whole chain on every tile (for ncu), nothing timed.
-template <int C, int W, int MODE>
+template <int C, int W>
 void measure(const Problem& p, int tiles_max, bool profile) {
-    // Weights in this C's slice order.
+    // Weights in this C's slice order, split into tf32 hi and lo on the host (they are constants).
     Weights w;
-    std::vector<float*> allocations;
+    std::vector<uint4*> allocations;
     for (int k = 0; k < LINKS; ++k) {
         const int IN = in_of(k), OUT = out_of(k), KS = IN / 8, NTL = OUT / C / 8;
-        std::vector<float> packed((size_t)IN * OUT);
+        std::vector<uint4> packed((size_t)IN * OUT / 2);
         size_t at = 0;
         for (int r = 0; r < C; ++r)
             for (int nl = 0; nl < NTL; ++nl)
                 for (int ks = 0; ks < KS; ++ks)
-                    for (int lane = 0; lane < 32; ++lane)
-                        for (int h = 0; h < 2; ++h)
-                            packed[at++] = p.w[k][(size_t)(ks * 8 + lane % 4 + 4 * h) * OUT + (r * NTL + nl) * 8 + lane / 4];
-        float* d;
-        CHECK(cudaMalloc(&d, packed.size() * 4));
-        CHECK(cudaMemcpy(d, packed.data(), packed.size() * 4, cudaMemcpyHostToDevice));
+                    for (int lane = 0; lane < 32; ++lane) {
+                        unsigned hl[2][2];
+                        for (int h = 0; h < 2; ++h) {  // slot lane % 4 + 4h takes column 2 (lane % 4) + h
+                            const float v = p.w[k][(size_t)(ks * 8 + 2 * (lane % 4) + h) * OUT + (r * NTL + nl) * 8 + lane / 4];
+                            hl[0][h] = tf32_host(v);
+                            hl[1][h] = tf32_host(v - as_float(hl[0][h]));
+                        }
+                        packed[at++] = make_uint4(hl[0][0], hl[0][1], hl[1][0], hl[1][1]);
+                    }
+        uint4* d;
+        CHECK(cudaMalloc(&d, packed.size() * 16));
+        CHECK(cudaMemcpy(d, packed.data(), packed.size() * 16, cudaMemcpyHostToDevice));
         w.w[k] = d;
         allocations.push_back(d);
     }
     const size_t smem = shared_bytes<C>();
-    CHECK(cudaFuncSetAttribute(chain<C, W, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    if (C > 8) CHECK(cudaFuncSetAttribute(chain<C, W, MODE>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    CHECK(cudaFuncSetAttribute(chain<C, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (C > 8) CHECK(cudaFuncSetAttribute(chain<C, W>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     cudaStream_t stream;
     CHECK(cudaStreamCreate(&stream));
     auto launch = [&](int tiles, int links) {
@@ -327,7 +333,7 @@ void measure(const Problem& p, int tiles_max, bool profile) {
         attr.val.clusterDim.z = 1;
         cfg.attrs = &attr;
         cfg.numAttrs = 1;
-        CHECK(cudaLaunchKernelEx(&cfg, chain<C, W, MODE>, w, (const float*)p.dx, p.dy, p.act, links));
+        CHECK(cudaLaunchKernelEx(&cfg, chain<C, W>, w, (const float*)p.dx, p.dy, p.act, links));
     };
     if (profile) {
         launch(tiles_max, LINKS);
@@ -371,9 +377,9 @@ void measure(const Problem& p, int tiles_max, bool profile) {
             CHECK(cudaGraphExecDestroy(exec));
             CHECK(cudaGraphDestroy(graph));
         }
-    printf("| %s | %d | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e |\n", MODE ? "L2" : "push", C, W,
+    printf("| %d | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e |\n", C, W,
            smem / 1024.0, us[0][2], us[0][1], us[0][0], us[1][2], us[1][1], us[1][0], err / p.largest);
-    for (float* d : allocations) CHECK(cudaFree(d));
+    for (uint4* d : allocations) CHECK(cudaFree(d));
     CHECK(cudaStreamDestroy(stream));
 }
 
@@ -413,16 +419,12 @@ int main(int argc, char**) {
     for (double v : cur) p.largest = std::fmax(p.largest, std::fabs(v));
 
     printf("µs per launch (median of 9 replays of a graph of %d launches); chain: five links, 3×TF32\n", GRAPH);
-    printf("| exchange | C | W | smem KB | 16 atoms: 5 links | 1 link | none | %d atoms: 5 links | 1 link | none | rel. error |\n",
+    printf("| C | W | smem KB | 16 atoms: 5 links | 1 link | none | %d atoms: 5 links | 1 link | none | rel. error |\n",
            16 * tiles_max);
-    printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    measure<4, 8, 0>(p, tiles_max, profile);
-    measure<8, 4, 0>(p, tiles_max, profile);
-    measure<8, 8, 0>(p, tiles_max, profile);
-    measure<16, 8, 0>(p, tiles_max, profile);
-    measure<4, 8, 1>(p, tiles_max, profile);
-    measure<8, 4, 1>(p, tiles_max, profile);
-    measure<8, 8, 1>(p, tiles_max, profile);
-    measure<16, 8, 1>(p, tiles_max, profile);
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    measure<8, 4>(p, tiles_max, profile);
+    measure<8, 8>(p, tiles_max, profile);
+    measure<16, 4>(p, tiles_max, profile);
+    measure<16, 8>(p, tiles_max, profile);
     return 0;
 }
