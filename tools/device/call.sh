@@ -21,7 +21,7 @@
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
 #   # under ncu at benzene; BASELINE_VARIANTS the same for the baseline binary (each benched as
 #   # baseline_NAME; default none: the baseline as it is); NCU_VARIANTS the names of those
-#   # profiled by ncu (default all).
+#   # profiled by ncu (default all); SYSTEMS the bench's systems (default the seven below).
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -66,8 +66,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
 git rev-parse HEAD >"$results/COMMIT" 2>/dev/null || true
 
 # The small systems, one molecule to the 192-atom water box: the MD step in the CUDA graph.
-systems="systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
-systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"
+# SYSTEMS overrides (space-separated paths), e.g. for a sweep of launch shapes over a few sizes.
+systems=${SYSTEMS:-"systems/water.xyz systems/ethanol.xyz systems/benzene.xyz systems/alanine_dipeptide.pdb
+systems/water_cluster_17.xyz systems/water_cluster_33.xyz systems/waterbox_64.xyz"}
 variants=${VARIANTS-noavv:MDRUN_LAST_WITHOUT_A_VV=0 record:MDRUN_PAIR_RECORD=1}
 # The baseline's runs, the same way (none: the baseline as it is).
 baseline_variants=${BASELINE_VARIANTS-}

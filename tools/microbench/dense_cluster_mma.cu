@@ -122,28 +122,41 @@ __device__ __forceinline__ void stage_input(float* x, const float* src, int src_
         copy16(x + i / COLS * LD + i % COLS, src + (size_t)(i / COLS) * src_ld + i % COLS);
 }
 
+constexpr int SCRATCH_FLOATS = 16 * 256;  // KSPLIT·M·OUTB = KSPLIT·GROUPS·NB·128 ≤ W·256 with the split below, W ≤ 16
+
 // Link K on this block's columns: gout[:, rank·OUTB + j] = silu(in · W)[:, ...], stored once to
 // L2 (the next link's input for every block of the cluster, after the cluster barrier).
 // Work items: (k part, m-tile, NB n-tiles), round robin over the warps: A fragments are read once
 // per item and k-step for NB n-tiles, each with three accumulators (hi·hi, lo·hi, hi·lo) so that
 // 3·NB mma chains run side by side. The k loop is split only as far as it takes to give every warp
 // an item; split items meet in `scratch`, summed in a fixed order.
-template <int C, int W, int K>
-__device__ __forceinline__ void link(const uint4* wsh, const float* x, float* gout, float* scratch, unsigned rank) {
-    constexpr int M = rows_of(K), IN = in_of(K), OUT = out_of(K), OUTB = OUT / C, LD = ld_of(IN);
+//
+// ALONE (C = 1, no cluster): the block holds the whole tile; its weights are read from L2 as raw
+// f32 pairs at use (`wg`, [NT][KS][32] float2, split like the activations), its input is the
+// previous link's output in shared memory (row stride of that output), and its output goes to
+// shared memory (`gout`, row stride ld_of(OUT)).
+template <int C, int W, int K, bool ALONE = false>
+__device__ __forceinline__ void link(const uint4* wsh, const float* x, float* gout, float* scratch, unsigned rank,
+                                     const float2* __restrict__ wg = nullptr) {
+    constexpr int M = rows_of(K), IN = in_of(K), OUT = out_of(K), OUTB = OUT / C;
+    constexpr int LD = ALONE ? (K == 0 ? ld_of(in_of(0)) : ld_of(out_of(K - 1))) : ld_of(IN);
+    constexpr int LDO = ALONE ? ld_of(OUT) : OUT;  // the output's row stride
     constexpr int MT = M / 16, NTL = OUTB / 8, KS = IN / 8, NB = NTL % 2 == 0 ? 2 : 1, GROUPS = MT * NTL / NB;
     constexpr int WANT = GROUPS >= W ? 1 : W / GROUPS;
     constexpr int KSPLIT = WANT >= 8 ? 8 : WANT >= 4 ? 4 : WANT >= 2 ? 2 : 1;
     constexpr int KSW = KS / KSPLIT, ITEMS = GROUPS * KSPLIT;
     static_assert(OUTB % 8 == 0 && KS % KSPLIT == 0, "the slice is whole n-tiles, the split whole k-steps");
+    static_assert(KSPLIT == 1 || KSPLIT * M * OUTB <= SCRATCH_FLOATS, "the split's partial sums fit the scratch");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     for (int item = warp; item < ITEMS; item += W) {
         const int group = item % GROUPS, part = item / GROUPS, m = group / (NTL / NB), n0 = group % (NTL / NB) * NB;
         float acc[NB][3][4] = {};
         const int a_at = (m * 16 + g) * LD + 2 * t;
         const uint4* b = wsh + (size_t)n0 * KS * 32 + lane;
-#pragma unroll 4
-        for (int ks = part * KSW; ks < (part + 1) * KSW; ++ks) {
+        // Unrolled deeper when alone: eight k-steps' weight loads in flight before their mma.
+#pragma unroll(ALONE ? 8 : 4)
+        for (int s = 0; s < KSW; ++s) {
+            const int ks = part * KSW + s;
             const float2 r0 = *reinterpret_cast<const float2*>(x + a_at + ks * 8);
             const float2 r1 = *reinterpret_cast<const float2*>(x + a_at + 8 * LD + ks * 8);
             // a0 = (g, slot t), a1 = (g + 8, slot t), a2 = (g, slot t + 4), a3 = (g + 8, slot t + 4).
@@ -154,7 +167,14 @@ __device__ __forceinline__ void link(const uint4* wsh, const float* x, float* go
             split(r1.y, ah3, al3);
 #pragma unroll
             for (int j = 0; j < NB; ++j) {
-                const uint4 bv = b[((size_t)j * KS + ks) * 32];
+                uint4 bv;
+                if constexpr (ALONE) {
+                    const float2 raw = __ldg(wg + ((size_t)(n0 + j) * KS + ks) * 32 + lane);
+                    split(raw.x, bv.x, bv.z);
+                    split(raw.y, bv.y, bv.w);
+                } else {
+                    bv = b[((size_t)j * KS + ks) * 32];
+                }
                 mma(acc[j][0], ah0, ah1, ah2, ah3, bv.x, bv.y);
                 mma(acc[j][1], al0, al1, al2, al3, bv.x, bv.y);
                 mma(acc[j][2], ah0, ah1, ah2, ah3, bv.z, bv.w);
@@ -167,8 +187,8 @@ __device__ __forceinline__ void link(const uint4* wsh, const float* x, float* go
             for (int i = 0; i < 4; ++i) v[i] = acc[j][0][i] + (acc[j][1][i] + acc[j][2][i]);
             const int row = m * 16 + g, col = (n0 + j) * 8 + 2 * t;  // within this block's slice
             if constexpr (KSPLIT == 1) {
-                *reinterpret_cast<float2*>(gout + row * OUT + rank * OUTB + col) = make_float2(silu(v[0]), silu(v[1]));
-                *reinterpret_cast<float2*>(gout + (row + 8) * OUT + rank * OUTB + col) =
+                *reinterpret_cast<float2*>(gout + row * LDO + rank * OUTB + col) = make_float2(silu(v[0]), silu(v[1]));
+                *reinterpret_cast<float2*>(gout + (row + 8) * LDO + rank * OUTB + col) =
                     make_float2(silu(v[2]), silu(v[3]));
             } else {
                 float* s = scratch + (size_t)part * M * OUTB;
@@ -188,7 +208,7 @@ __device__ __forceinline__ void link(const uint4* wsh, const float* x, float* go
                 sum.x += x.x;
                 sum.y += x.y;
             }
-            *reinterpret_cast<float2*>(gout + row * OUT + rank * OUTB + col) = make_float2(silu(sum.x), silu(sum.y));
+            *reinterpret_cast<float2*>(gout + row * LDO + rank * OUTB + col) = make_float2(silu(sum.x), silu(sum.y));
         }
     }
 }
@@ -223,7 +243,6 @@ __host__ __device__ constexpr int slice_uint4() {
     for (int k = 0; k < LINKS; ++k) most = most > in_of(k) * out_of(k) / C / 2 ? most : in_of(k) * out_of(k) / C / 2;
     return most;
 }
-constexpr int SCRATCH_FLOATS = 8 * 16 * 16;  // KSPLIT·M·OUTB = KSPLIT·GROUPS·NB·128 ≤ W·256 with the split above
 
 template <int C>
 constexpr size_t shared_bytes() {
@@ -266,6 +285,47 @@ __global__ void __launch_bounds__(32 * W) chain(Weights w, const float* input, f
     }
 }
 
+struct RawWeights {
+    const float2* w[LINKS];  // per link [NT][KS][32 lanes]: the permuted slot pair (2t, 2t + 1), raw f32
+};
+
+template <int W>
+__device__ __forceinline__ void run_alone(int k, const RawWeights& w, float* a, float* b, float* scratch) {
+    switch (k) {
+    case 0: link<1, W, 0, true>(nullptr, a, b, scratch, 0, w.w[0]); break;
+    case 1: link<1, W, 1, true>(nullptr, b, a, scratch, 0, w.w[1]); break;
+    case 2: link<1, W, 2, true>(nullptr, a, b, scratch, 0, w.w[2]); break;
+    case 3: link<1, W, 3, true>(nullptr, b, a, scratch, 0, w.w[3]); break;
+    case 4: link<1, W, 4, true>(nullptr, a, b, scratch, 0, w.w[4]); break;
+    }
+}
+constexpr int ALONE_A = rows_of(0) * ld_of(128);  // the input, links 1 and 3's outputs
+constexpr int ALONE_B = rows_of(0) * ld_of(256) > ATOMS * ld_of(384) ? rows_of(0) * ld_of(256) : ATOMS * ld_of(384);
+constexpr size_t ALONE_BYTES = sizeof(float) * (ALONE_A + ALONE_B + SCRATCH_FLOATS);
+
+// One block per tile, no cluster: no exchange at all, every weight through this block's SM.
+template <int W>
+__global__ void __launch_bounds__(32 * W) alone(RawWeights w, const float* input, float* output, int links) {
+    extern __shared__ __align__(16) float sh[];
+    float* a = sh;
+    float* b = a + ALONE_A;
+    float* scratch = b + ALONE_B;
+    const int tile = blockIdx.x;
+    stage_input<0>(a, input + (size_t)tile * rows_of(0) * in_of(0), in_of(0));
+    commit();
+    wait_groups<0>();
+    __syncthreads();
+    for (int k = 0; k < links; ++k) {
+        run_alone<W>(k, w, a, b, scratch);
+        __syncthreads();
+    }
+    if (links == LINKS) {
+        constexpr int M = rows_of(LINKS - 1), OUT = out_of(LINKS - 1);
+        for (int i = threadIdx.x; i < M * OUT; i += blockDim.x)
+            output[(size_t)tile * M * OUT + i] = b[i / OUT * ld_of(OUT) + i % OUT];
+    }
+}
+
 static double silu_host(double z) { return z / (1.0 + std::exp(-z)); }
 static float as_float(unsigned u) {
     float f;
@@ -286,6 +346,56 @@ struct Problem {
     double largest = 0;
     float *dx = nullptr, *dy = nullptr, *act = nullptr;
 };
+
+// Accuracy on one tile, then µs per launch for 1 and all tiles with 5, 1 and 0 links; one row.
+template <class Launch>
+void time_variant(const Problem& p, int tiles_max, bool profile, cudaStream_t stream, Launch& launch, int C, int W,
+                  size_t smem) {
+    if (profile) {
+        launch(tiles_max, LINKS);
+        CHECK(cudaStreamSynchronize(stream));
+        return;
+    }
+    launch(1, LINKS);
+    CHECK(cudaStreamSynchronize(stream));
+    std::vector<float> y((size_t)rows_of(LINKS - 1) * out_of(LINKS - 1));
+    CHECK(cudaMemcpy(y.data(), p.dy, y.size() * 4, cudaMemcpyDeviceToHost));
+    double err = 0;
+    for (size_t i = 0; i < y.size(); ++i) err = std::fmax(err, std::fabs(y[i] - p.reference[i]));
+
+    double us[2][3];  // [1 tile, all tiles][no link, one link, five]
+    const int tile_counts[2] = {1, tiles_max};
+    for (int ti = 0; ti < 2; ++ti)
+        for (int li = 0; li < 3; ++li) {
+            cudaGraph_t graph;
+            cudaGraphExec_t exec;
+            CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+            for (int i = 0; i < GRAPH; ++i) launch(tile_counts[ti], li == 2 ? LINKS : li);
+            CHECK(cudaStreamEndCapture(stream, &graph));
+            CHECK(cudaGraphInstantiate(&exec, graph, 0));
+            CHECK(cudaGraphLaunch(exec, stream));  // warm-up
+            CHECK(cudaStreamSynchronize(stream));
+            cudaEvent_t start, stop;
+            CHECK(cudaEventCreate(&start));
+            CHECK(cudaEventCreate(&stop));
+            std::vector<float> times;
+            for (int rep = 0; rep < 9; ++rep) {
+                CHECK(cudaEventRecord(start, stream));
+                CHECK(cudaGraphLaunch(exec, stream));
+                CHECK(cudaEventRecord(stop, stream));
+                CHECK(cudaEventSynchronize(stop));
+                float ms;
+                CHECK(cudaEventElapsedTime(&ms, start, stop));
+                times.push_back(ms);
+            }
+            std::sort(times.begin(), times.end());
+            us[ti][li] = times[4] * 1000.0 / GRAPH;
+            CHECK(cudaGraphExecDestroy(exec));
+            CHECK(cudaGraphDestroy(graph));
+        }
+    printf("| %d | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e |\n", C, W,
+           smem / 1024.0, us[0][2], us[0][1], us[0][0], us[1][2], us[1][1], us[1][0], err / p.largest);
+}
 
 // With `profile`, one plain launch of the whole chain on every tile (for ncu), nothing timed.
 template <int C, int W>
@@ -335,51 +445,41 @@ void measure(const Problem& p, int tiles_max, bool profile) {
         cfg.numAttrs = 1;
         CHECK(cudaLaunchKernelEx(&cfg, chain<C, W>, w, (const float*)p.dx, p.dy, p.act, links));
     };
-    if (profile) {
-        launch(tiles_max, LINKS);
-        CHECK(cudaStreamSynchronize(stream));
-        return;
-    }
-    launch(1, LINKS);
-    CHECK(cudaStreamSynchronize(stream));
-    std::vector<float> y((size_t)rows_of(LINKS - 1) * out_of(LINKS - 1));
-    CHECK(cudaMemcpy(y.data(), p.dy, y.size() * 4, cudaMemcpyDeviceToHost));
-    double err = 0;
-    for (size_t i = 0; i < y.size(); ++i) err = std::fmax(err, std::fabs(y[i] - p.reference[i]));
-
-    double us[2][3];  // [1 tile, all tiles][no link, one link, five]
-    const int tile_counts[2] = {1, tiles_max};
-    for (int ti = 0; ti < 2; ++ti)
-        for (int li = 0; li < 3; ++li) {
-            cudaGraph_t graph;
-            cudaGraphExec_t exec;
-            CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-            for (int i = 0; i < GRAPH; ++i) launch(tile_counts[ti], li == 2 ? LINKS : li);
-            CHECK(cudaStreamEndCapture(stream, &graph));
-            CHECK(cudaGraphInstantiate(&exec, graph, 0));
-            CHECK(cudaGraphLaunch(exec, stream));  // warm-up
-            CHECK(cudaStreamSynchronize(stream));
-            cudaEvent_t start, stop;
-            CHECK(cudaEventCreate(&start));
-            CHECK(cudaEventCreate(&stop));
-            std::vector<float> times;
-            for (int rep = 0; rep < 9; ++rep) {
-                CHECK(cudaEventRecord(start, stream));
-                CHECK(cudaGraphLaunch(exec, stream));
-                CHECK(cudaEventRecord(stop, stream));
-                CHECK(cudaEventSynchronize(stop));
-                float ms;
-                CHECK(cudaEventElapsedTime(&ms, start, stop));
-                times.push_back(ms);
-            }
-            std::sort(times.begin(), times.end());
-            us[ti][li] = times[4] * 1000.0 / GRAPH;
-            CHECK(cudaGraphExecDestroy(exec));
-            CHECK(cudaGraphDestroy(graph));
-        }
-    printf("| %d | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e |\n", C, W,
-           smem / 1024.0, us[0][2], us[0][1], us[0][0], us[1][2], us[1][1], us[1][0], err / p.largest);
+    time_variant(p, tiles_max, profile, stream, launch, C, W, smem);
     for (uint4* d : allocations) CHECK(cudaFree(d));
+    CHECK(cudaStreamDestroy(stream));
+}
+
+// One block per tile (C = 1 in the table), W warps.
+template <int W>
+void measure_alone(const Problem& p, int tiles_max, bool profile) {
+    RawWeights w;
+    std::vector<float2*> allocations;
+    for (int k = 0; k < LINKS; ++k) {
+        const int IN = in_of(k), OUT = out_of(k), KS = IN / 8, NT = OUT / 8;
+        std::vector<float2> packed((size_t)IN * OUT / 2);
+        size_t at = 0;
+        for (int nt = 0; nt < NT; ++nt)
+            for (int ks = 0; ks < KS; ++ks)
+                for (int lane = 0; lane < 32; ++lane) {
+                    const size_t row = ks * 8 + 2 * (lane % 4), col = nt * 8 + lane / 4;
+                    packed[at++] = make_float2(p.w[k][row * OUT + col], p.w[k][(row + 1) * OUT + col]);
+                }
+        float2* d;
+        CHECK(cudaMalloc(&d, packed.size() * 8));
+        CHECK(cudaMemcpy(d, packed.data(), packed.size() * 8, cudaMemcpyHostToDevice));
+        w.w[k] = d;
+        allocations.push_back(d);
+    }
+    CHECK(cudaFuncSetAttribute(alone<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ALONE_BYTES));
+    cudaStream_t stream;
+    CHECK(cudaStreamCreate(&stream));
+    auto launch = [&](int tiles, int links) {
+        alone<W><<<tiles, 32 * W, ALONE_BYTES, stream>>>(w, p.dx, p.dy, links);
+        CHECK(cudaGetLastError());
+    };
+    time_variant(p, tiles_max, profile, stream, launch, 1, W, ALONE_BYTES);
+    for (float2* d : allocations) CHECK(cudaFree(d));
     CHECK(cudaStreamDestroy(stream));
 }
 
@@ -422,6 +522,8 @@ int main(int argc, char**) {
     printf("| C | W | smem KB | 16 atoms: 5 links | 1 link | none | %d atoms: 5 links | 1 link | none | rel. error |\n",
            16 * tiles_max);
     printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    measure_alone<8>(p, tiles_max, profile);
+    measure_alone<16>(p, tiles_max, profile);
     measure<8, 4>(p, tiles_max, profile);
     measure<8, 8>(p, tiles_max, profile);
     measure<16, 4>(p, tiles_max, profile);
