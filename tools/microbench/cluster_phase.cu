@@ -177,20 +177,10 @@ double run(int cluster, int values, int phases) {
     CHECK(cudaMalloc(&sink, sizeof(float)));
     CHECK(cudaMalloc(&weights, 16384 * sizeof(float)));
     CHECK(cudaMemset(weights, 0, 16384 * sizeof(float)));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(cluster);
-    cfg.blockDim = dim3(512);
-    cfg.dynamicSmemBytes = shared;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = cluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
+    const ClusterLaunch launch(cluster, 512, shared, 0, cluster);
     double best = 1e30;
     for (int rep = 0; rep < 7; ++rep) {
-        CHECK(cudaLaunchKernelEx(&cfg, kernel, phases, values, out, sink, weights));
+        CHECK(cudaLaunchKernelEx(&launch.cfg, kernel, phases, values, out, sink, weights));
         CHECK(cudaDeviceSynchronize());
         u64 ns;
         CHECK(cudaMemcpy(&ns, out, sizeof(u64), cudaMemcpyDeviceToHost));

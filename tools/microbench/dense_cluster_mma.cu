@@ -431,19 +431,8 @@ void measure(const Problem& p, int tiles_max, bool profile) {
     cudaStream_t stream;
     CHECK(cudaStreamCreate(&stream));
     auto launch = [&](int tiles, int links) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(tiles * C);
-        cfg.blockDim = dim3(32 * W);
-        cfg.dynamicSmemBytes = smem;
-        cfg.stream = stream;
-        cudaLaunchAttribute attr;
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = C;
-        attr.val.clusterDim.y = 1;
-        attr.val.clusterDim.z = 1;
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
-        CHECK(cudaLaunchKernelEx(&cfg, chain<C, W>, w, (const float*)p.dx, p.dy, p.act, links));
+        const ClusterLaunch cl(tiles * C, 32 * W, smem, stream, C);
+        CHECK(cudaLaunchKernelEx(&cl.cfg, chain<C, W>, w, (const float*)p.dx, p.dy, p.act, links));
     };
     time_variant(p, tiles_max, profile, stream, launch, C, W, smem);
     for (uint4* d : allocations) CHECK(cudaFree(d));
