@@ -55,10 +55,17 @@ pub const MID_BAND_TILE: usize = 3;
 pub const MID_BAND_CLUSTER: usize = 2;
 
 /// The dense layers' cluster size up to SMALL_BAND_MAX_ATOMS where its blocks all fit the device
-/// at once (KernelSizes::on_device; perf-notes v69); 4 (KernelSizes::for_system) elsewhere below
-/// 64 atoms.
+/// at once (KernelSizes::on_device; perf-notes v69, v72); 4 (KernelSizes::for_system) elsewhere
+/// below 64 atoms. With the early trigger (below EARLY_TRIGGER_MAX_ATOMS) clusters of 8 won at 3
+/// atoms and lost from 6 on (H100), so the band stops at 4 (4 and 5 atoms not measured).
 pub const SMALL_BAND_CLUSTER: usize = 8;
-pub const SMALL_BAND_MAX_ATOMS: usize = 12;
+pub const SMALL_BAND_MAX_ATOMS: usize = 4;
+
+/// Each step kernel lets its successor launch as it starts (the early programmatic trigger) below
+/// this many atoms, where the GPU is mostly idle: −1.5 to −4.7 µs per MD step at 3–51 atoms on
+/// the H100, slower at 99 and 192 atoms, whose later blocks then crowd the SMs (perf-notes v36,
+/// v72).
+pub const EARLY_TRIGGER_MAX_ATOMS: usize = 64;
 
 /// Threads per block of the tensor-core message kernels (kernels/message_mma.cu asks for 16 warps
 /// per SM, which at most 512 threads per block keep at 128 registers).
@@ -120,9 +127,10 @@ pub struct KernelSizes {
     /// is split further (0: split as far as the threads allow, the layout before perf-notes v25).
     pub cluster_matvec_products: usize,
     /// Under programmatic dependent launch, each kernel lets the next one launch as it starts
-    /// (true) or only as it completes (false, the default: starting early, the next kernels'
-    /// blocks crowd the SMs that the running one leaves free, +8–21% at 99–192 atoms;
-    /// kernels/common.cuh, perf-notes v36). MDRUN_PDL_EARLY_TRIGGER=1, for experiments.
+    /// (true, below EARLY_TRIGGER_MAX_ATOMS) or only as it completes (false, from there on:
+    /// starting early, the next kernels' blocks crowd the SMs that the running one leaves free,
+    /// +1 to +11 µs at 99–192 atoms; kernels/common.cuh, perf-notes v36, v72).
+    /// MDRUN_PDL_EARLY_TRIGGER=0/1 overrides.
     pub pdl_early_trigger: bool,
     /// Every dense block has an SM to itself (its launch's blocks fit the device's SMs at once),
     /// so the dense kernels may take up to 128 registers a thread (DENSE_ALONE, perf-notes v57).
@@ -140,7 +148,7 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
-    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 up to 12 atoms and
+    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 up to 4 atoms and
     /// three atoms per block in clusters of 2 from 128 atoms where those blocks all fit the
     /// device at once (v69).
     /// The message kernels take the filter products on tensor cores from 32 atoms on where the
@@ -213,7 +221,7 @@ impl KernelSizes {
             first_layer: message_mma && env("MDRUN_FIRST_LAYER") != Some(0),
             last_without_a_vv: env("MDRUN_LAST_WITHOUT_A_VV") != Some(0),
             cluster_matvec_products: env("MDRUN_CLUSTER_MATVEC_W").unwrap_or(8),
-            pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").is_some_and(|v| v != 0),
+            pdl_early_trigger: env("MDRUN_PDL_EARLY_TRIGGER").map_or(n_atoms < EARLY_TRIGGER_MAX_ATOMS, |v| v != 0),
             // Needs the device's SM count: Gpu::open decides.
             dense_alone: false,
             atoms: n_atoms,
@@ -231,11 +239,11 @@ impl KernelSizes {
         }
         // Wider dense layouts where all their blocks fit the SMs at once (perf-notes v69), unless
         // MDRUN_DENSE_TILE or MDRUN_DENSE_CLUSTER choose:
-        // - up to 12 atoms, clusters of 8 instead of 4: each block's share of every matvec halves
-        //   (−0.7 to −2.1 µs per MD step at 3–12 atoms on the H100; at 22 atoms, 176 blocks,
-        //   +2.3). Not past 12 atoms: a cluster's blocks share one GPC, so whether all 13–16
-        //   clusters of 8 run at once on 132 SMs depends on the GPCs' SM counts, not measured
-        //   (cuOccupancyMaxActiveClusters would say, but the sizes are chosen before compiling);
+        // - up to 4 atoms, clusters of 8 instead of 4: each block's share of every matvec halves.
+        //   Without the early trigger that won at 3–12 atoms (−0.7 to −2.1 µs per MD step on the
+        //   H100, v69); with it (the default there, v72) only at 3 atoms (−1.5 µs against
+        //   clusters of 4), and it lost 1.3–2.5 µs at 6–12: the early-launched clusters of 8 must
+        //   each find 8 free SMs of one GPC beside the running kernel's blocks;
         // - from 128 atoms, three atoms per block in clusters of 2 (up to 198 atoms on 132 SMs):
         //   each block streams half of every dense kernel's weights from L2 instead of all of
         //   them for two atoms, which binds the dense kernels there (−4.3 to −6.0 µs at 192 atoms
@@ -584,16 +592,20 @@ mod tests {
         }
         let benzene = KernelSizes::for_system(128, 20, 64, 12);
         assert_eq!((benzene.cluster, benzene.message_mma), (4, true));
-        // H100: 12 clusters of 8 blocks on 132 multiprocessors, each block alone on one.
+        // H100: 12 clusters of 4 blocks on 132 multiprocessors, each block alone on one.
         let h100 = benzene.on_device((9, 0), 132);
-        assert_eq!((h100.cluster, h100.message_mma, h100.dense_alone), (8, true, true));
-        // 96 blocks do not fit 47 multiprocessors, nor do the 48 of clusters of 4.
+        assert_eq!((h100.cluster, h100.message_mma, h100.dense_alone), (4, true, true));
+        // The 48 blocks of clusters of 4 do not fit 47 multiprocessors.
         let small = benzene.on_device((9, 0), 47);
         assert_eq!(
             (small.cluster, small.dense_alone),
             (4, false),
             "48 blocks on 47 multiprocessors"
         );
+        // Water: 3 clusters of 8 where 24 blocks fit, of 4 where they do not.
+        let water = KernelSizes::for_system(128, 20, 64, 3);
+        assert_eq!(water.on_device((9, 0), 132).cluster, 8);
+        assert_eq!(water.on_device((9, 0), 23).cluster, 4);
         // Ampere: no clusters (12 blocks, alone on 108), tensor cores; Turing: neither.
         let a100 = benzene.on_device((8, 0), 108);
         assert_eq!((a100.cluster, a100.message_mma, a100.dense_alone), (1, true, true));
@@ -602,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dense_layers_take_wider_layouts_up_to_12_and_from_128_atoms_where_they_fit_the_device() {
+    fn the_dense_layers_take_wider_layouts_up_to_4_and_from_128_atoms_where_they_fit_the_device() {
         if dense_layout_overridden() {
             return;
         }
@@ -610,11 +622,12 @@ mod tests {
             let s = KernelSizes::for_system(128, 20, 64, n_atoms).on_device(cc, sms);
             (s.tile, s.cluster, s.dense_alone)
         };
-        // Clusters of 8 up to 12 atoms (96 blocks on an H100), of 4 from 13 on; 8 only where
-        // the blocks fit (12 atoms on 95 SMs: 4).
-        assert_eq!(on(12, (9, 0), 132), (1, 8, true));
-        assert_eq!(on(12, (9, 0), 95), (1, 4, true));
-        assert_eq!(on(13, (9, 0), 132), (1, 4, true));
+        // Clusters of 8 up to 4 atoms (32 blocks), of 4 from 5 on; 8 only where the blocks fit
+        // (4 atoms on 31 SMs: 4).
+        assert_eq!(on(4, (9, 0), 132), (1, 8, true));
+        assert_eq!(on(4, (9, 0), 31), (1, 4, true));
+        assert_eq!(on(5, (9, 0), 132), (1, 4, true));
+        assert_eq!(on(12, (9, 0), 132), (1, 4, true));
         assert_eq!(on(17, (9, 0), 132), (1, 4, true));
         assert_eq!(on(22, (9, 0), 132), (1, 4, true));
         // 192 atoms on an H100: 64 tiles × 2 = 128 blocks on 132 SMs.
@@ -661,6 +674,17 @@ mod tests {
         assert_eq!(shape(128, 64, 100), (2, 2, 4, 4, false));
         assert_eq!(shape(128, 64, 192), (2, 1, 2, 2, false));
         assert_eq!(shape(128, 64, 12_288), (2, 1, 1, 1, false));
+    }
+
+    #[test]
+    fn kernels_trigger_their_successors_early_below_64_atoms() {
+        // perf-notes v72 (H100): −1.5 to −4.7 µs per MD step at 3–51 atoms, slower at 99 and 192.
+        if std::env::var_os("MDRUN_PDL_EARLY_TRIGGER").is_some() {
+            return;
+        }
+        let early = |n_atoms| KernelSizes::for_system(128, 20, 64, n_atoms).pdl_early_trigger;
+        assert!([1, 3, 12, 22, 51, 63].into_iter().all(early));
+        assert!(![64, 99, 192, 12_288].into_iter().any(early));
     }
 
     #[test]
