@@ -227,6 +227,9 @@ pub struct Row {
     /// Every dense block had an SM to itself, with up to 128 registers a thread (perf-notes v57:
     /// where the dense launch's blocks fit the GPU's SMs; MDRUN_DENSE_ALONE).
     pub dense_alone: Option<bool>,
+    /// Each step kernel let its successor launch as it started (the early programmatic trigger:
+    /// below 64 atoms since perf-notes v72; MDRUN_PDL_EARLY_TRIGGER).
+    pub early_trigger: Option<bool>,
     /// The fused kernels' launch shape: atoms per dense block, blocks per dense cluster, threads
     /// per dense output, warp groups (or threads) per channel on an atom's pairs, and blocks per
     /// atom in the message kernels (KernelSizes; by size band and device, perf-notes v69;

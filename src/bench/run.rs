@@ -216,6 +216,7 @@ fn measure_gpu(
     row.first_layer = flag(|s| s.first_layer);
     row.last_without_a_vv = flag(|s| s.last_without_a_vv);
     row.dense_alone = flag(|s| s.dense_alone);
+    row.early_trigger = flag(|s| s.pdl_early_trigger);
     row.dense_tile = sizes.map(|s| s.tile);
     row.dense_cluster = sizes.map(|s| s.cluster);
     row.dense_split = sizes.map(|s| s.split);

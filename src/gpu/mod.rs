@@ -278,7 +278,8 @@ impl KernelSizes {
     }
 
     /// The launch shape in words, for run logs: e.g. "dense layers 1 atom a block in clusters of
-    /// 8, messages on tensor cores over 4 warp groups and 4 blocks an atom".
+    /// 8, messages on tensor cores over 4 warp groups and 4 blocks an atom, each kernel launching
+    /// the next as it starts".
     pub fn launch_shape(&self) -> String {
         let atoms = if self.tile == 1 {
             "1 atom".to_string()
@@ -296,8 +297,13 @@ impl KernelSizes {
             format!("in f32 over {} threads a channel", self.pair_split)
         };
         format!(
-            "dense layers {atoms} a block{clusters}, messages {messages} and {} blocks an atom",
-            self.channel_slices
+            "dense layers {atoms} a block{clusters}, messages {messages} and {} blocks an atom{}",
+            self.channel_slices,
+            if self.pdl_early_trigger {
+                ", each kernel launching the next as it starts"
+            } else {
+                ""
+            }
         )
     }
 
@@ -648,11 +654,14 @@ mod tests {
     fn the_launch_shape_reads_as_words() {
         let mut s = KernelSizes::for_system(128, 20, 64, 12);
         (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma) = (1, 8, 4, 4, true);
+        s.pdl_early_trigger = true;
         assert_eq!(
             s.launch_shape(),
-            "dense layers 1 atom a block in clusters of 8, messages on tensor cores over 4 warp groups and 4 blocks an atom"
+            "dense layers 1 atom a block in clusters of 8, messages on tensor cores over 4 warp groups and 4 blocks \
+             an atom, each kernel launching the next as it starts"
         );
         (s.tile, s.cluster, s.pair_split, s.channel_slices, s.message_mma) = (3, 1, 2, 2, false);
+        s.pdl_early_trigger = false;
         assert_eq!(
             s.launch_shape(),
             "dense layers 3 atoms a block, messages in f32 over 2 threads a channel and 2 blocks an atom"
