@@ -18,10 +18,12 @@
 // launch is one chain on fresh weights, as one kernel of an MD step is; launches are timed in a
 // CUDA graph of GRAPH launches (each pays the graph's per-kernel cost, ~1 µs, as in mdrun).
 //
-// Prints, for C in {8, 16} blocks and W in {4, 8} warps a block, µs per launch for 1 tile (16
-// atoms) and 12 tiles (192 atoms), with the five links, the first link only, and none (the
-// launch, the input's staging and a cluster barrier: the floor); and each variant's largest error
-// after one chain against an f64 evaluation on the host, relative to the largest output.
+// Prints, for C in {8, 16} blocks and W in {4, 8} warps a block, and for one block per tile
+// without a cluster (C = 1, W in {8, 16}: every weight read from L2 by that block as it is used),
+// µs per launch for 1 tile (16 atoms) and 12 tiles (192 atoms), with the five links, the first
+// link only, and none (the launch, the input's staging and a cluster barrier: the floor); and each
+// variant's largest error after one chain against an f64 evaluation on the host, relative to the
+// largest output.
 //
 // nvcc -O3 -arch=sm_90 -std=c++17 dense_cluster_mma.cu -o dense_cluster_mma && ./dense_cluster_mma
 // ncu -k regex:chain ./dense_cluster_mma profile   (one launch of each variant on 12 tiles)
