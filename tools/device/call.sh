@@ -21,7 +21,8 @@
 #   # space-separated NAME:VAR=VALUE[,VAR=VALUE], benched round by round beside main and run
 #   # under ncu at benzene; BASELINE_VARIANTS the same for the baseline binary (each benched as
 #   # baseline_NAME; default none: the baseline as it is); NCU_VARIANTS the names of those
-#   # profiled by ncu (default all); SYSTEMS the bench's systems (default the seven below).
+#   # profiled by ncu (default all); SYSTEMS the bench's systems (default the seven below);
+#   # VALIDATE_ONLY the validation campaign's systems (default waterbox,benzene).
 # There (device tool, carry [".device"]), from the repository root:
 #   LIMIT=540 bash tools/device/call.sh [bench] [tests] [validate] [ncu]   # default: all four
 #   tar xzf $OUT/results.tgz -O results/progress.txt
@@ -119,7 +120,7 @@ if [[ " $parts " == *" tests "* ]]; then
 fi
 
 if [[ " $parts " == *" validate "* ]]; then
-  "$mdrun" validate inputs/validate.toml --device cuda --only waterbox,benzene --out "$results/validate" \
+  "$mdrun" validate inputs/validate.toml --device cuda --only "${VALIDATE_ONLY:-waterbox,benzene}" --out "$results/validate" \
     >"$results/validate.log" 2>&1
   progress "validate rc $?"
   rm -f "$results"/validate/*.xyz "$results"/validate/*.dcd
