@@ -31,7 +31,7 @@ static ENVIRONMENT: Mutex<()> = Mutex::new(());
 /// and in scalar f32 at each size band, and both matvec paths for μ's Cartesian rows (one matvec
 /// over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per row, tiles 3 and
 /// 4, with clusters at tile 3: the default from 128 atoms where its blocks fit the device, v69;
-/// clusters of 8 at one atom per block, the default up to 12 atoms where they fit the device, v69);
+/// clusters of 8 at one atom per block, the default up to 4 atoms where they fit the device, v72);
 /// two thirds of them, the defaults of the first two bands and the 192-atom one among them, with
 /// the last mixing without its a_vv third (the default since v69; perf-notes v68).
 type Layout = [&'static str; 8];
@@ -371,9 +371,9 @@ fn md_with_the_message_kernel_variants_follows_the_plain_kernels() {
 // rows, the kernel's update matvec is F → 2F and its first backward matvec 2F → F) against the
 // whole layer: the dropped terms are products with ∂E/∂μ = 0, so only the order of the sums
 // moves; within 1e-5 eV/Å of each other and both against the f64 reference, in the device's
-// default layouts for a random 12-atom molecule and the 192-atom water box (on an H100 since
-// perf-notes v69, clusters of 8, and three atoms a block in clusters of 2; the layouts without
-// clusters run with and without a_vv in the tests above).
+// default layouts for a random 12-atom molecule and the 192-atom water box (on an H100 clusters
+// of 4 with the early trigger since perf-notes v72, and three atoms a block in clusters of 2
+// since v69; the layouts without clusters run with and without a_vv in the tests above).
 #[test]
 #[ignore = "needs a CUDA device"]
 fn the_last_mixing_without_a_vv_follows_the_whole_layer_and_matches_the_cpu() {

@@ -71,6 +71,12 @@ pub const EARLY_TRIGGER_MAX_ATOMS: usize = 64;
 /// per SM, which at most 512 threads per block keep at 128 registers).
 pub const MMA_MAX_THREADS: usize = 512;
 
+/// The most atoms a dense block can take for `features`: the dense kernels keep ~15 F floats per
+/// tile atom in static shared memory (48 KB), at most 512 features × atoms per block.
+fn max_dense_tile(features: usize) -> usize {
+    (512 / features).max(1)
+}
+
 /// An `MDRUN_*` override of a kernel size, where it is set to a number.
 fn env(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok())
@@ -162,12 +168,10 @@ impl KernelSizes {
     /// MDRUN_CHANNEL_SLICES, MDRUN_MESSAGE_MMA, MDRUN_MMA_BACKWARD_DIVIDES, MDRUN_CLUSTER_MATVEC_W
     /// and MDRUN_PDL_EARLY_TRIGGER override, for experiments (MDRUN_DENSE_ALONE too, in Gpu::open).
     pub fn for_system(features: usize, rbf: usize, readout_hidden: usize, n_atoms: usize) -> KernelSizes {
-        // The dense kernels keep ~15 F floats per tile atom in static shared memory (48 KB):
-        // at most 512 features × atoms per block.
         let tile = env("MDRUN_DENSE_TILE")
             .unwrap_or(if n_atoms >= 64 { 2 } else { 1 })
             .clamp(1, 4)
-            .min((512 / features).max(1));
+            .min(max_dense_tile(features));
         let split = env("MDRUN_DENSE_SPLIT").unwrap_or(4).max(1);
         let wanted_cluster = env("MDRUN_DENSE_CLUSTER")
             .unwrap_or(match n_atoms {
@@ -257,7 +261,7 @@ impl KernelSizes {
         if let Some((tile, cluster)) = wider.filter(|&(tile, cluster)| {
             !chosen
                 && cc.0 >= 9
-                && tile * self.features <= 512
+                && tile <= max_dense_tile(self.features)
                 && self.atoms.div_ceil(tile) * cluster <= sms
                 && dense_cluster_fits(self.features, self.readout_hidden, self.split, tile, cluster)
         }) {
