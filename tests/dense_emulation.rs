@@ -71,7 +71,7 @@ const fn without_a_vv(layout: Layout) -> Layout {
 }
 
 /// The student's width at its default layouts (clusters of 4; alone on their SMs, as up to 33
-/// atoms on an H100; clusters of 8 alone, up to 4 atoms; three atoms per block in clusters of 2
+/// atoms on an H100; clusters of 8 alone, up to 5 atoms; three atoms per block in clusters of 2
 /// alone, from 128 atoms; perf-notes v69, v72), the last three without the a_vv third; a
 /// 64-wide model at the tiles and clusters that take each path of the kernels (three atoms per
 /// block, whose μ rows take a matvec each, also under ThreadSanitizer; one, with and without

@@ -31,7 +31,7 @@ static ENVIRONMENT: Mutex<()> = Mutex::new(());
 /// and in scalar f32 at each size band, and both matvec paths for μ's Cartesian rows (one matvec
 /// over 3·tile rows where they fit in the accumulators, tiles 1 and 2; one per row, tiles 3 and
 /// 4, with clusters at tile 3: the default from 128 atoms where its blocks fit the device, v69;
-/// clusters of 8 at one atom per block, the default up to 4 atoms where they fit the device, v72);
+/// clusters of 8 at one atom per block, the default up to 5 atoms where they fit the device, v72, v73);
 /// two thirds of them, the defaults of the first two bands and the 192-atom one among them, with
 /// the last mixing without its a_vv third (the default since v69; perf-notes v68).
 type Layout = [&'static str; 8];

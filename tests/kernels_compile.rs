@@ -94,8 +94,8 @@ fn every_kernel_compiles_with_nvrtc() {
             dense_alone: true,
             ..from_128
         },
-        // The defaults of perf-notes v69 and v72 where the blocks fit the device: clusters of 8
-        // up to 4 atoms, three atoms a block in clusters of 2 from 128; alone, without a_vv.
+        // The defaults of perf-notes v69, v72 and v73 where the blocks fit the device: clusters
+        // of 8 up to 5 atoms, three atoms a block in clusters of 2 from 128; alone, without a_vv.
         KernelSizes {
             cluster: 8,
             dense_alone: true,

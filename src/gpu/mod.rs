@@ -55,11 +55,11 @@ pub const MID_BAND_TILE: usize = 3;
 pub const MID_BAND_CLUSTER: usize = 2;
 
 /// The dense layers' cluster size up to SMALL_BAND_MAX_ATOMS where its blocks all fit the device
-/// at once (KernelSizes::on_device; perf-notes v69, v72); 4 (KernelSizes::for_system) elsewhere
-/// below 64 atoms. With the early trigger (below EARLY_TRIGGER_MAX_ATOMS) clusters of 8 won at 3
-/// atoms and lost from 6 on (H100), so the band stops at 4 (4 and 5 atoms not measured).
+/// at once (KernelSizes::on_device; perf-notes v69, v72, v73); 4 (KernelSizes::for_system)
+/// elsewhere below 64 atoms. With the early trigger (below EARLY_TRIGGER_MAX_ATOMS) clusters of 8
+/// won at 3, 4 and 5 atoms and lost at 6 and 9 (H100), so the band stops at 5.
 pub const SMALL_BAND_CLUSTER: usize = 8;
-pub const SMALL_BAND_MAX_ATOMS: usize = 4;
+pub const SMALL_BAND_MAX_ATOMS: usize = 5;
 
 /// Each step kernel lets its successor launch as it starts (the early programmatic trigger) below
 /// this many atoms, where the GPU is mostly idle: −1.5 to −4.7 µs per MD step at 3–51 atoms on
@@ -154,7 +154,7 @@ impl KernelSizes {
     /// clusters of 4 blocks sharing each atom's layers (where the GPU has clusters); from 64
     /// atoms on two atoms per block, which fits both atoms' three Cartesian rows of μ in one
     /// round of weight loads (docs/perf-notes.md, v18), in clusters of 2 below 128 atoms and
-    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 up to 4 atoms and
+    /// without clusters from 128 on (v22); `on_device` takes clusters of 8 up to 5 atoms and
     /// three atoms per block in clusters of 2 from 128 atoms where those blocks all fit the
     /// device at once (v69).
     /// The message kernels take the filter products on tensor cores from 32 atoms on where the
@@ -243,11 +243,11 @@ impl KernelSizes {
         }
         // Wider dense layouts where all their blocks fit the SMs at once (perf-notes v69), unless
         // MDRUN_DENSE_TILE or MDRUN_DENSE_CLUSTER choose:
-        // - up to 4 atoms, clusters of 8 instead of 4: each block's share of every matvec halves.
+        // - up to 5 atoms, clusters of 8 instead of 4: each block's share of every matvec halves.
         //   Without the early trigger that won at 3–12 atoms (−0.7 to −2.1 µs per MD step on the
-        //   H100, v69); with it (the default there, v72) only at 3 atoms (−1.5 µs against
-        //   clusters of 4), and it lost 1.3–2.5 µs at 6–12: the early-launched clusters of 8 must
-        //   each find 8 free SMs of one GPC beside the running kernel's blocks;
+        //   H100, v69); with it (the default there, v72) only at 3–5 atoms (−0.3 to −1.5 µs
+        //   against clusters of 4, v72, v73), and it lost 0.8–2.5 µs at 6–12: the early-launched
+        //   clusters of 8 must each find 8 free SMs of one GPC beside the running kernel's blocks;
         // - from 128 atoms, three atoms per block in clusters of 2 (up to 198 atoms on 132 SMs):
         //   each block streams half of every dense kernel's weights from L2 instead of all of
         //   them for two atoms, which binds the dense kernels there (−4.3 to −6.0 µs at 192 atoms
@@ -624,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dense_layers_take_wider_layouts_up_to_4_and_from_128_atoms_where_they_fit_the_device() {
+    fn the_dense_layers_take_wider_layouts_up_to_5_and_from_128_atoms_where_they_fit_the_device() {
         if dense_layout_overridden() {
             return;
         }
@@ -632,11 +632,14 @@ mod tests {
             let s = KernelSizes::for_system(128, 20, 64, n_atoms).on_device(cc, sms);
             (s.tile, s.cluster, s.dense_alone)
         };
-        // Clusters of 8 up to 4 atoms (32 blocks), of 4 from 5 on; 8 only where the blocks fit
-        // (4 atoms on 31 SMs: 4).
+        // Clusters of 8 up to 5 atoms (40 blocks), of 4 from 6 on; 8 only where the blocks fit
+        // (4 atoms on 31 SMs, 5 on 39: 4).
         assert_eq!(on(4, (9, 0), 132), (1, 8, true));
         assert_eq!(on(4, (9, 0), 31), (1, 4, true));
-        assert_eq!(on(5, (9, 0), 132), (1, 4, true));
+        assert_eq!(on(5, (9, 0), 132), (1, 8, true));
+        assert_eq!(on(5, (9, 0), 40), (1, 8, true));
+        assert_eq!(on(5, (9, 0), 39), (1, 4, true));
+        assert_eq!(on(6, (9, 0), 132), (1, 4, true));
         assert_eq!(on(12, (9, 0), 132), (1, 4, true));
         assert_eq!(on(17, (9, 0), 132), (1, 4, true));
         assert_eq!(on(22, (9, 0), 132), (1, 4, true));
