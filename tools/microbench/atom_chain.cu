@@ -22,10 +22,8 @@
 #include <cstdlib>
 #include <vector>
 #include <cuda_runtime.h>
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 #include "check.cuh"
+#include "cluster.cuh"
 
 #define THREADS 512
 #define CONSUMER_WARPS 15  // warp 15 is the producer
@@ -42,30 +40,6 @@ struct ChunkD {
     u32 bytes, offset;  // offset: bytes into this block's stream of the step
 };
 
-__device__ __forceinline__ u32 saddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ u32 mapa(u32 a, u32 r) {
-    u32 o;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(o) : "r"(a), "r"(r));
-    return o;
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void wait_parity(u64* bar, u32 parity) {
-    u32 done = 0;
-    const long long start = clock64();
-    while (!done) {
-        if (clock64() - start > 4000000000ll) __trap();
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(saddr(bar)), "r"(parity)
-            : "memory");
-    }
-}
-__device__ __forceinline__ void arm(u64* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(saddr(bar)), "r"(bytes) : "memory");
-}
 __device__ __forceinline__ void arrive(u64* bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(saddr(bar)) : "memory");
 }

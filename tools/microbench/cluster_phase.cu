@@ -11,50 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cuda_runtime.h>
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 #include "check.cuh"
-
-__device__ __forceinline__ u32 rank_in_cluster() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ u32 nblocks_in_cluster() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ u32 saddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ u32 mapa(u32 a, u32 r) {
-    u32 o;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(o) : "r"(a), "r"(r));
-    return o;
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-template <bool CLUSTER_SCOPE>
-__device__ __forceinline__ void wait_parity(u64* bar, u32 parity) {
-    u32 done = 0;
-    const long long start = clock64();
-    while (!done) {
-        if (clock64() - start > 4000000000ll) __trap();
-        if (CLUSTER_SCOPE)
-            asm volatile(
-                "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                : "=r"(done)
-                : "r"(saddr(bar)), "r"(parity)
-                : "memory");
-        else
-            asm volatile(
-                "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                : "=r"(done)
-                : "r"(saddr(bar)), "r"(parity)
-                : "memory");
-    }
-}
+#include "cluster.cuh"
 
 #define MAXV 1024  // values per block per phase
 #define MAXCL 16

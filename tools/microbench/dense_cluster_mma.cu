@@ -36,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include "check.cuh"
+#include "cluster.cuh"
 
 constexpr int LINKS = 5, ATOMS = 16, GRAPH = 50;
 __host__ __device__ constexpr int rows_of(int k) { return k == 0 ? 3 * ATOMS : ATOMS; }
@@ -86,15 +87,6 @@ __device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;"
 template <int N>
 __device__ __forceinline__ void wait_groups() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 // Link k's weight slice into shared memory: this block's [NTL][KS][32] uint4, contiguous.
@@ -260,7 +252,7 @@ __global__ void __launch_bounds__(32 * W) chain(Weights w, const float* input, f
     uint4* wbuf = reinterpret_cast<uint4*>(sh);
     float* x = sh + 4 * 2 * slice_uint4<C>();
     float* scratch = x + max_plane();
-    const unsigned rank = cluster_rank();
+    const unsigned rank = rank_in_cluster();
     const int tile = blockIdx.x / C;
     float* act = activations + (size_t)tile * ACT_FLOATS;
     stage_input<0>(x, input + (size_t)tile * rows_of(0) * in_of(0), in_of(0));
@@ -272,14 +264,14 @@ __global__ void __launch_bounds__(32 * W) chain(Weights w, const float* input, f
         wait_groups<1>();  // link k's input and slice landed; link k + 1's slice may be in flight
         __syncthreads();
         run_link<C, W>(k, wbuf + (k % 2) * slice_uint4<C>(), x, act, scratch, rank);
-        cluster_sync();  // every block's columns of link k in L2; link k's weight buffer and x free
+        cluster_sync_all();  // every block's columns of link k in L2; link k's weight buffer and x free
         if (k + 1 < links) stage_next(k, x, act);
         commit();
         if (k + 2 < links) fetch_weights<C>(w, wbuf + (k % 2) * slice_uint4<C>(), rank, k + 2);
         commit();
     }
     wait_groups<0>();
-    if (links == 0) cluster_sync();  // the floor keeps one cluster barrier
+    if (links == 0) cluster_sync_all();  // the floor keeps one cluster barrier
     if (rank == 0 && links == LINKS) {
         constexpr int M = rows_of(LINKS - 1), OUT = out_of(LINKS - 1);
         for (int i = threadIdx.x; i < M * OUT; i += blockDim.x)

@@ -22,35 +22,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cuda_runtime.h>
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 #include "check.cuh"
+#include "cluster.cuh"
 
-__device__ __forceinline__ u32 saddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ u32 rank_in_cluster() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void wait_parity(u64* bar, u32 parity) {
-    u32 done = 0;
-    const long long start = clock64();
-    while (!done) {
-        if (clock64() - start > 4000000000ll) __trap();
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(saddr(bar)), "r"(parity)
-            : "memory");
-    }
-}
-__device__ __forceinline__ void arm(u64* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(saddr(bar)), "r"(bytes) : "memory");
-}
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, u64* bar) {
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(saddr(dst)),
@@ -127,7 +101,7 @@ __global__ void __launch_bounds__(512, 1)
     float acc = 0.f;
     for (u32 i = 0; i < chunks; ++i) {
         const u32 s = i % stages, round = i / stages;
-        wait_parity(&full[s], round & 1);
+        wait_parity<true>(&full[s], round & 1);
         acc += consume(reinterpret_cast<const float4*>(ring + (size_t)s * chunk), chunk / 16);
         __syncthreads();
         const u32 next = i + stages;
@@ -140,7 +114,7 @@ __global__ void __launch_bounds__(512, 1)
                 const u32 issuer = s % ncl;
                 remote_arrive(&empty[s], issuer);
                 if (issuer == rank) {
-                    wait_parity(&empty[s], round & 1);
+                    wait_parity<true>(&empty[s], round & 1);
                     bulk_copy_multicast(ring + (size_t)s * chunk, from, chunk, &full[s], mask);
                 }
             }
@@ -202,7 +176,7 @@ __global__ void __launch_bounds__(512, 1)
             for (u32 c = 0; c < ncopies; ++c)
                 bulk_copy(ring + (size_t)c * copy_bytes, src + (size_t)((r * ncopies + c) % slots) * copy_bytes, copy_bytes, bar);
         }
-        wait_parity(bar, r & 1);
+        wait_parity<true>(bar, r & 1);
         __syncthreads();
     }
     if (t == 0) {
