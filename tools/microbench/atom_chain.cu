@@ -10,7 +10,7 @@
 //
 // Link shapes (F = 128, PaiNN as schnetpack computes it): forward context 128→128 (silu),
 // 128→384; U and V on μ's three rows 128→256; update 256→128 (silu), 128→384; backward their
-// transposes. 4.33 MB of f32 weights a step per atom, all of them per block at C = 1.
+// transposes. 4.33 MB (4.12 MiB) of f32 weights a step per atom, all of them per block at C = 1.
 //
 // The matvec: four rows a warp pass, each lane every 32nd input (the loop unrolled per input
 // width), the rows reduced across the warp; a stage is released by each warp as it finishes it.
@@ -222,7 +222,7 @@ int main() {
     printf("# %s: the dense chain of a benzene MD step (30 matvec links, F = 128), %d atoms, one cluster of C\n"
            "# blocks per atom, %d steps a launch, min of 5 launches after a warm-up\n",
            prop.name, atoms, steps);
-    printf("%3s %9s %12s %12s %10s\n", "C", "weights", "MB a block", "µs a step", "µs a link");
+    printf("%3s %9s %12s %12s %10s\n", "C", "weights", "MiB a block", "µs a step", "µs a link");
     for (int C : {1, 2, 4, 8}) {
         std::vector<LinkD> links;
         std::vector<ChunkD> chunks;

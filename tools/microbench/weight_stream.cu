@@ -1,7 +1,7 @@
 // How fast can one SM take in a model's weights from L2? This prices the one route to the
 // benzene target that needs no exchange inside the dense layers: a block (or a cluster) per atom
 // that runs every MLP of its atom alone, so that each SM streams every weight of the network,
-// forward and backward (benzene's model: 2 × 2.4 MB of f32 a step). perf-notes v2 guessed
+// forward and backward (benzene's model: ~4.3 MB of f32 a step in its 30 matvec links). perf-notes v2 guessed
 // ~100–200 GB/s per SM; nothing has measured it.
 //
 // Each block streams `mb` MB of a buffer (L2-resident after a warm-up: 2.4 MB, read `reps`
