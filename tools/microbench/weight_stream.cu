@@ -19,6 +19,7 @@
 //
 // nvcc -O3 -gencode arch=compute_90a,code=sm_90a -std=c++17 weight_stream.cu -o weight_stream
 // ./weight_stream (every table) or ./weight_stream burst (the ldg and burst tables alone)
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cuda_runtime.h>
@@ -40,9 +41,7 @@ __device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, 
 }
 // Arrive once on the mbarrier at `bar`'s offset in block `rank` of the cluster.
 __device__ __forceinline__ void remote_arrive(u64* bar, u32 rank) {
-    u32 a;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(saddr(bar)), "r"(rank));
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(a) : "memory");
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(mapa(saddr(bar), rank)) : "memory");
 }
 
 #define MAX_STAGES 16
@@ -200,14 +199,7 @@ Result measure(int blocks, double bytes_per_block, u64* ns, Launch launch) {
         CHECK(cudaDeviceSynchronize());
         u64 host[256];
         CHECK(cudaMemcpy(host, ns, blocks * sizeof(u64), cudaMemcpyDeviceToHost));
-        // sort
-        for (int a = 0; a < blocks; ++a)
-            for (int b = a + 1; b < blocks; ++b)
-                if (host[b] < host[a]) {
-                    u64 x = host[a];
-                    host[a] = host[b];
-                    host[b] = x;
-                }
+        std::sort(host, host + blocks);
         Result r = {bytes_per_block / host[blocks - 1], bytes_per_block / host[blocks / 2]};
         if (rep > 0 && r.gbps_slowest > best.gbps_slowest) best = r;
     }
